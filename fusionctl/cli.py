@@ -1,0 +1,67 @@
+"""`fusionctl <command> [hydra overrides]`: picks the command, hands the rest to its Hydra app."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+COMMANDS = {
+    "train": "train base models, one per seed, into the hashed model store",
+    "fuse": "fuse base models (Wasserstein barycenter, OT, averaging) and evaluate every model",
+    "landscape": "loss-barrier curves and the 2-D loss landscape through model 1, model 2 and permuted model 2",
+}
+GROUPS = ("dataset", "model", "solver", "optim", "landscape", "experiment")
+
+
+def usage() -> str:
+    lines = ["usage: fusionctl <command> [key=value ...] [-m] [--help] [--cfg job]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "Each command is a Hydra app: `fusionctl <command> --help` lists its options."]
+    return "\n".join(lines)
+
+
+def check_group_choices(args: list[str]) -> str | None:
+    """One line for `group=choice` overrides naming a config that does not exist (Hydra's own message is long)."""
+    from fusionctl.commands.common import config_dir
+
+    root = Path(config_dir())
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.lstrip("+~").split("=", 1)
+        if key not in GROUPS or value.startswith(("[", "glob(", "range(", "choice(")) or value in ("null", ""):
+            continue
+        available = sorted(p.stem for p in (root / key).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in available:
+                return f"fusionctl: error: unknown {key} '{choice}'; choose from: {', '.join(available)}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from fusionctl import __version__
+
+        print(f"fusionctl {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"fusionctl: error: unknown command '{command}'; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    problem = check_group_choices(rest)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"fusionctl.commands.{command}")
+    sys.argv = [f"fusionctl {command}", *rest]
+    module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One thin Hydra application per subcommand."""

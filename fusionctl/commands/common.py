@@ -1,0 +1,65 @@
+"""What every Hydra app shares: the config folder, DictConfig -> dataclass, one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fusionctl.errors import FusionctlError
+
+log = logging.getLogger("fusionctl")
+
+
+def config_dir() -> str:
+    """configs/ inside an installed wheel (fusionctl/configs) or at the top of a source checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"fusionctl's configs/ folder was not found next to {package}; reinstall the package")
+
+
+def to_dataclass(cfg, schema):
+    """Merge the composed YAML into the schema (type-checked) and return the dataclass."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+    except OmegaConfBaseException as exc:
+        msg = str(exc).strip().splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        raise FusionctlError(f"bad config value{f' for {key}' if key else ''}: {msg}") from exc
+
+
+def output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def guarded(task):
+    """User errors end the job with one line on stderr and exit 1 (FUSIONCTL_DEBUG=1 shows the traceback)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg):
+        try:
+            return task(cfg)
+        except FusionctlError as exc:
+            if os.environ.get("FUSIONCTL_DEBUG"):
+                raise
+            log.error("%s", exc)
+            print(f"fusionctl: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)

@@ -1,0 +1,103 @@
+"""Config schemas. YAML from configs/ is merged into these at the command boundary; the
+library only ever sees these dataclasses (no DictConfig past commands/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mnist_small"
+    val_fraction: float = 0.1
+    split_seed: int = 543  # the authors' fixed train/validation split seed
+    download: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    widths: list[int] = field(default_factory=lambda: [400, 200, 100])
+    bias: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine | step
+    step_size: int = 30
+    gamma: float = 0.5
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    checkpoint: str = "best"  # which checkpoint fuse/landscape use: best (validation) | final
+
+
+@dataclass
+class SolverConfig:
+    name: str = "wb"
+    ot: str = "exact"  # exact | sinkhorn
+    reg: float = 1e-3  # sinkhorn epsilon, relative to the largest cost
+    init: str = "auto"  # auto | model0 | random | distill
+    max_iter: int = 100
+    tol: float = 1e-5
+    sinkhorn_iter: int = 2000
+    seed: int = 0  # for random / distill targets
+
+
+@dataclass
+class TargetConfig:
+    widths: Optional[list[int]] = None  # default: model 0's widths
+
+
+@dataclass
+class LandscapeConfig:
+    points: int = 25
+    grid: int = 21
+    margin: float = 0.25
+    train_samples: int = 0  # 0: the whole training split
+    test_samples: int = 0
+    chunk: int = 32  # parameter points evaluated at once
+    batch_size: int = 2048
+    bn_reset: bool = False
+    plane: bool = True
+
+
+@dataclass
+class CommonConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    store_dir: str = "outputs/store"
+    data_dir: str = "data"
+    device: str = "cpu"
+    threads: int = 0  # torch threads; 0 leaves torch's default
+
+
+@dataclass
+class TrainCommandConfig(CommonConfig):
+    pass
+
+
+@dataclass
+class FuseCommandConfig(CommonConfig):
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    baselines: list[str] = field(default_factory=lambda: ["avg", "ot"])
+    weights: Optional[list[float]] = None
+    target: TargetConfig = field(default_factory=TargetConfig)
+    models: Optional[list[str]] = None
+
+
+@dataclass
+class LandscapeCommandConfig(FuseCommandConfig):
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)

@@ -1,0 +1,1 @@
+"""Evaluation: accuracy and loss, interpolation barriers, the 2-D plane."""

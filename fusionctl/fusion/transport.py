@@ -1,0 +1,58 @@
+"""Weight surgery driven by an alignment spec: transport, averaging, interpolation."""
+
+from __future__ import annotations
+
+import torch
+
+from fusionctl.models.spec import AlignmentSpec, apply_along
+
+
+def row_map(coupling: torch.Tensor) -> torch.Tensor:
+    """Outgoing side: a target node is the mass-weighted average of the source nodes it is coupled to."""
+    return coupling / coupling.sum(1, keepdim=True)
+
+
+def col_map(coupling: torch.Tensor) -> torch.Tensor:
+    # Incoming side: a source node's outgoing weight is split across the target nodes that
+    # copy it, so a wider or narrower target keeps the function's scale (METHOD.md E.2-2).
+    return coupling / coupling.sum(0, keepdim=True)
+
+
+def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a model into the barycenter's node order: T(theta) of METHOD.md A.6.
+
+    couplings[g] is (target size, source size); a group without a coupling is left as is.
+    With exact couplings between equal widths each map is a permutation, so the function is
+    preserved exactly.
+    """
+    out = {}
+    for key, value in state.items():
+        t = value
+        if t.is_floating_point():
+            for dim, ax in enumerate(spec.axes.get(key, ())):
+                if ax is not None and ax.group in couplings:
+                    m = row_map(couplings[ax.group]) if dim == 0 else col_map(couplings[ax.group])
+                    t = apply_along(t, dim, ax, m)
+            t = t.to(value.dtype)
+        out[key] = t
+    return out
+
+
+def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """sum_i lambda_i theta_i for float entries; integer buffers (BN counters) come from the first state."""
+    out = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            out[key] = sum(w * s[key].to(torch.float64) for s, w in zip(states, weights)).to(first.dtype)
+        else:
+            out[key] = first.clone()
+    return out
+
+
+def interpolate(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
+    """(1 - t) a + t b."""
+    return weighted_average([a, b], [1.0 - t, t])
+
+
+def identity_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {g: torch.eye(n, dtype=torch.float64) / n for g, n in spec.group_sizes(state).items()}

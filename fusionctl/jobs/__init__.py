@@ -1,0 +1,1 @@
+"""What each subcommand does, on dataclass configs; commands/ only adapts Hydra to these."""

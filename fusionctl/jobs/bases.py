@@ -1,0 +1,109 @@
+"""Finding, loading and checking the base models a fusion or landscape job works on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fusionctl.config import FuseCommandConfig, ModelConfig
+from fusionctl.data import Splits
+from fusionctl.errors import FusionctlError
+from fusionctl.models import build_model, model_spec
+from fusionctl.models.spec import AlignmentSpec
+from fusionctl.store import load_checkpoint, model_dir
+
+
+@dataclass
+class Base:
+    label: str  # seed number, or the file name for explicit models=[...]
+    path: Path
+    model_cfg: ModelConfig
+    state: dict[str, torch.Tensor]
+
+
+def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
+    if cfg.models:
+        return [(Path(p).stem, Path(p)) for p in cfg.models]
+    if not cfg.seeds:
+        raise FusionctlError("seeds is empty; give at least two seeds, e.g. seeds=[0,1], or models=[a.pt,b.pt]")
+    out = []
+    for seed in cfg.seeds:
+        folder = model_dir(cfg.store_dir, cfg.dataset, cfg.model, cfg.optim, cfg.train, seed)
+        path = folder / f"{cfg.train.checkpoint}.pt"
+        if not path.is_file():
+            raise FusionctlError(
+                f"no trained model for seed {seed} at {path}; run `fusionctl train` with the same dataset/model/optim/train "
+                f"settings and seeds first, or pass models=[...]"
+            )
+        out.append((str(seed), path))
+    return out
+
+
+def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
+    bases = []
+    for label, path in base_paths(cfg):
+        ckpt = load_checkpoint(path)
+        if ckpt["dataset"] != splits.name:
+            raise FusionctlError(f"{path} was trained on '{ckpt['dataset']}', not on dataset '{splits.name}'; set dataset={ckpt['dataset']}")
+        if tuple(ckpt["input_shape"]) != splits.input_shape or ckpt["num_classes"] != splits.num_classes:
+            raise FusionctlError(f"{path} expects inputs {tuple(ckpt['input_shape'])} and {ckpt['num_classes']} classes, the dataset has {splits.input_shape} and {splits.num_classes}")
+        mc = ModelConfig(**ckpt["model"])
+        bases.append(Base(label, path, mc, ckpt["state_dict"]))
+    first = bases[0].model_cfg
+    for b in bases[1:]:
+        if b.model_cfg.name != first.name or b.model_cfg.bias != first.bias:
+            raise FusionctlError(f"{b.path} is a {b.model_cfg.name} (bias={b.model_cfg.bias}) but {bases[0].path} is a {first.name} (bias={first.bias}); fuse models of one architecture")
+        if len(b.model_cfg.widths) != len(first.widths):
+            raise FusionctlError(f"{b.path} has {len(b.model_cfg.widths)} hidden layers but {bases[0].path} has {len(first.widths)}; fusion is layer-wise and needs equal depth")
+    for b in bases:
+        spec = model_spec(b.model_cfg.name, b.model_cfg.widths, b.model_cfg.bias)
+        try:
+            spec.check_covers(b.state)
+            spec.group_sizes(b.state)
+        except ValueError as exc:
+            raise FusionctlError(f"{b.path}: weights do not match its declared architecture ({exc})") from exc
+        if not all(torch.isfinite(v).all() for v in b.state.values() if v.is_floating_point()):
+            raise FusionctlError(f"{b.path} contains NaN or Inf weights; retrain it")
+    return bases
+
+
+def fusion_weights(weights: list[float] | None, k: int) -> list[float]:
+    """Normalised lambdas; uniform when not given."""
+    if weights is None:
+        return [1.0 / k] * k
+    w = [float(x) for x in weights]
+    if len(w) != k:
+        raise FusionctlError(f"weights has {len(w)} entries but there are {k} base models; give one weight per model")
+    if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        raise FusionctlError(f"weights must be non-negative with a positive sum, got {w}")
+    return [x / sum(w) for x in w]
+
+
+def target_sizes(spec: AlignmentSpec, widths: list[int] | None, base: Base) -> dict[str, int]:
+    sizes = spec.group_sizes(base.state)
+    if widths is None:
+        return sizes
+    if len(widths) != len(spec.groups):
+        raise FusionctlError(f"target.widths has {len(widths)} entries but the model has {len(spec.groups)} hidden layers; give one width per layer")
+    if any(int(w) < 1 for w in widths):
+        raise FusionctlError(f"target.widths must be positive, got {list(widths)}")
+    return {g: int(w) for g, w in zip(spec.groups, widths)}
+
+
+def build_from_state(model_cfg: ModelConfig, splits: Splits, state, device="cpu") -> torch.nn.Module:
+    model = build_model(model_cfg.name, splits.input_shape, splits.num_classes, model_cfg.widths, model_cfg.bias)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def random_target_factory(model_cfg: ModelConfig, splits: Splits, seed: int):
+    def make():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            m = build_model(model_cfg.name, splits.input_shape, splits.num_classes, model_cfg.widths, model_cfg.bias)
+        return {k: v.detach() for k, v in m.state_dict().items()}
+
+    return make

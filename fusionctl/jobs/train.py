@@ -1,0 +1,35 @@
+"""`fusionctl train`: one model per seed into the hashed store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from fusionctl.config import TrainCommandConfig
+from fusionctl.data import load_dataset
+from fusionctl.device import resolve_device
+from fusionctl.errors import FusionctlError
+from fusionctl.jobs.versions import versions
+from fusionctl.models import entry
+from fusionctl.store import model_dir, write_csv_atomic
+from fusionctl.training import train_one
+
+log = logging.getLogger(__name__)
+
+
+def run_train(cfg: TrainCommandConfig, out_dir: Path) -> pd.DataFrame:
+    entry(cfg.model.name)  # unknown model: fail before loading data
+    if not cfg.seeds:
+        raise FusionctlError("seeds is empty; give at least one seed, e.g. seeds=[0,1]")
+    splits = load_dataset(cfg.dataset.name, cfg.data_dir, cfg.dataset.val_fraction, cfg.dataset.split_seed, cfg.dataset.download)
+    device = resolve_device(cfg.device)
+    rows = []
+    for seed in cfg.seeds:
+        folder = model_dir(cfg.store_dir, cfg.dataset, cfg.model, cfg.optim, cfg.train, seed)
+        summary = train_one(splits, cfg.model, cfg.optim, cfg.train, seed, folder, device)
+        rows.append({"seed": seed, **summary, "dataset": splits.name, "model": cfg.model.name, **versions()})
+    table = pd.DataFrame(rows)
+    write_csv_atomic(table, out_dir / "train.csv")
+    return table

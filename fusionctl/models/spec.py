@@ -1,0 +1,69 @@
+"""Alignment specs: which axis of which parameter is indexed by which group of hidden units.
+
+A group is a set of interchangeable nodes (one layer's units, one conv's channels, one
+residual stream, one recurrent hidden state). Every method reads the same spec, so adding an
+architecture means writing its spec once (git-re-basin's PermutationSpec idea).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Axis:
+    """An axis indexed by `group`, laid out as (outer, n, inner).
+
+    outer > 1: gate blocks that share one coupling (LSTM's 4 gates are rows (4, n, in)).
+    inner > 1: several entries per node (a linear layer reading a flattened (C, H, W) map).
+    """
+
+    group: str
+    outer: int = 1
+    inner: int = 1
+
+
+@dataclass(frozen=True)
+class AlignmentSpec:
+    """groups: hidden-unit groups in fusion order; axes: state key -> per-axis Axis or None."""
+
+    groups: tuple[str, ...]
+    axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
+
+    def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for key, axes in self.axes.items():
+            for dim, ax in enumerate(axes):
+                if ax is not None:
+                    n = state[key].shape[dim] // (ax.outer * ax.inner)
+                    if sizes.setdefault(ax.group, n) != n:
+                        raise ValueError(f"{key} axis {dim}: group {ax.group} has size {n}, elsewhere {sizes[ax.group]}")
+        return sizes
+
+    def check_covers(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(state) - set(self.axes))
+        extra = sorted(set(self.axes) - set(state))
+        if missing or extra:
+            raise ValueError(f"alignment spec does not match the state dict: missing {missing}, unknown {extra}")
+        for key, axes in self.axes.items():
+            if len(axes) != state[key].dim():
+                raise ValueError(f"alignment spec gives {len(axes)} axes for {key} of shape {tuple(state[key].shape)}")
+
+
+def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor) -> torch.Tensor:
+    """Multiply the node index of axis `dim` of `t` by `matrix` (new_n, n): out[.., a, ..] = sum_b M[a, b] t[.., b, ..]."""
+    shape = t.shape
+    n = shape[dim] // (ax.outer * ax.inner)
+    view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
+    moved = torch.movedim(view, dim + 1, -1)
+    out = torch.movedim(moved @ matrix.T.to(moved.dtype), -1, dim + 1)
+    return out.reshape(*shape[:dim], ax.outer * matrix.shape[0] * ax.inner, *shape[dim + 1 :])
+
+
+def node_rows(t: torch.Tensor, ax: Axis) -> torch.Tensor:
+    """Rows of `t` (axis 0 indexed by `ax`) as one feature vector per node: (n, everything else)."""
+    n = t.shape[0] // (ax.outer * ax.inner)
+    view = t.reshape(ax.outer, n, ax.inner, -1)
+    return view.permute(1, 0, 2, 3).reshape(n, -1)

@@ -1,0 +1,88 @@
+"""Free-support Wasserstein barycenter with a fixed number of uniform-mass support points.
+
+This is the layer problem of WB fusion (METHOD.md A.3) once every base model's nodes are
+written in the barycenter's input basis: node k of model i is a point y_k^i in R^D, and
+
+    min_{X, P_i in U(1/m, 1/n_i)}  sum_i lambda_i <P_i, C(X, Y_i)>,  C(x, y) = |x - y|^2.
+
+Alternating minimisation: an OT step per measure, then the closed-form barycentric
+projection X = sum_i lambda_i diag(1 / P_i 1) P_i Y_i (Cuturi & Doucet 2014, Alg. 2).
+Dividing by the actual row mass makes the projection exact for soft couplings too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fusionctl.ot.solver import solve_ot
+
+
+@dataclass
+class BarycenterResult:
+    support: torch.Tensor  # (m, D) barycenter points
+    couplings: list[torch.Tensor]  # (m, n_i) per measure
+    iterations: int
+    converged: bool
+    cost: float  # sum_i lambda_i <P_i, C_i> at the returned couplings
+
+
+def sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances, (m, D) x (n, D) -> (m, n), clamped at 0."""
+    d = (x * x).sum(1, keepdim=True) + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+    return d.clamp_min_(0.0)
+
+
+def project(couplings: list[torch.Tensor], measures: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Barycentric projection sum_i lambda_i diag(1 / P_i 1) P_i Y_i."""
+    return sum(w * (p / p.sum(1, keepdim=True)) @ y for p, y, w in zip(couplings, measures, weights))
+
+
+def free_support_barycenter(
+    measures: list[torch.Tensor],
+    weights: list[float],
+    init: torch.Tensor,
+    ot_method: str = "exact",
+    reg: float = 1e-3,
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    sinkhorn_iter: int = 2000,
+    extra_cost=None,
+) -> BarycenterResult:
+    """Alternate OT steps and projections from `init` until the couplings stop changing.
+
+    Parameters
+    ----------
+    measures : list of (n_i, D) tensors, uniform mass 1/n_i on each row
+    weights : lambda_i, non-negative, summing to 1
+    init : (m, D) initial support; m is the barycenter's size
+    max_iter : cap on OT+projection rounds; max_iter=1 is a single anchored pass
+    tol : stop when m * max|P_i(t) - P_i(t-1)| < tol for every i (scale-free, unlike
+        an absolute tolerance on the support; METHOD.md E.2-14)
+    extra_cost : optional callable(i, P_i) -> (m, n_i) added to the squared distance
+        (used by the Gromov-Wasserstein linearisation for recurrent layers)
+
+    Returns
+    -------
+    BarycenterResult with the final support equal to the projection of the final couplings.
+    """
+    x = init.to(torch.float64)
+    ys = [y.to(torch.float64) for y in measures]
+    m = x.shape[0]
+    previous = [torch.full((m, y.shape[0]), 1.0 / (m * y.shape[0]), dtype=x.dtype, device=x.device) for y in ys]
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        costs = [sq_distances(x, y) for y in ys]
+        if extra_cost is not None:
+            costs = [c + extra_cost(i, p) for i, (c, p) in enumerate(zip(costs, previous))]
+        couplings = [solve_ot(c, ot_method, reg, sinkhorn_iter) for c in costs]
+        x = project(couplings, ys, weights)
+        change = max(float((p - q).abs().max()) * m for p, q in zip(couplings, previous))
+        previous = couplings
+        if change < tol:
+            converged = True
+            break
+    total = sum(w * float((p * sq_distances(x, y)).sum()) for p, y, w in zip(previous, ys, weights))
+    return BarycenterResult(x, previous, it, converged, total)

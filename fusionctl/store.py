@@ -1,0 +1,105 @@
+"""The hashed model store, atomic writes and safe checkpoint loading.
+
+A trained model lives at <store_dir>/<dataset>/<model>-<hash>/seed<k>/, where the hash covers
+everything that determines it except the seed, so `fuse` finds the models `train` made from
+the same config, and re-running `train` finds its own work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionctl.errors import FusionctlError
+
+FORMAT = "fusionctl.model/1"
+
+
+def config_hash(*parts: Any) -> str:
+    blob = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def model_dir(store_dir: str | Path, dataset, model, optim, train, seed: int) -> Path:
+    # train.checkpoint only selects which file fuse reads; it does not change the model.
+    train_key = {k: v for k, v in asdict(train).items() if k != "checkpoint"}
+    key = config_hash(dataset, model, optim, train_key)
+    return Path(store_dir) / dataset.name / f"{model.name}-{key}" / f"seed{seed}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path in the target's folder; rename it over the target on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv_atomic(frame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Exclusive lock on a store entry: a second process training the same model waits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def make_checkpoint(state_dict, model_cfg, dataset: str, input_shape, num_classes: int, **meta) -> dict:
+    return {
+        "format": FORMAT,
+        "model": asdict(model_cfg),
+        "dataset": dataset,
+        "input_shape": list(input_shape),
+        "num_classes": int(num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        **meta,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a fusionctl model checkpoint with weights_only=True; one clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FusionctlError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, random bytes, ...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise FusionctlError(f"checkpoint {path} cannot be loaded safely ({reason}); it is damaged or not a fusionctl checkpoint") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise FusionctlError(f"{path} is not a fusionctl checkpoint (expected format {FORMAT}); pass models made by `fusionctl train`")
+    return ckpt
