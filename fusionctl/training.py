@@ -112,7 +112,7 @@ def _epoch(model, opt, splits: Splits, batch_size: int, gen: torch.Generator, de
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
-            raise FusionctlError(f"training seed {seed} diverged in epoch {epoch} (loss {float(loss)}); lower optim.lr or add optim.warmup_epochs")
+            raise FusionctlError(f"training seed {seed} diverged in epoch {epoch} (loss {float(loss.detach())}); lower optim.lr or add optim.warmup_epochs")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,40 @@
+"""Small builders shared by the tests: random models and planted permutations."""
+
+from __future__ import annotations
+
+import torch
+
+from fusionctl.fusion.transport import transport
+from fusionctl.models import build_model, model_spec
+
+
+def mlp(widths, bias=True, seed=0, input_shape=(1, 6, 6), classes=5):
+    torch.manual_seed(seed)
+    model = build_model("mlp", input_shape, classes, widths, bias)
+    # Spread biases away from zero so a wrong bias mapping shows in the outputs.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+def permutation_couplings(spec, state, seed=0):
+    """Random exact couplings P/n for every group, and the permuted state they undo."""
+    g = torch.Generator().manual_seed(seed)
+    couplings = {}
+    for group, n in spec.group_sizes(state).items():
+        perm = torch.randperm(n, generator=g)
+        couplings[group] = torch.eye(n, dtype=torch.float64)[perm] / n
+    return couplings, transport(state, spec, couplings)
+
+
+def outputs(model_name, widths, bias, state, x, input_shape=(1, 6, 6), classes=5):
+    m = build_model(model_name, input_shape, classes, widths, bias)
+    m.load_state_dict(state)
+    with torch.no_grad():
+        return m.eval()(x).double()
+
+
+def spec_of(widths, bias):
+    return model_spec("mlp", widths, bias)

@@ -1,0 +1,130 @@
+"""End-to-end through the real console script, in subprocesses, on tiny widths."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+EXE = [shutil.which("fusionctl")] if shutil.which("fusionctl") else [sys.executable, "-m", "fusionctl.cli"]
+TINY = ["model.widths=[24,12]", "train.epochs=2", "seeds=[0,1]", "threads=1"]
+
+
+def run(args, cwd, ok=True):
+    proc = subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    proc = run(["train", *TINY, "hydra.run.dir=runs/train"], root)
+    assert "seed" in proc.stdout
+    return root
+
+
+def one_line_error(proc, *needles):
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fusionctl: error:")
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_help_lists_the_subcommands(tmp_path):
+    out = run(["--help"], tmp_path).stdout
+    for cmd in ("train", "fuse", "landscape"):
+        assert f"  {cmd}" in out
+
+
+def test_unknown_subcommand_is_one_line_exit_2(tmp_path):
+    proc = run(["frobnicate"], tmp_path, ok=False)
+    assert proc.returncode == 2
+    one_line_error(proc, "frobnicate", "train")
+
+
+def test_unknown_dataset_and_model_are_one_line(tmp_path):
+    for arg, needle in (("dataset=imagenet", "mnist_small"), ("model=transformer", "mlp"), ("solver=magic", "wb")):
+        proc = run(["fuse", arg], tmp_path, ok=False)
+        assert proc.returncode == 2
+        one_line_error(proc, arg.split("=")[1], needle)
+
+
+def test_hydra_app_features(tmp_path):
+    assert "solver:" in run(["fuse", "--cfg", "job"], tmp_path).stdout
+    assert "Powered by Hydra" in run(["train", "--help"], tmp_path).stdout
+
+
+def test_train_then_fuse_end_to_end(work):
+    again = run(["train", *TINY, "hydra.run.dir=runs/train2"], work)
+    assert "already trained" in (work / "runs/train2/train.log").read_text()
+    run(["fuse", *TINY, "hydra.run.dir=runs/fuse"], work)
+    out = work / "runs/fuse"
+    table = pd.read_csv(out / "fusion.csv")
+    for col in ("role", "method", "seed", "split", "accuracy", "loss", "fuse_time_s", "torch_version", "pot_version"):
+        assert col in table.columns
+    assert set(table["method"]) == {"base", "ensemble", "wb", "avg", "ot"}
+    assert set(table["split"]) == {"train", "test"}
+    assert table["accuracy"].between(0, 1).all()
+    base = table[(table.role == "base") & (table.split == "test")]["accuracy"]
+    assert base.min() > 0.5, "two epochs on mnist_small should beat chance by far"
+    couplings = torch.load(out / "couplings_wb.pt", weights_only=True)
+    assert len(couplings["couplings"]) == 2 and couplings["couplings"][0]["h1"].shape == (24, 24)
+    assert torch.load(out / "fused_wb.pt", weights_only=True)["format"] == "fusionctl.model/1"
+    assert "wb" in again.stdout or again.returncode == 0
+
+
+def test_fuse_k4_and_other_target_widths(work):
+    run(["train", "model.widths=[24,12]", "train.epochs=2", "seeds=[2,3]", "threads=1", "hydra.run.dir=runs/train3"], work)
+    run(["fuse", *TINY, "seeds=[0,1,2,3]", "target.widths=[30,10]", "solver.ot=sinkhorn", "solver.reg=0.01",
+         "hydra.run.dir=runs/fuse4"], work)
+    table = pd.read_csv(work / "runs/fuse4/fusion.csv")
+    assert set(table["method"]) == {"base", "ensemble", "wb", "ot"}  # avg skipped: widths differ
+    assert (table["K"] == 4).all() and table["target_widths"].iloc[0] == "[30, 10]"
+
+
+def test_multirun_sweep_over_two_solvers(work):
+    run(["fuse", "-m", *TINY, "solver=wb,avg", "baselines=[]", "hydra.sweep.dir=runs/sweep"], work)
+    tables = sorted(Path(work / "runs/sweep").glob("*/fusion.csv"))
+    assert len(tables) == 2
+    methods = {m for t in tables for m in pd.read_csv(t)["method"]}
+    assert {"wb", "avg"} <= methods
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["weights=[1]"], ["weights", "one weight per model"]),
+    (["weights=[-1,2]"], ["non-negative"]),
+    (["target.widths=[5]"], ["target.widths", "2 hidden layers"]),
+    (["solver.ot=sinkhorn", "solver.reg=0"], ["solver.reg"]),
+    (["seeds=[0,9]"], ["seed 9", "fusionctl train"]),
+    (["models=[nowhere.pt,nowhere2.pt]"], ["nowhere.pt", "does not exist"]),
+])
+def test_bad_fuse_input_is_one_line_exit_1(work, args, needles):
+    proc = run(["fuse", *TINY, *args, "hydra.run.dir=runs/bad"], work, ok=False)
+    assert proc.returncode == 1
+    one_line_error(proc, *needles)
+
+
+def test_models_of_different_depth_or_corrupt_are_rejected(work):
+    run(["train", "model.widths=[24]", "train.epochs=1", "seeds=[0]", "threads=1", "hydra.run.dir=runs/train_shallow"], work)
+    deep = next(work.glob("outputs/store/mnist_small/mlp-*/seed0/best.pt"))
+    shallow = [p for p in work.glob("outputs/store/mnist_small/mlp-*/seed0/best.pt") if p != deep]
+    paths = sorted([deep, *shallow])
+    proc = run(["fuse", f"models=[{paths[0]},{paths[1]}]", "hydra.run.dir=runs/bad2"], work, ok=False)
+    assert proc.returncode == 1
+    one_line_error(proc, "hidden layers", "equal depth")
+    corrupt = work / "corrupt.pt"
+    corrupt.write_bytes(deep.read_bytes()[:200])
+    before = deep.read_bytes()
+    proc = run(["fuse", f"models=[{deep},{corrupt}]", "hydra.run.dir=runs/bad3"], work, ok=False)
+    assert proc.returncode == 1
+    one_line_error(proc, "corrupt.pt", "cannot be loaded safely")
+    assert deep.read_bytes() == before, "a failed run must not touch existing checkpoints"

@@ -1,0 +1,170 @@
+import pytest
+import torch
+
+from fusionctl.config import SolverConfig
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion import fuse
+from fusionctl.fusion.transport import transport
+from fusionctl.jobs.bases import fusion_weights
+from tests.helpers import mlp, outputs, permutation_couplings, spec_of
+
+X = torch.randn(64, 1, 6, 6)
+WIDTHS = [10, 8, 7]
+
+
+def state_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def random_target(widths, bias, seed=5):
+    return lambda: state_of(mlp(widths, bias, seed=seed))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_transport_by_exact_couplings_preserves_outputs(bias):
+    state = state_of(mlp(WIDTHS, bias))
+    spec = spec_of(WIDTHS, bias)
+    couplings, permuted = permutation_couplings(spec, state)
+    assert not torch.allclose(permuted["layers.0.weight"], state["layers.0.weight"])
+    assert torch.allclose(outputs("mlp", WIDTHS, bias, permuted, X), outputs("mlp", WIDTHS, bias, state, X), atol=1e-5)
+
+
+def test_transport_with_a_wrong_coupling_changes_outputs():
+    # Guard against a test that cannot fail: permuting only one group breaks the function.
+    state = state_of(mlp(WIDTHS, True))
+    spec = spec_of(WIDTHS, True)
+    couplings, _ = permutation_couplings(spec, state)
+    broken = transport(state, spec, {"h2": couplings["h2"]})
+    broken["layers.2.weight"] = state["layers.2.weight"]
+    assert not torch.allclose(outputs("mlp", WIDTHS, True, broken, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["wb", "ot"])
+@pytest.mark.parametrize("ot_method", ["exact", "sinkhorn"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fusing_a_model_with_its_permuted_copy_returns_it(method, ot_method, bias):
+    state = state_of(mlp(WIDTHS, bias))
+    spec = spec_of(WIDTHS, bias)
+    _, permuted = permutation_couplings(spec, state, seed=7)
+    solver = SolverConfig(name=method, ot=ot_method, reg=1e-4)
+    res = fuse(method, spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), solver, None)
+    for key in state:
+        assert torch.allclose(res.state[key], state[key], atol=1e-4), key
+    # The permuted copy, transported by its coupling, is model 0 again.
+    back = transport(permuted, spec, res.couplings[1])
+    assert torch.allclose(outputs("mlp", WIDTHS, bias, back, X), outputs("mlp", WIDTHS, bias, state, X), atol=1e-4)
+
+
+def test_naive_average_of_permuted_copy_is_not_the_model():
+    state = state_of(mlp(WIDTHS, True))
+    spec = spec_of(WIDTHS, True)
+    _, permuted = permutation_couplings(spec, state, seed=7)
+    res = fuse("avg", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(name="avg"), None)
+    assert not torch.allclose(outputs("mlp", WIDTHS, True, res.state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-2)
+
+
+@pytest.mark.parametrize("method", ["wb", "ot", "avg"])
+def test_fusing_k_identical_models_returns_it(method):
+    state = state_of(mlp(WIDTHS, True))
+    spec = spec_of(WIDTHS, True)
+    res = fuse(method, spec, [state] * 4, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), SolverConfig(name=method), None)
+    for key in state:
+        assert torch.allclose(res.state[key], state[key], atol=1e-6)
+
+
+def test_wb_of_different_models_is_between_them():
+    a, b = state_of(mlp(WIDTHS, True, seed=1)), state_of(mlp(WIDTHS, True, seed=2))
+    spec = spec_of(WIDTHS, True)
+    res = fuse("wb", spec, [a, b], [0.5, 0.5], spec.group_sizes(a), SolverConfig(), None)
+    # the fused model is the average of the two transported models
+    ta, tb = (transport(s, spec, c) for s, c in zip([a, b], res.couplings))
+    for key in a:
+        assert torch.allclose(res.state[key], 0.5 * ta[key] + 0.5 * tb[key], atol=1e-6)
+    assert all(info["converged"] for info in res.info.values())
+
+
+def duplicated(state, spec, factor=2):
+    """A `factor`-times wider network computing the same function: units copied, outgoing weights split."""
+    out = {}
+    for key, v in state.items():
+        axes = spec.axes[key]
+        t = v
+        if axes[0] is not None:
+            t = t.repeat_interleave(factor, 0)
+        if len(axes) > 1 and axes[1] is not None:
+            t = t.repeat_interleave(factor, 1) / factor
+        out[key] = t
+    return out
+
+
+@pytest.mark.parametrize("ot_method", ["exact", "sinkhorn"])
+def test_fusion_into_a_wider_target_keeps_outputs_with_biases(ot_method):
+    # E.2-2: projecting into a 2x wider target must not multiply pre-activations by 2.
+    model = mlp(WIDTHS, True)
+    state = state_of(model)
+    spec = spec_of(WIDTHS, True)
+    wide = [2 * w for w in WIDTHS]
+    sizes = dict(zip(spec.groups, wide))
+    solver = SolverConfig(ot=ot_method, reg=1e-4, init="distill")
+    res = fuse("wb", spec, [state], [1.0], sizes, solver, random_target(wide, True))
+    assert res.state["layers.0.weight"].shape == (2 * WIDTHS[0], 36)
+    assert torch.allclose(outputs("mlp", wide, True, res.state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-3)
+
+
+def test_fusion_into_a_narrower_target_recovers_a_duplicated_network():
+    state = state_of(mlp(WIDTHS, True))
+    spec = spec_of(WIDTHS, True)
+    wide_state = duplicated(state, spec)
+    wide = [2 * w for w in WIDTHS]
+    assert torch.allclose(outputs("mlp", wide, True, wide_state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-5)
+    sizes = dict(zip(spec.groups, WIDTHS))
+    res = fuse("wb", spec, [wide_state, wide_state], [0.5, 0.5], sizes, SolverConfig(init="distill"), random_target(WIDTHS, True))
+    assert torch.allclose(outputs("mlp", WIDTHS, True, res.state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-4)
+
+
+def test_bases_of_different_widths_fuse_into_either_width():
+    a = state_of(mlp(WIDTHS, True, seed=1))
+    wide = [w + 3 for w in WIDTHS]
+    b = state_of(mlp(wide, True, seed=2))
+    spec = spec_of(WIDTHS, True)
+    for target in (WIDTHS, wide):
+        sizes = dict(zip(spec.groups, target))
+        res = fuse("wb", spec, [a, b], [0.5, 0.5], sizes, SolverConfig(), random_target(target, True))
+        assert res.state["layers.1.weight"].shape == (target[1], target[0])
+        for c, s in zip(res.couplings, (a, b)):
+            assert c["h1"].shape == (target[0], s["layers.0.weight"].shape[0])
+
+
+def test_init_model0_with_other_widths_is_a_clear_error():
+    state = state_of(mlp(WIDTHS, True))
+    spec = spec_of(WIDTHS, True)
+    sizes = dict(zip(spec.groups, [5, 5, 5]))
+    with pytest.raises(FusionctlError, match="solver.init=distill"):
+        fuse("wb", spec, [state, state], [0.5, 0.5], sizes, SolverConfig(init="model0"), random_target([5, 5, 5], True))
+    with pytest.raises(FusionctlError, match="same widths"):
+        fuse("avg", spec, [state, state], [0.5, 0.5], sizes, SolverConfig(name="avg"), None)
+
+
+def test_weights_shift_the_fused_model_towards_the_heavier_base():
+    a, b = state_of(mlp(WIDTHS, True, seed=1)), state_of(mlp(WIDTHS, True, seed=2))
+    spec = spec_of(WIDTHS, True)
+    sizes = spec.group_sizes(a)
+    res = fuse("wb", spec, [a, b], [1.0, 0.0], sizes, SolverConfig(), None)
+    for key in a:
+        assert torch.allclose(res.state[key], a[key], atol=1e-6)
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1.0], "one weight per model"),
+    ([-1.0, 2.0], "non-negative"),
+    ([0.0, 0.0], "positive sum"),
+    ([float("nan"), 1.0], "non-negative"),
+])
+def test_bad_weights_are_rejected(weights, message):
+    with pytest.raises(FusionctlError, match=message):
+        fusion_weights(weights, 2)
+
+
+def test_weights_are_normalised():
+    assert fusion_weights([1, 3], 2) == [0.25, 0.75]
+    assert fusion_weights(None, 4) == [0.25] * 4

@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from fusionctl.ot import free_support_barycenter, solve_ot, sq_distances
+
+
+def planted(n=12, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    perm = torch.randperm(n, generator=g)
+    return x, perm
+
+
+def test_exact_ot_recovers_planted_permutation():
+    x, perm = planted(30)
+    y = x[perm]  # y[k] = x[perm[k]]
+    p = solve_ot(sq_distances(x, y), "exact")
+    assert torch.allclose(p.sum(1), torch.full((30,), 1 / 30, dtype=torch.float64))
+    assert ((p > 0).sum(1) == 1).all(), "exact OT between equal uniform measures must be a permutation"
+    matched = p.argmax(1)  # x[j] is coupled to y[matched[j]]
+    assert torch.equal(perm[matched], torch.arange(30))
+
+
+@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+def test_coupling_marginals_rectangular(method):
+    g = torch.Generator().manual_seed(1)
+    c = torch.rand(7, 11, generator=g, dtype=torch.float64)
+    p = solve_ot(c, method, reg=0.05)
+    tol = 1e-9 if method == "exact" else 1e-6
+    assert torch.allclose(p.sum(1), torch.full((7,), 1 / 7, dtype=torch.float64), atol=tol)
+    assert torch.allclose(p.sum(0), torch.full((11,), 1 / 11, dtype=torch.float64), atol=tol)
+    assert (p >= 0).all()
+
+
+def test_exact_ot_is_optimal_against_scipy_assignment():
+    from scipy.optimize import linear_sum_assignment
+
+    c = torch.rand(25, 25, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    p = solve_ot(c, "exact")
+    rows, cols = linear_sum_assignment(c.numpy())
+    assert float((p * c).sum()) == pytest.approx(float(c[rows, cols].sum()) / 25, rel=1e-12)
+
+
+def test_sinkhorn_with_zero_cost_is_uniform_not_nan():
+    p = solve_ot(torch.zeros(4, 6, dtype=torch.float64), "sinkhorn", reg=1e-3)
+    assert torch.isfinite(p).all()
+    assert torch.allclose(p, torch.full((4, 6), 1 / 24, dtype=torch.float64))
+
+
+def test_sinkhorn_small_reg_approaches_permutation():
+    x, perm = planted(20)
+    p = solve_ot(sq_distances(x, x[perm]), "sinkhorn", reg=1e-3)
+    assert torch.equal(perm[p.argmax(1)], torch.arange(20))
+    assert float(p.max(1).values.min()) * 20 > 0.99
+
+
+def test_sinkhorn_rejects_nonpositive_reg():
+    with pytest.raises(ValueError, match="reg > 0"):
+        solve_ot(torch.rand(3, 3, dtype=torch.float64), "sinkhorn", reg=0.0)
+
+
+def test_barycenter_of_identical_measures_is_the_measure():
+    x, _ = planted(15)
+    res = free_support_barycenter([x, x, x], [0.2, 0.3, 0.5], init=x)
+    assert torch.allclose(res.support, x)
+    assert res.converged and res.cost == pytest.approx(0.0, abs=1e-12)
+
+
+def test_barycenter_of_permuted_copies_recovers_permutations():
+    x, _ = planted(15)
+    perms = [torch.randperm(15, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    ys = [x[p] for p in perms]
+    res = free_support_barycenter(ys, [1 / 3] * 3, init=ys[0])
+    assert torch.allclose(res.support, ys[0])
+    for y, p in zip(ys, res.couplings):
+        assert torch.allclose(15 * p @ y, ys[0])
+
+
+def test_barycenter_is_mean_for_two_point_clouds_in_order():
+    # Two clouds that are small perturbations of each other: the matching is the identity and
+    # the barycenter is the lambda-weighted mean, point by point.
+    x, _ = planted(10)
+    y = x + 0.01 * torch.randn_like(x)
+    res = free_support_barycenter([x, y], [0.25, 0.75], init=x)
+    assert torch.allclose(res.support, 0.25 * x + 0.75 * y)
+
+
+def test_barycenter_is_invariant_to_measure_order():
+    g = torch.Generator().manual_seed(3)
+    ys = [torch.randn(9, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    w = [0.5, 0.3, 0.2]
+    a = free_support_barycenter(ys, w, init=ys[0])
+    b = free_support_barycenter(ys[::-1], w[::-1], init=ys[0])
+    assert torch.allclose(a.support, b.support)
+
+
+def test_aligned_cost_differs_from_tlp_cost_by_a_per_column_constant():
+    # METHOD.md A.2's TLp cost sum_ab P(a,b)(X[j,a] - W[k,b])^2 and our |X_j - W P~^T_k|^2
+    # (scaled by 1/n) differ by a function of k only, so OT picks the same couplings.
+    g = torch.Generator().manual_seed(4)
+    n, m_prev = 8, 6
+    xbar = torch.randn(n, m_prev, generator=g, dtype=torch.float64)
+    w = torch.randn(n, m_prev, generator=g, dtype=torch.float64)
+    pin = solve_ot(torch.rand(m_prev, m_prev, generator=g, dtype=torch.float64), "sinkhorn", reg=0.5)
+    tlp = ((xbar[:, None, :, None] - w[None, :, None, :]) ** 2 * pin[None, None]).sum((2, 3))
+    mapped = w @ (pin / pin.sum(0, keepdim=True)).T
+    ours = sq_distances(xbar, mapped) / m_prev
+    diff = tlp - ours
+    assert torch.allclose(diff - diff[0:1], torch.zeros_like(diff), atol=1e-10)
+    assert torch.equal(solve_ot(tlp, "exact").argmax(1), solve_ot(ours, "exact").argmax(1))
