@@ -56,3 +56,13 @@ def interpolate(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float
 
 def identity_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {g: torch.eye(n, dtype=torch.float64) / n for g, n in spec.group_sizes(state).items()}
+
+
+def relative_coupling(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Coupling between a reference model's nodes and another model's, through the barycenter.
+
+    ref (m, n_ref) and other (m, n_other) couple the same m barycenter nodes; the result
+    ref^T diag(1 / ref 1) other is (n_ref, n_other) with marginals 1/n_ref and 1/n_other.
+    For permutations it is the permutation taking the other model into the reference's order.
+    """
+    return ref.T @ (other / ref.sum(1, keepdim=True))

@@ -1,0 +1,119 @@
+"""Evaluate many parameter points at once: theta_p = origin + coords[p] @ directions.
+
+One description serves the interpolation lines (one direction) and the 2-D plane (two).
+Points are materialised a chunk at a time and run through torch.func.vmap over
+functional_call, so a chunk of models shares every data batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+from tqdm import tqdm
+
+from fusionctl.data import Split
+
+log = logging.getLogger(__name__)
+
+
+def flatten(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+    return torch.cat([state[k].reshape(-1).to(torch.float32) for k in keys])
+
+
+def float_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def unflatten(flat: torch.Tensor, template: dict[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
+    """(P, D) rows -> {key: (P, *shape)}; non-float entries of the template are broadcast."""
+    out, offset = {}, 0
+    for k in keys:
+        n = template[k].numel()
+        out[k] = flat[:, offset : offset + n].reshape(flat.shape[0], *template[k].shape)
+        offset += n
+    for k, v in template.items():
+        if k not in out:
+            out[k] = v.expand(flat.shape[0], *v.shape)
+    return out
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def reset_bn_stats(model: torch.nn.Module, split: Split, batches: int = 10, batch_size: int = 256, device="cpu") -> None:
+    """Recompute BatchNorm running statistics (cumulative average) on the first training batches."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for b in range(batches):
+        x = split.x[b * batch_size : (b + 1) * batch_size]
+        if len(x) == 0:
+            break
+        model(x.to(device))
+    model.eval()
+
+
+def evaluate_points(
+    model: torch.nn.Module,
+    template: dict[str, torch.Tensor],
+    origin: torch.Tensor,
+    directions: torch.Tensor,
+    coords: torch.Tensor,
+    splits: dict[str, Split],
+    *,
+    chunk: int = 32,
+    batch_size: int = 2048,
+    bn_reset_split: Split | None = None,
+    device: torch.device | str = "cpu",
+    desc: str = "points",
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Loss and accuracy of every point on every split: {split: {"loss": (P,), "accuracy": (P,)}}.
+
+    origin (D,), directions (k, D), coords (P, k); D follows `float_keys(template)`.
+    With bn_reset_split, BatchNorm statistics are recomputed per point (one point at a time).
+    """
+    keys = float_keys(template)
+    model = model.to(device).eval()
+    origin, directions, coords = origin.to(device), directions.to(device), coords.to(device, torch.float32)
+    template = {k: v.to(device) for k, v in template.items()}
+    results = {name: {"loss": torch.empty(len(coords)), "accuracy": torch.empty(len(coords))} for name in splits}
+    per_point = bn_reset_split is not None and has_batchnorm(model)
+    step = 1 if per_point else max(1, chunk)
+
+    def forward(params, x):
+        return functional_call(model, params, (x,))
+
+    batched = vmap(forward, in_dims=(0, None))
+    bar = tqdm(total=len(coords), desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    with torch.inference_mode():
+        for start in range(0, len(coords), step):
+            c = coords[start : start + step]
+            flat = origin[None] + c @ directions
+            params = unflatten(flat, template, keys)
+            if per_point:
+                model.load_state_dict({k: v[0] for k, v in params.items()})
+                with torch.inference_mode(False):
+                    reset_bn_stats(model, bn_reset_split, device=device)
+                params = {k: v[None] for k, v in model.state_dict().items()}
+            for name, split in splits.items():
+                loss_sum = torch.zeros(len(c), device=device)
+                correct = torch.zeros(len(c), device=device)
+                for b in range(0, len(split), batch_size):
+                    x = split.x[b : b + batch_size].to(device)
+                    y = split.y[b : b + batch_size].to(device)
+                    logits = batched(params, x)  # (c, B, classes)
+                    loss_sum += F.cross_entropy(logits.transpose(1, 2), y.expand(len(c), -1), reduction="none").sum(1)
+                    correct += (logits.argmax(2) == y).sum(1)
+                results[name]["loss"][start : start + len(c)] = (loss_sum / len(split)).cpu()
+                results[name]["accuracy"][start : start + len(c)] = (correct / len(split)).cpu()
+            bar.update(len(c))
+    bar.close()
+    return results

@@ -1,0 +1,84 @@
+"""Figures with matplotlib's object API only (no pyplot state), saved as PNG and PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+from fusionctl.store import atomic_path
+
+LINE_STYLES = {"naive": ("tab:red", "--"), "aligned": ("tab:blue", "-")}
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    FigureCanvasAgg(fig)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = stem.with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def barrier_figure(curves: pd.DataFrame, title: str) -> Figure:
+    """Loss and test/train error along each line; curves has columns line, t, split, metric, value."""
+    fig = Figure(figsize=(10, 7))
+    axes = fig.subplots(2, 2, sharex=True)
+    for col, split in enumerate(("train", "test")):
+        for row, metric, label in ((0, "loss", "cross-entropy loss"), (1, "error", "error (%)")):
+            ax = axes[row, col]
+            for line, df in curves[(curves.split == split) & (curves.metric == metric)].groupby("line", sort=False):
+                kind = "aligned" if line.startswith("aligned") else "naive"
+                color, style = LINE_STYLES[kind]
+                if not line.endswith("1-2"):
+                    color = None
+                ax.plot(df.t, df.value, style, color=color, label=line, lw=1.6)
+                ax.plot(df.t.iloc[[0, -1]], df.value.iloc[[0, -1]], "o", color=ax.lines[-1].get_color(), ms=6)
+            ax.set_title(f"{split} {label}")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("t  (0: model 1, 1: other end point)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def plane_figure(values: np.ndarray, xs: np.ndarray, ys: np.ndarray, markers: dict[str, tuple[float, float]], label: str, title: str) -> Figure:
+    """Filled contours of `values` (rows: ys, cols: xs) on log-spaced levels, models marked."""
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    positive = values[values > 0]
+    vmin = float(positive.min()) if positive.size else 1e-3
+    vmax = float(np.quantile(values, 0.9))
+    vmax = max(vmax, vmin * 10)
+    levels = np.geomspace(vmin, vmax, 16)
+    clipped = np.clip(values, vmin, vmax)
+    cs = ax.contourf(xs, ys, clipped, levels=levels, norm=LogNorm(vmin, vmax), cmap="viridis", extend="max")
+    ax.contour(xs, ys, clipped, levels=levels[::3], colors="k", linewidths=0.4, alpha=0.5)
+    cbar = fig.colorbar(cs, ax=ax, ticks=levels[::3])
+    cbar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    cbar.ax.yaxis.set_minor_formatter(NullFormatter())
+    cbar.set_label(f"{label} (log scale, clipped at {vmax:.3g})")
+    m1, m2, p2 = markers["model 1"], markers["model 2"], markers["permuted model 2"]
+    ax.plot([m1[0], m2[0]], [m1[1], m2[1]], "w--", lw=1.2)
+    ax.plot([m1[0], p2[0]], [m1[1], p2[1]], "w--", lw=1.2)
+    style = {"model 1": "o", "model 2": "o", "permuted model 2": "D", "fused model (projected)": "s"}
+    colors = {"model 1": "white", "model 2": "lightgray", "permuted model 2": "tab:orange", "fused model (projected)": "tab:red"}
+    tags = {"model 1": "1", "model 2": "2", "permuted model 2": "π(2)", "fused model (projected)": "fused"}
+    for name, (x, y) in markers.items():
+        ax.plot([x], [y], style.get(name, "^"), color=colors.get(name, "tab:pink"), mec="k", ms=9, label=name, ls="none")
+        ax.annotate(tags.get(name, name), (x, y), xytext=(6, 6), textcoords="offset points", color="white", fontsize=9, weight="bold")
+    ax.set_xlabel("distance along model 1 → model 2 (L2 in weight space)")
+    ax.set_ylabel("distance towards permuted model 2, orthogonal (L2)")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
+    ax.set_title(title, fontsize=10)
+    return fig
