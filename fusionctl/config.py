@@ -65,7 +65,7 @@ class LandscapeConfig:
     margin: float = 0.25
     train_samples: int = 0  # 0: the whole training split
     test_samples: int = 0
-    chunk: int = 32  # parameter points evaluated at once
+    chunk: int = 8  # parameter points evaluated at once
     batch_size: int = 2048
     bn_reset: bool = False
     plane: bool = True

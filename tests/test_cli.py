@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -128,3 +129,31 @@ def test_models_of_different_depth_or_corrupt_are_rejected(work):
     assert proc.returncode == 1
     one_line_error(proc, "corrupt.pt", "cannot be loaded safely")
     assert deep.read_bytes() == before, "a failed run must not touch existing checkpoints"
+
+
+def test_landscape_writes_documented_files(work):
+    run(["landscape", *TINY, "landscape=fast", "landscape.grid=5", "hydra.run.dir=runs/land"], work)
+    out = work / "runs/land"
+    curves = pd.read_csv(out / "barrier.csv")
+    assert list(curves.columns) == ["line", "t", "split", "metric", "value"]
+    assert set(curves["line"]) == {"naive 1-2", "aligned 1-2"}
+    assert set(curves["metric"]) == {"loss", "accuracy", "error"}
+    table = pd.read_csv(out / "barriers.csv")
+    for col in ("line", "split", "loss_barrier", "error_barrier", "midpoint_accuracy", "max_output_diff"):
+        assert col in table.columns
+    assert len(table) == 4 and (table["loss_barrier"] >= 0).all()
+    aligned = table[table.line == "aligned 1-2"]["max_output_diff"]
+    assert (aligned < 1e-3).all(), "exact couplings: permuted model 2 computes model 2's function"
+    for name in ("barrier", "plane_train_loss", "plane_test_error"):
+        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").is_file()
+    npz = np.load(out / "plane.npz")
+    assert npz["train_loss"].shape == (5, 5) and npz["test_accuracy"].shape == (5, 5)
+    assert "permuted model 2" in list(npz["marker_names"])
+
+
+def test_landscape_sweep_over_solvers_and_bad_points(work):
+    run(["landscape", "-m", *TINY, "landscape=fast", "landscape.plane=false", "solver=wb,ot,avg", "hydra.sweep.dir=runs/lsweep"], work)
+    assert len(list((work / "runs/lsweep").glob("*/barriers.csv"))) == 3
+    proc = run(["landscape", *TINY, "landscape.points=1", "hydra.run.dir=runs/lbad"], work, ok=False)
+    assert proc.returncode == 1
+    one_line_error(proc, "landscape.points")

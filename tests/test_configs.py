@@ -47,3 +47,10 @@ def test_wrongly_typed_value_is_one_line():
     with pytest.raises(FusionctlError, match="train.epochs") as info:
         to_dataclass(composed("train", ["train.epochs=many"]), TrainCommandConfig)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "experiment").glob("*.yaml")))
+def test_experiment_presets_compose(experiment):
+    for name in PRIMARY:
+        conf = to_dataclass(composed(name, [f"+experiment={experiment}"]), SCHEMAS[name])
+        assert conf.dataset.name != "" and conf.seeds

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from fusionctl.config import SolverConfig
+from fusionctl.data import Split
+from fusionctl.eval.barrier import barrier, line_ts
+from fusionctl.eval.grid import evaluate_points, flatten, float_keys, unflatten
+from fusionctl.eval.metrics import evaluate
+from fusionctl.eval.plane import grid_coords, plane_basis
+from fusionctl.fusion import fuse
+from fusionctl.fusion.transport import relative_coupling, transport
+from tests.helpers import mlp, outputs, permutation_couplings, spec_of
+
+WIDTHS = [10, 8]
+
+
+def toy_split(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 6, 6, generator=g)
+    return Split(x, torch.randint(0, 5, (n,), generator=g))
+
+
+def test_barrier_of_convex_path_is_zero_and_of_planted_bump_is_its_height():
+    ts = line_ts(25)
+    assert barrier(ts, (ts - 0.3) ** 2) == pytest.approx(0.0, abs=1e-12)
+    chord = 2.0 + 3.0 * ts
+    assert barrier(ts, chord + 0.7 * np.sin(np.pi * ts)) == pytest.approx(0.7)
+    assert barrier(ts, np.full(25, 5.0)) == 0.0
+    with pytest.raises(ValueError):
+        line_ts(1)
+
+
+def test_vmapped_points_equal_one_at_a_time_evaluation():
+    a, b, c = (mlp(WIDTHS, True, seed=s) for s in range(3))
+    sa = {k: v.detach() for k, v in a.state_dict().items()}
+    keys = float_keys(sa)
+    origin = flatten(sa, keys)
+    dirs = torch.stack([flatten(m.state_dict(), keys) - origin for m in (b, c)])
+    coords = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.3, 0.5], [-0.2, 1.1]])
+    split = toy_split()
+    res = evaluate_points(a, sa, origin, dirs, coords, {"test": split}, chunk=2, batch_size=64)
+    for p, cc in enumerate(coords):
+        state = unflatten((origin + cc @ dirs)[None], sa, keys)
+        model = mlp(WIDTHS, True)
+        model.load_state_dict({k: v[0] for k, v in state.items()})
+        loss, acc = evaluate(model, split, batch_size=64)
+        assert res["test"]["loss"][p] == pytest.approx(loss, rel=1e-5)
+        assert res["test"]["accuracy"][p] == pytest.approx(acc)
+
+
+def test_same_model_line_has_zero_barrier():
+    a = mlp(WIDTHS, True)
+    sa = {k: v.detach() for k, v in a.state_dict().items()}
+    keys = float_keys(sa)
+    origin = flatten(sa, keys)
+    ts = line_ts(9)
+    res = evaluate_points(a, sa, origin, torch.zeros(1, origin.numel()), torch.tensor(ts)[:, None].float(), {"s": toy_split()})
+    assert barrier(ts, res["s"]["loss"].numpy()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_plane_basis_is_orthonormal_and_models_land_where_expected():
+    g = torch.Generator().manual_seed(0)
+    w0, w1, w2 = (torch.randn(50, generator=g) for _ in range(3))
+    plane = plane_basis(w0, w1, w2)
+    assert float(plane.u.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert float(plane.v.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert float(plane.u @ plane.v) == pytest.approx(0.0, abs=1e-5)
+    assert plane.coords(w0) == pytest.approx((0.0, 0.0), abs=1e-5)
+    assert plane.coords(w2) == pytest.approx((plane.dx, 0.0), abs=1e-4)
+    x1, y1 = plane.coords(w1)
+    assert y1 == pytest.approx(plane.dy, abs=1e-4)
+    # the grid point (alpha, beta) = (1, 0) is model 2 exactly; w1 is in the plane
+    assert torch.allclose(w0 + plane.dx * plane.u, w2, atol=1e-4)
+    assert torch.allclose(w0 + x1 * plane.u + y1 * plane.v, w1, atol=1e-4)
+    assert grid_coords(21, 0.25)[[0, 10, -1]] == pytest.approx([-0.25, 0.5, 1.25])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_relative_coupling_maps_a_permuted_copy_back_onto_model_1(seed):
+    spec = spec_of(WIDTHS, True)
+    state = {k: v.detach() for k, v in mlp(WIDTHS, True).state_dict().items()}
+    _, permuted = permutation_couplings(spec, state, seed=seed + 3)
+    res = fuse("wb", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(), None)
+    rel = {g: relative_coupling(res.couplings[0][g], res.couplings[1][g]) for g in spec.groups}
+    for p in rel.values():
+        n = p.shape[0]
+        assert torch.allclose(p.sum(0), torch.full((n,), 1 / n, dtype=p.dtype))
+        assert torch.allclose(p.sum(1), torch.full((n,), 1 / n, dtype=p.dtype))
+    back = transport(permuted, spec, rel)
+    for k in state:
+        assert torch.allclose(back[k], state[k], atol=1e-6)
+    x = torch.randn(16, 1, 6, 6)
+    assert torch.allclose(outputs("mlp", WIDTHS, True, back, x), outputs("mlp", WIDTHS, True, permuted, x), atol=1e-5)
