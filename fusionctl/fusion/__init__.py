@@ -5,11 +5,12 @@ from __future__ import annotations
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.avg import fuse_avg
 from fusionctl.fusion.engine import FusionResult
+from fusionctl.fusion.gwb import fuse_gwb
 from fusionctl.fusion.otfusion import fuse_ot
 from fusionctl.fusion.transport import interpolate, transport, weighted_average
 from fusionctl.fusion.wb import fuse_wb
 
-METHODS = {"wb": fuse_wb, "ot": fuse_ot, "avg": fuse_avg}
+METHODS = {"wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "avg": fuse_avg}
 
 
 def fuse(method: str, spec, states, weights, target_sizes, solver, random_target) -> FusionResult:

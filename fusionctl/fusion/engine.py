@@ -21,6 +21,7 @@ import torch
 from fusionctl.fusion.transport import col_map, transport, weighted_average
 from fusionctl.models.spec import AlignmentSpec, apply_along, node_rows
 from fusionctl.ot import free_support_barycenter
+from fusionctl.ot.gromov import fused_gw_barycenter
 
 State = dict[str, torch.Tensor]
 
@@ -59,6 +60,16 @@ def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dic
     return torch.cat(feats, 1)
 
 
+def group_structure(state: State, spec: AlignmentSpec, group: str) -> torch.Tensor | None:
+    """(G, n, n) recurrent weights of `group` (rows and columns both indexed by it), or None."""
+    blocks = []
+    for key, axes in spec.axes.items():
+        if len(axes) == 2 and axes[0] is not None and axes[0].group == group and axes[1] is not None and axes[1].group == group:
+            t = state[key].to(torch.float64)
+            blocks.append(t.reshape(axes[0].outer, -1, t.shape[1]))
+    return torch.cat(blocks) if blocks else None
+
+
 def barycenter_couplings(
     spec: AlignmentSpec,
     states: list[State],
@@ -71,15 +82,27 @@ def barycenter_couplings(
     max_iter: int,
     tol: float,
     sinkhorn_iter: int = 2000,
+    alpha: float | None = None,
+    inner_iter: int = 50,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, dict]]:
-    """Layer-wise WB couplings; the init's support is model 0's (mapped) or an own-basis target."""
+    """Layer-wise WB couplings; the init's support is model 0's (mapped) or an own-basis target.
+
+    With alpha set, groups with recurrent weights are matched by the fused Gromov-Wasserstein
+    barycenter (GWB); without it their recurrent weights are ignored while matching (the
+    FedMA-style ablation) and only transported afterwards.
+    """
     couplings: list[dict[str, torch.Tensor]] = [{} for _ in states]
     info: dict[str, dict] = {}
     for group in spec.groups:
         ys = [group_features(s, spec, group, c) for s, c in zip(states, couplings)]
         init_couplings = None if init_in_target_basis else couplings[0]
         x0 = group_features(init_state, spec, group, init_couplings)
-        res = free_support_barycenter(ys, weights, x0, ot_method, reg, max_iter, tol, sinkhorn_iter)
+        hs = [group_structure(s, spec, group) for s in states] if alpha is not None else [None]
+        if hs[0] is not None:
+            h0 = group_structure(init_state, spec, group)
+            res = fused_gw_barycenter(ys, hs, weights, x0, h0, alpha, ot_method, reg, max_iter, inner_iter, tol, sinkhorn_iter)
+        else:
+            res = free_support_barycenter(ys, weights, x0, ot_method, reg, max_iter, tol, sinkhorn_iter)
         for c, p in zip(couplings, res.couplings):
             c[group] = p
         info[group] = {"iterations": res.iterations, "converged": res.converged, "cost": res.cost, "size": x0.shape[0]}

@@ -34,11 +34,16 @@ def initial_support(init, spec, states, target_sizes, random_target: RandomTarge
     raise FusionctlError(f"unknown solver.init '{init}'; choose from: {', '.join(INITS)}")
 
 
-def fuse_wb(spec: AlignmentSpec, states, weights, target_sizes, solver, random_target: RandomTarget) -> FusionResult:
+def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, solver, random_target: RandomTarget, alpha=None) -> FusionResult:
     init_state, in_target = initial_support(solver.init, spec, states, target_sizes, random_target, solver)
     couplings, info = barycenter_couplings(
         spec, states, weights, init_state, in_target,
         ot_method=solver.ot, reg=solver.reg, max_iter=solver.max_iter, tol=solver.tol,
-        sinkhorn_iter=solver.sinkhorn_iter,
+        sinkhorn_iter=solver.sinkhorn_iter, alpha=alpha, inner_iter=solver.inner_iter,
     )
     return fuse_with_couplings(spec, states, weights, couplings, info)
+
+
+def fuse_wb(spec: AlignmentSpec, states, weights, target_sizes, solver, random_target: RandomTarget) -> FusionResult:
+    """Recurrent weights, if any, are ignored while matching (the no-hidden ablation)."""
+    return fuse_barycenter(spec, states, weights, target_sizes, solver, random_target)

@@ -9,6 +9,7 @@ from torch import nn
 
 from fusionctl.errors import FusionctlError
 from fusionctl.models.mlp import MLP, mlp_spec
+from fusionctl.models.recurrent import factory as recurrent_factory
 from fusionctl.models.spec import AlignmentSpec, Axis
 
 
@@ -20,6 +21,9 @@ class ModelEntry:
 
 REGISTRY: dict[str, ModelEntry] = {
     "mlp": ModelEntry(MLP, mlp_spec),
+    "rnn": ModelEntry(*recurrent_factory("rnn")),
+    "lstm": ModelEntry(*recurrent_factory("lstm")),
+    "gru": ModelEntry(*recurrent_factory("gru")),
 }
 
 
