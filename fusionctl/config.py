@@ -20,6 +20,7 @@ class ModelConfig:
     name: str = "mlp"
     widths: list[int] = field(default_factory=lambda: [400, 200, 100])
     bias: bool = False
+    batch_norm: bool = False  # CNNs only
 
 
 @dataclass

@@ -53,7 +53,7 @@ def train_one(splits: Splits, model_cfg: ModelConfig, optim_cfg: OptimConfig, tr
             log.info("seed %d: already trained (%s), nothing to do", seed, folder)
             return _summary(folder)
         torch.manual_seed(seed)
-        model = build_model(model_cfg.name, splits.input_shape, splits.num_classes, model_cfg.widths, model_cfg.bias).to(device)
+        model = build_model(model_cfg, splits.input_shape, splits.num_classes).to(device)
         opt = make_optimizer(model.parameters(), optim_cfg)
         gen = torch.Generator().manual_seed(seed)
         history: list[dict] = []

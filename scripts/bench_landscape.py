@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from fusionctl.data import load_dataset
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys
 from fusionctl.eval.plane import grid_coords, plane_basis
+from fusionctl.config import ModelConfig
 from fusionctl.models import build_model
 
 
@@ -54,7 +55,7 @@ def main():
         for s in (data.train, data.test):
             s.x, s.y = s.x.to(args.device), s.y.to(args.device)
     splits = {"train": data.train, "test": data.test}
-    models = [build_model("mlp", data.input_shape, 10, args.widths, False).to(args.device) for _ in range(3)]
+    models = [build_model(ModelConfig("mlp", args.widths, False), data.input_shape, 10).to(args.device) for _ in range(3)]
     states = [{k: v.detach() for k, v in m.state_dict().items()} for m in models]
     keys = float_keys(states[0])
     plane = plane_basis(*(flatten(s, keys) for s in states))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from fusionctl.fusion.transport import transport
+from fusionctl.config import ModelConfig
 from fusionctl.models import build_model, model_spec
 
 
 def mlp(widths, bias=True, seed=0, input_shape=(1, 6, 6), classes=5):
     torch.manual_seed(seed)
-    model = build_model("mlp", input_shape, classes, widths, bias)
+    model = build_model(ModelConfig("mlp", list(widths), bias), input_shape, classes)
     # Spread biases away from zero so a wrong bias mapping shows in the outputs.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -30,11 +31,11 @@ def permutation_couplings(spec, state, seed=0):
 
 
 def outputs(model_name, widths, bias, state, x, input_shape=(1, 6, 6), classes=5):
-    m = build_model(model_name, input_shape, classes, widths, bias)
+    m = build_model(ModelConfig(model_name, list(widths), bias), input_shape, classes)
     m.load_state_dict(state)
     with torch.no_grad():
         return m.eval()(x).double()
 
 
 def spec_of(widths, bias):
-    return model_spec("mlp", widths, bias)
+    return model_spec(ModelConfig("mlp", list(widths), bias))

@@ -7,10 +7,19 @@ from fusionctl.eval.metrics import evaluate
 from fusionctl.data import Split
 from fusionctl.fusion import fuse
 from fusionctl.fusion.transport import transport
-from fusionctl.models import build_model, model_spec
+from fusionctl.config import ModelConfig
+from fusionctl.models import build_model as _build, model_spec as _spec
 from fusionctl.models.spec import Axis, AlignmentSpec
 from fusionctl.ot import solve_ot
 from fusionctl.ot.gromov import fused_gw_barycenter, gw_linear_term
+
+def build_model(kind, shape, classes, widths, bias):
+    return _build(ModelConfig(kind, list(widths), bias), shape, classes)
+
+
+def model_spec(kind, widths, bias):
+    return _spec(ModelConfig(kind, list(widths), bias))
+
 
 SHAPE = (7, 5)  # 7 time steps of 5 features
 X = torch.randn(16, *SHAPE)

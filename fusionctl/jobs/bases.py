@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -11,8 +11,7 @@ import torch
 from fusionctl.config import FuseCommandConfig, ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.models import build_model, model_spec
-from fusionctl.models.spec import AlignmentSpec
+from fusionctl.models import build_model, group_sizes, model_spec
 from fusionctl.store import load_checkpoint, model_dir
 
 
@@ -59,7 +58,7 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
         if len(b.model_cfg.widths) != len(first.widths):
             raise FusionctlError(f"{b.path} has {len(b.model_cfg.widths)} hidden layers but {bases[0].path} has {len(first.widths)}; fusion is layer-wise and needs equal depth")
     for b in bases:
-        spec = model_spec(b.model_cfg.name, b.model_cfg.widths, b.model_cfg.bias)
+        spec = model_spec(b.model_cfg)
         try:
             spec.check_covers(b.state)
             spec.group_sizes(b.state)
@@ -82,19 +81,26 @@ def fusion_weights(weights: list[float] | None, k: int) -> list[float]:
     return [x / sum(w) for x in w]
 
 
-def target_sizes(spec: AlignmentSpec, widths: list[int] | None, base: Base) -> dict[str, int]:
-    sizes = spec.group_sizes(base.state)
+def target_config(widths: list[int] | None, base: Base) -> ModelConfig:
+    """The fused model's config: model 0's, with `target.widths` (same meaning as model.widths) if given."""
     if widths is None:
-        return sizes
-    if len(widths) != len(spec.groups):
-        raise FusionctlError(f"target.widths has {len(widths)} entries but the model has {len(spec.groups)} hidden layers; give one width per layer")
+        return base.model_cfg
+    if len(widths) != len(base.model_cfg.widths):
+        raise FusionctlError(
+            f"target.widths has {len(widths)} entries but model.widths of {base.model_cfg.name} has {len(base.model_cfg.widths)} "
+            f"(hidden layers); give one width per entry"
+        )
     if any(int(w) < 1 for w in widths):
         raise FusionctlError(f"target.widths must be positive, got {list(widths)}")
-    return {g: int(w) for g, w in zip(spec.groups, widths)}
+    return replace(base.model_cfg, widths=[int(w) for w in widths])
+
+
+def target_sizes(cfg: ModelConfig) -> dict[str, int]:
+    return group_sizes(cfg)
 
 
 def build_from_state(model_cfg: ModelConfig, splits: Splits, state, device="cpu") -> torch.nn.Module:
-    model = build_model(model_cfg.name, splits.input_shape, splits.num_classes, model_cfg.widths, model_cfg.bias)
+    model = build_model(model_cfg, splits.input_shape, splits.num_classes)
     model.load_state_dict(state)
     return model.to(device).eval()
 
@@ -103,7 +109,7 @@ def random_target_factory(model_cfg: ModelConfig, splits: Splits, seed: int):
     def make():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            m = build_model(model_cfg.name, splits.input_shape, splits.num_classes, model_cfg.widths, model_cfg.bias)
+            m = build_model(model_cfg, splits.input_shape, splits.num_classes)
         return {k: v.detach() for k, v in m.state_dict().items()}
 
     return make

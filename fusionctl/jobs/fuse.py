@@ -16,7 +16,7 @@ from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionResult, fuse
-from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, target_sizes
+from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, target_config, target_sizes
 from fusionctl.jobs.versions import versions
 from fusionctl.models import model_spec
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
@@ -37,14 +37,13 @@ def prepare(cfg: FuseCommandConfig):
             raise FusionctlError(f"unknown solver '{name}'; choose from: {', '.join(METHODS)}")
     splits = load_dataset(cfg.dataset.name, cfg.data_dir, cfg.dataset.val_fraction, cfg.dataset.split_seed, cfg.dataset.download)
     bases = load_bases(cfg, splits)
-    first = bases[0].model_cfg
-    spec = model_spec(first.name, first.widths, first.bias)
+    spec = model_spec(bases[0].model_cfg)
     lambdas = fusion_weights(cfg.weights, len(bases))
-    sizes = target_sizes(spec, cfg.target.widths, bases[0])
-    return splits, bases, spec, lambdas, sizes
+    target = target_config(cfg.target.widths, bases[0])
+    return splits, bases, spec, lambdas, target
 
-def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[Base], spec, lambdas, sizes) -> Fused:
-    target_cfg = replace(bases[0].model_cfg, widths=[sizes[g] for g in spec.groups])
+def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[Base], spec, lambdas, target_cfg: ModelConfig) -> Fused:
+    sizes = target_sizes(target_cfg)
     solver = replace(cfg.solver, name=method)
     random_target = random_target_factory(target_cfg, splits, cfg.solver.seed)
     start = time.perf_counter()
@@ -67,7 +66,8 @@ def save_fused(fused: Fused, splits: Splits, bases: list[Base], lambdas, out_dir
     )
 
 def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
-    splits, bases, spec, lambdas, sizes = prepare(cfg)
+    splits, bases, spec, lambdas, target_cfg = prepare(cfg)
+    sizes = target_sizes(target_cfg)
     device = resolve_device(cfg.device)
     methods = list(dict.fromkeys([cfg.solver.name, *cfg.baselines]))
     same_widths = all(spec.group_sizes(b.state) == sizes for b in bases)
@@ -75,7 +75,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         log.info("skipping the avg baseline: base and target widths differ")
         methods.remove("avg")
     rows = []
-    meta = {"K": len(bases), "ot": cfg.solver.ot, "reg": cfg.solver.reg, "target_widths": str([sizes[g] for g in spec.groups]),
+    meta = {"K": len(bases), "ot": cfg.solver.ot, "reg": cfg.solver.reg, "target_widths": str(target_cfg.widths),
             "weights": str([round(w, 4) for w in lambdas]), "dataset": splits.name, "model": bases[0].model_cfg.name}
     probs = {"train": [], "test": []}
     for b in bases:
@@ -91,7 +91,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         rows.append({"role": "ensemble", "method": "ensemble", "seed": "all", "split": split_name,
                      "accuracy": float((p.argmax(1) == y).float().mean()), "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), y)), "fuse_time_s": 0.0})
     for method in methods:
-        fused = run_method(method, cfg, splits, bases, spec, lambdas, sizes)
+        fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg)
         save_fused(fused, splits, bases, lambdas, out_dir)
         model = build_from_state(fused.model_cfg, splits, fused.result.state, device)
         for split_name in ("train", "test"):

@@ -159,11 +159,11 @@ def compute_plane(bases, spec, couplings, fused_state, eval_splits, splits, lc, 
 def run_landscape(cfg: LandscapeCommandConfig, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     validate(cfg)
     lc = cfg.landscape
-    splits, bases, spec, lambdas, sizes = prepare(replace(cfg, baselines=[]))
+    splits, bases, spec, lambdas, target_cfg = prepare(replace(cfg, baselines=[]))
     if len(bases) < 2:
         raise FusionctlError("the landscape needs at least two base models; give two or more seeds")
     device = resolve_device(cfg.device)
-    fused = run_method(cfg.solver.name, cfg, splits, bases, spec, lambdas, sizes)
+    fused = run_method(cfg.solver.name, cfg, splits, bases, spec, lambdas, target_cfg)
     save_fused(fused, splits, bases, lambdas, out_dir)
     if lc.bn_reset and not has_batchnorm(build_from_state(bases[0].model_cfg, splits, bases[0].state)):
         log.info("landscape.bn_reset: the model has no BatchNorm layers, nothing to reset")

@@ -7,24 +7,44 @@ from typing import Callable
 
 from torch import nn
 
+from fusionctl.config import ModelConfig
 from fusionctl.errors import FusionctlError
+from fusionctl.models.cnn import RESNET18, RESNET20, VGG11, ResNet, resnet_sizes, resnet_spec, vgg11_spec
 from fusionctl.models.mlp import MLP, mlp_spec
-from fusionctl.models.recurrent import factory as recurrent_factory
+from fusionctl.models.recurrent import RecurrentClassifier, recurrent_spec
 from fusionctl.models.spec import AlignmentSpec, Axis
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    build: Callable[..., nn.Module]  # (input_shape, num_classes, widths, bias) -> module
-    spec: Callable[[list[int], bool], AlignmentSpec]  # (widths, bias) -> spec; groups follow widths
+    build: Callable[[ModelConfig, tuple, int], nn.Module]  # (cfg, input_shape, num_classes) -> module
+    spec: Callable[[ModelConfig], AlignmentSpec]
+    # model.widths -> size of every group; by default the i-th width is the i-th group's size
+    sizes: Callable[[ModelConfig], dict[str, int]] | None = None
+
+
+def _recurrent(kind: str) -> ModelEntry:
+    return ModelEntry(lambda c, shape, k: RecurrentClassifier(kind, shape, k, c.widths, c.bias), lambda c: recurrent_spec(kind, c.widths, c.bias))
+
+
+def _resnet(blocks: list[int]) -> ModelEntry:
+    return ModelEntry(
+        lambda c, shape, k: ResNet(blocks, shape, k, c.widths, c.bias, c.batch_norm),
+        lambda c: resnet_spec(blocks, c.bias, c.batch_norm),
+        lambda c: resnet_sizes(blocks, c.widths),
+    )
 
 
 REGISTRY: dict[str, ModelEntry] = {
-    "mlp": ModelEntry(MLP, mlp_spec),
-    "rnn": ModelEntry(*recurrent_factory("rnn")),
-    "lstm": ModelEntry(*recurrent_factory("lstm")),
-    "gru": ModelEntry(*recurrent_factory("gru")),
+    "mlp": ModelEntry(lambda c, shape, k: MLP(shape, k, c.widths, c.bias), lambda c: mlp_spec(c.widths, c.bias)),
+    "rnn": _recurrent("rnn"),
+    "lstm": _recurrent("lstm"),
+    "gru": _recurrent("gru"),
+    "vgg11": ModelEntry(lambda c, shape, k: VGG11(shape, k, c.widths, c.bias, c.batch_norm), lambda c: vgg11_spec(c.widths, c.bias, c.batch_norm)),
+    "resnet18": _resnet(RESNET18),
+    "resnet20": _resnet(RESNET20),
 }
+IMAGE_MODELS = ("vgg11", "resnet18", "resnet20")
 
 
 def entry(name: str) -> ModelEntry:
@@ -33,14 +53,35 @@ def entry(name: str) -> ModelEntry:
     return REGISTRY[name]
 
 
-def build_model(name: str, input_shape, num_classes: int, widths: list[int], bias: bool) -> nn.Module:
-    if not widths or any(int(w) < 1 for w in widths):
-        raise FusionctlError(f"model.widths must be a non-empty list of positive integers, got {list(widths)}")
-    return entry(name).build(tuple(input_shape), num_classes, [int(w) for w in widths], bias)
+def _checked(cfg: ModelConfig) -> ModelConfig:
+    if not cfg.widths or any(int(w) < 1 for w in cfg.widths):
+        raise FusionctlError(f"model.widths must be a non-empty list of positive integers, got {list(cfg.widths)}")
+    return cfg
 
 
-def model_spec(name: str, widths: list[int], bias: bool) -> AlignmentSpec:
-    return entry(name).spec([int(w) for w in widths], bias)
+def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
+    if cfg.name in IMAGE_MODELS and len(input_shape) != 3:
+        raise FusionctlError(f"model {cfg.name} needs images (C, H, W), the dataset gives shape {tuple(input_shape)}; use an image dataset")
+    try:
+        return entry(cfg.name).build(_checked(cfg), tuple(input_shape), num_classes)
+    except ValueError as exc:
+        raise FusionctlError(f"model.widths does not fit {cfg.name}: {exc}") from exc
 
 
-__all__ = ["AlignmentSpec", "Axis", "REGISTRY", "build_model", "model_spec"]
+def model_spec(cfg: ModelConfig) -> AlignmentSpec:
+    return entry(cfg.name).spec(_checked(cfg))
+
+
+def has_batchnorm_option(cfg: ModelConfig) -> bool:
+    return cfg.name in IMAGE_MODELS
+
+
+def group_sizes(cfg: ModelConfig) -> dict[str, int]:
+    """Size of every node group of a model built from `cfg` (the fusion target's shape)."""
+    e = entry(cfg.name)
+    if e.sizes is not None:
+        return e.sizes(_checked(cfg))
+    return dict(zip(e.spec(_checked(cfg)).groups, (int(w) for w in cfg.widths)))
+
+
+__all__ = ["AlignmentSpec", "Axis", "REGISTRY", "build_model", "group_sizes", "model_spec"]

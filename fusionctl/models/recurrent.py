@@ -90,12 +90,3 @@ def recurrent_spec(kind: str, widths: list[int], bias: bool) -> AlignmentSpec:
         axes["decoder.bias"] = (None,)
     return AlignmentSpec(groups, axes)
 
-
-def factory(kind: str):
-    def build(input_shape, num_classes, widths, bias):
-        return RecurrentClassifier(kind, input_shape, num_classes, widths, bias)
-
-    def spec(widths, bias):
-        return recurrent_spec(kind, widths, bias)
-
-    return build, spec
