@@ -13,6 +13,7 @@ class DatasetConfig:
     val_fraction: float = 0.1
     split_seed: int = 543  # the authors' fixed train/validation split seed
     download: bool = True
+    augment: Optional[bool] = None  # random crop + flip while training; default: on for CIFAR
 
 
 @dataclass
@@ -33,6 +34,7 @@ class OptimConfig:
     step_size: int = 30
     gamma: float = 0.5
     warmup_epochs: int = 0
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
 
 
 @dataclass
@@ -54,6 +56,14 @@ class SolverConfig:
     seed: int = 0  # for random / distill targets
     alpha: float = 1.0  # gwb: weight of the hidden-to-hidden (Gromov-Wasserstein) term
     inner_iter: int = 50  # gwb: linearisation steps per outer iteration
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 0  # 0 = no fine-tuning
+    batch_size: int = 64
+    bases: bool = True  # fine-tune the base models for the same budget (a fair comparison)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, momentum=0.9))
 
 
 @dataclass
@@ -99,6 +109,8 @@ class FuseCommandConfig(CommonConfig):
     weights: Optional[list[float]] = None
     target: TargetConfig = field(default_factory=TargetConfig)
     models: Optional[list[str]] = None
+    post: list[str] = field(default_factory=list)  # bn_reset | repair, each reported beside the plain model
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fusionctl.config import ModelConfig, OptimConfig, TrainConfig
-from fusionctl.data import Splits
+from fusionctl.data import Splits, augment_batch
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate
 from fusionctl.models import build_model
@@ -77,7 +77,7 @@ def train_one(splits: Splits, model_cfg: ModelConfig, optim_cfg: OptimConfig, tr
             lr = lr_at(epoch, train_cfg.epochs, optim_cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            tr_loss, tr_acc = _epoch(model, opt, splits, train_cfg.batch_size, gen, device, seed, epoch + 1)
+            tr_loss, tr_acc = _epoch(model, opt, splits, train_cfg.batch_size, gen, device, seed, epoch + 1, optim_cfg.clip_grad)
             val = splits.val if len(splits.val) else splits.train
             val_loss, val_acc = evaluate(model, val, device=device)
             row = {"seed": seed, "epoch": epoch + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": val_loss, "val_acc": val_acc}
@@ -101,20 +101,40 @@ def train_one(splits: Splits, model_cfg: ModelConfig, optim_cfg: OptimConfig, tr
         return _summary(folder)
 
 
-def _epoch(model, opt, splits: Splits, batch_size: int, gen: torch.Generator, device, seed: int, epoch: int) -> tuple[float, float]:
+def finetune(model: torch.nn.Module, splits: Splits, optim_cfg: OptimConfig, epochs: int, batch_size: int, seed: int, device) -> list[dict]:
+    """Continue training a model in place (fused or base) for a fixed budget; returns per-epoch rows."""
+    torch.manual_seed(seed)
+    opt = make_optimizer(model.parameters(), optim_cfg)
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch, epochs, optim_cfg)
+        loss, acc = _epoch(model, opt, splits, batch_size, gen, device, seed, epoch + 1, optim_cfg.clip_grad)
+        rows.append({"epoch": epoch + 1, "train_loss": loss, "train_acc": acc})
+    model.eval()
+    return rows
+
+
+def _epoch(model, opt, splits: Splits, batch_size: int, gen: torch.Generator, device, seed: int, epoch: int, clip: float = 0.0) -> tuple[float, float]:
     model.train()
     n = len(splits.train)
     perm = torch.randperm(n, generator=gen)
     total, correct = 0.0, 0
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
-        x, y = splits.train.x[idx].to(device), splits.train.y[idx].to(device)
+        x, y = splits.train.x[idx], splits.train.y[idx]
+        if splits.augment:
+            x = augment_batch(x, gen)
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise FusionctlError(f"training seed {seed} diverged in epoch {epoch} (loss {float(loss.detach())}); lower optim.lr or add optim.warmup_epochs")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         total += float(loss.detach()) * len(idx)
         correct += int((logits.argmax(1) == y).sum())

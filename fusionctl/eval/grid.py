@@ -16,6 +16,7 @@ from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from fusionctl.data import Split
+from fusionctl.fusion.post import bn_layers, reset_bn_stats
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +43,7 @@ def unflatten(flat: torch.Tensor, template: dict[str, torch.Tensor], keys: list[
 
 
 def has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@torch.no_grad()
-def reset_bn_stats(model: torch.nn.Module, split: Split, batches: int = 10, batch_size: int = 256, device="cpu") -> None:
-    """Recompute BatchNorm running statistics (cumulative average) on the first training batches."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for b in range(batches):
-        x = split.x[b * batch_size : (b + 1) * batch_size]
-        if len(x) == 0:
-            break
-        model(x.to(device))
-    model.eval()
+    return bool(bn_layers(model))
 
 
 def evaluate_points(

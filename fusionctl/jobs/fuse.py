@@ -11,13 +11,16 @@ import pandas as pd
 import torch.nn.functional as F
 
 from fusionctl.config import FuseCommandConfig, ModelConfig
-from fusionctl.data import Splits, load_dataset
+from fusionctl.data import Splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionResult, fuse
 from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, target_config, target_sizes
+from fusionctl.jobs.post import apply_post, check_post
 from fusionctl.jobs.versions import versions
+from fusionctl.fusion.transport import transport
+from fusionctl.training import finetune
 from fusionctl.models import model_spec
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
 
@@ -35,7 +38,10 @@ def prepare(cfg: FuseCommandConfig):
     for name in [cfg.solver.name, *cfg.baselines]:
         if name not in METHODS:
             raise FusionctlError(f"unknown solver '{name}'; choose from: {', '.join(METHODS)}")
-    splits = load_dataset(cfg.dataset.name, cfg.data_dir, cfg.dataset.val_fraction, cfg.dataset.split_seed, cfg.dataset.download)
+    check_post(cfg.post, cfg.model.name)
+    if cfg.finetune.epochs < 0:
+        raise FusionctlError(f"finetune.epochs must be >= 0, got {cfg.finetune.epochs}")
+    splits = load_for(cfg)
     bases = load_bases(cfg, splits)
     spec = model_spec(bases[0].model_cfg)
     lambdas = fusion_weights(cfg.weights, len(bases))
@@ -75,36 +81,55 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         log.info("skipping the avg baseline: base and target widths differ")
         methods.remove("avg")
     rows = []
-    meta = {"K": len(bases), "ot": cfg.solver.ot, "reg": cfg.solver.reg, "target_widths": str(target_cfg.widths),
-            "weights": str([round(w, 4) for w in lambdas]), "dataset": splits.name, "model": bases[0].model_cfg.name}
+
+    def evaluate_rows(model, role, method, seed, post="none", stage="one-shot", seconds=0.0):
+        for split_name in ("train", "test"):
+            loss, acc = evaluate(model, getattr(splits, split_name), device=device)
+            rows.append({"role": role, "method": method, "seed": seed, "split": split_name, "accuracy": acc, "loss": loss,
+                         "post": post, "stage": stage, "fuse_time_s": seconds})
+
     probs = {"train": [], "test": []}
     for b in bases:
         model = build_from_state(b.model_cfg, splits, b.state, device)
-        for split_name in ("train", "test"):
-            split = getattr(splits, split_name)
-            loss, acc = evaluate(model, split, device=device)
-            rows.append({"role": "base", "method": "base", "seed": b.label, "split": split_name, "accuracy": acc, "loss": loss, "fuse_time_s": 0.0})
-            probs[split_name].append(predict_proba(model, split, device=device))
+        evaluate_rows(model, "base", "base", b.label)
+        for split_name in probs:
+            probs[split_name].append(predict_proba(model, getattr(splits, split_name), device=device))
     for split_name in ("train", "test"):
         p = sum(w * q for w, q in zip(lambdas, probs[split_name]))
         y = getattr(splits, split_name).y
-        rows.append({"role": "ensemble", "method": "ensemble", "seed": "all", "split": split_name,
+        rows.append({"role": "ensemble", "method": "ensemble", "seed": "all", "split": split_name, "post": "none", "stage": "one-shot",
                      "accuracy": float((p.argmax(1) == y).float().mean()), "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), y)), "fuse_time_s": 0.0})
+    label = "+".join(b.label for b in bases)
     for method in methods:
         fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg)
         save_fused(fused, splits, bases, lambdas, out_dir)
-        model = build_from_state(fused.model_cfg, splits, fused.result.state, device)
-        for split_name in ("train", "test"):
-            loss, acc = evaluate(model, getattr(splits, split_name), device=device)
-            rows.append({"role": "fused", "method": method, "seed": "+".join(b.label for b in bases), "split": split_name,
-                         "accuracy": acc, "loss": loss, "fuse_time_s": fused.seconds})
+        evaluate_rows(build_from_state(fused.model_cfg, splits, fused.result.state, device), "fused", method, label, seconds=fused.seconds)
+        references = [transport(b.state, spec, c) for b, c in zip(bases, fused.result.couplings)]
+        for step in cfg.post:
+            post_cfg, post_state = apply_post(step, fused.model_cfg, fused.result.state, splits, references, lambdas, device)
+            evaluate_rows(build_from_state(post_cfg, splits, post_state, device), "fused", method, label, post=step, seconds=fused.seconds)
+        if cfg.finetune.epochs:
+            model = build_from_state(fused.model_cfg, splits, fused.result.state, device)
+            finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.solver.seed, device)
+            evaluate_rows(model, "fused", method, label, stage="finetuned", seconds=fused.seconds)
+    if cfg.finetune.epochs and cfg.finetune.bases:
+        for b in bases:
+            model = build_from_state(b.model_cfg, splits, b.state, device)
+            finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.solver.seed, device)
+            evaluate_rows(model, "base", "base", b.label, stage="finetuned")
+    meta = {"K": len(bases), "ot": cfg.solver.ot, "reg": cfg.solver.reg, "target_widths": str(target_cfg.widths),
+            "weights": str([round(w, 4) for w in lambdas]), "dataset": splits.name, "model": bases[0].model_cfg.name}
     table = pd.DataFrame([{**r, **meta, **versions()} for r in rows])
     write_csv_atomic(table, out_dir / "fusion.csv")
     return table
 
+
 def summary(table: pd.DataFrame) -> str:
     """Accuracy (%) per model on train and test, and fuse time."""
-    t = table.assign(model=table["method"].where(table["role"] != "base", "base seed " + table["seed"].astype(str)))
+    name = table["method"].where(table["role"] != "base", "base seed " + table["seed"].astype(str))
+    name = name + table["post"].map(lambda p: "" if p == "none" else f" +{p}")
+    name = name + table["stage"].map(lambda s: "" if s == "one-shot" else f" ({s})")
+    t = table.assign(model=name)
     wide = t.pivot_table(index="model", columns="split", values="accuracy", sort=False) * 100
     wide["fuse_s"] = t.groupby("model", sort=False)["fuse_time_s"].max()
     return wide[["train", "test", "fuse_s"]].round(2).to_string()

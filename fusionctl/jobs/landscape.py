@@ -22,6 +22,9 @@ from fusionctl.eval.plane import grid_coords, plane_basis
 from fusionctl.fusion.transport import relative_coupling, transport
 from fusionctl.jobs.bases import build_from_state
 from fusionctl.jobs.fuse import prepare, run_method, save_fused
+from fusionctl.eval.metrics import evaluate
+from fusionctl.fusion.transport import interpolate
+from fusionctl.jobs.post import apply_post, check_post
 from fusionctl.jobs.versions import versions
 from fusionctl.plots import barrier_figure, plane_figure, save
 from fusionctl.store import atomic_path, write_csv_atomic
@@ -36,6 +39,7 @@ class Line:
     end: dict[str, torch.Tensor]
     model_cfg: ModelConfig
     output_diff: float = float("nan")  # for aligned lines: max |f(theta_i) - f(T(theta_i))|
+    post: str = "none"  # a post-step applied at every point of the line
 
 
 def validate(cfg: LandscapeCommandConfig) -> None:
@@ -84,22 +88,44 @@ def make_lines(bases, spec, couplings, fused_state, fused_cfg, splits, device) -
     return lines
 
 
+def evaluate_post_line(line: Line, ts: np.ndarray, eval_splits, splits, device) -> dict:
+    """Point by point: interpolate, apply the post-step with end-point statistics mixed by t, evaluate."""
+    res = {name: {"loss": torch.empty(len(ts)), "accuracy": torch.empty(len(ts))} for name in eval_splits}
+    for p, t in enumerate(ts):
+        state = interpolate(line.start, line.end, float(t))
+        cfg, state = apply_post(line.post, line.model_cfg, state, splits, [line.start, line.end], [1.0 - t, float(t)], device)
+        model = build_from_state(cfg, splits, state, device)
+        for name, split in eval_splits.items():
+            res[name]["loss"][p], res[name]["accuracy"][p] = evaluate(model, split, device=device)
+    return res
+
+
 def evaluate_lines(lines: list[Line], ts: np.ndarray, eval_splits, splits, lc, device) -> pd.DataFrame:
     rows = []
     coords = torch.tensor(ts, dtype=torch.float32)[:, None]
     for line in lines:
+        if line.post != "none":
+            res = evaluate_post_line(line, ts, eval_splits, splits, device)
+            rows += curve_rows(line.name, ts, res)
+            continue
         keys = float_keys(line.start)
         origin = flatten(line.start, keys)
         direction = (flatten(line.end, keys) - origin)[None]
         model = build_from_state(line.model_cfg, splits, line.start, device)
         res = evaluate_points(model, line.start, origin, direction, coords, eval_splits, chunk=lc.chunk, batch_size=lc.batch_size,
                               bn_reset_split=splits.train if lc.bn_reset else None, device=device, desc=line.name)
-        for split, r in res.items():
-            for t, loss, acc in zip(ts, r["loss"].tolist(), r["accuracy"].tolist()):
-                rows += [{"line": line.name, "t": t, "split": split, "metric": "loss", "value": loss},
-                         {"line": line.name, "t": t, "split": split, "metric": "accuracy", "value": 100 * acc},
-                         {"line": line.name, "t": t, "split": split, "metric": "error", "value": 100 * (1 - acc)}]
+        rows += curve_rows(line.name, ts, res)
     return pd.DataFrame(rows)
+
+
+def curve_rows(name: str, ts, res) -> list[dict]:
+    rows = []
+    for split, r in res.items():
+        for t, loss, acc in zip(ts, r["loss"].tolist(), r["accuracy"].tolist()):
+            rows += [{"line": name, "t": t, "split": split, "metric": "loss", "value": loss},
+                     {"line": name, "t": t, "split": split, "metric": "accuracy", "value": 100 * acc},
+                     {"line": name, "t": t, "split": split, "metric": "error", "value": 100 * (1 - acc)}]
+    return rows
 
 
 def summarise_lines(curves: pd.DataFrame, lines: list[Line]) -> pd.DataFrame:
@@ -158,6 +184,7 @@ def compute_plane(bases, spec, couplings, fused_state, eval_splits, splits, lc, 
 
 def run_landscape(cfg: LandscapeCommandConfig, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     validate(cfg)
+    check_post(cfg.post, cfg.model.name)
     lc = cfg.landscape
     splits, bases, spec, lambdas, target_cfg = prepare(replace(cfg, baselines=[]))
     if len(bases) < 2:
@@ -169,6 +196,7 @@ def run_landscape(cfg: LandscapeCommandConfig, out_dir: Path) -> tuple[pd.DataFr
         log.info("landscape.bn_reset: the model has no BatchNorm layers, nothing to reset")
     eval_splits = {"train": splits.train.head(lc.train_samples), "test": splits.test.head(lc.test_samples)}
     lines = make_lines(bases, spec, fused.result.couplings, fused.result.state, fused.model_cfg, splits, device)
+    lines += [replace(line, name=f"{line.name} +{step}", post=step) for step in cfg.post for line in list(lines) if line.name.endswith("1-2")]
     ts = line_ts(lc.points)
     curves = evaluate_lines(lines, ts, eval_splits, splits, lc, device)
     table = summarise_lines(curves, lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from fusionctl.config import TrainCommandConfig
-from fusionctl.data import load_dataset
+from fusionctl.data import load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.jobs.versions import versions
@@ -23,7 +23,7 @@ def run_train(cfg: TrainCommandConfig, out_dir: Path) -> pd.DataFrame:
     entry(cfg.model.name)  # unknown model: fail before loading data
     if not cfg.seeds:
         raise FusionctlError("seeds is empty; give at least one seed, e.g. seeds=[0,1]")
-    splits = load_dataset(cfg.dataset.name, cfg.data_dir, cfg.dataset.val_fraction, cfg.dataset.split_seed, cfg.dataset.download)
+    splits = load_for(cfg)
     device = resolve_device(cfg.device)
     rows = []
     for seed in cfg.seeds:

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from fusionctl.config import ModelConfig, OptimConfig
+from fusionctl.data import Split, Splits, augment_batch
+from fusionctl.fusion.post import channel_stats, repair, repair_points, reset_bn_stats, target_stats
+from fusionctl.jobs.post import apply_post, with_biases
+from fusionctl.models import build_model
+from fusionctl.training import finetune
+
+SHAPE = (3, 8, 8)
+
+
+def splits(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *SHAPE, generator=g) * 1.5 + 0.3
+    y = torch.randint(0, 4, (n,), generator=g)
+    return Splits("toy", Split(x, y), Split(x[:20], y[:20]), Split(x[:50], y[:50]), SHAPE, 4)
+
+
+def vgg(bn, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig("vgg11", [4, 4, 6, 6, 8, 8, 8, 8, 6, 6], bias, bn), SHAPE, 4).eval()
+
+
+def test_bn_reset_recomputes_exact_channel_statistics():
+    m = vgg(bn=True)
+    data = splits()
+    reset_bn_stats(m, data.train, batches=2, batch_size=64)
+    # the first BatchNorm sees the first conv's outputs on the first 128 training images
+    with torch.no_grad():
+        conv_out = m.convs[0](data.train.x[:128])
+    flat = conv_out.transpose(0, 1).reshape(conv_out.shape[1], -1)
+    assert torch.allclose(m.bns[0].running_mean, flat.mean(1), atol=1e-5)
+    assert torch.allclose(m.bns[0].running_var, flat.var(1), rtol=1e-3)
+    assert m.bns[0].momentum == 0.1, "momentum is restored after the reset"
+
+
+@pytest.mark.parametrize("bn", [True, False])
+def test_repair_sets_every_channel_to_the_target_statistics(bn):
+    data = splits()
+    x = data.train.x[:128]
+    refs = [vgg(bn, seed=s) for s in (1, 2)]
+    if bn:
+        for r in refs:
+            reset_bn_stats(r, data.train)
+    merged = vgg(bn, seed=3)
+    targets = target_stats(refs, [0.3, 0.7], x)
+    direct = [channel_stats(r, [b or l for l, b in repair_points(r)], x) for r in refs]
+    mu0 = 0.3 * direct[0][0][0] + 0.7 * direct[1][0][0]
+    assert torch.allclose(targets[0][0], mu0)
+    repair(merged, targets, x)
+    after = channel_stats(merged, [b or l for l, b in repair_points(merged)], x)
+    for (mu, sd), (mu_t, sd_t) in zip(after, targets):
+        assert torch.allclose(mu, mu_t, atol=1e-3)
+        assert torch.allclose(sd, sd_t, rtol=1e-2, atol=1e-4)
+
+
+def test_repair_of_a_model_with_itself_as_reference_keeps_its_function():
+    data = splits()
+    cfg = ModelConfig("mlp", [16, 8], False)
+    torch.manual_seed(0)
+    state = {k: v.detach() for k, v in build_model(cfg, SHAPE, 4).state_dict().items()}
+    new_cfg, repaired = apply_post("repair", cfg, state, data, [state, state], [0.5, 0.5], "cpu")
+    assert new_cfg.bias and "layers.0.bias" in repaired
+    a, b = build_model(cfg, SHAPE, 4), build_model(new_cfg, SHAPE, 4)
+    a.load_state_dict(state)
+    b.load_state_dict(repaired)
+    with torch.no_grad():
+        assert torch.allclose(a(data.test.x), b(data.test.x), atol=1e-4)
+
+
+def test_with_biases_adds_zero_biases_only():
+    data = splits()
+    cfg = ModelConfig("mlp", [5], False)
+    state = build_model(cfg, SHAPE, 4).state_dict()
+    new_cfg, new = with_biases(cfg, state, data)
+    assert new_cfg.bias and torch.equal(new["layers.0.weight"], state["layers.0.weight"])
+    assert float(new["layers.0.bias"].abs().sum()) == 0.0
+
+
+def test_augmentation_crops_and_flips():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    same = augment_batch(x, g, pad=0)
+    for i in range(2):
+        assert torch.equal(same[i], x[i]) or torch.equal(same[i], x[i].flip(2))
+    out = augment_batch(x, torch.Generator().manual_seed(1), pad=1)
+    assert out.shape == x.shape
+    # every output is a shifted (and maybe flipped) window of the zero-padded image
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):
+        windows = [padded[i, :, r : r + 4, c : c + 4] for r in range(3) for c in range(3)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+
+
+def test_finetune_lowers_training_loss():
+    data = splits()
+    m = vgg(bn=True)
+    rows = finetune(m, data, OptimConfig(lr=0.05, momentum=0.9), 4, 32, 0, "cpu")
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
