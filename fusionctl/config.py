@@ -98,12 +98,9 @@ class CommonConfig:
 
 
 @dataclass
-class TrainCommandConfig(CommonConfig):
-    pass
+class RunConfig(CommonConfig):
+    """Every command reads the same schema, so one experiment preset serves train, fuse and landscape."""
 
-
-@dataclass
-class FuseCommandConfig(CommonConfig):
     solver: SolverConfig = field(default_factory=SolverConfig)
     baselines: list[str] = field(default_factory=lambda: ["avg", "ot"])
     weights: Optional[list[float]] = None
@@ -111,8 +108,7 @@ class FuseCommandConfig(CommonConfig):
     models: Optional[list[str]] = None
     post: list[str] = field(default_factory=list)  # bn_reset | repair, each reported beside the plain model
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-
-@dataclass
-class LandscapeCommandConfig(FuseCommandConfig):
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+
+
+TrainCommandConfig = FuseCommandConfig = LandscapeCommandConfig = RunConfig
