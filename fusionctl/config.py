@@ -54,6 +54,8 @@ class SolverConfig:
     tol: float = 1e-5
     sinkhorn_iter: int = 2000
     seed: int = 0  # for random / distill targets
+    cost: str = "weight"  # node cost for wb/gwb/ot: weight | activation (pre-activations on a fixed batch)
+    act_samples: int = 256  # training inputs used for activation costs and `am`
     alpha: float = 1.0  # gwb: weight of the hidden-to-hidden (Gromov-Wasserstein) term
     inner_iter: int = 50  # gwb: linearisation steps per outer iteration
 

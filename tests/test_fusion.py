@@ -3,7 +3,7 @@ import torch
 
 from fusionctl.config import SolverConfig
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion import fuse
+from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.transport import transport
 from fusionctl.jobs.bases import fusion_weights
 from tests.helpers import mlp, outputs, permutation_couplings, spec_of
@@ -17,7 +17,7 @@ def state_of(model):
 
 
 def random_target(widths, bias, seed=5):
-    return lambda: state_of(mlp(widths, bias, seed=seed))
+    return FusionContext(random_target=lambda: state_of(mlp(widths, bias, seed=seed)))
 
 
 @pytest.mark.parametrize("bias", [True, False])

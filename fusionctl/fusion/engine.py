@@ -27,6 +27,15 @@ State = dict[str, torch.Tensor]
 
 
 @dataclass
+class FusionContext:
+    """What some methods need beyond the weights: a random target of the fused widths
+    (init=random|distill) and unit activations on a fixed batch (activation costs, `am`)."""
+
+    random_target: Callable[[], "State"] | None = None
+    activations: Callable[["State"], dict[str, torch.Tensor]] | None = None  # state -> {group: (n, samples)}
+
+
+@dataclass
 class FusionResult:
     state: State
     couplings: list[dict[str, torch.Tensor]]  # per base model: group -> (target n, base n)
@@ -84,19 +93,26 @@ def barycenter_couplings(
     sinkhorn_iter: int = 2000,
     alpha: float | None = None,
     inner_iter: int = 50,
+    activations: list[dict[str, torch.Tensor]] | None = None,
+    init_activations: dict[str, torch.Tensor] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, dict]]:
     """Layer-wise WB couplings; the init's support is model 0's (mapped) or an own-basis target.
 
     With alpha set, groups with recurrent weights are matched by the fused Gromov-Wasserstein
     barycenter (GWB); without it their recurrent weights are ignored while matching (the
-    FedMA-style ablation) and only transported afterwards.
+    FedMA-style ablation) and only transported afterwards. With activations given, a node's
+    feature is its pre-activation on a fixed batch instead of its incoming weights.
     """
     couplings: list[dict[str, torch.Tensor]] = [{} for _ in states]
     info: dict[str, dict] = {}
     for group in spec.groups:
-        ys = [group_features(s, spec, group, c) for s, c in zip(states, couplings)]
-        init_couplings = None if init_in_target_basis else couplings[0]
-        x0 = group_features(init_state, spec, group, init_couplings)
+        if activations is not None:
+            ys = [a[group] for a in activations]
+            x0 = init_activations[group]
+        else:
+            ys = [group_features(s, spec, group, c) for s, c in zip(states, couplings)]
+            init_couplings = None if init_in_target_basis else couplings[0]
+            x0 = group_features(init_state, spec, group, init_couplings)
         hs = [group_structure(s, spec, group) for s in states] if alpha is not None else [None]
         if hs[0] is not None:
             h0 = group_structure(init_state, spec, group)
@@ -113,5 +129,3 @@ def fuse_with_couplings(spec: AlignmentSpec, states: list[State], weights: list[
     moved = [transport(s, spec, c) for s, c in zip(states, couplings)]
     return FusionResult(weighted_average(moved, weights), couplings, info or {})
 
-
-RandomTarget = Callable[[], State]

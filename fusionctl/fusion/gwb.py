@@ -12,7 +12,7 @@ from fusionctl.fusion.engine import FusionResult
 from fusionctl.fusion.wb import fuse_barycenter
 
 
-def fuse_gwb(spec, states, weights, target_sizes, solver, random_target) -> FusionResult:
+def fuse_gwb(spec, states, weights, target_sizes, solver, ctx) -> FusionResult:
     if not solver.alpha >= 0:
         raise FusionctlError(f"solver.alpha must be >= 0, got {solver.alpha}")
-    return fuse_barycenter(spec, states, weights, target_sizes, solver, random_target, alpha=solver.alpha)
+    return fuse_barycenter(spec, states, weights, target_sizes, solver, ctx, alpha=solver.alpha)

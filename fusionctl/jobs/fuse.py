@@ -15,8 +15,9 @@ from fusionctl.data import Splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
-from fusionctl.fusion import METHODS, FusionResult, fuse
+from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
 from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, target_config, target_sizes
+from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.post import apply_post, check_post
 from fusionctl.jobs.versions import versions
 from fusionctl.fusion.transport import transport
@@ -51,9 +52,10 @@ def prepare(cfg: FuseCommandConfig):
 def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[Base], spec, lambdas, target_cfg: ModelConfig) -> Fused:
     sizes = target_sizes(target_cfg)
     solver = replace(cfg.solver, name=method)
-    random_target = random_target_factory(target_cfg, splits, cfg.solver.seed)
+    ctx = FusionContext(random_target_factory(target_cfg, splits, cfg.solver.seed),
+                        activation_probe(bases[0].model_cfg, splits, cfg.solver.act_samples))
     start = time.perf_counter()
-    result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, solver, random_target)
+    result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, solver, ctx)
     seconds = time.perf_counter() - start
     for group, info in result.info.items():
         if not info["converged"] and method == "wb":

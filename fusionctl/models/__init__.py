@@ -21,6 +21,7 @@ class ModelEntry:
     spec: Callable[[ModelConfig], AlignmentSpec]
     # model.widths -> size of every group; by default the i-th width is the i-th group's size
     sizes: Callable[[ModelConfig], dict[str, int]] | None = None
+    widths: Callable[[dict[str, int]], list[int]] | None = None  # the inverse: group sizes -> model.widths
 
 
 def _recurrent(kind: str) -> ModelEntry:
@@ -32,6 +33,7 @@ def _resnet(blocks: list[int]) -> ModelEntry:
         lambda c, shape, k: ResNet(blocks, shape, k, c.widths, c.bias, c.batch_norm),
         lambda c: resnet_spec(blocks, c.bias, c.batch_norm),
         lambda c: resnet_sizes(blocks, c.widths),
+        lambda sizes: [sizes[f"s{s + 1}"] for s in range(len(blocks))],
     )
 
 
@@ -84,4 +86,14 @@ def group_sizes(cfg: ModelConfig) -> dict[str, int]:
     return dict(zip(e.spec(_checked(cfg)).groups, (int(w) for w in cfg.widths)))
 
 
-__all__ = ["AlignmentSpec", "Axis", "REGISTRY", "build_model", "group_sizes", "model_spec"]
+def config_for(cfg: ModelConfig, state: dict) -> ModelConfig:
+    """`cfg` with the widths that `state` actually has (a base or target of other widths)."""
+    from dataclasses import replace
+
+    e = entry(cfg.name)
+    sizes = e.spec(_checked(cfg)).group_sizes(state)
+    widths = e.widths(sizes) if e.widths is not None else [sizes[g] for g in e.spec(cfg).groups]
+    return replace(cfg, widths=widths)
+
+
+__all__ = ["config_for", "AlignmentSpec", "Axis", "REGISTRY", "build_model", "group_sizes", "model_spec"]

@@ -1,0 +1,98 @@
+"""`solver=wm`: Git Re-Basin weight matching (Ainsworth et al. 2023).
+
+Coordinate descent over groups (input to output first, then in random order): with every other permutation fixed, the best
+permutation of one group solves a linear assignment on sum_p <W_a[.., j, ..], W_b'[.., k, ..]>
+over every parameter axis that group indexes (scipy's LAP). Repeats until a full sweep changes
+nothing. K > 2 models: matched to model 0, then MergeMany (each model in turn matched to the
+mean of the others) until no permutation changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
+from fusionctl.fusion.transport import identity_couplings, transport, weighted_average
+from fusionctl.models.spec import AlignmentSpec, Axis
+
+
+def node_slices(t: torch.Tensor, dim: int, ax: Axis) -> torch.Tensor:
+    """(n, everything else) view of `t` with axis `dim`'s nodes first (gate blocks kept apart)."""
+    shape = t.shape
+    n = shape[dim] // (ax.outer * ax.inner)
+    view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
+    return torch.movedim(view, dim + 1, 0).reshape(n, -1)
+
+
+def perm_coupling(perm: np.ndarray) -> torch.Tensor:
+    """Coupling P/n with P[j, perm[j]] = 1: target node j takes source node perm[j]."""
+    n = len(perm)
+    p = torch.zeros(n, n, dtype=torch.float64)
+    p[torch.arange(n), torch.as_tensor(perm)] = 1.0 / n
+    return p
+
+
+def match(spec: AlignmentSpec, target: dict, source: dict, max_iter: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Couplings (permutations) that bring `source` closest to `target` in weight space."""
+    sizes = spec.group_sizes(source)
+    if sizes != spec.group_sizes(target):
+        raise FusionctlError("solver=wm matches permutations and needs equal widths; use solver=wb for other widths")
+    couplings = identity_couplings(spec, source)
+    rng = np.random.default_rng(seed)
+    for sweep in range(max_iter):
+        changed = False
+        # the first sweep goes input to output, so each group sees its inputs already aligned
+        # (using only incoming weights, whose inputs are then aligned); later sweeps use every
+        # axis of the group in a random order, as Git Re-Basin does
+        order = list(spec.groups) if sweep == 0 else rng.permutation(list(spec.groups))
+        done: set[str] = set()
+        for group in order:
+            others = {g: p for g, p in couplings.items() if g != group}
+            moved = transport(source, spec, others)  # every other group already aligned
+            sim = torch.zeros(sizes[group], sizes[group], dtype=torch.float64)
+            for key, axes in spec.axes.items():
+                if sweep == 0 and not (axes and axes[0] is not None and axes[0].group == group
+                                       and all(a is None or a.group in done for a in axes[1:])):
+                    continue
+                for dim, ax in enumerate(axes):
+                    if ax is not None and ax.group == group:
+                        a = node_slices(target[key].to(torch.float64), dim, ax)
+                        b = node_slices(moved[key].to(torch.float64), dim, ax)
+                        sim += a @ b.T
+            _, perm = linear_sum_assignment(sim.numpy(), maximize=True)
+            new = perm_coupling(perm)
+            if not torch.equal(new, couplings[group]):
+                changed = True
+                couplings[group] = new
+            done.add(group)
+        if not changed:
+            break
+    return couplings
+
+
+def fuse_wm(spec, states, weights, target_sizes, solver, ctx) -> FusionResult:
+    if any(spec.group_sizes(s) != target_sizes for s in states):
+        raise FusionctlError("solver=wm needs every base model and the target to have the same widths; use solver=wb")
+    couplings = [identity_couplings(spec, s) for s in states]
+    if len(states) == 2:
+        couplings[1] = match(spec, states[0], states[1], solver.max_iter, solver.seed)
+    elif len(states) > 2:
+        # start from pairwise matches to model 0, then MergeMany: each model to the mean of the others
+        for i in range(1, len(states)):
+            couplings[i] = match(spec, states[0], states[i], solver.max_iter, solver.seed)
+        rng = np.random.default_rng(solver.seed)
+        for _ in range(solver.max_iter):
+            changed = False
+            for i in rng.permutation(len(states)):
+                others = [j for j in range(len(states)) if j != i]
+                mean = weighted_average([transport(states[j], spec, couplings[j]) for j in others], [1.0 / len(others)] * len(others))
+                new = match(spec, mean, states[i], solver.max_iter, solver.seed)
+                if any(not torch.equal(new[g], couplings[i][g]) for g in spec.groups):
+                    changed = True
+                    couplings[i] = new
+            if not changed:
+                break
+    return fuse_with_couplings(spec, states, weights, couplings)

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from fusionctl.config import ModelConfig, SolverConfig
+from fusionctl.data import Split, Splits
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion import FusionContext, fuse
+from fusionctl.fusion.am import correlation
+from fusionctl.fusion.transport import transport
+from fusionctl.jobs.activations import activation_probe
+from fusionctl.models import build_model, model_spec
+
+CASES = [
+    ModelConfig("mlp", [10, 8, 7], True),
+    ModelConfig("vgg11", [6, 6, 8, 8, 8, 8, 8, 8, 6, 6], True, True),
+    ModelConfig("resnet20", [6, 8, 10], False, True),
+    ModelConfig("lstm", [9], True),
+]
+
+
+def shape_of(cfg):
+    return (5, 6) if cfg.name == "lstm" else (3, 12, 12)
+
+
+def setup(cfg, seed=0):
+    torch.manual_seed(seed)
+    shape = shape_of(cfg)
+    m = build_model(cfg, shape, 4).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        if any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()):
+            m.train()
+            m(torch.randn(16, *shape) + 0.3)
+            m.eval()
+    state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    x = torch.randn(96, *shape)
+    splits = Splits("toy", Split(x, torch.zeros(96, dtype=torch.long)), Split(x[:4], torch.zeros(4, dtype=torch.long)),
+                    Split(x[:8], torch.zeros(8, dtype=torch.long)), shape, 4)
+    return state, splits
+
+
+def planted(spec, state, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+    return cps, transport(state, spec, cps)
+
+
+@pytest.mark.parametrize("cfg", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("method", ["wm", "am"])
+def test_matching_recovers_a_planted_permutation_exactly(cfg, method):
+    state, splits = setup(cfg)
+    spec = model_spec(cfg)
+    cps, permuted = planted(spec, state)
+    ctx = FusionContext(activations=activation_probe(cfg, splits, 96))
+    res = fuse(method, spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(name=method), ctx)
+    for group in spec.groups:
+        # permuted = P state, so the coupling that undoes it is P^T
+        assert torch.equal(res.couplings[1][group] > 0, cps[group].T > 0), group
+    back = transport(permuted, spec, res.couplings[1])
+    for key in state:
+        assert torch.allclose(back[key], state[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("cfg", CASES[:2], ids=lambda c: c.name)
+def test_wb_with_activation_cost_recovers_a_permuted_copy(cfg):
+    state, splits = setup(cfg)
+    spec = model_spec(cfg)
+    _, permuted = planted(spec, state)
+    ctx = FusionContext(activations=activation_probe(cfg, splits, 96))
+    res = fuse("wb", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(cost="activation"), ctx)
+    for key in state:
+        assert torch.allclose(res.state[key], state[key], atol=1e-5), key
+
+
+def test_weight_matching_of_many_models_merges_permuted_copies():
+    cfg = CASES[0]
+    state, _ = setup(cfg)
+    spec = model_spec(cfg)
+    copies = [state] + [planted(spec, state, seed=s)[1] for s in (4, 5, 6)]
+    res = fuse("wm", spec, copies, [0.25] * 4, spec.group_sizes(state), SolverConfig(name="wm"))
+    for key in state:
+        assert torch.allclose(res.state[key], state[key], atol=1e-6)
+
+
+def test_correlation_and_width_errors():
+    a = torch.randn(3, 50, dtype=torch.float64)
+    assert torch.allclose(torch.diag(correlation(a, 2 * a + 1)), torch.ones(3, dtype=torch.float64))
+    state, _ = setup(CASES[0])
+    spec = model_spec(CASES[0])
+    with pytest.raises(FusionctlError, match="same widths"):
+        fuse("wm", spec, [state, state], [0.5, 0.5], {"h1": 5, "h2": 8, "h3": 7}, SolverConfig(name="wm"))
