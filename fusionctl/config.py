@@ -14,6 +14,12 @@ class DatasetConfig:
     split_seed: int = 543  # the authors' fixed train/validation split seed
     download: bool = True
     augment: Optional[bool] = None  # random crop + flip while training; default: on for CIFAR
+    # heterogeneous training data: the i-th seed in `seeds` trains on client i's share
+    split: str = "none"  # none | hetero | dirichlet
+    hetero_class: int = 4  # hetero: client 0 sees all of this class ...
+    hetero_share: float = 0.1  # ... and this share of the other classes; client 1 the rest
+    clients: int = 2  # dirichlet: number of clients
+    dirichlet_alpha: float = 0.5
 
 
 @dataclass

@@ -29,11 +29,13 @@ def config_hash(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def model_dir(store_dir: str | Path, dataset, model, optim, train, seed: int) -> Path:
+def model_dir(store_dir: str | Path, dataset, model, optim, train, seed: int, client: int | None = None) -> Path:
+    """client: which share of a heterogeneous split the model trains on (None: the whole split)."""
     # train.checkpoint only selects which file fuse reads; it does not change the model.
     train_key = {k: v for k, v in asdict(train).items() if k != "checkpoint"}
     key = config_hash(dataset, model, optim, train_key)
-    return Path(store_dir) / dataset.name / f"{model.name}-{key}" / f"seed{seed}"
+    leaf = f"seed{seed}" if client is None or dataset.split == "none" else f"seed{seed}-client{client}"
+    return Path(store_dir) / dataset.name / f"{model.name}-{key}" / leaf
 
 
 @contextlib.contextmanager

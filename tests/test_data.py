@@ -74,3 +74,39 @@ def test_missing_dataset_offline_says_where_to_put_it(tmp_path):
 def test_unknown_dataset_lists_choices():
     with pytest.raises(FusionctlError, match="mnist_small"):
         load_dataset("imagenet")
+
+
+def test_hetero_partition_matches_the_authors_split():
+    from fusionctl.data.partition import hetero_indices
+
+    labels = np.repeat(np.arange(10), 100)
+    a, b = hetero_indices(labels, 0, 4, 0.1, 543), hetero_indices(labels, 1, 4, 0.1, 543)
+    assert set(a) & set(b) == set() and len(a) + len(b) == 1000
+    assert (labels[a] == 4).sum() == 100 and (labels[b] == 4).sum() == 0
+    assert (labels[a] != 4).sum() == 90
+
+
+def test_dirichlet_partition_is_disjoint_complete_and_skewed():
+    from fusionctl.data.partition import dirichlet_indices
+
+    labels = np.repeat(np.arange(10), 200)
+    parts = [dirichlet_indices(labels, k, 4, 0.1, 0) for k in range(4)]
+    joined = np.concatenate(parts)
+    assert len(joined) == 2000 and len(set(joined)) == 2000
+    # alpha = 0.1: each client is dominated by few classes
+    top_share = [np.bincount(labels[p], minlength=10).max() / max(len(p), 1) for p in parts if len(p)]
+    assert np.mean(top_share) > 0.3
+    even = [dirichlet_indices(labels, k, 4, 1000.0, 0) for k in range(4)]
+    assert max(np.bincount(labels[p], minlength=10).max() / len(p) for p in even) < 0.15
+
+
+def test_client_splits_restrict_training_data_only():
+    from fusionctl.config import DatasetConfig
+    from fusionctl.data import client_splits
+
+    s = load_dataset("mnist_small")
+    mine = client_splits(s, DatasetConfig(split="hetero"), 1)
+    assert len(mine.train) < len(s.train) and (mine.train.y == 4).sum() == 0
+    assert len(mine.test) == len(s.test) and len(mine.val) == len(s.val)
+    with pytest.raises(FusionctlError, match="two seeds"):
+        client_splits(s, DatasetConfig(split="hetero"), 2)

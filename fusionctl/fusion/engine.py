@@ -33,6 +33,7 @@ class FusionContext:
 
     random_target: Callable[[], "State"] | None = None
     activations: Callable[["State"], dict[str, torch.Tensor]] | None = None  # state -> {group: (n, samples)}
+    device: str = "cpu"  # where entropic OT and barycenter updates run; exact OT always solves on CPU
 
 
 @dataclass
@@ -95,6 +96,7 @@ def barycenter_couplings(
     inner_iter: int = 50,
     activations: list[dict[str, torch.Tensor]] | None = None,
     init_activations: dict[str, torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, dict]]:
     """Layer-wise WB couplings; the init's support is model 0's (mapped) or an own-basis target.
 
@@ -113,14 +115,16 @@ def barycenter_couplings(
             ys = [group_features(s, spec, group, c) for s, c in zip(states, couplings)]
             init_couplings = None if init_in_target_basis else couplings[0]
             x0 = group_features(init_state, spec, group, init_couplings)
+        ys, x0 = [y.to(device) for y in ys], x0.to(device)
         hs = [group_structure(s, spec, group) for s in states] if alpha is not None else [None]
         if hs[0] is not None:
-            h0 = group_structure(init_state, spec, group)
+            hs = [h.to(device) for h in hs]
+            h0 = group_structure(init_state, spec, group).to(device)
             res = fused_gw_barycenter(ys, hs, weights, x0, h0, alpha, ot_method, reg, max_iter, inner_iter, tol, sinkhorn_iter)
         else:
             res = free_support_barycenter(ys, weights, x0, ot_method, reg, max_iter, tol, sinkhorn_iter)
         for c, p in zip(couplings, res.couplings):
-            c[group] = p
+            c[group] = p.cpu()
         info[group] = {"iterations": res.iterations, "converged": res.converged, "cost": res.cost, "size": x0.shape[0]}
     return couplings, info
 

@@ -59,7 +59,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, solver, 
         spec, states, weights, init_state, in_target,
         ot_method=solver.ot, reg=solver.reg, max_iter=max_iter or solver.max_iter, tol=solver.tol,
         sinkhorn_iter=solver.sinkhorn_iter, alpha=alpha, inner_iter=solver.inner_iter,
-        activations=acts, init_activations=init_acts,
+        activations=acts, init_activations=init_acts, device=ctx.device if solver.ot == "sinkhorn" else "cpu",
     )
     return fuse_with_couplings(spec, states, weights, couplings, info)
 

@@ -29,8 +29,8 @@ def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
     if not cfg.seeds:
         raise FusionctlError("seeds is empty; give at least two seeds, e.g. seeds=[0,1], or models=[a.pt,b.pt]")
     out = []
-    for seed in cfg.seeds:
-        folder = model_dir(cfg.store_dir, cfg.dataset, cfg.model, cfg.optim, cfg.train, seed)
+    for client, seed in enumerate(cfg.seeds):
+        folder = model_dir(cfg.store_dir, cfg.dataset, cfg.model, cfg.optim, cfg.train, seed, client)
         path = folder / f"{cfg.train.checkpoint}.pt"
         if not path.is_file():
             raise FusionctlError(

@@ -53,7 +53,8 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     sizes = target_sizes(target_cfg)
     solver = replace(cfg.solver, name=method)
     ctx = FusionContext(random_target_factory(target_cfg, splits, cfg.solver.seed),
-                        activation_probe(bases[0].model_cfg, splits, cfg.solver.act_samples))
+                        activation_probe(bases[0].model_cfg, splits, cfg.solver.act_samples, resolve_device(cfg.device)),
+                        str(resolve_device(cfg.device)))
     start = time.perf_counter()
     result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, solver, ctx)
     seconds = time.perf_counter() - start

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from fusionctl.config import TrainCommandConfig
-from fusionctl.data import load_for
+from fusionctl.data import client_splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.jobs.versions import versions
@@ -26,10 +26,12 @@ def run_train(cfg: TrainCommandConfig, out_dir: Path) -> pd.DataFrame:
     splits = load_for(cfg)
     device = resolve_device(cfg.device)
     rows = []
-    for seed in cfg.seeds:
-        folder = model_dir(cfg.store_dir, cfg.dataset, cfg.model, cfg.optim, cfg.train, seed)
-        summary = train_one(splits, cfg.model, cfg.optim, cfg.train, seed, folder, device)
-        rows.append({"seed": seed, **summary, "dataset": splits.name, "model": cfg.model.name, **versions()})
+    for client, seed in enumerate(cfg.seeds):
+        folder = model_dir(cfg.store_dir, cfg.dataset, cfg.model, cfg.optim, cfg.train, seed, client)
+        mine = client_splits(splits, cfg.dataset, client)
+        summary = train_one(mine, cfg.model, cfg.optim, cfg.train, seed, folder, device)
+        rows.append({"seed": seed, "client": client if cfg.dataset.split != "none" else "", "train_samples": len(mine.train),
+                     **summary, "dataset": splits.name, "model": cfg.model.name, **versions()})
     table = pd.DataFrame(rows)
     write_csv_atomic(table, out_dir / "train.csv")
     return table
