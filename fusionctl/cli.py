@@ -39,6 +39,20 @@ def check_group_choices(args: list[str]) -> str | None:
     return None
 
 
+def check_output_dirs(args: list[str]) -> str | None:
+    """One line for an output folder that cannot be created (Hydra would print a traceback)."""
+    import os
+
+    wanted = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))] or ["outputs"]
+    for path in map(Path, wanted):
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            return f"fusionctl: error: cannot create the output folder {path} ({probe} is not a writable folder); choose another with hydra.run.dir=..."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -57,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
+    problem = check_output_dirs(rest)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     module = importlib.import_module(f"fusionctl.commands.{command}")
     sys.argv = [f"fusionctl {command}", *rest]
     module.main()

@@ -48,11 +48,12 @@ def guarded(task):
     def wrapper(cfg):
         try:
             return task(cfg)
-        except FusionctlError as exc:
+        except (FusionctlError, PermissionError) as exc:
             if os.environ.get("FUSIONCTL_DEBUG"):
                 raise
-            log.error("%s", exc)
-            print(f"fusionctl: error: {exc}", file=sys.stderr)
+            message = str(exc) if isinstance(exc, FusionctlError) else f"cannot write {exc.filename}: permission denied; choose another store_dir or output folder"
+            log.error("%s", message)
+            print(f"fusionctl: error: {message}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper

@@ -90,17 +90,31 @@ def target_stats(models: list[nn.Module], weights: list[float], x: torch.Tensor)
 
 @torch.no_grad()
 def repair(model: nn.Module, targets, x: torch.Tensor, eps: float = 1e-5) -> None:
-    """Correct `model` in place, point by point in forward order (each fix changes what follows)."""
-    for (layer, bn), (mu_t, sd_t) in zip(repair_points(model), targets):
-        site = bn or layer
-        (mu, sd), = channel_stats(model, [site], x)
-        scale = sd_t / (sd + eps)
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        if bn is not None:
-            bn.weight.mul_(scale)
-            bn.bias.copy_((bn.bias - mu) * scale + mu_t)
-        else:
-            if layer.bias is None:
-                raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
-            layer.weight.mul_(scale.view(shape))
-            layer.bias.copy_((layer.bias - mu) * scale + mu_t)
+    """Correct `model` in place in one forward pass: each point's hook measures its channels,
+    folds the affine correction into the parameters and passes the corrected output on, so
+    every later point sees the statistics its predecessors were fixed to."""
+
+    def hook_for(layer, bn, mu_t, sd_t):
+        def hook(module, inputs, out):
+            flat = out.transpose(0, 1).reshape(out.shape[1], -1)
+            mu, sd = flat.mean(1), flat.std(1)
+            scale = sd_t / (sd + eps)
+            if bn is not None:
+                bn.weight.mul_(scale)
+                bn.bias.copy_((bn.bias - mu) * scale + mu_t)
+            else:
+                if layer.bias is None:
+                    raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
+                layer.weight.mul_(scale.view((-1,) + (1,) * (layer.weight.dim() - 1)))
+                layer.bias.copy_((layer.bias - mu) * scale + mu_t)
+            shape = (1, -1) + (1,) * (out.dim() - 2)
+            return (out - mu.view(shape)) * scale.view(shape) + mu_t.view(shape)
+
+        return hook
+
+    hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, mu_t, sd_t)) for (layer, bn), (mu_t, sd_t) in zip(repair_points(model), targets)]
+    try:
+        model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()

@@ -9,7 +9,7 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.post import POST_STEPS, bn_layers, repair, reset_bn_stats, target_stats
+from fusionctl.fusion.post import POST_STEPS, repair, repair_points, reset_bn_stats, target_stats
 from fusionctl.jobs.bases import build_from_state
 from fusionctl.models import build_model
 
@@ -39,13 +39,13 @@ def apply_post(step: str, cfg: ModelConfig, state: dict, splits: Splits, referen
     if step == "bn_reset":
         reset_bn_stats(model, splits.train, device=device)
         return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # repair: BN nets get their statistics reset first, then every channel is rescaled
-    if not bn_layers(model):
+    # repair: BatchNorm statistics are reset first; layers with no BatchNorm after them take
+    # the correction in their bias, so a bias-free model gains (zero) biases
+    if not cfg.bias and any(bn is None for _, bn in repair_points(model)):
         references = [with_biases(cfg, r, splits)[1] for r in references]
         cfg, state = with_biases(cfg, state, splits)
         model = build_from_state(cfg, splits, state, device)
-    else:
-        reset_bn_stats(model, splits.train, device=device)
+    reset_bn_stats(model, splits.train, device=device)
     x = splits.train.x[:REPAIR_SAMPLES].to(device)
     refs = [build_from_state(cfg, splits, r, device) for r in references]
     repair(model, target_stats(refs, weights, x), x)
