@@ -239,10 +239,12 @@ def cnn_runs(run: Runner, quick: bool, configs: list[tuple[str, list[str]]], epo
         if run.args.parallel > 1:
             base += [f"threads={max(1, (os.cpu_count() or 2) // run.args.parallel)}"]
         run("train", *base)
-        frames.append(run.fuse(tag, *base, "solver=wb", "baselines=[avg,ot,wm,am]", "post=[bn_reset,repair]", f"finetune.epochs={finetune}",
-                               "finetune.batch_size=128"))
+        frames.append(run.fuse(tag, *base, "solver=wb", "baselines=[avg,ot,wm,am]", "post=[bn_reset,repair]"))
         frames.append(run.fuse(tag, *base, "solver=wb", "solver.cost=activation", "baselines=[]", "post=[repair]",
                                rename={"wb": "wb (activation)"}))
+        if finetune:
+            tuned = run.fuse(tag, *base, "solver=wb", "baselines=[]", f"finetune.epochs={finetune}", "finetune.batch_size=128")
+            frames.append(tuned[tuned.stage == "finetuned"])
         if landscape:
             bn = "landscape.bn_reset=true" if "model.batch_norm=true" in model else "landscape.bn_reset=false"
             pts, n = run.args.cnn_points, run.args.cnn_samples
@@ -262,11 +264,12 @@ def cnn_runs(run: Runner, quick: bool, configs: list[tuple[str, list[str]]], epo
 
 def section_cnn(run: Runner, quick: bool) -> str:
     w = "[4,4,8,8,8,8,8,8,8,8]" if quick else "[16,32,64,64,128,128,128,128,128,128]"
-    r = "[4,8,8]" if quick else "[16,32,64]"
+    r = "[4,8,8]" if quick else run.args.resnet_widths
     configs = [("vgg11 small", ["model=vgg11", f"model.widths={w}", "model.batch_norm=false"]),
                ("vgg11 small +BN", ["model=vgg11", f"model.widths={w}", "model.batch_norm=true"]),
                ("resnet20", ["model=resnet20", f"model.widths={r}", "model.batch_norm=false"]),
                ("resnet20 +BN", ["model=resnet20", f"model.widths={r}", "model.batch_norm=true"])]
+    configs = [c for c in configs if c[0] in run.args.cnn_configs]
     epochs, finetune = (1, 1) if quick else (run.args.cnn_epochs, run.args.cnn_finetune)
     fusion, barriers = cnn_runs(run, quick, configs, epochs, finetune, True)
     fusion.to_csv(run.out / "cnn_fusion.csv", index=False)
@@ -277,7 +280,7 @@ def section_cnn(run: Runner, quick: bool) -> str:
         f"Full Fashion-MNIST (54,000 train / 6,000 validation / 10,000 test), SGD lr 0.05 momentum 0.9 wd 5e-4, cosine "
         f"schedule with 1 warm-up epoch, batch 128, {epochs} epochs, seeds 0 and 1, device {run.args.device}. Test accuracy "
         f"(%); `+bn_reset` recomputes BatchNorm statistics, `+repair` is REPAIR (Jordan et al.); `finetuned` trains every "
-        f"fused model and both base models {finetune} more epochs (SGD lr 0.01).",
+        f"WB-fused model and both base models {finetune} more epochs (SGD lr 0.01, momentum 0.9).",
         md_table(accuracy_table(fusion, [c[0] for c in configs])),
         f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; BatchNorm statistics "
         "reset at every point for BN models):",
@@ -360,6 +363,8 @@ def main() -> None:
     ap.add_argument("--cnn-samples", type=int, default=5000)
     ap.add_argument("--paper-epochs", type=int, default=4)
     ap.add_argument("--cnn-landscapes", nargs="+", default=["wb", "wb (activation)", "wm", "am"])
+    ap.add_argument("--cnn-configs", nargs="+", default=["vgg11 small", "vgg11 small +BN", "resnet20", "resnet20 +BN"])
+    ap.add_argument("--resnet-widths", default="[16,32,64]")
     ap.add_argument("--parallel", type=int, default=1, help="CNN configurations run at once (a GPU machine)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
