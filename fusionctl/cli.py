@@ -40,16 +40,19 @@ def check_group_choices(args: list[str]) -> str | None:
 
 
 def check_output_dirs(args: list[str]) -> str | None:
-    """One line for an output folder that cannot be created (Hydra would print a traceback)."""
-    import os
+    """One line for an output folder that cannot be created (Hydra would print a traceback).
 
+    Creating it is the only reliable test (root passes every permission check); Hydra would
+    create it a moment later anyway.
+    """
     wanted = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))] or ["outputs"]
     for path in map(Path, wanted):
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            return f"fusionctl: error: cannot create the output folder {path} ({probe} is not a writable folder); choose another with hydra.run.dir=..."
+        if "${" in str(path):
+            continue  # interpolated by Hydra; checked when it is created
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"fusionctl: error: cannot create the output folder {path} ({exc.strerror}); choose another with hydra.run.dir=..."
     return None
 
 

@@ -48,10 +48,10 @@ def guarded(task):
     def wrapper(cfg):
         try:
             return task(cfg)
-        except (FusionctlError, PermissionError) as exc:
+        except (FusionctlError, OSError) as exc:
             if os.environ.get("FUSIONCTL_DEBUG"):
                 raise
-            message = str(exc) if isinstance(exc, FusionctlError) else f"cannot write {exc.filename}: permission denied; choose another store_dir or output folder"
+            message = str(exc) if isinstance(exc, FusionctlError) else f"cannot write {exc.filename}: {exc.strerror}; choose another store_dir or output folder"
             log.error("%s", message)
             print(f"fusionctl: error: {message}", file=sys.stderr)
             sys.exit(1)
