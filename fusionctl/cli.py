@@ -10,6 +10,7 @@ COMMANDS = {
     "train": "train base models, one per seed, into the hashed model store",
     "fuse": "fuse base models (Wasserstein barycenter, OT, averaging) and evaluate every model",
     "landscape": "loss-barrier curves and the 2-D loss landscape through model 1, model 2 and permuted model 2",
+    "report": "summarise a sweep folder (fusionctl report outputs/multirun/fuse/<time>): summary.csv and plots",
 }
 GROUPS = ("dataset", "model", "solver", "optim", "landscape", "experiment")
 
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fusionctl: error: unknown command '{command}'; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if command == "report":
+        from fusionctl.report import main as report
+
+        return report(rest)
     problem = check_group_choices(rest)
     if problem:
         print(problem, file=sys.stderr)
@@ -80,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     module = importlib.import_module(f"fusionctl.commands.{command}")
     sys.argv = [f"fusionctl {command}", *rest]
+    from fusionctl.commands import common
+
+    common.FAILED_JOBS.clear()
     module.main()
+    if common.FAILED_JOBS:
+        print(f"fusionctl: error: {len(common.FAILED_JOBS)} job(s) of the sweep failed (error.txt in their folders); "
+              f"the others finished; `fusionctl report <sweep folder>` lists them", file=sys.stderr)
+        return 1
     return 0
 
 

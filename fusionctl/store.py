@@ -88,8 +88,15 @@ def make_checkpoint(state_dict, model_cfg, dataset: str, input_shape, num_classe
         "input_shape": list(input_shape),
         "num_classes": int(num_classes),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "versions": _versions(),
         **meta,
     }
+
+
+def _versions() -> dict:
+    from fusionctl.jobs.versions import versions
+
+    return dict(versions())
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fusionctl.errors import FusionctlError
 
 log = logging.getLogger("fusionctl")
+FAILED_JOBS: list[str] = []  # jobs of a sweep that failed in this process
 
 
 def config_dir() -> str:
@@ -53,10 +54,22 @@ def guarded(task):
                 raise
             message = str(exc) if isinstance(exc, FusionctlError) else f"cannot write {exc.filename}: {exc.strerror}; choose another store_dir or output folder"
             log.error("%s", message)
+            if _in_sweep():
+                # one failing job must not stop the sweep: record it where the report finds it
+                (output_dir() / "error.txt").write_text(message + "\n")
+                FAILED_JOBS.append(message)
+                return None
             print(f"fusionctl: error: {message}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def set_threads(n: int) -> None:

@@ -17,9 +17,9 @@ def versions() -> dict[str, str]:
 
     return {
         "fusionctl_version": fusionctl.__version__,
-        "torch_version": torch.__version__,
-        "pot_version": ot.__version__,
-        "numpy_version": numpy.__version__,
+        "torch_version": str(torch.__version__),
+        "pot_version": str(ot.__version__),
+        "numpy_version": str(numpy.__version__),
         "git_commit": _git_commit(),
     }
 
