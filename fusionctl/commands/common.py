@@ -73,7 +73,19 @@ def _in_sweep() -> bool:
 
 
 def set_threads(n: int) -> None:
+    """threads=0 leaves torch's default, except under a launcher that runs jobs side by side
+    (joblib): one thread per job, so parallel jobs do not oversubscribe the cores."""
+    if n == 0 and _launcher().endswith("JoblibLauncher"):
+        n = 1
     if n > 0:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _launcher() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    return str(HydraConfig.get().launcher.get("_target_", ""))
