@@ -35,8 +35,16 @@ def sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def project(couplings: list[torch.Tensor], measures: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """Barycentric projection sum_i lambda_i diag(1 / P_i 1) P_i Y_i."""
-    return sum(w * (p / p.sum(1, keepdim=True)) @ y for p, y, w in zip(couplings, measures, weights))
+    """Barycentric projection sum_i lambda_i diag(1 / P_i 1) P_i Y_i (a gather when P_i is a permutation)."""
+    out = 0.0
+    for p, y, w in zip(couplings, measures, weights):
+        rows = p / p.sum(1, keepdim=True)
+        hits = rows.argmax(1)
+        if rows.shape[0] == rows.shape[1] and torch.all(rows[torch.arange(len(hits)), hits] == 1):
+            out = out + w * y[hits]
+        else:
+            out = out + w * rows @ y
+    return out
 
 
 def free_support_barycenter(

@@ -1,0 +1,64 @@
+"""Fuse time against width for wb (exact, sinkhorn), ot, wm and am, measured in one process.
+
+Pairs of MLPs 784-w-w-w-10 where model 2 is a hidden-unit permutation of model 1 plus noise
+(so every method has a real alignment to find). Prints seconds per fusion and the ratio to
+weight matching (wm) at the same width; the target is wb exact <= wm.
+
+    .venv/bin/python scripts/bench_fusion.py [--widths 64 256 1024 2048] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from fusionctl.config import ModelConfig, SolverConfig
+from fusionctl.data import Split, Splits
+from fusionctl.fusion import FusionContext, fuse
+from fusionctl.fusion.transport import transport
+from fusionctl.jobs.activations import activation_probe
+from fusionctl.models import build_model, model_spec
+
+METHODS = [("wb exact", "wb", {}), ("wb sinkhorn", "wb", {"ot": "sinkhorn", "reg": 1e-3}), ("ot", "ot", {}), ("wm", "wm", {}), ("am", "am", {})]
+
+
+def pair(width: int, seed: int = 0):
+    cfg = ModelConfig("mlp", [width] * 3, True)
+    torch.manual_seed(seed)
+    a = {k: v.detach() for k, v in build_model(cfg, (1, 28, 28), 10).state_dict().items()}
+    spec = model_spec(cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    perms = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(a).items()}
+    b = {k: v + 0.3 * v.std() * torch.randn(v.shape, generator=g) for k, v in transport(a, spec, perms).items()}
+    return cfg, spec, a, b
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024, 2048])
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    x = torch.randn(256, 1, 28, 28)
+    splits = Splits("random", Split(x, torch.zeros(256, dtype=torch.long)), Split(x[:1], torch.zeros(1, dtype=torch.long)),
+                    Split(x[:1], torch.zeros(1, dtype=torch.long)), (1, 28, 28), 10)
+    print(f"threads={torch.get_num_threads()}  MLP 784-w-w-w-10 pairs (model 2 = permuted model 1 + noise)")
+    print(f"{'width':>6} " + " ".join(f"{name:>12}" for name, _, _ in METHODS) + "   ratios to wm")
+    for width in args.widths:
+        cfg, spec, a, b = pair(width)
+        ctx = FusionContext(activations=activation_probe(cfg, splits, 256))
+        times = {}
+        for name, method, extra in METHODS:
+            best = float("inf")
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                fuse(method, spec, [a, b], [0.5, 0.5], spec.group_sizes(a), SolverConfig(name=method, **extra), ctx)
+                best = min(best, time.perf_counter() - start)
+            times[name] = best
+        ratios = " ".join(f"{name}={times[name] / times['wm']:.2f}" for name, _, _ in METHODS if name != "wm")
+        print(f"{width:>6} " + " ".join(f"{times[name]:>11.3f}s" for name, _, _ in METHODS) + f"   {ratios}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
