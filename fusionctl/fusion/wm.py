@@ -15,8 +15,8 @@ from scipy.optimize import linear_sum_assignment
 
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
-from fusionctl.fusion.transport import identity_couplings, transport, weighted_average
-from fusionctl.models.spec import AlignmentSpec, Axis
+from fusionctl.fusion.transport import col_map, identity_couplings, row_map, transport, weighted_average
+from fusionctl.models.spec import AlignmentSpec, Axis, apply_along
 
 
 def node_slices(t: torch.Tensor, dim: int, ax: Axis) -> torch.Tensor:
@@ -25,6 +25,14 @@ def node_slices(t: torch.Tensor, dim: int, ax: Axis) -> torch.Tensor:
     n = shape[dim] // (ax.outer * ax.inner)
     view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
     return torch.movedim(view, dim + 1, 0).reshape(n, -1)
+
+
+def aligned_except(t: torch.Tensor, axes, skip: int, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
+    for dim, ax in enumerate(axes):
+        if ax is not None and dim != skip:
+            m = row_map(couplings[ax.group]) if dim == 0 else col_map(couplings[ax.group])
+            t = apply_along(t, dim, ax, m)
+    return t
 
 
 def perm_coupling(perm: np.ndarray) -> torch.Tensor:
@@ -50,8 +58,6 @@ def match(spec: AlignmentSpec, target: dict, source: dict, max_iter: int = 100, 
         order = list(spec.groups) if sweep == 0 else rng.permutation(list(spec.groups))
         done: set[str] = set()
         for group in order:
-            others = {g: p for g, p in couplings.items() if g != group}
-            moved = transport(source, spec, others)  # every other group already aligned
             sim = torch.zeros(sizes[group], sizes[group], dtype=torch.float64)
             for key, axes in spec.axes.items():
                 if sweep == 0 and not (axes and axes[0] is not None and axes[0].group == group
@@ -59,9 +65,11 @@ def match(spec: AlignmentSpec, target: dict, source: dict, max_iter: int = 100, 
                     continue
                 for dim, ax in enumerate(axes):
                     if ax is not None and ax.group == group:
+                        # every other axis aligned by the current permutations (this group's own
+                        # included, for recurrent weights), this axis left in the source's order
+                        b = aligned_except(source[key].to(torch.float64), axes, dim, couplings)
                         a = node_slices(target[key].to(torch.float64), dim, ax)
-                        b = node_slices(moved[key].to(torch.float64), dim, ax)
-                        sim += a @ b.T
+                        sim += a @ node_slices(b, dim, ax).T
             _, perm = linear_sum_assignment(sim.numpy(), maximize=True)
             new = perm_coupling(perm)
             if not torch.equal(new, couplings[group]):
