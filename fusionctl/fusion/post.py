@@ -61,8 +61,8 @@ def repair_points(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
     return points
 
 
-def channel_stats(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-channel mean and std of each module's output on inputs x."""
+def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of `modules` during one evaluation-mode forward pass of `model` on x."""
     captured: dict[int, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out.detach())) for i, m in enumerate(modules)]
     try:
@@ -71,9 +71,13 @@ def channel_stats(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -
     finally:
         for h in hooks:
             h.remove()
+    return [captured[i] for i in range(len(modules))]
+
+
+def channel_stats(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and std of each module's output on inputs x."""
     stats = []
-    for i in range(len(modules)):
-        out = captured[i]
+    for out in capture_outputs(model, modules, x):
         flat = out.transpose(0, 1).reshape(out.shape[1], -1)
         stats.append((flat.mean(1), flat.std(1)))
     return stats

@@ -12,6 +12,7 @@ from torch import nn
 
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
+from fusionctl.fusion.post import capture_outputs
 from fusionctl.jobs.bases import build_from_state
 from fusionctl.models import config_for, model_spec
 from fusionctl.models.recurrent import RecurrentLayer
@@ -33,18 +34,8 @@ def writers(model: nn.Module, spec) -> dict[str, list[str]]:
 def unit_activations(model: nn.Module, spec, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """{group: (n_units, observations)} pre-activations of every group on inputs x."""
     names = writers(model, spec)
-    captured: dict[str, torch.Tensor] = {}
-    hooks = []
-    for group_names in names.values():
-        for name in group_names:
-            module = model.get_submodule(name)
-            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, o.detach())))
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    flat_names = [n for group_names in names.values() for n in group_names]
+    captured = dict(zip(flat_names, capture_outputs(model, [model.get_submodule(n) for n in flat_names], x)))
     acts = {}
     for group, group_names in names.items():
         blocks = []
