@@ -4,7 +4,9 @@ Pairs of MLPs 784-w-w-w-10 where model 2 is a hidden-unit permutation of model 1
 (so every method has a real alignment to find). Prints seconds per fusion and the ratio to
 weight matching (wm) at the same width; the target is wb exact <= wm.
 
-    .venv/bin/python scripts/bench_fusion.py [--widths 64 256 1024 2048] [--repeats 1]
+    .venv/bin/python scripts/bench_fusion.py [--widths 64 256 1024 2048] [--repeats 1] [--lstm 256]
+
+It also times GWB on an LSTM pair (28 inputs, hidden 256 by default; the paper's size).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from fusionctl.models import build_model, model_spec
 METHODS = [("wb exact", "wb", {}), ("wb sinkhorn", "wb", {"ot": "sinkhorn", "reg": 1e-3}), ("ot", "ot", {}), ("wm", "wm", {}), ("am", "am", {})]
 
 
-def pair(width: int, seed: int = 0):
-    cfg = ModelConfig("mlp", [width] * 3, True)
+def pair(width: int, seed: int = 0, cfg: ModelConfig | None = None, shape=(1, 28, 28)):
+    cfg = cfg or ModelConfig("mlp", [width] * 3, True)
     torch.manual_seed(seed)
-    a = {k: v.detach() for k, v in build_model(cfg, (1, 28, 28), 10).state_dict().items()}
+    a = {k: v.detach() for k, v in build_model(cfg, shape, 10).state_dict().items()}
     spec = model_spec(cfg)
     g = torch.Generator().manual_seed(seed + 1)
     perms = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(a).items()}
@@ -39,6 +41,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024, 2048])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--lstm", type=int, default=256, help="also time gwb on an LSTM pair of this hidden size (0: skip)")
     args = ap.parse_args()
     x = torch.randn(256, 1, 28, 28)
     splits = Splits("random", Split(x, torch.zeros(256, dtype=torch.long)), Split(x[:1], torch.zeros(1, dtype=torch.long)),
@@ -58,6 +61,13 @@ def main():
             times[name] = best
         ratios = " ".join(f"{name}={times[name] / times['wm']:.2f}" for name, _, _ in METHODS if name != "wm")
         print(f"{width:>6} " + " ".join(f"{times[name]:>11.3f}s" for name, _, _ in METHODS) + f"   {ratios}", flush=True)
+    if args.lstm:
+        cfg, spec, a, b = pair(args.lstm, cfg=ModelConfig("lstm", [args.lstm], True), shape=(28, 28))
+        for name, method in (("gwb", "gwb"), ("wb (no hidden)", "wb")):
+            start = time.perf_counter()
+            res = fuse(method, spec, [a, b], [0.5, 0.5], spec.group_sizes(a), SolverConfig(name=method))
+            its = {g: i["iterations"] for g, i in res.info.items()}
+            print(f"lstm hidden {args.lstm}, {name} (exact): {time.perf_counter() - start:.2f}s  iterations {its}")
 
 
 if __name__ == "__main__":
