@@ -48,6 +48,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     checkpoint: str = "best"  # which checkpoint fuse/landscape use: best (validation) | final
+    amp: bool = False  # mixed precision (bfloat16 autocast) for the forward pass
 
 
 @dataclass

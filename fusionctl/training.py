@@ -77,7 +77,7 @@ def train_one(splits: Splits, model_cfg: ModelConfig, optim_cfg: OptimConfig, tr
             lr = lr_at(epoch, train_cfg.epochs, optim_cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            tr_loss, tr_acc = _epoch(model, opt, splits, train_cfg.batch_size, gen, device, seed, epoch + 1, optim_cfg.clip_grad)
+            tr_loss, tr_acc = _epoch(model, opt, splits, train_cfg.batch_size, gen, device, seed, epoch + 1, optim_cfg.clip_grad, train_cfg.amp)
             val = splits.val if len(splits.val) else splits.train
             val_loss, val_acc = evaluate(model, val, device=device)
             row = {"seed": seed, "epoch": epoch + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": val_loss, "val_acc": val_acc}
@@ -116,7 +116,8 @@ def finetune(model: torch.nn.Module, splits: Splits, optim_cfg: OptimConfig, epo
     return rows
 
 
-def _epoch(model, opt, splits: Splits, batch_size: int, gen: torch.Generator, device, seed: int, epoch: int, clip: float = 0.0) -> tuple[float, float]:
+def _epoch(model, opt, splits: Splits, batch_size: int, gen: torch.Generator, device, seed: int, epoch: int, clip: float = 0.0,
+           amp: bool = False) -> tuple[float, float]:
     model.train()
     n = len(splits.train)
     perm = torch.randperm(n, generator=gen)
@@ -127,8 +128,9 @@ def _epoch(model, opt, splits: Splits, batch_size: int, gen: torch.Generator, de
         if splits.augment:
             x = augment_batch(x, gen)
         x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
             raise FusionctlError(f"training seed {seed} diverged in epoch {epoch} (loss {float(loss.detach())}); lower optim.lr or add optim.warmup_epochs")
         opt.zero_grad(set_to_none=True)

@@ -71,3 +71,17 @@ def test_learning_rate_schedules():
     assert training.lr_at(1, 11, cfg) == pytest.approx(1.0)
     assert training.lr_at(6, 11, cfg) == pytest.approx(0.5)
     assert training.lr_at(3, 10, OptimConfig(lr=1.0, schedule="step", step_size=2, gamma=0.5)) == pytest.approx(0.5)
+
+
+def test_mixed_precision_training_runs_and_learns(tmp_path):
+    summary = training.train_one(toy_splits(), MODEL, OPTIM, TrainConfig(epochs=5, batch_size=16, amp=True), 0, tmp_path, torch.device("cpu"))
+    assert summary["best_val_acc"] > 0.45
+
+
+def test_device_auto_falls_back_to_cpu_without_accelerators():
+    from fusionctl.device import resolve_device
+
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+    with pytest.raises(FusionctlError, match="unknown device"):
+        resolve_device("tpu")
