@@ -31,8 +31,9 @@ def config_hash(*parts: Any) -> str:
 
 def model_dir(store_dir: str | Path, dataset, model, optim, train, seed: int, client: int | None = None) -> Path:
     """client: which share of a heterogeneous split the model trains on (None: the whole split)."""
-    # train.checkpoint only selects which file fuse reads; it does not change the model.
-    train_key = {k: v for k, v in asdict(train).items() if k != "checkpoint"}
+    # train.checkpoint only selects which file fuse reads, and train.amp only the rounding of the
+    # same recipe: neither makes a different model.
+    train_key = {k: v for k, v in asdict(train).items() if k not in ("checkpoint", "amp")}
     key = config_hash(dataset, model, optim, train_key)
     leaf = f"seed{seed}" if client is None or dataset.split == "none" else f"seed{seed}-client{client}"
     return Path(store_dir) / dataset.name / f"{model.name}-{key}" / leaf

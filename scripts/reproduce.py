@@ -206,7 +206,8 @@ def section_recurrent(run: Runner, quick: bool) -> str:
         frames.append(run.fuse(kind, *base, "solver=gwb", "baselines=[wb,avg,ot,wm,am]"))
         for alpha in (0.1, 10.0):
             frames.append(run.fuse(kind, *base, "solver=gwb", f"solver.alpha={alpha}", "baselines=[]", rename={"gwb": f"gwb (α={alpha:g})"}))
-        frames.append(run.fuse(kind, *base, "solver=gwb", "solver.ot=sinkhorn", "baselines=[]", rename={"gwb": "gwb (sinkhorn)"}))
+        if run.args.gwb_sinkhorn:
+            frames.append(run.fuse(kind, *base, "solver=gwb", "solver.ot=sinkhorn", "baselines=[]", rename={"gwb": "gwb (sinkhorn)"}))
         land = ["landscape.plane=false"] + (["landscape=fast"] if quick else [])
         bars.append(run.landscape(kind, "gwb", *base, "solver=gwb", *land))
         bars.append(run.landscape(kind, "wb (no hidden)", *base, "solver=wb", *land))
@@ -367,6 +368,7 @@ def main() -> None:
     ap.add_argument("--resnet-widths", default="[16,32,64]")
     ap.add_argument("--parallel", type=int, default=1, help="CNN configurations run at once (a GPU machine)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--gwb-sinkhorn", action="store_true", help="recurrent: also GWB with Sinkhorn (minutes per model on 2 cores)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
