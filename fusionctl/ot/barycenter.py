@@ -25,7 +25,7 @@ class BarycenterResult:
     couplings: list[torch.Tensor]  # (m, n_i) per measure
     iterations: int
     converged: bool
-    cost: float  # sum_i lambda_i <P_i, C_i> at the returned couplings
+    cost: float  # sum_i lambda_i <P_i, C_i> of the last OT step
 
 
 def sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -86,11 +86,11 @@ def free_support_barycenter(
         if extra_cost is not None:
             costs = [c + extra_cost(i, p) for i, (c, p) in enumerate(zip(costs, previous))]
         couplings = [solve_ot(c, ot_method, reg, sinkhorn_iter) for c in costs]
+        total = sum(w * float((p * c).sum()) for p, c, w in zip(couplings, costs, weights))
         x = project(couplings, ys, weights)
         change = max(float((p - q).abs().max()) * m for p, q in zip(couplings, previous))
         previous = couplings
         if change < tol:
             converged = True
             break
-    total = sum(w * float((p * sq_distances(x, y)).sum()) for p, y, w in zip(previous, ys, weights))
     return BarycenterResult(x, previous, it, converged, total)
