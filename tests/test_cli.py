@@ -103,7 +103,7 @@ def test_multirun_sweep_over_two_solvers(work):
 @pytest.mark.parametrize("args, needles", [
     (["weights=[1]"], ["weights", "one weight per model"]),
     (["weights=[-1,2]"], ["non-negative"]),
-    (["target.widths=[5]"], ["target.widths", "2 hidden layers"]),
+    (["target.widths=[5]"], ["target.widths has 1 entries", "mlp has 2"]),
     (["solver.ot=sinkhorn", "solver.reg=0"], ["solver.reg"]),
     (["seeds=[0,9]"], ["seed 9", "fusionctl train"]),
     (["models=[nowhere.pt,nowhere2.pt]"], ["nowhere.pt", "does not exist"]),
