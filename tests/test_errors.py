@@ -95,8 +95,15 @@ def call(args: list[str]) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
-def expand(args, work):
-    return [a.format(**work) for a in args]
+def command_line(args, work, store: Path, run_dir: Path) -> list[str]:
+    """A case's arguments with placeholders filled, plus the tiny defaults it does not override."""
+    full = [a.format(**work) for a in args]
+    if full[0] in ("train", "fuse", "landscape"):
+        keys = {a.split("=", 1)[0] for a in full[1:]}
+        full = [full[0], *[e for e in [f"store_dir={store}", *TINY] if e.split("=", 1)[0] not in keys], *full[1:]]
+        if not any(a.startswith("hydra.run.dir=") for a in full):
+            full.append(f"hydra.run.dir={run_dir}")
+    return full
 
 
 @pytest.mark.parametrize("args, code, needle", CASES, ids=[" ".join(c[0]) for c in CASES])
@@ -104,14 +111,8 @@ def test_bad_input_gives_one_line_and_exit_code(work, args, code, needle):
     tmp = work["tmp"]
     good = tmp / "runs" / "good" / "fusion.csv"
     before = good.read_bytes()
-    full = expand(args, work)
-    if full[0] in ("train", "fuse", "landscape"):
-        extra = [f"store_dir={tmp}/store", *TINY]
-        keys = {a.split("=", 1)[0] for a in full[1:]}
-        full = [full[0], *[e for e in extra if e.split("=", 1)[0] not in keys], *full[1:]]
-        if not any(a.startswith("hydra.run.dir=") for a in full):
-            full.append(f"hydra.run.dir={tmp}/runs/good")  # the run folder of a finished job
-    rc, err = call(full)
+    # without an explicit run folder the case runs in the folder of a finished job
+    rc, err = call(command_line(args, work, tmp / "store", tmp / "runs" / "good"))
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert rc == code, err
     assert len(lines) == 1, err
@@ -145,12 +146,7 @@ if __name__ == "__main__":  # regenerate docs/errors.md from the real messages
                 "(set `FUSIONCTL_DEBUG=1` to see one), and nothing an earlier run wrote is touched. Paths are shortened.", "",
                 "| command | exit | message |", "|---|---|---|"]
         for args, code, needle in CASES:
-            full = expand(args, w)
-            if full[0] in ("train", "fuse", "landscape"):
-                keys = {a.split("=", 1)[0] for a in full[1:]}
-                full = [full[0], *[e for e in [f"store_dir={d}/store", *TINY] if e.split("=", 1)[0] not in keys], *full[1:]]
-                full += [] if any(a.startswith("hydra.run.dir=") for a in full) else [f"hydra.run.dir={d}/runs/doc"]
-            rc, err = call(full)
+            rc, err = call(command_line(args, w, Path(d) / "store", Path(d) / "runs" / "doc"))
             msg = err.strip().splitlines()[-1].replace(d, "…").replace("|", "\\|")
             shown = " ".join(args).replace("{tmp}", "…").replace("{seed0}", "…/seed0/best.pt").replace("{seed1}", "…/seed1/best.pt")
             shown = shown.replace("{shallow}", "…/shallow/seed0/best.pt").replace("|", "\\|")
