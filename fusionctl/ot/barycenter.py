@@ -34,6 +34,11 @@ def sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return d.clamp_min_(0.0)
 
 
+def coupling_change(new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
+    """Largest entry change over all couplings, scaled by the barycenter size m (scale-free)."""
+    return max(float((p - q).abs().max()) * p.shape[0] for p, q in zip(new, old))
+
+
 def project(couplings: list[torch.Tensor], measures: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """Barycentric projection sum_i lambda_i diag(1 / P_i 1) P_i Y_i (a gather when P_i is a permutation)."""
     out = 0.0
@@ -56,7 +61,6 @@ def free_support_barycenter(
     max_iter: int = 100,
     tol: float = 1e-5,
     sinkhorn_iter: int = 2000,
-    extra_cost=None,
 ) -> BarycenterResult:
     """Alternate OT steps and projections from `init` until the couplings stop changing.
 
@@ -68,8 +72,6 @@ def free_support_barycenter(
     max_iter : cap on OT+projection rounds; max_iter=1 is a single anchored pass
     tol : stop when m * max|P_i(t) - P_i(t-1)| < tol for every i (scale-free, unlike
         an absolute tolerance on the support; METHOD.md E.2-14)
-    extra_cost : optional callable(i, P_i) -> (m, n_i) added to the squared distance
-        (used by the Gromov-Wasserstein linearisation for recurrent layers)
 
     Returns
     -------
@@ -83,12 +85,10 @@ def free_support_barycenter(
     it = 0
     for it in range(1, max_iter + 1):
         costs = [sq_distances(x, y) for y in ys]
-        if extra_cost is not None:
-            costs = [c + extra_cost(i, p) for i, (c, p) in enumerate(zip(costs, previous))]
         couplings = [solve_ot(c, ot_method, reg, sinkhorn_iter) for c in costs]
         total = sum(w * float((p * c).sum()) for p, c, w in zip(couplings, costs, weights))
         x = project(couplings, ys, weights)
-        change = max(float((p - q).abs().max()) * m for p, q in zip(couplings, previous))
+        change = coupling_change(couplings, previous)
         previous = couplings
         if change < tol:
             converged = True

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fusionctl.ot.barycenter import project, sq_distances
+from fusionctl.ot.barycenter import coupling_change, project, sq_distances
 from fusionctl.ot.solver import solve_ot
 
 
@@ -90,14 +90,14 @@ def fused_gw_barycenter(
         for i, p in enumerate(couplings):
             for _ in range(inner_iter):
                 q = solve_ot(cost(i, p), ot_method, reg, sinkhorn_iter)
-                change = float((q - p).abs().max()) * m
+                change = coupling_change([q], [p])
                 p = q
                 if change < tol:
                     break
             updated.append(p)
         x = project(updated, ys, weights)
         hbar = project_structure(updated, hs, weights)
-        change = max(float((p - q).abs().max()) * m for p, q in zip(updated, couplings))
+        change = coupling_change(updated, couplings)
         couplings = updated
         if change < tol:
             converged = True
