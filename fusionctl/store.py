@@ -24,8 +24,20 @@ from fusionctl.errors import FusionctlError
 FORMAT = "fusionctl.model/1"
 
 
+def _non_default(part: Any) -> Any:
+    """A config dataclass as the fields that differ from their defaults.
+
+    Adding a field with a default then leaves every existing hash, and so every stored model,
+    where it was; the price is that changing a default value must come with a new field name.
+    """
+    if not hasattr(part, "__dataclass_fields__"):
+        return part
+    default = asdict(type(part)())
+    return {k: v for k, v in asdict(part).items() if v != default.get(k, object())}
+
+
 def config_hash(*parts: Any) -> str:
-    blob = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True)
+    blob = json.dumps([_non_default(p) for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -33,7 +45,7 @@ def model_dir(store_dir: str | Path, dataset, model, optim, train, seed: int, cl
     """client: which share of a heterogeneous split the model trains on (None: the whole split)."""
     # train.checkpoint only selects which file fuse reads, and train.amp only the rounding of the
     # same recipe: neither makes a different model.
-    train_key = {k: v for k, v in asdict(train).items() if k not in ("checkpoint", "amp")}
+    train_key = {k: v for k, v in _non_default(train).items() if k not in ("checkpoint", "amp")}
     key = config_hash(dataset, model, optim, train_key)
     leaf = f"seed{seed}" if client is None or dataset.split == "none" else f"seed{seed}-client{client}"
     return Path(store_dir) / dataset.name / f"{model.name}-{key}" / leaf

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -17,6 +19,13 @@ def test_model_dir_depends_on_training_config_but_not_checkpoint_choice(tmp_path
     assert a != model_dir(tmp_path, d, m, o, TrainConfig(epochs=3), 0)
     assert a != model_dir(tmp_path, d, ModelConfig(widths=[5]), o, TrainConfig(), 0)
     assert a.parent == model_dir(tmp_path, d, m, o, TrainConfig(), 1).parent
+
+
+def test_a_new_config_field_at_its_default_keeps_stored_models_found(tmp_path):
+    d, m, o = DatasetConfig(), ModelConfig(), OptimConfig()
+    grown = dataclasses.make_dataclass("GrownTrainConfig", [("new_knob", int, 0)], bases=(TrainConfig,))
+    assert model_dir(tmp_path, d, m, o, grown(), 0) == model_dir(tmp_path, d, m, o, TrainConfig(), 0)
+    assert model_dir(tmp_path, d, m, o, grown(new_knob=1), 0) != model_dir(tmp_path, d, m, o, TrainConfig(), 0)
 
 
 def test_checkpoint_round_trip(tmp_path):
