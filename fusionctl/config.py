@@ -20,6 +20,9 @@ class DatasetConfig:
     hetero_share: float = 0.1  # ... and this share of the other classes; client 1 the rest
     clients: int = 2  # dirichlet: number of clients
     dirichlet_alpha: float = 0.5
+    # text datasets (ag_news): vocabulary from the training split, sequence length in tokens
+    vocab_size: int = 20000
+    max_len: int = 64
 
 
 @dataclass
@@ -28,6 +31,7 @@ class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [400, 200, 100])
     bias: bool = False
     batch_norm: bool = False  # CNNs only
+    embed: int = 0  # recurrent models on text: size of the token embedding (its units are aligned too)
 
 
 @dataclass

@@ -53,7 +53,7 @@ def train_one(splits: Splits, model_cfg: ModelConfig, optim_cfg: OptimConfig, tr
             log.info("seed %d: already trained (%s), nothing to do", seed, folder)
             return _summary(folder)
         torch.manual_seed(seed)
-        model = build_model(model_cfg, splits.input_shape, splits.num_classes).to(device)
+        model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab).to(device)
         opt = make_optimizer(model.parameters(), optim_cfg)
         gen = torch.Generator().manual_seed(seed)
         history: list[dict] = []
@@ -70,7 +70,7 @@ def train_one(splits: Splits, model_cfg: ModelConfig, optim_cfg: OptimConfig, tr
             log.info("seed %d: resuming after epoch %d", seed, start)
 
         def checkpoint(state_dict, **meta):
-            return make_checkpoint(state_dict, model_cfg, splits.name, splits.input_shape, splits.num_classes, seed=seed, **meta)
+            return make_checkpoint(state_dict, model_cfg, splits.name, splits.input_shape, splits.num_classes, vocab=splits.vocab, seed=seed, **meta)
 
         bar = tqdm(range(start, train_cfg.epochs), desc=f"train seed {seed}", disable=not sys.stderr.isatty(), leave=False)
         for epoch in bar:

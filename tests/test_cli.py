@@ -157,3 +157,17 @@ def test_landscape_sweep_over_solvers_and_bad_points(work):
     proc = run(["landscape", *TINY, "landscape.points=1", "hydra.run.dir=runs/lbad"], work, ok=False)
     assert proc.returncode == 1
     one_line_error(proc, "landscape.points")
+
+
+def test_text_dataset_end_to_end_through_train_and_fuse(tmp_path):
+    from test_text import write_ag_news
+
+    write_ag_news(tmp_path / "data" / "ag_news", per_class=10)
+    common = ["dataset=ag_news", "data_dir=data", "dataset.max_len=16", "model=lstm", "model.embed=6", "model.widths=[8]",
+              "optim=adam", "train.epochs=1", "seeds=[0,1]", "threads=1"]
+    run(["train", *common, "hydra.run.dir=runs/train"], tmp_path)
+    run(["fuse", *common, "solver=gwb", "baselines=[wb,avg,wm]", "hydra.run.dir=runs/fuse"], tmp_path)
+    table = pd.read_csv(tmp_path / "runs" / "fuse" / "fusion.csv")
+    assert {"gwb", "wb", "avg", "wm"} <= set(table.method)
+    fused = torch.load(tmp_path / "runs" / "fuse" / "fused_gwb.pt", weights_only=True)
+    assert fused["vocab"] > 2 and fused["model"]["embed"] == 6 and fused["state_dict"]["embed.weight"].shape[0] == 6

@@ -32,6 +32,8 @@ CASES = [
     (["train", "model.widths=[]"], 1, "model.widths must be a non-empty list"),
     (["train", "model=vgg11", "dataset=seq_mnist_small"], 1, "needs images"),
     (["train", "model=vgg11", "model.widths=[8,8]"], 1, "does not fit vgg11"),
+    (["train", "dataset=ag_news", "data_dir={tmp}/empty", "dataset.download=false"], 1, "ag_news/train.csv"),
+    (["train", "model=lstm", "model.embed=16"], 1, "set model.embed=0 or use a text dataset"),
     (["train", "optim.name=rmsprop"], 1, "unknown optimiser 'rmsprop'"),
     (["train", "optim.schedule=weird"], 1, "unknown optim.schedule"),
     (["train", "optim.lr=1e30", "seeds=[5]"], 1, "diverged in epoch 1"),

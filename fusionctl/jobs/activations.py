@@ -15,7 +15,7 @@ from fusionctl.data import Splits
 from fusionctl.fusion.post import capture_outputs
 from fusionctl.jobs.bases import build_from_state
 from fusionctl.models import config_for, model_spec
-from fusionctl.models.recurrent import RecurrentLayer
+from fusionctl.models.recurrent import RecurrentLayer, TokenEmbedding
 
 
 def writers(model: nn.Module, spec) -> dict[str, list[str]]:
@@ -41,7 +41,7 @@ def unit_activations(model: nn.Module, spec, x: torch.Tensor) -> dict[str, torch
         blocks = []
         for name in group_names:
             out = captured[name]
-            if isinstance(model.get_submodule(name), RecurrentLayer):
+            if isinstance(model.get_submodule(name), (RecurrentLayer, TokenEmbedding)):
                 out = out.movedim(-1, 1)  # (B, T, n) -> (B, n, T)
             blocks.append(out.transpose(0, 1).reshape(out.shape[1], -1))
         acts[group] = torch.cat(blocks, 1).to(torch.float64).cpu()

@@ -49,6 +49,8 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
             raise FusionctlError(f"{path} was trained on '{ckpt['dataset']}', not on dataset '{splits.name}'; set dataset={ckpt['dataset']}")
         if tuple(ckpt["input_shape"]) != splits.input_shape or ckpt["num_classes"] != splits.num_classes:
             raise FusionctlError(f"{path} expects inputs {tuple(ckpt['input_shape'])} and {ckpt['num_classes']} classes, the dataset has {splits.input_shape} and {splits.num_classes}")
+        if ckpt.get("vocab", 0) != splits.vocab:
+            raise FusionctlError(f"{path} was trained on a vocabulary of {ckpt.get('vocab', 0)} tokens, the dataset gives {splits.vocab}; use the dataset.vocab_size it was trained with")
         mc = ModelConfig(**ckpt["model"])
         bases.append(Base(label, path, mc, ckpt["state_dict"]))
     first = bases[0].model_cfg
@@ -100,7 +102,7 @@ def target_sizes(cfg: ModelConfig) -> dict[str, int]:
 
 
 def build_from_state(model_cfg: ModelConfig, splits: Splits, state, device="cpu") -> torch.nn.Module:
-    model = build_model(model_cfg, splits.input_shape, splits.num_classes)
+    model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
     model.load_state_dict(state)
     return model.to(device).eval()
 
@@ -109,7 +111,7 @@ def random_target_factory(model_cfg: ModelConfig, splits: Splits, seed: int):
     def make():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            m = build_model(model_cfg, splits.input_shape, splits.num_classes)
+            m = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
         return {k: v.detach() for k, v in m.state_dict().items()}
 
     return make

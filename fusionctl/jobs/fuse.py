@@ -65,7 +65,7 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     return Fused(method, result, target_cfg, seconds)
 
 def save_fused(fused: Fused, splits: Splits, bases: list[Base], lambdas, out_dir: Path) -> None:
-    ckpt = make_checkpoint(fused.result.state, fused.model_cfg, splits.name, splits.input_shape, splits.num_classes,
+    ckpt = make_checkpoint(fused.result.state, fused.model_cfg, splits.name, splits.input_shape, splits.num_classes, vocab=splits.vocab,
                            method=fused.method, bases=[str(b.path) for b in bases], weights=list(lambdas))
     save_atomic(ckpt, out_dir / f"fused_{fused.method}.pt")
     save_atomic(

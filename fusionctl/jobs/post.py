@@ -29,7 +29,7 @@ def with_biases(cfg: ModelConfig, state: dict, splits: Splits) -> tuple[ModelCon
     if cfg.bias:
         return cfg, state
     biased = replace(cfg, bias=True)
-    template = build_model(biased, splits.input_shape, splits.num_classes).state_dict()
+    template = build_model(biased, splits.input_shape, splits.num_classes, splits.vocab).state_dict()
     return biased, {k: state[k] if k in state else torch.zeros_like(v) for k, v in template.items()}
 
 

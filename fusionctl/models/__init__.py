@@ -17,7 +17,7 @@ from fusionctl.models.spec import AlignmentSpec, Axis
 
 @dataclass(frozen=True)
 class ModelEntry:
-    build: Callable[[ModelConfig, tuple, int], nn.Module]  # (cfg, input_shape, num_classes) -> module
+    build: Callable[[ModelConfig, tuple, int, int], nn.Module]  # (cfg, input_shape, num_classes, vocab) -> module
     spec: Callable[[ModelConfig], AlignmentSpec]
     # model.widths -> size of every group; by default the i-th width is the i-th group's size
     sizes: Callable[[ModelConfig], dict[str, int]] | None = None
@@ -25,12 +25,17 @@ class ModelEntry:
 
 
 def _recurrent(kind: str) -> ModelEntry:
-    return ModelEntry(lambda c, shape, k: RecurrentClassifier(kind, shape, k, c.widths, c.bias), lambda c: recurrent_spec(kind, c.widths, c.bias))
+    return ModelEntry(
+        lambda c, shape, k, vocab: RecurrentClassifier(kind, shape, k, c.widths, c.bias, vocab, c.embed),
+        lambda c: recurrent_spec(kind, c.widths, c.bias, c.embed),
+        lambda c: ({"emb": c.embed} if c.embed else {}) | {f"h{i + 1}": int(w) for i, w in enumerate(c.widths)},
+        lambda sizes: [sizes[f"h{i + 1}"] for i in range(len(sizes) - ("emb" in sizes))],
+    )
 
 
 def _resnet(blocks: list[int]) -> ModelEntry:
     return ModelEntry(
-        lambda c, shape, k: ResNet(blocks, shape, k, c.widths, c.bias, c.batch_norm),
+        lambda c, shape, k, vocab: ResNet(blocks, shape, k, c.widths, c.bias, c.batch_norm),
         lambda c: resnet_spec(blocks, c.bias, c.batch_norm),
         lambda c: resnet_sizes(blocks, c.widths),
         lambda sizes: [sizes[f"s{s + 1}"] for s in range(len(blocks))],
@@ -38,15 +43,16 @@ def _resnet(blocks: list[int]) -> ModelEntry:
 
 
 REGISTRY: dict[str, ModelEntry] = {
-    "mlp": ModelEntry(lambda c, shape, k: MLP(shape, k, c.widths, c.bias), lambda c: mlp_spec(c.widths, c.bias)),
+    "mlp": ModelEntry(lambda c, shape, k, vocab: MLP(shape, k, c.widths, c.bias), lambda c: mlp_spec(c.widths, c.bias)),
     "rnn": _recurrent("rnn"),
     "lstm": _recurrent("lstm"),
     "gru": _recurrent("gru"),
-    "vgg11": ModelEntry(lambda c, shape, k: VGG11(shape, k, c.widths, c.bias, c.batch_norm), lambda c: vgg11_spec(c.widths, c.bias, c.batch_norm)),
+    "vgg11": ModelEntry(lambda c, shape, k, vocab: VGG11(shape, k, c.widths, c.bias, c.batch_norm), lambda c: vgg11_spec(c.widths, c.bias, c.batch_norm)),
     "resnet18": _resnet(RESNET18),
     "resnet20": _resnet(RESNET20),
 }
 IMAGE_MODELS = ("vgg11", "resnet18", "resnet20")
+RECURRENT_MODELS = ("rnn", "lstm", "gru")
 
 
 def entry(name: str) -> ModelEntry:
@@ -61,11 +67,18 @@ def _checked(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, input_shape, num_classes: int, vocab: int = 0) -> nn.Module:
+    """vocab > 0: inputs are token ids over that many tokens (a text dataset)."""
     if cfg.name in IMAGE_MODELS and len(input_shape) != 3:
         raise FusionctlError(f"model {cfg.name} needs images (C, H, W), the dataset gives shape {tuple(input_shape)}; use an image dataset")
+    if vocab and cfg.name not in RECURRENT_MODELS:
+        raise FusionctlError(f"the dataset is text (token ids) and model {cfg.name} reads dense inputs; use model=rnn, lstm or gru with model.embed=64")
+    if vocab and cfg.embed < 1:
+        raise FusionctlError("the dataset is text (token ids); set model.embed to the embedding size, e.g. model.embed=64")
+    if cfg.embed and not vocab:
+        raise FusionctlError(f"model.embed={cfg.embed} embeds token ids but the dataset gives dense inputs; set model.embed=0 or use a text dataset")
     try:
-        return entry(cfg.name).build(_checked(cfg), tuple(input_shape), num_classes)
+        return entry(cfg.name).build(_checked(cfg), tuple(input_shape), num_classes, vocab)
     except ValueError as exc:
         raise FusionctlError(f"model.widths does not fit {cfg.name}: {exc}") from exc
 
@@ -93,7 +106,7 @@ def config_for(cfg: ModelConfig, state: dict) -> ModelConfig:
     e = entry(cfg.name)
     sizes = e.spec(_checked(cfg)).group_sizes(state)
     widths = e.widths(sizes) if e.widths is not None else [sizes[g] for g in e.spec(cfg).groups]
-    return replace(cfg, widths=widths)
+    return replace(cfg, widths=widths, embed=sizes.get("emb", cfg.embed))
 
 
 __all__ = ["config_for", "AlignmentSpec", "Axis", "REGISTRY", "build_model", "group_sizes", "model_spec"]

@@ -3,7 +3,8 @@ parameter points (the landscape) and parameter names stay plain.
 
 Gates are stacked in PyTorch's order: LSTM (i, f, g, o), GRU (r, z, n). Images are read as
 sequences of rows: an input of shape (T, F), or (C, H, W) read as H steps of C*W features.
-A linear decoder reads the last step's hidden state.
+Text arrives as (T,) token ids and passes a token embedding first. A linear decoder reads the
+last step's hidden state.
 """
 
 from __future__ import annotations
@@ -57,29 +58,47 @@ class RecurrentLayer(nn.Module):
         return torch.stack(out, 1)
 
 
-class RecurrentClassifier(nn.Module):
-    def __init__(self, kind: str, input_shape: tuple[int, ...], num_classes: int, widths: list[int], bias: bool = False):
+class TokenEmbedding(nn.Module):
+    """An embedding stored as (dim, vocab): row i is embedding unit i, the layout of a linear
+    layer's weight, so the units are aligned like any layer's (a one-hot input times weight.T)."""
+
+    def __init__(self, vocab: int, dim: int):
         super().__init__()
-        features = input_shape[-1] * (input_shape[0] if len(input_shape) == 3 else 1)
+        self.weight = nn.Parameter(torch.randn(dim, vocab))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(tokens, self.weight.T)
+
+
+class RecurrentClassifier(nn.Module):
+    def __init__(self, kind: str, input_shape: tuple[int, ...], num_classes: int, widths: list[int], bias: bool = False,
+                 vocab: int = 0, embed: int = 0):
+        super().__init__()
+        self.embed = TokenEmbedding(vocab, embed) if vocab else None
+        features = embed if vocab else input_shape[-1] * (input_shape[0] if len(input_shape) == 3 else 1)
         dims = [features, *widths]
         self.cells = nn.ModuleList(RecurrentLayer(kind, a, h, bias) for a, h in zip(dims[:-1], dims[1:]))
         self.decoder = nn.Linear(widths[-1], num_classes, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:  # (B, C, H, W): H steps of C*W features
+        if self.embed is not None:  # (B, T) token ids
+            x = self.embed(x)
+        elif x.dim() == 4:  # (B, C, H, W): H steps of C*W features
             x = x.permute(0, 2, 1, 3).flatten(2)
         for cell in self.cells:
             x = cell(x)
         return self.decoder(x[:, -1])
 
 
-def recurrent_spec(kind: str, widths: list[int], bias: bool) -> AlignmentSpec:
+def recurrent_spec(kind: str, widths: list[int], bias: bool, embed: int = 0) -> AlignmentSpec:
     g = GATES[kind]
     groups = tuple(f"h{i + 1}" for i in range(len(widths)))
     axes: dict[str, tuple[Axis | None, ...]] = {}
+    if embed:
+        axes["embed.weight"] = (Axis("emb"), None)
     for i, group in enumerate(groups):
         rows = Axis(group, outer=g)  # the gates of a unit share its coupling
-        prev = Axis(groups[i - 1]) if i > 0 else None
+        prev = Axis(groups[i - 1]) if i > 0 else (Axis("emb") if embed else None)
         axes[f"cells.{i}.weight_ih"] = (rows, prev)
         axes[f"cells.{i}.weight_hh"] = (rows, Axis(group))  # both axes: the Gromov-Wasserstein part
         if bias:
@@ -88,5 +107,5 @@ def recurrent_spec(kind: str, widths: list[int], bias: bool) -> AlignmentSpec:
     axes["decoder.weight"] = (None, Axis(groups[-1]))
     if bias:
         axes["decoder.bias"] = (None,)
-    return AlignmentSpec(groups, axes)
+    return AlignmentSpec((("emb",) if embed else ()) + groups, axes)
 
