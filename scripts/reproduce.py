@@ -326,7 +326,32 @@ def section_gpu_timing(run: Runner, quick: bool) -> str:
                      "21x21 plane": plane.split(":", 1)[1].strip(), "plane / raw forward": ratio.split(":", 1)[1].split("(")[0].strip()})
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return "\n\n".join(["## Timing: CPU and GPU", f"MLP 784-400-200-100-10 on mnist_small; GPU: {name}; CPU: {os.cpu_count()} cores of the same machine.",
-                         md_table(pd.DataFrame(rows))])
+                         md_table(pd.DataFrame(rows)),
+                         f"The same fusion of the same two CPU-trained models, run with device=cpu and device={run.args.device} "
+                         "(exact OT solves on the CPU either way; Sinkhorn and the barycenter updates run on the device):",
+                         md_table(device_agreement(run, quick), floatfmt="{:.3g}")])
+
+
+def device_agreement(run: Runner, quick: bool) -> pd.DataFrame:
+    import torch
+
+    device = run.args.device
+    base = ["dataset=mnist_small", "model=mlp", f"train.epochs={1 if quick else 5}", "seeds=[0,1]", "baselines=[]"]
+    run.args.device = "cpu"
+    run("train", *base[:-1])
+    rows = []
+    for label, solver in (("wb exact", ["solver.ot=exact"]), ("wb sinkhorn", ["solver.ot=sinkhorn", "solver.reg=0.05"])):
+        out = {}
+        for dev in ("cpu", device):
+            run.args.device = dev
+            folder = run("fuse", *base, "solver=wb", *solver)
+            table = pd.read_csv(folder / "fusion.csv")
+            acc = table[(table.method == "wb") & (table.split == "test")]["accuracy"].iloc[0] * 100
+            out[dev] = (torch.load(folder / "fused_wb.pt", weights_only=True)["state_dict"], acc)
+        diff = max(float((out["cpu"][0][k] - out[device][0][k]).abs().max()) for k in out["cpu"][0])
+        rows.append({"fusion": label, "test acc cpu (%)": out["cpu"][1], f"test acc {device} (%)": out[device][1], "max abs weight difference": diff})
+    run.args.device = device
+    return pd.DataFrame(rows)
 
 
 def section_recurrent_fashion(run: Runner, quick: bool) -> str:
