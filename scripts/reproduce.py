@@ -205,7 +205,9 @@ def section_hetero(run: Runner, quick: bool) -> str:
     ])
 
 
-def section_recurrent(run: Runner, quick: bool, dataset: str = "seq_mnist_small", epochs: int = 20, stem: str = "recurrent") -> str:
+def section_recurrent(run: Runner, quick: bool, dataset: str = "seq_mnist_small", epochs: int = 20, stem: str = "recurrent",
+                      samples: int = 0) -> str:
+    """samples > 0: barrier lines on that many training and test samples (whole splits otherwise)."""
     frames, bars = [], []
     kinds = ["rnn", "lstm", "gru"]
     dataset = "seq_mnist_small" if quick else dataset
@@ -219,6 +221,7 @@ def section_recurrent(run: Runner, quick: bool, dataset: str = "seq_mnist_small"
         if run.args.gwb_sinkhorn:
             frames.append(run.fuse(kind, *base, "solver=gwb", "solver.ot=sinkhorn", "baselines=[]", rename={"gwb": "gwb (sinkhorn)"}))
         land = ["landscape.plane=false"] + (["landscape=fast"] if quick else [])
+        land += [f"landscape.train_samples={samples}", f"landscape.test_samples={samples}"] if samples and not quick else []
         bars.append(run.landscape(kind, "gwb", *base, "solver=gwb", *land))
         bars.append(run.landscape(kind, "wb (no hidden)", *base, "solver=wb", *land))
     fusion = pd.concat(frames)
@@ -233,7 +236,7 @@ def section_recurrent(run: Runner, quick: bool, dataset: str = "seq_mnist_small"
         "Gromov-Wasserstein term, on their hidden-to-hidden weights (α = 1: a recurrent row weighs like an input row); "
         "`wb` is the same barycenter ignoring hidden-to-hidden weights while matching (the FedMA-style ablation).",
         md_table(accuracy_table(fusion, kinds)),
-        "Barriers (one seed pair):",
+        f"Barriers (one seed pair{f'; {samples} training and test samples' if samples and not quick else ''}):",
         md_table(barrier_table(bar)),
         "Fuse time (s) per method:",
         md_table(times),
@@ -365,7 +368,7 @@ def device_agreement(run: Runner, quick: bool) -> pd.DataFrame:
 
 
 def section_recurrent_fashion(run: Runner, quick: bool) -> str:
-    return section_recurrent(run, quick, "seq_fashion_mnist", run.args.fashion_epochs, "recurrent_fashion")
+    return section_recurrent(run, quick, "seq_fashion_mnist", run.args.fashion_epochs, "recurrent_fashion", samples=5000)
 
 
 SECTIONS = {"mlp": section_mlp, "hetero": section_hetero, "recurrent": section_recurrent, "recurrent_fashion": section_recurrent_fashion, "cnn": section_cnn,
