@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionctl.store import atomic_path
+
 log = logging.getLogger(__name__)
 
 PAD, UNK = 0, 1
@@ -66,12 +68,10 @@ def read_ag_news_csv(path: Path) -> tuple[list[str], np.ndarray]:
 
 def write_ag_news_csv(path: Path, texts: list[str], labels) -> None:
     """The original format; HF's `text` is already "title description", so the title stays empty."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, quoting=csv.QUOTE_ALL)
         for text, label in zip(texts, labels):
             writer.writerow([int(label) + 1, "", text])
-    tmp.replace(path)
 
 
 def _download_ag_news(folder: Path) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fusionctl.ot.barycenter import permutation_of
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -50,16 +52,6 @@ class AlignmentSpec:
         for key, axes in self.axes.items():
             if len(axes) != state[key].dim():
                 raise ValueError(f"alignment spec gives {len(axes)} axes for {key} of shape {tuple(state[key].shape)}")
-
-
-def permutation_of(matrix: torch.Tensor) -> torch.Tensor | None:
-    """Source index per row if `matrix` is a permutation matrix (ones), else None."""
-    if matrix.shape[0] != matrix.shape[1]:
-        return None
-    cols = matrix.argmax(1)
-    if not torch.equal(matrix.sum(1), torch.ones_like(matrix[:, 0])) or not torch.all(matrix[torch.arange(len(cols)), cols] == 1):
-        return None
-    return cols
 
 
 def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor) -> torch.Tensor:

@@ -39,13 +39,23 @@ def coupling_change(new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
     return max(float((p - q).abs().max()) * p.shape[0] for p, q in zip(new, old))
 
 
+def permutation_of(matrix: torch.Tensor) -> torch.Tensor | None:
+    """Source index per row if `matrix` is a permutation matrix (ones), else None."""
+    if matrix.shape[0] != matrix.shape[1]:
+        return None
+    cols = matrix.argmax(1)
+    if not torch.equal(matrix.sum(1), torch.ones_like(matrix[:, 0])) or not torch.all(matrix[torch.arange(len(cols)), cols] == 1):
+        return None
+    return cols
+
+
 def project(couplings: list[torch.Tensor], measures: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """Barycentric projection sum_i lambda_i diag(1 / P_i 1) P_i Y_i (a gather when P_i is a permutation)."""
     out = 0.0
     for p, y, w in zip(couplings, measures, weights):
         rows = p / p.sum(1, keepdim=True)
-        hits = rows.argmax(1)
-        if rows.shape[0] == rows.shape[1] and torch.all(rows[torch.arange(len(hits)), hits] == 1):
+        hits = permutation_of(rows)
+        if hits is not None:
             out = out + w * y[hits]
         else:
             out = out + w * rows @ y
