@@ -40,6 +40,33 @@ def check_group_choices(args: list[str]) -> str | None:
     return None
 
 
+def check_solver_keys(args: list[str]) -> str | None:
+    """One line for `solver.<key>=...` naming a setting the chosen method does not have (each
+    method reads only its own settings; Hydra's own message is six lines)."""
+    from dataclasses import fields
+
+    from fusionctl.commands.common import config_dir
+    from fusionctl.config import SOLVERS
+
+    names = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("solver=")]
+    for arg in args:
+        if arg.startswith("+experiment="):
+            preset = Path(config_dir()) / "experiment" / f"{arg.split('=', 1)[1]}.yaml"
+            lines = preset.read_text().splitlines() if preset.is_file() else []
+            names += [line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("- override /solver:")][:1] if not names else []
+    chosen = [n for n in (names[-1].split(",") if names else ["wb"]) if n in SOLVERS]
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if key.startswith("solver.") and "=" in arg:
+            setting = key.split(".", 1)[1]
+            for name in chosen:
+                known = [f.name for f in fields(SOLVERS[name]) if f.name != "name"]
+                if setting not in known:
+                    return (f"fusionctl: error: solver={name} has no setting '{setting}'; its settings are: "
+                            f"{', '.join(known) or 'none'} (each method reads only its own; see configs/solver/{name}.yaml)")
+    return None
+
+
 def check_output_dirs(args: list[str]) -> str | None:
     """One line for an output folder that cannot be created (Hydra would print a traceback).
 
@@ -75,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         from fusionctl.report import main as report
 
         return report(rest)
-    problem = check_group_choices(rest)
+    problem = check_group_choices(rest) or check_solver_keys(rest)
     if problem:
         print(problem, file=sys.stderr)
         return 2

@@ -4,7 +4,9 @@ library only ever sees these dataclasses (no DictConfig past commands/)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
+from fusionctl.errors import FusionctlError
 
 
 @dataclass
@@ -55,20 +57,140 @@ class TrainConfig:
     amp: bool = False  # mixed precision (bfloat16 autocast) for the forward pass
 
 
+OT_METHODS = ("exact", "sinkhorn")
+INITS = ("auto", "model0", "random", "distill")
+COSTS = ("weight", "activation", "both", "auto")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise FusionctlError(message)
+
+
 @dataclass
-class SolverConfig:
+class SolverSettings:
+    """What every fusion method has. Each method reads only its own settings class; `baselines`
+    run with their class defaults, never the main solver's fields."""
+
     name: str = "wb"
+
+    def check(self) -> None:
+        """One clear line for any setting out of range (called at the command boundary)."""
+
+
+@dataclass
+class OTBlock(SolverSettings):
+    """The shared OT block of the methods that solve transport problems."""
+
     ot: str = "exact"  # exact | sinkhorn
     reg: float = 1e-3  # sinkhorn epsilon, relative to the largest cost
-    init: str = "auto"  # auto | model0 | random | distill
-    max_iter: int = 100
-    tol: float = 1e-5
-    sinkhorn_iter: int = 2000
-    seed: int = 0  # for random / distill targets
-    cost: str = "weight"  # node cost for wb/gwb/ot: weight | activation (pre-activations on a fixed batch)
-    act_samples: int = 256  # training inputs used for activation costs and `am`
-    alpha: float = 1.0  # gwb: weight of the hidden-to-hidden (Gromov-Wasserstein) term
-    inner_iter: int = 50  # gwb: linearisation steps per outer iteration
+    sinkhorn_iter: int = 1000  # sinkhorn iteration cap per solve (over all annealing stages)
+
+    def check(self) -> None:
+        _require(self.ot in OT_METHODS, f"unknown solver.ot '{self.ot}'; choose from: {', '.join(OT_METHODS)}")
+        _require(self.reg > 0 or self.ot == "exact", f"solver.reg must be > 0 for sinkhorn, got {self.reg}")
+        _require(self.sinkhorn_iter >= 1, f"solver.sinkhorn_iter must be >= 1, got {self.sinkhorn_iter}")
+
+
+@dataclass
+class BarycenterBlock(OTBlock):
+    """Settings of the barycenter methods (wb, gwb and ot, its one-pass special case)."""
+
+    init: str = "auto"  # initial support: auto | model0 | random | distill
+    cost: str = "weight"  # node cost: weight | activation (z-scored pre-activations) | both | auto (the better of both and activation on validation data)
+    cost_mix: float = 0.2  # cost=both: share of the activation cost on a common scale (0 = weights only, 1 = activations only)
+    act_samples: int = 512  # training inputs streamed for activation costs
+    seed: int = 0  # this method's randomness: the random target of init=random|distill, the model order of sweeps
+
+    def check(self) -> None:
+        super().check()
+        _require(self.init in INITS, f"unknown solver.init '{self.init}'; choose from: {', '.join(INITS)}")
+        _require(self.cost in COSTS, f"unknown solver.cost '{self.cost}'; choose from: {', '.join(COSTS)}")
+        _require(0.0 <= self.cost_mix <= 1.0, f"solver.cost_mix must be in [0, 1], got {self.cost_mix}")
+        _require(self.act_samples >= 1, f"solver.act_samples must be >= 1, got {self.act_samples}")
+
+
+@dataclass
+class WBSettings(BarycenterBlock):
+    """Wasserstein barycenter. sweeps=0 cost=weight is the paper's layer-wise algorithm."""
+
+    name: str = "wb"
+    cost: str = "auto"
+    sweeps: int = 10  # whole-network sweeps after the layer-wise pass (a cap: K = 2 stops when nothing changes)
+    max_iter: int = 100  # re-coupling rounds per group and pass
+    tol: float = 1e-5  # rounds stop below this coupling change; soft couplings: sweeps stop below this relative change of the objective
+
+    def check(self) -> None:
+        super().check()
+        _require(self.sweeps >= 0, f"solver.sweeps must be >= 0 (0 = the paper's single layer-wise pass), got {self.sweeps}")
+        _require(self.max_iter >= 1, f"solver.max_iter must be >= 1, got {self.max_iter}")
+        _require(self.tol > 0, f"solver.tol must be > 0, got {self.tol}")
+
+
+@dataclass
+class GWBSettings(WBSettings):
+    """Gromov-Wasserstein barycenter for recurrent nets: hidden-to-hidden weights join the matching."""
+
+    name: str = "gwb"
+    cost: str = "weight"
+    sweeps: int = 0
+    alpha: float = 1.0  # weight of the hidden-to-hidden (Gromov-Wasserstein) term
+    inner_iter: int = 50  # linearisation steps per outer iteration
+
+    def check(self) -> None:
+        super().check()
+        _require(self.alpha >= 0, f"solver.alpha must be >= 0, got {self.alpha}")
+        _require(self.inner_iter >= 1, f"solver.inner_iter must be >= 1, got {self.inner_iter}")
+
+
+@dataclass
+class OTFusionSettings(BarycenterBlock):
+    """Singh & Jaggi OT fusion: one anchored pass, then averaging (init auto: model 0, or a random target)."""
+
+    name: str = "ot"
+
+
+@dataclass
+class WMSettings(SolverSettings):
+    """Git Re-Basin weight matching (coordinate descent; MergeMany for K > 2)."""
+
+    name: str = "wm"
+    sweeps: int = 100  # cap on coordinate-descent sweeps (they stop when no permutation changes)
+    seed: int = 0  # this method's randomness: the group order of later sweeps
+
+    def check(self) -> None:
+        _require(self.sweeps >= 1, f"solver.sweeps must be >= 1, got {self.sweeps}")
+
+
+@dataclass
+class AMSettings(SolverSettings):
+    """Activation matching: correlation of pre-activations, one assignment per group."""
+
+    name: str = "am"
+    act_samples: int = 512
+
+    def check(self) -> None:
+        _require(self.act_samples >= 1, f"solver.act_samples must be >= 1, got {self.act_samples}")
+
+
+@dataclass
+class AvgSettings(SolverSettings):
+    """Vanilla averaging (FedAvg): no alignment."""
+
+    name: str = "avg"
+
+
+SOLVERS: dict[str, type[SolverSettings]] = {
+    "wb": WBSettings, "gwb": GWBSettings, "ot": OTFusionSettings, "wm": WMSettings, "am": AMSettings, "avg": AvgSettings,
+}
+
+
+def solver_settings(name: str, values: dict | None = None) -> SolverSettings:
+    """The settings of method `name`: its class defaults, then `values`, checked."""
+    _require(name in SOLVERS, f"unknown solver '{name}'; choose from: {', '.join(SOLVERS)}")
+    settings = SOLVERS[name](**{k: v for k, v in (values or {}).items() if k != "name"})
+    settings.check()
+    return settings
 
 
 @dataclass
@@ -76,6 +198,7 @@ class FinetuneConfig:
     epochs: int = 0  # 0 = no fine-tuning
     batch_size: int = 64
     bases: bool = True  # fine-tune the base models for the same budget (a fair comparison)
+    seed: int = 0  # batch order of the fine-tuning runs
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, momentum=0.9))
 
 
@@ -114,7 +237,7 @@ class CommonConfig:
 class RunConfig(CommonConfig):
     """Every command reads the same schema, so one experiment preset serves train, fuse and landscape."""
 
-    solver: SolverConfig = field(default_factory=SolverConfig)
+    solver: Any = field(default_factory=lambda: {"name": "wb"})  # becomes solver.name's own settings class (SOLVERS)
     baselines: list[str] = field(default_factory=lambda: ["avg", "ot"])
     weights: Optional[list[float]] = None
     target: TargetConfig = field(default_factory=TargetConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fusionctl.fusion.transport import transport
-from fusionctl.config import ModelConfig
+from fusionctl.config import ModelConfig, solver_settings
 from fusionctl.models import build_model, model_spec
 
 
@@ -39,3 +39,8 @@ def outputs(model_name, widths, bias, state, x, input_shape=(1, 6, 6), classes=5
 
 def spec_of(widths, bias):
     return model_spec(ModelConfig("mlp", list(widths), bias))
+
+
+def settings(name: str = "wb", **values):
+    """Method `name`'s settings: its defaults, then `values`."""
+    return solver_settings(name, values)

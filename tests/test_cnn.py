@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fusionctl.config import ModelConfig, SolverConfig
+from fusionctl.config import ModelConfig
+from tests.helpers import settings
 from fusionctl.fusion import fuse
 from fusionctl.fusion.transport import transport
 from fusionctl.models import build_model, group_sizes, model_spec
@@ -91,7 +92,7 @@ def test_fusing_a_cnn_with_its_permuted_copy_returns_its_function(name, bias, bn
     st = state(trained_like(c))
     spec = model_spec(c)
     permuted = planted(spec, st, seed=4)
-    res = fuse(method, spec, [st, permuted], [0.5, 0.5], group_sizes(c), SolverConfig(name=method), None)
+    res = fuse(method, spec, [st, permuted], [0.5, 0.5], group_sizes(c), settings(name=method), None)
     assert torch.allclose(out(c, res.state), out(c, st), atol=1e-4)
 
 

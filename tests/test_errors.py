@@ -56,6 +56,12 @@ CASES = [
     (["fuse", "solver.init=zero"], 1, "unknown solver.init"),
     (["fuse", "solver.cost=activations"], 1, "unknown solver.cost"),
     (["fuse", "solver=gwb", "solver.alpha=-1"], 1, "solver.alpha must be >= 0"),
+    (["fuse", "solver.max_iter=0"], 1, "solver.max_iter must be >= 1"),
+    (["fuse", "solver.sweeps=-1"], 1, "solver.sweeps must be >= 0"),
+    (["fuse", "solver.cost_mix=2"], 1, "solver.cost_mix must be in [0, 1]"),
+    (["fuse", "solver=wm", "solver.reg=0.1"], 2, "solver=wm has no setting 'reg'"),
+    (["fuse", "seeds=[0]"], 1, "needs at least two base models"),
+    (["train", "threads=-3"], 1, "threads must be >= 0"),
     (["fuse", "solver=wm", "target.widths=[30,10]", "baselines=[]"], 1, "needs every base model and the target to have the same widths"),
     (["fuse", "baselines=[magic]"], 1, "unknown solver 'magic'"),
     (["fuse", "post=[magic]"], 1, "unknown post-step 'magic'"),
@@ -124,10 +130,17 @@ def test_bad_input_gives_one_line_and_exit_code(work, args, code, needle):
 
 def test_unconverged_solver_warns_with_a_hint(work):
     tmp = work["tmp"]
-    rc, _ = call(["fuse", f"store_dir={tmp}/store", *TINY, "solver.max_iter=1", "baselines=[]", f"hydra.run.dir={tmp}/runs/warn"])
+    paper = ["solver.sweeps=0", "solver.cost=weight", "baselines=[]"]
+    rc, _ = call(["fuse", f"store_dir={tmp}/store", *TINY, *paper, "solver.max_iter=1", f"hydra.run.dir={tmp}/runs/warn"])
     assert rc == 0
     log = (tmp / "runs" / "warn" / "fuse.log").read_text()
-    assert "did not converge in 1 iterations; raise solver.max_iter" in log
+    assert "did not converge for h1, h2 in solver.max_iter=1 rounds; raise solver.max_iter" in log
+    rc, _ = call(["fuse", f"store_dir={tmp}/store", *TINY, *paper, "solver.ot=sinkhorn", "solver.reg=0.001", "solver.sinkhorn_iter=3",
+                  f"hydra.run.dir={tmp}/runs/warn_sinkhorn"])
+    assert rc == 0
+    log = (tmp / "runs" / "warn_sinkhorn" / "fuse.log").read_text()
+    assert "stopped at solver.sinkhorn_iter=3" in log and "raise solver.sinkhorn_iter or solver.reg" in log
+    assert log.count("sinkhorn solves stopped") == 1, "one warning per fusion, not one per solve"
 
 
 def test_every_case_is_documented():
@@ -153,8 +166,11 @@ if __name__ == "__main__":  # regenerate docs/errors.md from the real messages
             shown = " ".join(args).replace("{tmp}", "…").replace("{seed0}", "…/seed0/best.pt").replace("{seed1}", "…/seed1/best.pt")
             shown = shown.replace("{shallow}", "…/shallow/seed0/best.pt").replace("|", "\\|")
             rows.append(f"| `fusionctl {shown}` | {rc} | {msg} |")
-        rows += ["", "A solver that stops before converging is a warning, not an error: "
-                 "`fusionctl fuse solver.max_iter=1` logs `wb: group h1 did not converge in 1 iterations; raise solver.max_iter`.", ""]
+        rows += ["", "A solver that stops before converging is a warning, not an error: `fusionctl fuse solver.sweeps=0 "
+                 "solver.cost=weight solver.max_iter=1` logs `wb: the layer-wise pass did not converge for h1, h2 in "
+                 "solver.max_iter=1 rounds; raise solver.max_iter`, and a Sinkhorn run that hits its cap logs one line "
+                 "per fusion: `wb: N sinkhorn solves stopped at solver.sinkhorn_iter=3 before their marginals met the "
+                 "tolerance; raise solver.sinkhorn_iter or solver.reg`.", ""]
         (ROOT / "docs" / "errors.md").write_text("\n".join(rows))
         print(f"wrote docs/errors.md with {len(CASES)} rows")
     sys.exit(0)

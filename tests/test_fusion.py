@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fusionctl.config import SolverConfig
+from tests.helpers import settings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.transport import transport
@@ -46,7 +46,7 @@ def test_fusing_a_model_with_its_permuted_copy_returns_it(method, ot_method, bia
     state = state_of(mlp(WIDTHS, bias))
     spec = spec_of(WIDTHS, bias)
     _, permuted = permutation_couplings(spec, state, seed=7)
-    solver = SolverConfig(name=method, ot=ot_method, reg=1e-4)
+    solver = settings(name=method, ot=ot_method, reg=1e-4)
     res = fuse(method, spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), solver, None)
     for key in state:
         assert torch.allclose(res.state[key], state[key], atol=1e-4), key
@@ -59,7 +59,7 @@ def test_naive_average_of_permuted_copy_is_not_the_model():
     state = state_of(mlp(WIDTHS, True))
     spec = spec_of(WIDTHS, True)
     _, permuted = permutation_couplings(spec, state, seed=7)
-    res = fuse("avg", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(name="avg"), None)
+    res = fuse("avg", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), settings(name="avg"), None)
     assert not torch.allclose(outputs("mlp", WIDTHS, True, res.state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-2)
 
 
@@ -67,7 +67,7 @@ def test_naive_average_of_permuted_copy_is_not_the_model():
 def test_fusing_k_identical_models_returns_it(method):
     state = state_of(mlp(WIDTHS, True))
     spec = spec_of(WIDTHS, True)
-    res = fuse(method, spec, [state] * 4, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), SolverConfig(name=method), None)
+    res = fuse(method, spec, [state] * 4, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), settings(name=method), None)
     for key in state:
         assert torch.allclose(res.state[key], state[key], atol=1e-6)
 
@@ -75,7 +75,7 @@ def test_fusing_k_identical_models_returns_it(method):
 def test_wb_of_different_models_is_between_them():
     a, b = state_of(mlp(WIDTHS, True, seed=1)), state_of(mlp(WIDTHS, True, seed=2))
     spec = spec_of(WIDTHS, True)
-    res = fuse("wb", spec, [a, b], [0.5, 0.5], spec.group_sizes(a), SolverConfig(), None)
+    res = fuse("wb", spec, [a, b], [0.5, 0.5], spec.group_sizes(a), settings(), None)
     # the fused model is the average of the two transported models
     ta, tb = (transport(s, spec, c) for s, c in zip([a, b], res.couplings))
     for key in a:
@@ -105,7 +105,7 @@ def test_fusion_into_a_wider_target_keeps_outputs_with_biases(ot_method):
     spec = spec_of(WIDTHS, True)
     wide = [2 * w for w in WIDTHS]
     sizes = dict(zip(spec.groups, wide))
-    solver = SolverConfig(ot=ot_method, reg=1e-4, init="distill")
+    solver = settings(ot=ot_method, reg=1e-4, init="distill")
     res = fuse("wb", spec, [state], [1.0], sizes, solver, random_target(wide, True))
     assert res.state["layers.0.weight"].shape == (2 * WIDTHS[0], 36)
     assert torch.allclose(outputs("mlp", wide, True, res.state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-3)
@@ -118,7 +118,7 @@ def test_fusion_into_a_narrower_target_recovers_a_duplicated_network():
     wide = [2 * w for w in WIDTHS]
     assert torch.allclose(outputs("mlp", wide, True, wide_state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-5)
     sizes = dict(zip(spec.groups, WIDTHS))
-    res = fuse("wb", spec, [wide_state, wide_state], [0.5, 0.5], sizes, SolverConfig(init="distill"), random_target(WIDTHS, True))
+    res = fuse("wb", spec, [wide_state, wide_state], [0.5, 0.5], sizes, settings(init="distill"), random_target(WIDTHS, True))
     assert torch.allclose(outputs("mlp", WIDTHS, True, res.state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-4)
 
 
@@ -129,7 +129,7 @@ def test_bases_of_different_widths_fuse_into_either_width():
     spec = spec_of(WIDTHS, True)
     for target in (WIDTHS, wide):
         sizes = dict(zip(spec.groups, target))
-        res = fuse("wb", spec, [a, b], [0.5, 0.5], sizes, SolverConfig(), random_target(target, True))
+        res = fuse("wb", spec, [a, b], [0.5, 0.5], sizes, settings(), random_target(target, True))
         assert res.state["layers.1.weight"].shape == (target[1], target[0])
         for c, s in zip(res.couplings, (a, b)):
             assert c["h1"].shape == (target[0], s["layers.0.weight"].shape[0])
@@ -140,16 +140,16 @@ def test_init_model0_with_other_widths_is_a_clear_error():
     spec = spec_of(WIDTHS, True)
     sizes = dict(zip(spec.groups, [5, 5, 5]))
     with pytest.raises(FusionctlError, match="solver.init=distill"):
-        fuse("wb", spec, [state, state], [0.5, 0.5], sizes, SolverConfig(init="model0"), random_target([5, 5, 5], True))
+        fuse("wb", spec, [state, state], [0.5, 0.5], sizes, settings(init="model0"), random_target([5, 5, 5], True))
     with pytest.raises(FusionctlError, match="same widths"):
-        fuse("avg", spec, [state, state], [0.5, 0.5], sizes, SolverConfig(name="avg"), None)
+        fuse("avg", spec, [state, state], [0.5, 0.5], sizes, settings(name="avg"), None)
 
 
 def test_weights_shift_the_fused_model_towards_the_heavier_base():
     a, b = state_of(mlp(WIDTHS, True, seed=1)), state_of(mlp(WIDTHS, True, seed=2))
     spec = spec_of(WIDTHS, True)
     sizes = spec.group_sizes(a)
-    res = fuse("wb", spec, [a, b], [1.0, 0.0], sizes, SolverConfig(), None)
+    res = fuse("wb", spec, [a, b], [1.0, 0.0], sizes, settings(), None)
     for key in a:
         assert torch.allclose(res.state[key], a[key], atol=1e-6)
 

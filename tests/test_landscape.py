@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionctl.config import SolverConfig
+from tests.helpers import settings
 from fusionctl.data import Split
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, unflatten
@@ -81,7 +81,7 @@ def test_relative_coupling_maps_a_permuted_copy_back_onto_model_1(seed):
     spec = spec_of(WIDTHS, True)
     state = {k: v.detach() for k, v in mlp(WIDTHS, True).state_dict().items()}
     _, permuted = permutation_couplings(spec, state, seed=seed + 3)
-    res = fuse("wb", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(), None)
+    res = fuse("wb", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), settings(), None)
     rel = {g: relative_coupling(res.couplings[0][g], res.couplings[1][g]) for g in spec.groups}
     for p in rel.values():
         n = p.shape[0]

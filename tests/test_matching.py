@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fusionctl.config import ModelConfig, SolverConfig
+from fusionctl.config import ModelConfig
+from tests.helpers import settings
 from fusionctl.data import Split, Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
@@ -50,8 +51,8 @@ def test_matching_recovers_a_planted_permutation_exactly(cfg, method):
     state, splits = setup(cfg)
     spec = model_spec(cfg)
     cps, permuted = planted(spec, state)
-    ctx = FusionContext(activations=activation_probe(cfg, splits, 96))
-    res = fuse(method, spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(name=method), ctx)
+    ctx = FusionContext(activations=activation_probe(cfg, splits))
+    res = fuse(method, spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), settings(name=method), ctx)
     for group in spec.groups:
         # permuted = P state, so the coupling that undoes it is P^T
         assert torch.equal(res.couplings[1][group] > 0, cps[group].T > 0), group
@@ -65,8 +66,8 @@ def test_wb_with_activation_cost_recovers_a_permuted_copy(cfg):
     state, splits = setup(cfg)
     spec = model_spec(cfg)
     _, permuted = planted(spec, state)
-    ctx = FusionContext(activations=activation_probe(cfg, splits, 96))
-    res = fuse("wb", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), SolverConfig(cost="activation"), ctx)
+    ctx = FusionContext(activations=activation_probe(cfg, splits))
+    res = fuse("wb", spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), settings(cost="activation"), ctx)
     for key in state:
         assert torch.allclose(res.state[key], state[key], atol=1e-5), key
 
@@ -76,7 +77,7 @@ def test_weight_matching_of_many_models_merges_permuted_copies():
     state, _ = setup(cfg)
     spec = model_spec(cfg)
     copies = [state] + [planted(spec, state, seed=s)[1] for s in (4, 5, 6)]
-    res = fuse("wm", spec, copies, [0.25] * 4, spec.group_sizes(state), SolverConfig(name="wm"))
+    res = fuse("wm", spec, copies, [0.25] * 4, spec.group_sizes(state), settings(name="wm"))
     for key in state:
         assert torch.allclose(res.state[key], state[key], atol=1e-6)
 
@@ -87,4 +88,4 @@ def test_correlation_and_width_errors():
     state, _ = setup(CASES[0])
     spec = model_spec(CASES[0])
     with pytest.raises(FusionctlError, match="same widths"):
-        fuse("wm", spec, [state, state], [0.5, 0.5], {"h1": 5, "h2": 8, "h3": 7}, SolverConfig(name="wm"))
+        fuse("wm", spec, [state, state], [0.5, 0.5], {"h1": 5, "h2": 8, "h3": 7}, settings(name="wm"))

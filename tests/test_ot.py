@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fusionctl.ot import free_support_barycenter, solve_ot, sq_distances
+from fusionctl.ot.solver import SINKHORN_TOL, Potentials
 
 
 def planted(n=12, d=5, seed=0):
@@ -26,9 +27,11 @@ def test_coupling_marginals_rectangular(method):
     g = torch.Generator().manual_seed(1)
     c = torch.rand(7, 11, generator=g, dtype=torch.float64)
     p = solve_ot(c, method, reg=0.05)
-    tol = 1e-9 if method == "exact" else 1e-6
-    assert torch.allclose(p.sum(1), torch.full((7,), 1 / 7, dtype=torch.float64), atol=tol)
-    assert torch.allclose(p.sum(0), torch.full((11,), 1 / 11, dtype=torch.float64), atol=tol)
+    # exact: both marginals to round-off; sinkhorn stops once the row error (L1, mass 1) is
+    # below SINKHORN_TOL * reg, and its last update makes the columns exact
+    row_tol = 1e-9 if method == "exact" else SINKHORN_TOL * 0.05
+    assert float((p.sum(1) - 1 / 7).abs().sum()) <= row_tol
+    assert torch.allclose(p.sum(0), torch.full((11,), 1 / 11, dtype=torch.float64), atol=1e-9)
     assert (p >= 0).all()
 
 
@@ -101,7 +104,9 @@ def test_aligned_cost_differs_from_tlp_cost_by_a_per_column_constant():
     n, m_prev = 8, 6
     xbar = torch.randn(n, m_prev, generator=g, dtype=torch.float64)
     w = torch.randn(n, m_prev, generator=g, dtype=torch.float64)
-    pin = solve_ot(torch.rand(m_prev, m_prev, generator=g, dtype=torch.float64), "sinkhorn", reg=0.5)
+    # a soft coupling with exact uniform marginals: a mixture of permutations / m_prev
+    mix = torch.rand(3, generator=g, dtype=torch.float64)
+    pin = sum(w / mix.sum() * torch.eye(m_prev, dtype=torch.float64)[torch.randperm(m_prev, generator=g)] for w in mix) / m_prev
     tlp = ((xbar[:, None, :, None] - w[None, :, None, :]) ** 2 * pin[None, None]).sum((2, 3))
     mapped = w @ (pin / pin.sum(0, keepdim=True)).T
     ours = sq_distances(xbar, mapped) / m_prev

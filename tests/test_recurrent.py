@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fusionctl.config import SolverConfig
+from tests.helpers import settings
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, unflatten
 from fusionctl.eval.metrics import evaluate
 from fusionctl.data import Split
@@ -110,7 +110,7 @@ def test_fusing_a_recurrent_model_with_its_permuted_copy_returns_it(kind, method
     st = state(model(kind, True))
     spec = model_spec(kind, WIDTHS, True)
     _, permuted = planted(spec, st, seed=5)
-    res = fuse(method, spec, [st, permuted], [0.5, 0.5], spec.group_sizes(st), SolverConfig(name=method), None)
+    res = fuse(method, spec, [st, permuted], [0.5, 0.5], spec.group_sizes(st), settings(name=method), None)
     assert torch.allclose(run(kind, WIDTHS, True, res.state), run(kind, WIDTHS, True, st), atol=1e-5)
 
 
@@ -122,7 +122,7 @@ def test_gwb_uses_recurrent_weights_to_break_ties_that_input_weights_cannot():
     spec = model_spec("rnn", [6], False)
     swap = torch.eye(6, dtype=torch.float64)[[1, 0, 2, 3, 4, 5]] / 6
     permuted = transport(st, spec, {"h1": swap})
-    gwb = fuse("gwb", spec, [st, permuted], [0.5, 0.5], {"h1": 6}, SolverConfig(name="gwb"), None)
+    gwb = fuse("gwb", spec, [st, permuted], [0.5, 0.5], {"h1": 6}, settings(name="gwb"), None)
     assert torch.allclose(run("rnn", [6], False, gwb.state), run("rnn", [6], False, st), atol=1e-5)
     assert torch.allclose(gwb.couplings[1]["h1"], swap)
 

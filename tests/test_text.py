@@ -7,7 +7,8 @@ import types
 import pytest
 import torch
 
-from fusionctl.config import ModelConfig, SolverConfig
+from fusionctl.config import ModelConfig
+from tests.helpers import settings
 from fusionctl.data import load_dataset
 from fusionctl.data.text import PAD, UNK, build_vocab, encode, tokenize
 from fusionctl.errors import FusionctlError
@@ -118,7 +119,7 @@ def test_fusing_a_text_model_with_its_permuted_copy_returns_it(method):
     spec = model_spec(cfg)
     g = torch.Generator().manual_seed(4)
     cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(st).items()}
-    res = fuse(method, spec, [st, transport(st, spec, cps)], [0.5, 0.5], spec.group_sizes(st), SolverConfig(name=method), None)
+    res = fuse(method, spec, [st, transport(st, spec, cps)], [0.5, 0.5], spec.group_sizes(st), settings(name=method), None)
     assert torch.allclose(outputs(cfg, res.state), outputs(cfg, st), atol=1e-5)
 
 

@@ -26,10 +26,40 @@ def config_dir() -> str:
     raise RuntimeError(f"fusionctl's configs/ folder was not found next to {package}; reinstall the package")
 
 
+def register_schemas() -> None:
+    """Each solver's defaults, from its settings class, as the config `schema/solver/<name>` that
+    configs/solver/<name>.yaml extends: the YAML states only what differs, every key stays
+    overridable, and values are type-checked here at the boundary (one line), not by Hydra."""
+    from dataclasses import asdict
+
+    from hydra.core.config_store import ConfigStore
+
+    from fusionctl.config import SOLVERS
+
+    store = ConfigStore.instance()
+    for name, settings in SOLVERS.items():
+        store.store(group="schema/solver", name=name, node=asdict(settings()))
+
+
+register_schemas()
+
+
 def to_dataclass(cfg, schema):
-    """Merge the composed YAML into the schema (type-checked) and return the dataclass."""
+    """Merge the composed YAML into the schema (type-checked) and return the dataclass; the
+    solver node is merged into its own method's settings class and checked."""
+    from fusionctl.config import SOLVERS, solver_settings
+
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+        conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+        if isinstance(getattr(conf, "solver", None), dict):
+            name = conf.solver.get("name", "wb")
+            if name not in SOLVERS:
+                raise FusionctlError(f"unknown solver '{name}'; choose from: {', '.join(SOLVERS)}")
+            node = OmegaConf.merge(OmegaConf.structured(SOLVERS[name]), OmegaConf.create({"solver": conf.solver})["solver"])
+            conf.solver = solver_settings(name, OmegaConf.to_container(node))
+        if getattr(conf, "threads", 0) < 0:
+            raise FusionctlError(f"threads must be >= 0 (0 leaves torch's default), got {conf.threads}")
+        return conf
     except OmegaConfBaseException as exc:
         msg = str(exc).strip().splitlines()[0]
         key = getattr(exc, "full_key", None)

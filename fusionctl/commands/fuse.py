@@ -15,5 +15,5 @@ def main(cfg) -> None:
     set_threads(conf.threads)
     out = output_dir()
     table = run_fuse(conf, out)
-    print(f"accuracy (%) on {conf.dataset.name}, solver={conf.solver.name} ot={conf.solver.ot}; table: {out / 'fusion.csv'}")
+    print(f"accuracy (%) on {conf.dataset.name}, solver={conf.solver.name}; table: {out / 'fusion.csv'}")
     print(summary(table))

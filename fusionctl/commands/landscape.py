@@ -16,7 +16,7 @@ def main(cfg) -> None:
     out = output_dir()
     table, info = run_landscape(conf, out)
     cols = ["line", "split", "loss_barrier", "error_barrier", "midpoint_accuracy"]
-    print(f"barriers on {conf.dataset.name}, solver={conf.solver.name} ot={conf.solver.ot} (error in % points); folder: {out}")
+    print(f"barriers on {conf.dataset.name}, solver={conf.solver.name} (error in % points); folder: {out}")
     print(table[cols].round(4).to_string(index=False))
     if info:
         print(f"plane: {info['plane_points']} points x {info['plane_samples']} samples in {info['plane_seconds']:.1f}s")

@@ -20,6 +20,9 @@ class Split:
     def head(self, n: int) -> "Split":
         return self if n <= 0 or n >= len(self) else Split(self.x[:n], self.y[:n])
 
+    def tail(self, n: int) -> "Split":
+        return self if n <= 0 or n >= len(self) else Split(self.x[-n:], self.y[-n:])
+
 
 @dataclass
 class Splits:

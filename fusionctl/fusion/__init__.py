@@ -1,7 +1,11 @@
-"""Fusion methods: each turns (spec, base states, weights, target sizes) into a fused state and couplings."""
+"""Fusion methods: each turns (spec, base states, weights, target sizes, its own settings) into a fused state and couplings."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+from fusionctl.config import SOLVERS, SolverSettings, solver_settings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.am import fuse_am
 from fusionctl.fusion.avg import fuse_avg
@@ -12,20 +16,28 @@ from fusionctl.fusion.transport import interpolate, transport, weighted_average
 from fusionctl.fusion.wb import fuse_wb
 from fusionctl.fusion.wm import fuse_wm
 
-METHODS = {"wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "wm": fuse_wm, "am": fuse_am, "avg": fuse_avg}
+
+@dataclass(frozen=True)
+class Method:
+    fuse: Callable[..., FusionResult]
+    settings: type[SolverSettings]  # the only settings the method reads
 
 
-def fuse(method: str, spec, states, weights, target_sizes, solver, ctx: FusionContext | None = None) -> FusionResult:
-    """Fuse base states with `method`; weights are normalised lambdas."""
+METHODS = {name: Method(fn, SOLVERS[name]) for name, fn in
+           {"wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "wm": fuse_wm, "am": fuse_am, "avg": fuse_avg}.items()}
+
+
+def fuse(method: str, spec, states, weights, target_sizes, settings: SolverSettings | None = None, ctx: FusionContext | None = None) -> FusionResult:
+    """Fuse base states with `method` (its default settings unless given); weights are normalised lambdas."""
     if method not in METHODS:
         raise FusionctlError(f"unknown solver '{method}'; choose from: {', '.join(METHODS)}")
+    settings = settings if settings is not None else solver_settings(method)
+    if type(settings) is not METHODS[method].settings:
+        raise FusionctlError(f"solver '{method}' reads {METHODS[method].settings.__name__}, got {type(settings).__name__}")
+    settings.check()
     if len(states) < 1:
         raise FusionctlError("fusion needs at least one base model")
-    if solver.ot not in ("exact", "sinkhorn"):
-        raise FusionctlError(f"unknown solver.ot '{solver.ot}'; choose from: exact, sinkhorn")
-    if solver.ot == "sinkhorn" and not solver.reg > 0:
-        raise FusionctlError(f"solver.reg must be > 0 for sinkhorn, got {solver.reg}")
-    return METHODS[method](spec, states, weights, target_sizes, solver, ctx or FusionContext())
+    return METHODS[method].fuse(spec, states, weights, target_sizes, settings, ctx or FusionContext())
 
 
 __all__ = ["METHODS", "FusionContext", "FusionResult", "fuse", "interpolate", "transport", "weighted_average"]

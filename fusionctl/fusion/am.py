@@ -1,7 +1,7 @@
 """`solver=am`: activation matching (Git Re-Basin; REPAIR's correlation matching).
 
 Each group's units are matched to model 0's by one linear assignment on the correlation of
-their pre-activations over a fixed batch of training inputs; groups are independent.
+their pre-activations over act_samples training inputs; groups are independent.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from fusionctl.config import AMSettings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
 from fusionctl.fusion.transport import identity_couplings
@@ -24,16 +25,16 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.T
 
 
-def fuse_am(spec, states, weights, target_sizes, solver, ctx) -> FusionResult:
+def fuse_am(spec, states, weights, target_sizes, settings: AMSettings, ctx) -> FusionResult:
     if any(spec.group_sizes(s) != target_sizes for s in states):
         raise FusionctlError("solver=am matches permutations and needs equal widths; use solver=wb for other widths")
     if ctx.activations is None:
         raise FusionctlError("solver=am needs training data to probe activations")
-    acts = [ctx.activations(s) for s in states]
+    feats = ctx.activations(states, settings.act_samples)  # z-scored: inner products are correlations
     couplings = [identity_couplings(spec, s) for s in states]
     for i in range(1, len(states)):
         for group in spec.groups:
-            corr = correlation(acts[0][group], acts[i][group])
-            _, perm = linear_sum_assignment(corr.numpy(), maximize=True)
+            corr = feats[0][group] @ feats[i][group].T
+            _, perm = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
             couplings[i][group] = perm_coupling(perm)
     return fuse_with_couplings(spec, states, weights, couplings)

@@ -7,7 +7,7 @@ from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
 from fusionctl.fusion.transport import identity_couplings
 
 
-def fuse_avg(spec, states, weights, target_sizes, solver, ctx) -> FusionResult:
+def fuse_avg(spec, states, weights, target_sizes, settings, ctx) -> FusionResult:
     for i, s in enumerate(states):
         if spec.group_sizes(s) != target_sizes:
             raise FusionctlError(

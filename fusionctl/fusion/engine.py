@@ -29,10 +29,12 @@ State = dict[str, torch.Tensor]
 @dataclass
 class FusionContext:
     """What some methods need beyond the weights: a random target of the fused widths
-    (init=random|distill) and unit activations on a fixed batch (activation costs, `am`)."""
+    (init=random|distill) and unit activations on training inputs (activation costs, `am`)."""
 
     random_target: Callable[[], "State"] | None = None
-    activations: Callable[["State"], dict[str, torch.Tensor]] | None = None  # state -> {group: (n, samples)}
+    # (states, samples) -> per state {group: (n, d)} z-scored activation features (features.py)
+    activations: Callable[[list["State"], int], list[dict[str, torch.Tensor]]] | None = None
+    score: Callable[["State"], float] | None = None  # held-out accuracy of a fused state (solver.cost=auto)
     device: str = "cpu"  # where entropic OT and barycenter updates run; exact OT always solves on CPU
 
 
@@ -40,15 +42,18 @@ class FusionContext:
 class FusionResult:
     state: State
     couplings: list[dict[str, torch.Tensor]]  # per base model: group -> (target n, base n)
-    info: dict[str, dict] = field(default_factory=dict)  # per group: iterations, converged, cost
+    info: dict[str, dict] = field(default_factory=dict)  # per group of the layer-wise pass: iterations, converged, cost
+    sweeps: dict = field(default_factory=dict)  # whole-network sweeps: count, converged, objective before and after
 
 
-def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dict[str, torch.Tensor] | None) -> torch.Tensor:
+def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dict[str, torch.Tensor] | None,
+                   key_weights: dict[str, float] | None = None) -> torch.Tensor:
     """(n, D) node features of `group`: the rows of every entry whose axis 0 is the group.
 
     couplings=None means the state is already in the barycenter's basis. Entries with an
     input axis in the group itself (recurrent weights) are structure, not features; entries
-    reading a group not solved yet are left to the final transport.
+    reading a group not solved yet are left to the final transport. key_weights scale each
+    entry's squared distance (entries of weight 0 are left out).
     """
     feats = []
     for key, axes in spec.axes.items():
@@ -59,14 +64,19 @@ def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dic
             continue
         if couplings is not None and any(ax.group not in couplings for ax in inputs):
             continue
-        t = state[key].to(torch.float64)
+        w = 1.0 if key_weights is None else key_weights.get(key, 1.0)
+        if w == 0:
+            continue
+        t = state[key].to(torch.float64) * (w**0.5 if w != 1.0 else 1.0)
         if couplings is not None:
             for dim, ax in enumerate(axes[1:], start=1):
                 if ax is not None:
                     t = apply_along(t, dim, ax, col_map(couplings[ax.group]))
         feats.append(node_rows(t, axes[0]))
     if not feats:
-        raise ValueError(f"group {group} has no parameter whose rows it indexes")
+        if key_weights is None:
+            raise ValueError(f"group {group} has no parameter whose rows it indexes")
+        return torch.zeros(spec.group_sizes(state)[group], 0, dtype=torch.float64)
     return torch.cat(feats, 1)
 
 
@@ -91,30 +101,30 @@ def barycenter_couplings(
     reg: float,
     max_iter: int,
     tol: float,
-    sinkhorn_iter: int = 2000,
+    sinkhorn_iter: int = 1000,
     alpha: float | None = None,
     inner_iter: int = 50,
-    activations: list[dict[str, torch.Tensor]] | None = None,
-    init_activations: dict[str, torch.Tensor] | None = None,
+    key_weights: dict[str, float] | None = None,
+    acts: list[dict[str, torch.Tensor]] | None = None,
+    init_acts: dict[str, torch.Tensor] | None = None,
+    act_weight: float = 0.0,
     device: str | torch.device = "cpu",
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, dict]]:
-    """Layer-wise WB couplings; the init's support is model 0's (mapped) or an own-basis target.
+    """Layer-wise WB couplings (the paper's pass); the init's support is model 0's (mapped) or an own-basis target.
 
     With alpha set, groups with recurrent weights are matched by the fused Gromov-Wasserstein
     barycenter (GWB); without it their recurrent weights are ignored while matching (the
-    FedMA-style ablation) and only transported afterwards. With activations given, a node's
-    feature is its pre-activation on a fixed batch instead of its incoming weights.
+    FedMA-style ablation) and only transported afterwards. key_weights scale each entry's
+    squared distance; acts (per state {group: (n, d)}) join the features with weight act_weight.
     """
     couplings: list[dict[str, torch.Tensor]] = [{} for _ in states]
     info: dict[str, dict] = {}
     for group in spec.groups:
-        if activations is not None:
-            ys = [a[group] for a in activations]
-            x0 = init_activations[group]
-        else:
-            ys = [group_features(s, spec, group, c) for s, c in zip(states, couplings)]
-            init_couplings = None if init_in_target_basis else couplings[0]
-            x0 = group_features(init_state, spec, group, init_couplings)
+        ys = [group_features(s, spec, group, c, key_weights) for s, c in zip(states, couplings)]
+        x0 = group_features(init_state, spec, group, None if init_in_target_basis else couplings[0], key_weights)
+        if acts is not None and act_weight > 0:
+            ys = [torch.cat([y, a[group] * act_weight**0.5], 1) for y, a in zip(ys, acts)]
+            x0 = torch.cat([x0, init_acts[group] * act_weight**0.5], 1)
         ys, x0 = [y.to(device) for y in ys], x0.to(device)
         hs = [group_structure(s, spec, group) for s in states] if alpha is not None else [None]
         if hs[0] is not None:
@@ -125,7 +135,8 @@ def barycenter_couplings(
             res = free_support_barycenter(ys, weights, x0, ot_method, reg, max_iter, tol, sinkhorn_iter)
         for c, p in zip(couplings, res.couplings):
             c[group] = p.cpu()
-        info[group] = {"iterations": res.iterations, "converged": res.converged, "cost": res.cost, "size": x0.shape[0]}
+        info[group] = {"iterations": res.iterations, "converged": res.converged, "cost": res.cost, "size": x0.shape[0],
+                       "unconverged_solves": res.unconverged_solves}
     return couplings, info
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from fusionctl.config import OTFusionSettings
 from fusionctl.fusion.engine import FusionResult
 from fusionctl.fusion.wb import fuse_barycenter
 
 
-def fuse_ot(spec, states, weights, target_sizes, solver, ctx) -> FusionResult:
+def fuse_ot(spec, states, weights, target_sizes, settings: OTFusionSettings, ctx) -> FusionResult:
     same = spec.group_sizes(states[0]) == target_sizes
-    init = solver.init if solver.init != "auto" else ("model0" if same else "random")
-    return fuse_barycenter(spec, states, weights, target_sizes, replace(solver, init=init), ctx, max_iter=1)
+    init = settings.init if settings.init != "auto" else ("model0" if same else "random")
+    return fuse_barycenter(spec, states, weights, target_sizes, replace(settings, init=init), ctx, passes=1)

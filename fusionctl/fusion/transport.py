@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fusionctl.models.spec import AlignmentSpec, apply_along
+from fusionctl.ot.barycenter import permutation_of
 
 
 def row_map(coupling: torch.Tensor) -> torch.Tensor:
@@ -18,6 +19,30 @@ def col_map(coupling: torch.Tensor) -> torch.Tensor:
     return coupling / coupling.sum(0, keepdim=True)
 
 
+def permutation_index(coupling: torch.Tensor) -> torch.Tensor | None:
+    """Source node per target node if `coupling` is a permutation / n, else None.
+
+    Cached on the coupling tensor: a coupling is applied to many entries, many times."""
+    cached = getattr(coupling, "_fusionctl_perm", False)
+    if cached is False:
+        cached = permutation_of(row_map(coupling))
+        coupling._fusionctl_perm = cached
+    return cached
+
+
+def transport_tensor(t: torch.Tensor, axes, couplings: dict[str, torch.Tensor], skip: int | None = None) -> torch.Tensor:
+    """One entry mapped into the barycenter's node order along every grouped axis but `skip`."""
+    for dim, ax in enumerate(axes):
+        if ax is not None and dim != skip and ax.group in couplings:
+            p = couplings[ax.group]
+            index = permutation_index(p)
+            if index is not None:
+                t = apply_along(t, dim, ax, None, index)  # row and column maps are the same permutation
+            else:
+                t = apply_along(t, dim, ax, row_map(p) if dim == 0 else col_map(p))
+    return t
+
+
 def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a model into the barycenter's node order: T(theta) of METHOD.md A.6.
 
@@ -29,11 +54,7 @@ def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: di
     for key, value in state.items():
         t = value
         if t.is_floating_point():
-            for dim, ax in enumerate(spec.axes.get(key, ())):
-                if ax is not None and ax.group in couplings:
-                    m = row_map(couplings[ax.group]) if dim == 0 else col_map(couplings[ax.group])
-                    t = apply_along(t, dim, ax, m)
-            t = t.to(value.dtype)
+            t = transport_tensor(t, spec.axes.get(key, ()), couplings).to(value.dtype)
         out[key] = t
     return out
 

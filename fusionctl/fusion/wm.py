@@ -13,26 +13,11 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from fusionctl.config import WMSettings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
-from fusionctl.fusion.transport import col_map, identity_couplings, row_map, transport, weighted_average
-from fusionctl.models.spec import AlignmentSpec, Axis, apply_along
-
-
-def node_slices(t: torch.Tensor, dim: int, ax: Axis) -> torch.Tensor:
-    """(n, everything else) view of `t` with axis `dim`'s nodes first (gate blocks kept apart)."""
-    shape = t.shape
-    n = shape[dim] // (ax.outer * ax.inner)
-    view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
-    return torch.movedim(view, dim + 1, 0).reshape(n, -1)
-
-
-def aligned_except(t: torch.Tensor, axes, skip: int, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
-    for dim, ax in enumerate(axes):
-        if ax is not None and dim != skip:
-            m = row_map(couplings[ax.group]) if dim == 0 else col_map(couplings[ax.group])
-            t = apply_along(t, dim, ax, m)
-    return t
+from fusionctl.fusion.transport import identity_couplings, transport, transport_tensor, weighted_average
+from fusionctl.models.spec import AlignmentSpec, node_slices
 
 
 def perm_coupling(perm: np.ndarray) -> torch.Tensor:
@@ -43,14 +28,14 @@ def perm_coupling(perm: np.ndarray) -> torch.Tensor:
     return p
 
 
-def match(spec: AlignmentSpec, target: dict, source: dict, max_iter: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
+def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
     """Couplings (permutations) that bring `source` closest to `target` in weight space."""
     sizes = spec.group_sizes(source)
     if sizes != spec.group_sizes(target):
         raise FusionctlError("solver=wm matches permutations and needs equal widths; use solver=wb for other widths")
     couplings = identity_couplings(spec, source)
     rng = np.random.default_rng(seed)
-    for sweep in range(max_iter):
+    for sweep in range(sweeps):
         changed = False
         # the first sweep goes input to output, so each group sees its inputs already aligned
         # (using only incoming weights, whose inputs are then aligned); later sweeps use every
@@ -67,7 +52,7 @@ def match(spec: AlignmentSpec, target: dict, source: dict, max_iter: int = 100, 
                     if ax is not None and ax.group == group:
                         # every other axis aligned by the current permutations (this group's own
                         # included, for recurrent weights), this axis left in the source's order
-                        b = aligned_except(source[key].to(torch.float64), axes, dim, couplings)
+                        b = transport_tensor(source[key].to(torch.float64), axes, couplings, skip=dim)
                         a = node_slices(target[key].to(torch.float64), dim, ax)
                         sim += a @ node_slices(b, dim, ax).T
             _, perm = linear_sum_assignment(sim.numpy(), maximize=True)
@@ -81,23 +66,23 @@ def match(spec: AlignmentSpec, target: dict, source: dict, max_iter: int = 100, 
     return couplings
 
 
-def fuse_wm(spec, states, weights, target_sizes, solver, ctx) -> FusionResult:
+def fuse_wm(spec, states, weights, target_sizes, settings: WMSettings, ctx) -> FusionResult:
     if any(spec.group_sizes(s) != target_sizes for s in states):
         raise FusionctlError("solver=wm needs every base model and the target to have the same widths; use solver=wb")
     couplings = [identity_couplings(spec, s) for s in states]
     if len(states) == 2:
-        couplings[1] = match(spec, states[0], states[1], solver.max_iter, solver.seed)
+        couplings[1] = match(spec, states[0], states[1], settings.sweeps, settings.seed)
     elif len(states) > 2:
         # start from pairwise matches to model 0, then MergeMany: each model to the mean of the others
         for i in range(1, len(states)):
-            couplings[i] = match(spec, states[0], states[i], solver.max_iter, solver.seed)
-        rng = np.random.default_rng(solver.seed)
-        for _ in range(solver.max_iter):
+            couplings[i] = match(spec, states[0], states[i], settings.sweeps, settings.seed)
+        rng = np.random.default_rng(settings.seed)
+        for _ in range(settings.sweeps):
             changed = False
             for i in rng.permutation(len(states)):
                 others = [j for j in range(len(states)) if j != i]
                 mean = weighted_average([transport(states[j], spec, couplings[j]) for j in others], [1.0 / len(others)] * len(others))
-                new = match(spec, mean, states[i], solver.max_iter, solver.seed)
+                new = match(spec, mean, states[i], settings.sweeps, settings.seed)
                 if any(not torch.equal(new[g], couplings[i][g]) for g in spec.groups):
                     changed = True
                     couplings[i] = new

@@ -1,8 +1,9 @@
-"""Unit activations per alignment group on a fixed batch of training inputs.
+"""Unit activations per alignment group on the first training inputs.
 
 A group's units are written by the layers whose weight rows it indexes (several for a residual
 stream); their outputs before any BatchNorm or nonlinearity are stacked as observations of the
-same units. Every model is probed at the same place, so costs compare like with like.
+same units. Every model is probed at the same place, so costs compare like with like; the
+activations are streamed batch by batch into z-scored features (fusion/features.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
+from fusionctl.fusion.features import CorrelationFeatures
 from fusionctl.fusion.post import capture_outputs
 from fusionctl.jobs.bases import build_from_state
 from fusionctl.models import config_for, model_spec
@@ -44,17 +46,27 @@ def unit_activations(model: nn.Module, spec, x: torch.Tensor) -> dict[str, torch
             if isinstance(model.get_submodule(name), (RecurrentLayer, TokenEmbedding)):
                 out = out.movedim(-1, 1)  # (B, T, n) -> (B, n, T)
             blocks.append(out.transpose(0, 1).reshape(out.shape[1], -1))
-        acts[group] = torch.cat(blocks, 1).to(torch.float64).cpu()
+        acts[group] = torch.cat(blocks, 1)
     return acts
 
 
-def activation_probe(model_cfg: ModelConfig, splits: Splits, samples: int, device="cpu"):
-    """A function state -> activations, for states of `model_cfg`'s architecture (any widths)."""
-    x = splits.train.x[:samples].to(device)
+def activation_probe(model_cfg: ModelConfig, splits: Splits, device="cpu", batch_size: int = 64):
+    """A function (states, samples) -> per state {group: (n, d) z-scored features}, for states of
+    `model_cfg`'s architecture (any widths), streamed over the first `samples` training inputs."""
     spec = model_spec(model_cfg)
 
-    def probe(state: dict) -> dict[str, torch.Tensor]:
-        model = build_from_state(config_for(model_cfg, state), splits, state, device)
-        return unit_activations(model, spec, x)
+    def probe(states: list[dict], samples: int) -> list[dict[str, torch.Tensor]]:
+        models = [build_from_state(config_for(model_cfg, s), splits, s, device) for s in states]
+        x_all = splits.train.x[:samples]
+        streams: dict[str, CorrelationFeatures] = {}
+        for start in range(0, len(x_all), batch_size):
+            x = x_all[start : start + batch_size].to(device)
+            per_model = [unit_activations(m, spec, x) for m in models]
+            for group in spec.groups:
+                if group not in streams:
+                    streams[group] = CorrelationFeatures([a[group].shape[0] for a in per_model])
+                streams[group].add([a[group] for a in per_model])
+        feats = {g: [f.cpu() for f in stream.features()] for g, stream in streams.items()}
+        return [{g: feats[g][i] for g in spec.groups} for i in range(len(states))]
 
     return probe

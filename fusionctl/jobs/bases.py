@@ -24,6 +24,10 @@ class Base:
 
 
 def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
+    given = cfg.models if cfg.models else cfg.seeds
+    if given and len(given) < 2:
+        what = f"models={list(cfg.models)}" if cfg.models else f"seeds={list(cfg.seeds)}"
+        raise FusionctlError(f"fusion needs at least two base models, {what} gives one; give two or more, e.g. seeds=[0,1] or models=[a.pt,b.pt]")
     if cfg.models:
         return [(Path(p).stem, Path(p)) for p in cfg.models]
     if not cfg.seeds:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 import torch.nn.functional as F
 
-from fusionctl.config import FuseCommandConfig, ModelConfig
+from fusionctl.config import FuseCommandConfig, ModelConfig, SolverSettings, solver_settings
 from fusionctl.data import Splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
@@ -33,6 +33,8 @@ class Fused:
     result: FusionResult
     model_cfg: ModelConfig
     seconds: float
+    settings_label: str = "defaults"  # settings that differ from the method's defaults
+    settings: SolverSettings | None = None
 
 def prepare(cfg: FuseCommandConfig):
     """Data, base models, spec, lambdas and target sizes: everything a fusion needs."""
@@ -49,20 +51,53 @@ def prepare(cfg: FuseCommandConfig):
     target = target_config(cfg.target.widths, bases[0])
     return splits, bases, spec, lambdas, target
 
+SCORE_SAMPLES = 5000
+
+
+def held_out_score(model_cfg: ModelConfig, splits: Splits, device):
+    """Accuracy of a fused state on (up to SCORE_SAMPLES of) the validation split: how solver.cost=auto
+    chooses. Without a validation split, the training inputs after the activation probe's."""
+    held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
+
+    def score(state) -> float:
+        return evaluate(build_from_state(model_cfg, splits, state, device), held, device=device)[1]
+
+    return score
+
+
+def settings_for(method: str, cfg: FuseCommandConfig) -> SolverSettings:
+    """The main solver's settings as configured; a baseline's are its own defaults."""
+    return cfg.solver if method == cfg.solver.name else solver_settings(method)
+
+
+def describe(settings: SolverSettings) -> str:
+    """The settings that differ from the method's defaults, e.g. 'sweeps=0 cost=weight' ('defaults' if none)."""
+    default = type(settings)()
+    changed = [f"{f.name}={getattr(settings, f.name)}" for f in fields(settings) if getattr(settings, f.name) != getattr(default, f.name)]
+    return " ".join(changed) or "defaults"
+
+
 def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[Base], spec, lambdas, target_cfg: ModelConfig) -> Fused:
     sizes = target_sizes(target_cfg)
-    solver = replace(cfg.solver, name=method)
-    ctx = FusionContext(random_target_factory(target_cfg, splits, cfg.solver.seed),
-                        activation_probe(bases[0].model_cfg, splits, cfg.solver.act_samples, resolve_device(cfg.device)),
-                        str(resolve_device(cfg.device)))
+    settings = settings_for(method, cfg)
+    device = resolve_device(cfg.device)
+    ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
+                        activation_probe(bases[0].model_cfg, splits, device), held_out_score(target_cfg, splits, device), str(device))
     start = time.perf_counter()
-    result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, solver, ctx)
+    result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, settings, ctx)
     seconds = time.perf_counter() - start
-    for group, info in result.info.items():
-        if not info["converged"] and method == "wb":
-            log.warning("%s: group %s did not converge in %d iterations; raise solver.max_iter", method, group, info["iterations"])
-    log.info("%s fused %d models in %.2fs %s", method, len(bases), seconds, {g: i["iterations"] for g, i in result.info.items()})
-    return Fused(method, result, target_cfg, seconds)
+    stuck = [g for g, info in result.info.items() if not info["converged"]]
+    if stuck and method in ("wb", "gwb"):
+        log.warning("%s: the layer-wise pass did not converge for %s in solver.max_iter=%d rounds; raise solver.max_iter",
+                    method, ", ".join(stuck), settings.max_iter)
+    unconverged = sum(i.get("unconverged_solves", 0) for i in result.info.values()) + result.sweeps.get("unconverged_solves", 0)
+    if unconverged:
+        log.warning("%s: %d sinkhorn solves stopped at solver.sinkhorn_iter=%d before their marginals met the tolerance; "
+                    "raise solver.sinkhorn_iter or solver.reg", method, unconverged, settings.sinkhorn_iter)
+    sweeps = f", {result.sweeps['sweeps']} sweeps, objective {result.sweeps['objective_start']:.4g} -> {result.sweeps['objective']:.4g}" if result.sweeps else ""
+    log.info("%s (%s) fused %d models in %.2fs%s", method, describe(settings), len(bases), seconds, sweeps)
+    return Fused(method, result, target_cfg, seconds, describe(settings), settings)
+
 
 def save_fused(fused: Fused, splits: Splits, bases: list[Base], lambdas, out_dir: Path) -> None:
     ckpt = make_checkpoint(fused.result.state, fused.model_cfg, splits.name, splits.input_shape, splits.num_classes, vocab=splits.vocab,
@@ -85,11 +120,13 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         methods.remove("avg")
     rows = []
 
-    def evaluate_rows(model, role, method, seed, post="none", stage="one-shot", seconds=0.0):
+    def evaluate_rows(model, role, method, seed, post="none", stage="one-shot", seconds=0.0, fused=None):
+        label = {"settings": fused.settings_label, "ot": getattr(fused.settings, "ot", ""), "reg": getattr(fused.settings, "reg", float("nan"))} \
+            if fused else {"settings": "", "ot": "", "reg": float("nan")}
         for split_name in ("train", "test"):
             loss, acc = evaluate(model, getattr(splits, split_name), device=device)
             rows.append({"role": role, "method": method, "seed": seed, "split": split_name, "accuracy": acc, "loss": loss,
-                         "post": post, "stage": stage, "fuse_time_s": seconds})
+                         "post": post, "stage": stage, "fuse_time_s": seconds, **label})
 
     probs = {"train": [], "test": []}
     for b in bases:
@@ -101,26 +138,27 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         p = sum(w * q for w, q in zip(lambdas, probs[split_name]))
         y = getattr(splits, split_name).y
         rows.append({"role": "ensemble", "method": "ensemble", "seed": "all", "split": split_name, "post": "none", "stage": "one-shot",
-                     "accuracy": float((p.argmax(1) == y).float().mean()), "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), y)), "fuse_time_s": 0.0})
+                     "accuracy": float((p.argmax(1) == y).float().mean()), "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), y)), "fuse_time_s": 0.0,
+                     "settings": "", "ot": "", "reg": float("nan")})
     label = "+".join(b.label for b in bases)
     for method in methods:
         fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg)
         save_fused(fused, splits, bases, lambdas, out_dir)
-        evaluate_rows(build_from_state(fused.model_cfg, splits, fused.result.state, device), "fused", method, label, seconds=fused.seconds)
+        evaluate_rows(build_from_state(fused.model_cfg, splits, fused.result.state, device), "fused", method, label, seconds=fused.seconds, fused=fused)
         references = [transport(b.state, spec, c) for b, c in zip(bases, fused.result.couplings)]
         for step in cfg.post:
             post_cfg, post_state = apply_post(step, fused.model_cfg, fused.result.state, splits, references, lambdas, device)
-            evaluate_rows(build_from_state(post_cfg, splits, post_state, device), "fused", method, label, post=step, seconds=fused.seconds)
+            evaluate_rows(build_from_state(post_cfg, splits, post_state, device), "fused", method, label, post=step, seconds=fused.seconds, fused=fused)
         if cfg.finetune.epochs:
             model = build_from_state(fused.model_cfg, splits, fused.result.state, device)
-            finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.solver.seed, device)
-            evaluate_rows(model, "fused", method, label, stage="finetuned", seconds=fused.seconds)
+            finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.finetune.seed, device)
+            evaluate_rows(model, "fused", method, label, stage="finetuned", seconds=fused.seconds, fused=fused)
     if cfg.finetune.epochs and cfg.finetune.bases:
         for b in bases:
             model = build_from_state(b.model_cfg, splits, b.state, device)
-            finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.solver.seed, device)
+            finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.finetune.seed, device)
             evaluate_rows(model, "base", "base", b.label, stage="finetuned")
-    meta = {"K": len(bases), "ot": cfg.solver.ot, "reg": cfg.solver.reg, "target_widths": str(target_cfg.widths),
+    meta = {"K": len(bases), "target_widths": str(target_cfg.widths),
             "weights": str([round(w, 4) for w in lambdas]), "dataset": splits.name, "model": bases[0].model_cfg.name}
     table = pd.DataFrame([{**r, **meta, **versions()} for r in rows])
     write_csv_atomic(table, out_dir / "fusion.csv")

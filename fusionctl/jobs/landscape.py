@@ -200,12 +200,12 @@ def run_landscape(cfg: LandscapeCommandConfig, out_dir: Path) -> tuple[pd.DataFr
     ts = line_ts(lc.points)
     curves = evaluate_lines(lines, ts, eval_splits, splits, lc, device)
     table = summarise_lines(curves, lines)
-    meta = {"solver": cfg.solver.name, "ot": cfg.solver.ot, "dataset": splits.name, "model": bases[0].model_cfg.name,
+    meta = {"solver": cfg.solver.name, "settings": fused.settings_label, "ot": getattr(cfg.solver, "ot", ""), "dataset": splits.name, "model": bases[0].model_cfg.name,
             "seeds": "+".join(b.label for b in bases), **versions()}
     table = table.assign(**meta)
     write_csv_atomic(curves, out_dir / "barrier.csv")
     write_csv_atomic(table, out_dir / "barriers.csv")
-    title = f"{splits.name}, {bases[0].model_cfg.name} {bases[0].model_cfg.widths}, solver={cfg.solver.name} ({cfg.solver.ot})"
+    title = f"{splits.name}, {bases[0].model_cfg.name} {bases[0].model_cfg.widths}, solver={cfg.solver.name} ({fused.settings_label})"
     save(barrier_figure(curves, title), out_dir / "barrier")
     info = {}
     if lc.plane:

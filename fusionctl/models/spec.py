@@ -54,16 +54,17 @@ class AlignmentSpec:
                 raise ValueError(f"alignment spec gives {len(axes)} axes for {key} of shape {tuple(state[key].shape)}")
 
 
-def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor) -> torch.Tensor:
+def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor | None, index: torch.Tensor | None = None) -> torch.Tensor:
     """Multiply the node index of axis `dim` of `t` by `matrix` (new_n, n): out[.., a, ..] = sum_b M[a, b] t[.., b, ..].
 
     A permutation matrix (exact couplings between equal widths) is applied as an index, not a
-    dense product: exact, and O(n) instead of O(n^2) per slice.
+    dense product: exact, and O(n) instead of O(n^2) per slice. `index` (the source per row of
+    a known permutation) skips both the check and the matrix.
     """
     shape = t.shape
     n = shape[dim] // (ax.outer * ax.inner)
     view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
-    perm = permutation_of(matrix)
+    perm = index if index is not None else permutation_of(matrix)
     if perm is not None:
         return view.index_select(dim + 1, perm.to(t.device)).reshape(shape)
     moved = torch.movedim(view, dim + 1, -1)
@@ -71,8 +72,14 @@ def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor) -> to
     return out.reshape(*shape[:dim], ax.outer * matrix.shape[0] * ax.inner, *shape[dim + 1 :])
 
 
+def node_slices(t: torch.Tensor, dim: int, ax: Axis) -> torch.Tensor:
+    """(n, everything else) view of `t` with axis `dim`'s nodes first (gate blocks kept apart)."""
+    shape = t.shape
+    n = shape[dim] // (ax.outer * ax.inner)
+    view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
+    return torch.movedim(view, dim + 1, 0).reshape(n, -1)
+
+
 def node_rows(t: torch.Tensor, ax: Axis) -> torch.Tensor:
     """Rows of `t` (axis 0 indexed by `ax`) as one feature vector per node: (n, everything else)."""
-    n = t.shape[0] // (ax.outer * ax.inner)
-    view = t.reshape(ax.outer, n, ax.inner, -1)
-    return view.permute(1, 0, 2, 3).reshape(n, -1)
+    return node_slices(t, 0, ax)

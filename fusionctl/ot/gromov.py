@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fusionctl.ot.barycenter import coupling_change, project, sq_distances
-from fusionctl.ot.solver import solve_ot
+from fusionctl.ot.solver import Potentials, solve_ot
 
 
 @dataclass
@@ -32,6 +32,7 @@ class GWBarycenterResult:
     iterations: int
     converged: bool
     cost: float
+    unconverged_solves: int = 0
 
 
 def gw_linear_term(hbar: torch.Tensor, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ def fused_gw_barycenter(
     max_iter: int = 100,
     inner_iter: int = 50,
     tol: float = 1e-5,
-    sinkhorn_iter: int = 2000,
+    sinkhorn_iter: int = 1000,
 ) -> GWBarycenterResult:
     """Nested fixed point from `init_x`/`init_h`; couplings start from the feature-only OT.
 
@@ -83,13 +84,15 @@ def fused_gw_barycenter(
     def cost(i, p):
         return sq_distances(x, ys[i]) + alpha * m * gw_linear_term(hbar, hs[i], p)
 
-    couplings = [solve_ot(sq_distances(x, y), ot_method, reg, sinkhorn_iter) for y in ys]
-    converged, it = False, 0
+    warm = [Potentials() for _ in ys]
+    couplings = [solve_ot(sq_distances(x, y), ot_method, reg, sinkhorn_iter, w) for y, w in zip(ys, warm)]
+    converged, it, unconverged = False, 0, 0
     for it in range(1, max_iter + 1):
         updated = []
         for i, p in enumerate(couplings):
             for _ in range(inner_iter):
-                q = solve_ot(cost(i, p), ot_method, reg, sinkhorn_iter)
+                q = solve_ot(cost(i, p), ot_method, reg, sinkhorn_iter, warm[i])
+                unconverged += not warm[i].converged
                 change = coupling_change([q], [p])
                 p = q
                 if change < tol:
@@ -103,4 +106,4 @@ def fused_gw_barycenter(
             converged = True
             break
     total = sum(w * float((p * cost(i, p)).sum()) for i, (p, w) in enumerate(zip(couplings, weights)))
-    return GWBarycenterResult(x, hbar, couplings, it, converged, total)
+    return GWBarycenterResult(x, hbar, couplings, it, converged, total, unconverged)

@@ -1,0 +1,316 @@
+"""Whole-network barycenter alignment: every group re-coupled on all of its weights.
+
+A node of group g is described by every parameter slice the spec says g indexes — incoming
+rows, outgoing columns, biases, norm parameters — with the other axes mapped through the
+current couplings of the neighbouring groups (weight matching's objective), plus, when the
+cost mixes them in, its z-scored activations Z (features.py). With the barycenter
+theta_bar = sum_i lambda_i T_i(theta_i) the objective is
+
+    J = sum_i lambda_i [ sum_key w_key |theta_bar[key] - T_i(theta_i)[key]|^2
+                         + a sum_g |Z_bar_g - R_i Z_i^g|^2 ].
+
+Moves:
+- `recouple(i, g)`: model i's coupling of group g re-solved against the barycenter of the
+  other models. For permutations this is the exact minimiser of J over that coupling, so it
+  never raises J; a soft or recurrent (linearised) step that would is undone.
+- `forward()`: the layer-wise pass, input to output on incoming rows: anchor every model to
+  model 0 (or to an initial support), then re-couple to the others; no model stays an anchor.
+- `sweep()`: K = 2, coordinate descent of model 1's groups against model 0 (git-re-basin's
+  weight matching, also with soft couplings); K > 2, each model in a random order is aligned afresh to the barycenter
+  of the others (MergeMany's move on a weighted barycenter), which can pass through worse
+  states: `run_sweeps` keeps the best state visited, so the result never has a higher J than
+  the layer-wise pass.
+
+For a slice along an input axis (dim > 0) of model i the features are scaled by n_i / m, so
+that the barycentric projection of a coupling equals the transport T_i (columns split by
+source mass, METHOD.md E.2-2) and any target widths work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fusionctl.fusion.transport import permutation_index, row_map, transport_tensor
+from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, node_slices
+from fusionctl.ot.barycenter import coupling_change, sq_distances
+from fusionctl.ot.solver import Potentials, solve_ot
+
+log = logging.getLogger(__name__)
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Slice:
+    key: str
+    dim: int
+    axis: Axis
+    structure: bool  # the entry's other axis is indexed by the same group (recurrent weights)
+
+
+@dataclass
+class OTSetup:
+    method: str  # exact | sinkhorn
+    reg: float
+    sinkhorn_iter: int
+    max_iter: int  # re-coupling rounds per group in the layer-wise pass
+    tol: float = 1e-5  # soft couplings: a re-coupling that moves them less (scale-free) counts as no change
+
+    def change_floor(self) -> float:
+        return 1e-9 if self.method == "exact" else self.tol
+
+
+class NetworkBarycenter:
+    """The couplings of K models to one barycenter, improved group by group.
+
+    key_weights: w_key per state entry (1 = plain squared weights, 0 = left out); acts: per
+    model {group: (n_i, d)} activation features, weighted by act_weight; alpha: None ignores
+    recurrent weights while matching (the no-hidden ablation), else weighs them by alpha.
+    """
+
+    def __init__(self, spec: AlignmentSpec, states: list[State], weights: list[float], target_sizes: dict[str, int], ot: OTSetup,
+                 couplings: list[dict] | None = None, key_weights: dict[str, float] | None = None, acts: list[dict] | None = None,
+                 act_weight: float = 0.0, alpha: float | None = None, seed: int = 0, device="cpu"):
+        self.spec, self.weights, self.ot, self.device = spec, list(weights), ot, device
+        self.target_sizes = dict(target_sizes)
+        self.couplings = [{g: p.to(torch.float64).to(device) for g, p in c.items()} for c in couplings or [{} for _ in states]]
+        w = key_weights or {}
+        self.slices: dict[str, list[Slice]] = {g: [] for g in spec.groups}
+        for key, axes in spec.axes.items():
+            for dim, ax in enumerate(axes):
+                if ax is not None and w.get(key, 1.0) > 0:
+                    structure = sum(a is not None and a.group == ax.group for a in axes) > 1
+                    if not structure or alpha is not None:
+                        self.slices[ax.group].append(Slice(key, dim, ax, structure))
+        self.group_keys = {g: list(dict.fromkeys(s.key for s in sl)) for g, sl in self.slices.items()}
+        self.keys = list(dict.fromkeys(k for keys in self.group_keys.values() for k in keys))
+        self.structured = alpha is not None and any(s.structure for sl in self.slices.values() for s in sl)
+        self.key_weights = {k: w.get(k, 1.0) * (alpha if self.structured and self._is_structure(k) else 1.0) for k in self.keys}
+        self.sizes = [spec.group_sizes(s) for s in states]
+        self.theta = [{k: s[k].to(torch.float64).to(device) for k in self.keys} for s in states]
+        self.moved = [{k: self._transport(i, k) for k in self.keys} for i in range(len(states))]
+        self.acts = [{g: z.to(torch.float64).to(device) for g, z in a.items()} for a in acts] if acts and act_weight > 0 else None
+        self.act_weight = act_weight if self.acts is not None else 0.0
+        self.key_groups = {k: [g for g, keys in self.group_keys.items() if k in keys] for k in self.keys}
+        self.cache: dict[tuple, torch.Tensor] = {}  # full features per (model, group[, "own"])
+        self.potentials: dict[tuple[str, int], Potentials] = {}
+        self.unconverged = 0  # sinkhorn solves that stopped at their cap
+        self.rng = np.random.default_rng(seed)
+
+    # -- features ---------------------------------------------------------------------------
+
+    def _is_structure(self, key: str) -> bool:
+        groups = [a.group for a in self.spec.axes[key] if a is not None]
+        return len(groups) != len(set(groups))
+
+    def _transport(self, i: int, key: str, skip: int | None = None) -> torch.Tensor:
+        return transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
+
+    def _usable(self, s: Slice, incoming_only: bool, known: set[str]) -> bool:
+        if not incoming_only:
+            return True
+        others = [a.group for d, a in enumerate(self.spec.axes[s.key]) if a is not None and d != s.dim]
+        return s.dim == 0 and not s.structure and all(g in known for g in others)
+
+    def model_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
+        """(n_i, D): model i's nodes of `group`, every other axis in the barycenter's order."""
+        if not incoming_only:
+            if (i, group, "own") not in self.cache:
+                self.cache[(i, group, "own")] = self._model_features(i, group, False, known)
+            return self.cache[(i, group, "own")]
+        return self._model_features(i, group, True, known)
+
+    def _model_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
+        m = self.target_sizes[group]
+        parts = []
+        for s in self.slices[group]:
+            if self._usable(s, incoming_only, known):
+                t = node_slices(self._transport(i, s.key, skip=s.dim), s.dim, s.axis)
+                parts.append(t * (self.key_weights[s.key] ** 0.5 * (t.shape[0] / m if s.dim else 1.0)))
+        if self.acts is not None:
+            parts.append(self.acts[i][group] * self.act_weight**0.5)
+        return torch.cat(parts, 1)
+
+    def moved_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
+        """(m, D): the same features of T_i(theta_i), i.e. model i's share of the barycenter."""
+        if not incoming_only:
+            if (i, group) not in self.cache:
+                self.cache[(i, group)] = self._moved_features(i, group, False, known)
+            return self.cache[(i, group)]
+        return self._moved_features(i, group, True, known)
+
+    def _moved_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
+        parts = [node_slices(self.moved[i][s.key], s.dim, s.axis) * self.key_weights[s.key] ** 0.5
+                 for s in self.slices[group] if self._usable(s, incoming_only, known)]
+        if self.acts is not None:
+            parts.append(self._moved_acts(i, group) * self.act_weight**0.5)
+        return torch.cat(parts, 1)
+
+    def _moved_acts(self, i: int, group: str) -> torch.Tensor:
+        """R_i Z_i: model i's activation features in the barycenter's node order (a gather for permutations)."""
+        p = self.couplings[i][group]
+        index = permutation_index(p)
+        return apply_along(self.acts[i][group], 0, Axis(group), None if index is not None else row_map(p), index)
+
+    # -- objective ---------------------------------------------------------------------------
+
+    def objective(self, group: str | None = None) -> float:
+        """J, or its part that depends on `group`'s couplings."""
+        total = 0.0
+        for key in self.keys if group is None else self.group_keys[group]:
+            bar = sum(w * mv[key] for w, mv in zip(self.weights, self.moved))
+            total += self.key_weights[key] * sum(w * float(((bar - mv[key]) ** 2).sum()) for w, mv in zip(self.weights, self.moved))
+        if self.acts is not None:
+            for g in self.spec.groups if group is None else [group]:
+                zs = [self._moved_acts(i, g) for i in range(len(self.acts))]
+                bar = sum(w * z for w, z in zip(self.weights, zs))
+                total += self.act_weight * sum(w * float(((bar - z) ** 2).sum()) for w, z in zip(self.weights, zs))
+        return total
+
+    # -- moves -------------------------------------------------------------------------------
+
+    def _set(self, i: int, group: str, coupling: torch.Tensor) -> None:
+        self.couplings[i][group] = coupling
+        for key in self.group_keys[group]:
+            self.moved[i][key] = self._transport(i, key)
+        self._invalidate(i, group)
+
+    def _invalidate(self, i: int, group: str) -> None:
+        """Drop model i's cached features that read `group`'s coupling: its own barycenter share
+        of `group`, and both feature sets of every group sharing an entry with it."""
+        self.cache.pop((i, group), None)
+        for key in self.group_keys[group]:
+            for g in self.key_groups[key]:
+                self.cache.pop((i, g), None)
+                if g != group:
+                    self.cache.pop((i, g, "own"), None)
+
+    def _solve(self, i: int, group: str, cost: torch.Tensor) -> torch.Tensor:
+        warm = self.potentials.setdefault((group, i), Potentials())
+        plan = solve_ot(cost, self.ot.method, self.ot.reg, self.ot.sinkhorn_iter, warm)
+        self.unconverged += not warm.converged
+        return plan
+
+    def _others(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor | None:
+        rest = 1.0 - self.weights[i]
+        if rest <= 0:
+            return None  # the other models carry no weight: model i is the barycenter
+        return sum(w * self.moved_features(j, group, incoming_only, known) for j, w in enumerate(self.weights) if j != i) / rest
+
+    def recouple(self, i: int, group: str, incoming_only: bool = False, known: set[str] | None = None) -> bool:
+        """Re-couple model i's `group` to the barycenter of the others; True if it changed.
+
+        Only soft couplings or linearised recurrent weights can raise J; such a step is undone.
+        Incoming-only steps (the greedy pass of a restart) are not checked: the restart is.
+        """
+        known = known if known is not None else set(self.spec.groups)
+        target = self._others(i, group, incoming_only, known)
+        if target is None:
+            return False
+        checked = not incoming_only and (self.ot.method != "exact" or self.structured)
+        before = self.objective(group) if checked else 0.0
+        old, moved = self.couplings[i][group], {key: self.moved[i][key] for key in self.group_keys[group]}
+        new = self._solve(i, group, sq_distances(target, self.model_features(i, group, incoming_only, known)))
+        if coupling_change([new], [old]) < self.ot.change_floor():
+            return False
+        self._set(i, group, new)
+        if checked and self.objective(group) > before * (1 + 1e-12):
+            self.couplings[i][group] = old
+            self.moved[i].update(moved)
+            self._invalidate(i, group)
+            return False
+        return True
+
+    def forward(self, support: Callable[[str, set[str]], torch.Tensor] | None) -> None:
+        """The layer-wise pass on incoming rows. support(group, known) gives an initial support in
+        the target's basis; None anchors to model 0, whose coupling starts as the identity."""
+        known: set[str] = set()
+        for group in self.spec.groups:
+            if support is None:
+                n = self.sizes[0][group]
+                self._set(0, group, torch.eye(n, dtype=torch.float64, device=self.device) / n)
+                anchor, others = self.model_features(0, group, True, known), range(1, len(self.theta))
+            else:
+                anchor, others = support(group, known).to(self.device), range(len(self.theta))
+            for i in others:
+                self._set(i, group, self._solve(i, group, sq_distances(anchor, self.model_features(i, group, True, known))))
+            if not (support is None and len(self.theta) == 2 and self.ot.method == "exact"):  # else already optimal
+                for _ in range(self.ot.max_iter):
+                    if not sum(self.recouple(i, group, True, known) for i in range(len(self.theta))):
+                        break
+            known.add(group)
+
+    def descend(self, i: int, passes: int = 100) -> int:
+        """Coordinate descent over model i's groups in random orders until none changes."""
+        changes = 0
+        for _ in range(passes):
+            changed = sum(self.recouple(i, self.spec.groups[j]) for j in self.rng.permutation(len(self.spec.groups)))
+            changes += changed
+            if not changed:
+                break
+        return changes
+
+    def restart(self, i: int) -> None:
+        """Align model i afresh to the barycenter of the others: a greedy input-to-output pass on
+        incoming rows, then coordinate descent."""
+        known: set[str] = set()
+        for group in self.spec.groups:
+            self.recouple(i, group, incoming_only=True, known=known)
+            known.add(group)
+        self.descend(i)
+
+    def sweep(self) -> int:
+        """One pass over the models (see the module docstring); returns the couplings changed."""
+        k = len(self.theta)
+        start = self.snapshot()
+        if k == 2:
+            self.descend(1)  # model 0's problem is the transpose of model 1's (exactly so for permutations)
+        else:
+            for i in self.rng.permutation(k):
+                self.restart(int(i))
+        return sum(int(not torch.equal(c[g], s[0][g])) for c, s in zip(self.couplings, start) for g in self.spec.groups)
+
+    def separable(self) -> bool:
+        """True when no group's cost reads another group's coupling (activations only): then with
+        K = 2 and exact OT the layer-wise pass is already optimal and sweeps cannot change it."""
+        return not self.keys
+
+    def snapshot(self) -> list[tuple[dict, dict]]:
+        return [(dict(c), dict(mv)) for c, mv in zip(self.couplings, self.moved)]
+
+    def restore(self, snap) -> None:
+        self.couplings = [dict(c) for c, _ in snap]
+        self.moved = [dict(mv) for _, mv in snap]
+        self.cache.clear()
+
+    def result(self) -> list[dict[str, torch.Tensor]]:
+        return [{g: p.cpu() for g, p in c.items()} for c in self.couplings]
+
+
+def run_sweeps(net: NetworkBarycenter, sweeps: int, tol: float, patience: int = 3) -> dict:
+    """Sweep at most `sweeps` times and keep the best state visited (lowest J): stop when a sweep
+    changes nothing, or after `patience` sweeps in a row that did not lower the best J by tol relative."""
+    if len(net.theta) == 2 and net.ot.method == "exact" and net.separable():
+        sweeps = 0
+    start = best_value = net.objective()
+    best = net.snapshot()
+    done, converged, stale = 0, sweeps == 0, 0
+    for done in range(1, sweeps + 1):
+        changed = net.sweep()
+        value = net.objective()
+        stale = 0 if value < best_value * (1 - tol) else stale + 1
+        if value < best_value:
+            best, best_value = net.snapshot(), value
+        log.info("sweep %d: objective %.6g, best %.6g (%+.3g%% from the layer-wise pass), %d couplings changed",
+                 done, value, best_value, 100 * (best_value - start) / max(start, 1e-300), changed)
+        if changed == 0 or stale >= patience:
+            converged = True
+            break
+    net.restore(best)
+    if not converged:  # K > 2 explores until its budget is spent: expected, not an error
+        log.info("wb: stopped at the cap solver.sweeps=%d with the objective still falling; raise solver.sweeps to search longer", sweeps)
+    return {"sweeps": done, "converged": converged, "objective_start": start, "objective": best_value, "unconverged_solves": net.unconverged}

@@ -1,0 +1,254 @@
+"""Whole-network barycenter sweeps, z-scored activation features and solver settings per method."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pandas as pd
+import pytest
+import torch
+
+from fusionctl import cli
+from fusionctl.config import ModelConfig
+from fusionctl.data import Split, Splits
+from fusionctl.fusion import FusionContext, fuse
+from fusionctl.fusion.features import CorrelationFeatures
+from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup, run_sweeps
+from fusionctl.fusion.transport import identity_couplings, relative_coupling, transport
+from fusionctl.jobs.activations import activation_probe
+from fusionctl.models import build_model, model_spec
+from tests.helpers import settings
+
+MLP = ModelConfig("mlp", [12, 10, 8], True)
+CNN = ModelConfig("resnet20", [6, 8, 10], False, True)
+
+
+def random_states(cfg, k, shape=(1, 5, 5), classes=4):
+    out = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        m = build_model(cfg, shape, classes)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.3)
+            if any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()):
+                m.train()
+                m(torch.randn(16, *shape) + 0.3)  # non-trivial running statistics
+        out.append({k: v.detach().clone() for k, v in m.eval().state_dict().items()})
+    return out
+
+
+def noisy_permuted_copies(cfg, state, k, noise, shape):
+    """k - 1 copies of `state`, each permuted at random in every group plus Gaussian noise."""
+    spec = model_spec(cfg)
+    copies, planted = [state], [identity_couplings(spec, state)]
+    for seed in range(1, k):
+        g = torch.Generator().manual_seed(100 + seed)
+        cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+        moved = transport(state, spec, cps)
+        copies.append({key: v + noise * v.std() * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.numel() > 1 else v
+                       for key, v in moved.items()})
+        planted.append(cps)
+    return spec, copies, planted
+
+
+def outputs(cfg, state, x, shape, classes=4):
+    m = build_model(cfg, shape, classes)
+    m.load_state_dict(state)
+    with torch.no_grad():
+        return m.eval()(x).double()
+
+
+# -- the objective ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("cost", ["weight", "both"])
+def test_a_recoupling_step_never_raises_the_objective(k, cost):
+    states = random_states(MLP, k)
+    spec = model_spec(MLP)
+    probe = activation_probe(MLP, toy_splits((1, 5, 5)))
+    acts = probe(states, 64) if cost == "both" else None
+    net = NetworkBarycenter(spec, states, [1 / k] * k, spec.group_sizes(states[0]), OTSetup("exact", 0.0, 1, 100), acts=acts,
+                            act_weight=0.5 if acts else 0.0)
+    net.forward(None)
+    value = net.objective()
+    moves = 0
+    for _ in range(3):
+        for i in range(k):
+            for group in spec.groups:
+                moves += net.recouple(i, group)
+                now = net.objective()
+                assert now <= value * (1 + 1e-12), (i, group)
+                value = now
+    assert moves > 0, "the test must exercise real moves"
+
+
+def test_k2_sweeps_never_raise_the_objective_and_stop_when_nothing_changes():
+    states = random_states(MLP, 2)
+    spec = model_spec(MLP)
+    net = NetworkBarycenter(spec, states, [0.5, 0.5], spec.group_sizes(states[0]), OTSetup("exact", 0.0, 1, 100))
+    net.forward(None)
+    values = [net.objective()]
+    while True:
+        changed = net.sweep()
+        values.append(net.objective())
+        assert values[-1] <= values[-2] * (1 + 1e-12)
+        if not changed:
+            break
+    assert values[-1] < values[0], "sweeps on unrelated models must find a better alignment than the layer-wise pass"
+
+
+@pytest.mark.parametrize("ot", ["exact", "sinkhorn"])
+def test_run_sweeps_returns_the_best_state_it_visited(ot):
+    states = random_states(MLP, 3)
+    spec = model_spec(MLP)
+    net = NetworkBarycenter(spec, states, [0.2, 0.3, 0.5], spec.group_sizes(states[0]), OTSetup(ot, 0.05, 1000, 20))
+    net.forward(None)
+    summary = run_sweeps(net, 4, 1e-5)
+    assert summary["objective"] <= summary["objective_start"]
+    assert net.objective() == pytest.approx(summary["objective"], rel=1e-12)
+
+
+def test_sweeps_zero_reproduces_the_layer_wise_couplings_of_fusionctl_0_1():
+    # Couplings of the paper's WB (exact, init model 0) computed by commit 4b0247d, before sweeps existed.
+    expected = {
+        False: [{"h1": list(range(12)), "h2": list(range(10)), "h3": list(range(8))},
+                {"h1": [1, 6, 7, 4, 10, 11, 2, 0, 3, 8, 9, 5], "h2": [8, 3, 7, 4, 2, 5, 0, 1, 9, 6], "h3": [1, 6, 2, 5, 4, 0, 3, 7]},
+                {"h1": [4, 11, 0, 1, 5, 6, 9, 2, 10, 8, 7, 3], "h2": [7, 9, 2, 3, 6, 4, 0, 5, 8, 1], "h3": [2, 0, 1, 3, 7, 6, 4, 5]}],
+        True: [{"h1": list(range(12)), "h2": list(range(10)), "h3": list(range(8))},
+               {"h1": [1, 6, 7, 4, 10, 11, 2, 0, 3, 8, 9, 5], "h2": [9, 6, 3, 1, 4, 7, 0, 8, 5, 2], "h3": [4, 7, 0, 6, 5, 3, 1, 2]},
+               {"h1": [4, 11, 0, 1, 5, 3, 9, 6, 10, 8, 7, 2], "h2": [4, 1, 2, 0, 7, 3, 9, 6, 5, 8], "h3": [0, 4, 7, 2, 6, 5, 1, 3]}],
+    }
+    for bias in (False, True):
+        cfg = ModelConfig("mlp", [12, 10, 8], bias)
+        states = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            states.append({k: v.detach() for k, v in build_model(cfg, (1, 5, 5), 4).state_dict().items()})
+        spec = model_spec(cfg)
+        res = fuse("wb", spec, states, [0.2, 0.3, 0.5], spec.group_sizes(states[0]), settings(sweeps=0, cost="weight"))
+        got = [{g: p.argmax(1).tolist() for g, p in c.items()} for c in res.couplings]
+        assert got == expected[bias]
+
+
+# -- planted permutations and self-fusion ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg, shape", [(MLP, (1, 5, 5)), (CNN, (3, 8, 8))], ids=["mlp", "resnet20-bn"])
+def test_sweeps_recover_every_planted_permutation_of_five_noisy_copies(cfg, shape):
+    state = random_states(cfg, 1, shape)[0]
+    spec, copies, planted = noisy_permuted_copies(cfg, state, 5, 0.05, shape)
+    res = fuse("wb", spec, copies, [0.2] * 5, spec.group_sizes(state), settings(cost="weight"))
+    for i in range(1, 5):
+        for group in spec.groups:
+            rel = relative_coupling(res.couplings[0][group], res.couplings[i][group])  # model 0's nodes -> copy i's
+            assert torch.equal(rel > 0, planted[i][group].T > 0), (i, group)
+
+
+@pytest.mark.parametrize("cfg, shape", [(MLP, (1, 5, 5)), (CNN, (3, 8, 8))], ids=["mlp", "resnet20-bn"])
+def test_fusing_a_model_with_permuted_copies_of_itself_returns_its_function(cfg, shape):
+    state = random_states(cfg, 1, shape)[0]
+    spec, copies, _ = noisy_permuted_copies(cfg, state, 4, 0.0, shape)
+    ctx = FusionContext(activations=activation_probe(cfg, toy_splits(shape)), score=lambda s: 0.0)
+    x = torch.randn(32, *shape)
+    for cost in ("weight", "both", "activation", "auto"):
+        res = fuse("wb", spec, copies, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), settings(cost=cost), ctx)
+        assert torch.allclose(outputs(cfg, res.state, x, shape), outputs(cfg, state, x, shape), atol=1e-5), cost
+
+
+def test_sweeps_fuse_into_other_widths():
+    states = random_states(MLP, 2)
+    spec = model_spec(MLP)
+    wide = ModelConfig("mlp", [24, 20, 16], True)
+    torch.manual_seed(9)
+    target = {k: v.detach() for k, v in build_model(wide, (1, 5, 5), 4).state_dict().items()}
+    ctx = FusionContext(random_target=lambda: target)
+    sizes = {"h1": 24, "h2": 20, "h3": 16}
+    res = fuse("wb", spec, [states[0], states[0]], [0.5, 0.5], sizes, settings(cost="weight"), ctx)
+    x = torch.randn(16, 1, 5, 5)
+    # a model fused with itself into a 2x wider target keeps its function (duplicated nodes)
+    assert torch.allclose(outputs(wide, res.state, x, (1, 5, 5)), outputs(MLP, states[0], x, (1, 5, 5)), atol=1e-5)
+
+
+# -- activation features -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("observations", [6, 400])  # fewer than the units (raw vectors) and more (factored Gram)
+def test_correlation_features_have_the_geometry_of_correlation(observations):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, observations, generator=g, dtype=torch.float64)
+    b = 2 * a[[3, 1, 4, 0, 2]] + 1 + 0.1 * torch.randn(5, observations, generator=g, dtype=torch.float64)
+    stream = CorrelationFeatures([5, 5])
+    for start in range(0, observations, 4):  # batch by batch
+        stream.add([a[:, start:start + 4], b[:, start:start + 4]])
+    fa, fb = stream.features()
+    corr = torch.corrcoef(torch.cat([a, b]))
+    assert torch.allclose(torch.cat([fa, fb]) @ torch.cat([fa, fb]).T, corr, atol=1e-10)
+    assert torch.allclose(torch.cdist(fa, fb) ** 2, 2 - 2 * corr[:5, 5:], atol=1e-9)
+
+
+def test_activation_cost_is_correlation_matching():
+    # with exact OT and K = 2, WB with the activation cost is activation matching (the same LAP)
+    states = random_states(MLP, 2)
+    spec = model_spec(MLP)
+    ctx = FusionContext(activations=activation_probe(MLP, toy_splits((1, 5, 5))))
+    wb = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="activation"), ctx)
+    am = fuse("am", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings("am"), ctx)
+    for group in spec.groups:
+        assert torch.equal(relative_coupling(wb.couplings[0][group], wb.couplings[1][group]) > 0, am.couplings[1][group] > 0)
+
+
+def test_cost_auto_keeps_the_candidate_with_the_better_held_out_score():
+    states = random_states(MLP, 2)
+    spec = model_spec(MLP)
+    probe = activation_probe(MLP, toy_splits((1, 5, 5)))
+    both = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="both"), FusionContext(activations=probe))
+    act = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="activation"), FusionContext(activations=probe))
+    assert any(not torch.equal(both.state[k], act.state[k]) for k in both.state), "the candidates must differ for this test"
+    for preferred in (both, act):
+        def score(state, preferred=preferred):
+            return float(all(torch.equal(state[k], preferred.state[k]) for k in state))
+
+        res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=probe, score=score))
+        assert all(torch.equal(res.state[k], preferred.state[k]) for k in res.state)
+        assert res.sweeps["selected_cost"] == ("both" if preferred is both else "activation")
+
+
+def toy_splits(shape, n=96):
+    x = torch.randn(n, *shape)
+    y = torch.zeros(n, dtype=torch.long)
+    return Splits("toy", Split(x, y), Split(x[:8], y[:8]), Split(x[:8], y[:8]), shape, 4)
+
+
+# -- settings per method, through the command line ------------------------------------------------------
+
+
+def call(args):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli.main(args)
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, err.getvalue()
+
+
+def test_a_baseline_reads_its_own_settings_never_the_main_solvers(tmp_path):
+    common = [f"store_dir={tmp_path}/store", "model.widths=[16,8]", "train.epochs=1", "seeds=[0,1]", "threads=1"]
+    assert call(["train", *common, f"hydra.run.dir={tmp_path}/train"])[0] == 0
+    assert call(["fuse", *common, "solver=ot", "baselines=[wb]", f"hydra.run.dir={tmp_path}/a"])[0] == 0
+    assert call(["fuse", *common, "solver=wb", "baselines=[ot]", f"hydra.run.dir={tmp_path}/b"])[0] == 0
+    a, b = (pd.read_csv(tmp_path / d / "fusion.csv") for d in "ab")
+    cols = ["method", "split", "accuracy", "loss", "settings"]
+    for method in ("wb", "ot"):
+        ra = a[a.method == method][cols].reset_index(drop=True)
+        rb = b[b.method == method][cols].reset_index(drop=True)
+        pd.testing.assert_frame_equal(ra, rb)
+    # a changed main solver is labelled with what changed; its baselines keep their defaults
+    assert call(["fuse", *common, "solver.sweeps=0", "solver.cost=weight", "baselines=[ot]", f"hydra.run.dir={tmp_path}/c"])[0] == 0
+    c = pd.read_csv(tmp_path / "c" / "fusion.csv")
+    assert set(c[c.method == "wb"]["settings"]) == {"cost=weight sweeps=0"}
+    assert set(c[c.method == "ot"]["settings"]) == {"defaults"}
