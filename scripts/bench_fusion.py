@@ -56,7 +56,7 @@ def main():
     print(f"{'width':>6} " + " ".join(f"{name:>12}" for name in names) + "   ratios")
     for width in args.widths:
         cfg, spec, a, b = pair(width)
-        ctx = FusionContext(activations=activation_probe(cfg, splits), score=held_out_score(cfg, splits, "cpu"))
+        ctx = FusionContext(activations=activation_probe(cfg, splits), score=held_out_score(cfg, splits, [a, b], spec, [0.5, 0.5], "cpu"))
         times = {}
         for name, method, extra in METHODS:
             if name.startswith("wb sk") and width > args.sinkhorn_max:

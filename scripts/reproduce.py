@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
+PAPER = ("solver.sweeps=0", "solver.cost=weight")  # the paper's layer-wise WB
 ORDER = ["mlp", "hetero", "recurrent", "recurrent_fashion", "cnn", "cnn_paper", "gpu_timing"]
 CPU_SECTIONS = ["mlp", "hetero", "recurrent"]
 
@@ -140,11 +141,13 @@ def section_mlp(run: Runner, quick: bool) -> str:
     for p in pairs:
         s = f"seeds=[{p[0]},{p[1]}]"
         frames.append(run.fuse("K=2", *base, s, "solver=wb", peers))
-        frames.append(run.fuse("K=2", *base, s, "solver=wb", "solver.ot=sinkhorn", "baselines=[]", rename={"wb": "wb (sinkhorn)"}))
-        frames.append(run.fuse("K=2", *base, s, "solver=wb", "solver.cost=activation", "baselines=[]", rename={"wb": "wb (activation)"}))
+        frames.append(run.fuse("K=2", *base, s, "solver=wb", *PAPER, "baselines=[]", rename={"wb": "wb (paper)"}))
+        frames.append(run.fuse("K=2", *base, s, "solver=wb", "solver.ot=sinkhorn", "solver.reg=0.01", "baselines=[]",
+                               rename={"wb": "wb (sinkhorn ε=0.01)"}))
     for k in (4, 6):
         if k <= len(seeds):
             frames.append(run.fuse(f"K={k}", *base, f"seeds={seeds[:k]}", "solver=wb", peers))
+            frames.append(run.fuse(f"K={k}", *base, f"seeds={seeds[:k]}", "solver=wb", *PAPER, "baselines=[]", rename={"wb": "wb (paper)"}))
     narrow, wide = ("[24,12]", "[96,48]") if quick else ("[200,100,50]", "[800,400,200]")
     frames.append(run.fuse("narrower", *base, "seeds=[0,1]", f"target.widths={narrow}", "baselines=[ot]"))
     frames.append(run.fuse("wider", *base, "seeds=[0,1]", f"target.widths={wide}", "baselines=[ot]"))
@@ -155,7 +158,7 @@ def section_mlp(run: Runner, quick: bool) -> str:
     for p in pairs:
         s = f"seeds=[{p[0]},{p[1]}]"
         bars.append(run.landscape("K=2", "wb", *base, s, "solver=wb", *land))
-        bars.append(run.landscape("K=2", "wb (activation)", *base, s, "solver=wb", "solver.cost=activation", *land))
+        bars.append(run.landscape("K=2", "wb (paper)", *base, s, "solver=wb", *PAPER, *land))
         bars.append(run.landscape("K=2", "wm", *base, s, "solver=wm", *land))
         bars.append(run.landscape("K=2", "am", *base, s, "solver=am", *land))
     barriers = pd.concat(bars)
@@ -164,9 +167,11 @@ def section_mlp(run: Runner, quick: bool) -> str:
     return "\n\n".join([
         f"## (a) One-shot fusion, MLP {widths} on mnist_small",
         f"Test accuracy (%), mean ± sd over {len(pairs)} seed pairs for K = 2 (seeds {pairs}); K = 4 and 6 use the first "
-        f"K seeds; `narrower`/`wider` fuse seeds 0 and 1 into hidden widths {narrow} / {wide}. `wb` is exact OT from model 0; "
-        "`ot` is Singh & Jaggi; `wm`/`am` are Git Re-Basin's weight and activation matching; `ensemble` averages the base "
-        "models' predicted probabilities (not a single network).",
+        f"K seeds; `narrower`/`wider` fuse seeds 0 and 1 into hidden widths {narrow} / {wide}. `wb` is fusionctl's default "
+        "(exact OT, layer-wise pass plus whole-network sweeps, cost chosen on the validation split); `wb (paper)` is the "
+        "paper's layer-wise algorithm (`solver.sweeps=0 solver.cost=weight`); `ot` is Singh & Jaggi; `wm`/`am` are Git "
+        "Re-Basin's weight (MergeMany for K > 2) and activation matching; `ensemble` averages the base models' predicted "
+        "probabilities (not a single network).",
         md_table(accuracy_table(fusion, settings)),
         "## (b) Linear mode connectivity, MLP",
         "Barriers along the naive line θ₁ → θ₂ and the aligned line θ₁ → π(θ₂) for each method's couplings, with and "
@@ -215,7 +220,9 @@ def section_recurrent(run: Runner, quick: bool, dataset: str = "seq_mnist_small"
         base = [f"dataset={dataset}", f"model={kind}", f"model.widths=[{16 if quick else 128}]", "optim=adam",
                 f"train.epochs={1 if quick else epochs}", "seeds=[0,1]"]
         run("train", *base)
-        frames.append(run.fuse(kind, *base, "solver=gwb", "baselines=[wb,avg,ot,wm,am]"))
+        frames.append(run.fuse(kind, *base, "solver=gwb", "baselines=[avg,ot,wm,am]"))
+        frames.append(run.fuse(kind, *base, "solver=wb", *PAPER, "baselines=[]", rename={"wb": "wb (paper, no hidden)"}))
+        frames.append(run.fuse(kind, *base, "solver=wb", "baselines=[]", rename={"wb": "wb (default, no hidden)"}))
         for alpha in (0.1, 10.0):
             frames.append(run.fuse(kind, *base, "solver=gwb", f"solver.alpha={alpha}", "baselines=[]", rename={"gwb": f"gwb (α={alpha:g})"}))
         if run.args.gwb_sinkhorn:
@@ -223,7 +230,7 @@ def section_recurrent(run: Runner, quick: bool, dataset: str = "seq_mnist_small"
         land = ["landscape.plane=false"] + (["landscape=fast"] if quick else [])
         land += [f"landscape.train_samples={samples}", f"landscape.test_samples={samples}"] if samples and not quick else []
         bars.append(run.landscape(kind, "gwb", *base, "solver=gwb", *land))
-        bars.append(run.landscape(kind, "wb (no hidden)", *base, "solver=wb", *land))
+        bars.append(run.landscape(kind, "wb (paper, no hidden)", *base, "solver=wb", *PAPER, *land))
     fusion = pd.concat(frames)
     fusion.to_csv(run.out / f"{stem}_fusion.csv", index=False)
     barriers = pd.concat(bars)
@@ -234,7 +241,8 @@ def section_recurrent(run: Runner, quick: bool, dataset: str = "seq_mnist_small"
         f"## (c) Recurrent networks on {dataset} (hidden {16 if quick else 128}, rows as time steps, {1 if quick else epochs} epochs)",
         "Test accuracy (%) for seeds 0 and 1. `gwb` matches hidden units on their input weights and, through the "
         "Gromov-Wasserstein term, on their hidden-to-hidden weights (α = 1: a recurrent row weighs like an input row); "
-        "`wb` is the same barycenter ignoring hidden-to-hidden weights while matching (the FedMA-style ablation).",
+        "`wb (paper, no hidden)` is the same barycenter ignoring hidden-to-hidden weights while matching (the FedMA-style "
+        "ablation); `wb (default, no hidden)` is fusionctl's default WB, which also ignores them.",
         md_table(accuracy_table(fusion, kinds)),
         f"Barriers (one seed pair{f'; {samples} training and test samples' if samples and not quick else ''}):",
         md_table(barrier_table(bar)),
@@ -254,8 +262,7 @@ def cnn_runs(run: Runner, quick: bool, configs: list[tuple[str, list[str]]], epo
             base += [f"threads={max(1, (os.cpu_count() or 2) // run.args.parallel)}"]
         run("train", *base)
         frames.append(run.fuse(tag, *base, "solver=wb", "baselines=[avg,ot,wm,am]", "post=[bn_reset,repair]"))
-        frames.append(run.fuse(tag, *base, "solver=wb", "solver.cost=activation", "baselines=[]", "post=[repair]",
-                               rename={"wb": "wb (activation)"}))
+        frames.append(run.fuse(tag, *base, "solver=wb", *PAPER, "baselines=[]", "post=[bn_reset,repair]", rename={"wb": "wb (paper)"}))
         if finetune:
             tuned = run.fuse(tag, *base, "solver=wb", "baselines=[]", f"finetune.epochs={finetune}", "finetune.batch_size=128")
             frames.append(tuned[tuned.stage == "finetuned"])
@@ -263,7 +270,7 @@ def cnn_runs(run: Runner, quick: bool, configs: list[tuple[str, list[str]]], epo
             bn = "landscape.bn_reset=true" if "model.batch_norm=true" in model else "landscape.bn_reset=false"
             pts, n = run.args.cnn_points, run.args.cnn_samples
             land = ["landscape.plane=false", f"landscape.points={pts}", f"landscape.train_samples={n}", f"landscape.test_samples={n}", "post=[repair]", bn]
-            solvers = (("wb", ["solver=wb"]), ("wb (activation)", ["solver=wb", "solver.cost=activation"]), ("wm", ["solver=wm"]), ("am", ["solver=am"]))
+            solvers = (("wb", ["solver=wb"]), ("wb (paper)", ["solver=wb", *PAPER]), ("wm", ["solver=wm"]), ("am", ["solver=am"]))
             for label, solver in solvers:
                 if label in run.args.cnn_landscapes:
                     bars.append(run.landscape(tag, label, *base, *solver, *land))
@@ -406,7 +413,7 @@ def main() -> None:
     ap.add_argument("--cnn-points", type=int, default=9)
     ap.add_argument("--cnn-samples", type=int, default=5000)
     ap.add_argument("--paper-epochs", type=int, default=4)
-    ap.add_argument("--cnn-landscapes", nargs="+", default=["wb", "wb (activation)", "wm", "am"])
+    ap.add_argument("--cnn-landscapes", nargs="+", default=["wb", "wb (paper)", "wm", "am"])
     ap.add_argument("--cnn-configs", nargs="+", default=["vgg11 small", "vgg11 small +BN", "resnet20", "resnet20 +BN"])
     ap.add_argument("--resnet-widths", default="[16,32,64]")
     ap.add_argument("--parallel", type=int, default=1, help="CNN configurations run at once (a GPU machine)")

@@ -152,7 +152,7 @@ def test_sweeps_recover_every_planted_permutation_of_five_noisy_copies(cfg, shap
 def test_fusing_a_model_with_permuted_copies_of_itself_returns_its_function(cfg, shape):
     state = random_states(cfg, 1, shape)[0]
     spec, copies, _ = noisy_permuted_copies(cfg, state, 4, 0.0, shape)
-    ctx = FusionContext(activations=activation_probe(cfg, toy_splits(shape)), score=lambda s: 0.0)
+    ctx = FusionContext(activations=activation_probe(cfg, toy_splits(shape)), score=lambda result: 0.0)
     x = torch.randn(32, *shape)
     for cost in ("weight", "both", "activation", "auto"):
         res = fuse("wb", spec, copies, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), settings(cost=cost), ctx)
@@ -209,8 +209,8 @@ def test_cost_auto_keeps_the_candidate_with_the_better_held_out_score():
     act = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="activation"), FusionContext(activations=probe))
     assert any(not torch.equal(both.state[k], act.state[k]) for k in both.state), "the candidates must differ for this test"
     for preferred in (both, act):
-        def score(state, preferred=preferred):
-            return float(all(torch.equal(state[k], preferred.state[k]) for k in state))
+        def score(result, preferred=preferred):
+            return float(all(torch.equal(result.state[k], preferred.state[k]) for k in result.state))
 
         res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=probe, score=score))
         assert all(torch.equal(res.state[k], preferred.state[k]) for k in res.state)

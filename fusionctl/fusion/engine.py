@@ -34,7 +34,7 @@ class FusionContext:
     random_target: Callable[[], "State"] | None = None
     # (states, samples) -> per state {group: (n, d)} z-scored activation features (features.py)
     activations: Callable[[list["State"], int], list[dict[str, torch.Tensor]]] | None = None
-    score: Callable[["State"], float] | None = None  # held-out accuracy of a fused state (solver.cost=auto)
+    score: Callable[["FusionResult"], float] | None = None  # held-out accuracy of a fusion (solver.cost=auto)
     device: str = "cpu"  # where entropic OT and barycenter updates run; exact OT always solves on CPU
 
 

@@ -91,9 +91,9 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
                     alpha: float | None = None, passes: int | None = None) -> FusionResult:
     """passes=1: one anchored pass (OT fusion); otherwise settings.max_iter rounds and settings.sweeps sweeps.
 
-    cost=auto aligns twice, with cost=both and with cost=activation, and keeps the fused model
-    that scores better on held-out data (ctx.score: the validation split): weights align MLPs
-    of K > 2 best, activations deep convolutional nets, and neither cost wins everywhere.
+    cost=auto aligns twice, with cost=both and with cost=activation, and keeps the fusion that
+    scores better on held-out data (ctx.score: validation accuracy after the family's post-step):
+    weights align MLPs of K > 2 best, activations deep convolutional nets; neither wins everywhere.
     """
     if settings.cost == "auto" and (ctx.score is None or ctx.activations is None):
         log.info("cost=auto needs data to probe activations and score candidates; none was given, so the cost is weights only")
@@ -110,7 +110,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
         once = replace(ctx, activations=probe if ctx.activations is not None else None)
         candidates = [fuse_barycenter(spec, states, weights, target_sizes, replace(settings, cost=c), once, alpha, passes)
                       for c in ("both", "activation")]
-        scores = [ctx.score(r.state) for r in candidates]
+        scores = [ctx.score(r) for r in candidates]
         pick = max(range(2), key=lambda j: (scores[j], -j))
         log.info("cost=auto: held-out accuracy %.4f with cost=both, %.4f with cost=activation; keeping cost=%s",
                  scores[0], scores[1], ("both", "activation")[pick])

@@ -18,11 +18,11 @@ from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
 from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, target_config, target_sizes
 from fusionctl.jobs.activations import activation_probe
-from fusionctl.jobs.post import apply_post, check_post
+from fusionctl.jobs.post import apply_post, check_post, post_defined
 from fusionctl.jobs.versions import versions
 from fusionctl.fusion.transport import transport
 from fusionctl.training import finetune
-from fusionctl.models import model_spec
+from fusionctl.models import config_for, model_spec
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,26 @@ def prepare(cfg: FuseCommandConfig):
     target = target_config(cfg.target.widths, bases[0])
     return splits, bases, spec, lambdas, target
 
-SCORE_SAMPLES = 5000
+SCORE_SAMPLES = 2000
 
 
-def held_out_score(model_cfg: ModelConfig, splits: Splits, device):
-    """Accuracy of a fused state on (up to SCORE_SAMPLES of) the validation split: how solver.cost=auto
-    chooses. Without a validation split, the training inputs after the activation probe's."""
+def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, lambdas, device):
+    """How solver.cost=auto chooses: a fused model's accuracy on (up to SCORE_SAMPLES of) the
+    validation split (without one, the last training inputs) after the post-step its family
+    needs anyway — BatchNorm reset for BN nets (their stored statistics are averages that no longer
+    fit the units), REPAIR for other feed-forward nets — so candidates are compared as they will be used."""
     held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
+    if any(k.endswith("running_mean") for k in bases[0]):
+        step = "bn_reset"
+    else:
+        step = "repair" if post_defined("repair", model_cfg.name) else None
 
-    def score(state) -> float:
-        return evaluate(build_from_state(model_cfg, splits, state, device), held, device=device)[1]
+    def score(result) -> float:
+        cfg, state = config_for(model_cfg, result.state), result.state
+        if step:
+            references = [transport(b, spec, c) for b, c in zip(bases, result.couplings)]
+            cfg, state = apply_post(step, cfg, state, splits, references, lambdas, device)
+        return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
 
     return score
 
@@ -82,7 +92,8 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     settings = settings_for(method, cfg)
     device = resolve_device(cfg.device)
     ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
-                        activation_probe(bases[0].model_cfg, splits, device), held_out_score(target_cfg, splits, device), str(device))
+                        activation_probe(bases[0].model_cfg, splits, device),
+                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device), str(device))
     start = time.perf_counter()
     result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, settings, ctx)
     seconds = time.perf_counter() - start

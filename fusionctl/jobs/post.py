@@ -16,11 +16,15 @@ from fusionctl.models import build_model
 REPAIR_SAMPLES = 512
 
 
+def post_defined(step: str, model_name: str) -> bool:
+    return not (step == "repair" and model_name in ("rnn", "lstm", "gru"))
+
+
 def check_post(steps: list[str], model_name: str) -> None:
     for step in steps:
         if step not in POST_STEPS:
             raise FusionctlError(f"unknown post-step '{step}'; choose from: {', '.join(POST_STEPS)}")
-        if step == "repair" and model_name in ("rnn", "lstm", "gru"):
+        if not post_defined(step, model_name):
             raise FusionctlError("post=[repair] is defined for mlp, vgg11 and resnets, not recurrent models")
 
 

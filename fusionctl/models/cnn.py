@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusionctl.models.spec import AlignmentSpec, Axis
+from fusionctl.models.spec import AlignmentSpec, Axis, Unit
 
 VGG11_CONVS = 8  # configuration A: 64 M 128 M 256 256 M 512 512 M 512 512 M
 VGG11_POOL_AFTER = (0, 1, 3, 5, 7)
@@ -78,7 +78,9 @@ def vgg11_spec(widths: list[int], bias: bool, batch_norm: bool) -> AlignmentSpec
         axes[f"fcs.{j}.weight"] = (out, Axis(fc_groups[j]))
         if bias:
             axes[f"fcs.{j}.bias"] = (out,)
-    return AlignmentSpec(groups, axes)
+    units = {groups[i]: (Unit(f"convs.{i}", f"bns.{i}" if batch_norm else None),) for i in range(VGG11_CONVS)}
+    units |= {"f1": (Unit("fcs.0"),), "f2": (Unit("fcs.1"),)}
+    return AlignmentSpec(groups, axes, units)
 
 
 class BasicBlock(nn.Module):
@@ -137,9 +139,11 @@ def resnet_spec(blocks: list[int], bias: bool, batch_norm: bool) -> AlignmentSpe
     """
     groups: list[str] = []
     axes: dict = {}
+    units: dict[str, list[Unit]] = {}
 
     def conv(prefix, out, inp, bn_prefix):
         axes.update(_conv_axes(prefix, Axis(out), Axis(inp) if inp else None, bias))
+        units.setdefault(out, []).append(Unit(prefix, bn_prefix if batch_norm else None))
         if batch_norm:
             axes.update(_bn_axes(bn_prefix, Axis(out)))
 
@@ -156,14 +160,15 @@ def resnet_spec(blocks: list[int], bias: bool, batch_norm: bool) -> AlignmentSpe
             new_stream = f"s{s + 1}" if b == 0 and s > 0 else stream
             if new_stream != stream:
                 groups.append(new_stream)
-                conv(f"{prefix}.shortcut", new_stream, stream, f"{prefix}.shortcut_bn")
             conv(f"{prefix}.conv2", new_stream, inner, f"{prefix}.bn2")
+            if new_stream != stream:
+                conv(f"{prefix}.shortcut", new_stream, stream, f"{prefix}.shortcut_bn")
             stream = new_stream
             k += 1
     axes["fc.weight"] = (None, Axis(stream))
     if bias:
         axes["fc.bias"] = (None,)
-    return AlignmentSpec(tuple(groups), axes)
+    return AlignmentSpec(tuple(groups), axes, {g: tuple(u) for g, u in units.items()})
 
 
 def resnet_sizes(blocks: list[int], widths: list[int]) -> dict[str, int]:

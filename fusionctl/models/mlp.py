@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fusionctl.models.spec import AlignmentSpec, Axis
+from fusionctl.models.spec import AlignmentSpec, Axis, Unit
 
 
 class MLP(nn.Module):
@@ -32,4 +32,4 @@ def mlp_spec(widths: list[int], bias: bool) -> AlignmentSpec:
         axes[f"layers.{i}.weight"] = (out, inp)
         if bias:
             axes[f"layers.{i}.bias"] = (out,)
-    return AlignmentSpec(groups, axes)
+    return AlignmentSpec(groups, axes, {g: (Unit(f"layers.{i}"),) for i, g in enumerate(groups)})

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from fusionctl.models.spec import AlignmentSpec, Axis
+from fusionctl.models.spec import AlignmentSpec, Axis, Unit
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -107,5 +107,6 @@ def recurrent_spec(kind: str, widths: list[int], bias: bool, embed: int = 0) -> 
     axes["decoder.weight"] = (None, Axis(groups[-1]))
     if bias:
         axes["decoder.bias"] = (None,)
-    return AlignmentSpec((("emb",) if embed else ()) + groups, axes)
+    units = {group: (Unit(f"cells.{i}"),) for i, group in enumerate(groups)} | ({"emb": (Unit("embed"),)} if embed else {})
+    return AlignmentSpec((("emb",) if embed else ()) + groups, axes, units)
 

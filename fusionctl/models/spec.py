@@ -28,11 +28,25 @@ class Axis:
 
 
 @dataclass(frozen=True)
+class Unit:
+    """Where a group's units can be observed: a module writing them (a Linear, a conv, one branch
+    of a residual sum) and the normalisation applied right after it, if any. REPAIR corrects
+    there, BatchNorm reset and activation probes read there."""
+
+    writer: str
+    norm: str | None = None
+
+
+@dataclass(frozen=True)
 class AlignmentSpec:
-    """groups: hidden-unit groups in fusion order; axes: state key -> per-axis Axis or None."""
+    """groups: hidden-unit groups in fusion order; axes: state key -> per-axis Axis or None;
+    units: group -> where its units are written; coverage: for traced specs, what is permutable
+    and what was frozen (models/trace.py)."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
+    units: dict[str, tuple[Unit, ...]] = field(default_factory=dict)
+    coverage: object | None = None
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
         sizes: dict[str, int] = {}
