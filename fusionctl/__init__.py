@@ -1,3 +1,15 @@
-"""fusionctl: Wasserstein-barycenter model fusion and linear mode connectivity experiments."""
+"""fusionctl: Wasserstein-barycenter model fusion and linear mode connectivity experiments.
+
+Python API (torch is imported on first use, so the command line starts fast):
+fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, ...), see fusionctl/api.py.
+"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in ("derive_spec", "fuse_models"):
+        from fusionctl import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fusionctl' has no attribute {name!r}")

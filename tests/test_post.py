@@ -3,9 +3,10 @@ import torch
 
 from fusionctl.config import ModelConfig, OptimConfig
 from fusionctl.data import Split, Splits, augment_batch
-from fusionctl.fusion.post import channel_stats, repair, repair_points, reset_bn_stats, target_stats
+from fusionctl.fusion.post import channel_stats, repair, reset_bn_stats, target_stats
+from fusionctl.fusion.units import repair_points
 from fusionctl.jobs.post import apply_post, with_biases
-from fusionctl.models import build_model
+from fusionctl.models import build_model, model_spec
 from fusionctl.training import finetune
 
 SHAPE = (3, 8, 8)
@@ -21,6 +22,10 @@ def splits(n=200, seed=0):
 def vgg(bn, bias=True, seed=0):
     torch.manual_seed(seed)
     return build_model(ModelConfig("vgg11", [4, 4, 6, 6, 8, 8, 8, 8, 6, 6], bias, bn), SHAPE, 4).eval()
+
+
+def vgg_spec(bn, bias=True):
+    return model_spec(ModelConfig("vgg11", [4, 4, 6, 6, 8, 8, 8, 8, 6, 6], bias, bn))
 
 
 def test_bn_reset_recomputes_exact_channel_statistics():
@@ -45,12 +50,13 @@ def test_repair_sets_every_channel_to_the_target_statistics(bn):
         for r in refs:
             reset_bn_stats(r, data.train)
     merged = vgg(bn, seed=3)
-    targets = target_stats(refs, [0.3, 0.7], x)
-    direct = [channel_stats(r, [b or l for l, b in repair_points(r)], x) for r in refs]
+    spec = vgg_spec(bn)
+    targets = target_stats(refs, spec, [0.3, 0.7], x)
+    direct = [channel_stats(r, repair_points(r, spec), x) for r in refs]
     mu0 = 0.3 * direct[0][0][0] + 0.7 * direct[1][0][0]
     assert torch.allclose(targets[0][0], mu0)
-    repair(merged, targets, x)
-    after = channel_stats(merged, [b or l for l, b in repair_points(merged)], x)
+    repair(merged, spec, targets, x)
+    after = channel_stats(merged, repair_points(merged, spec), x)
     for (mu, sd), (mu_t, sd_t) in zip(after, targets):
         assert torch.allclose(mu, mu_t, atol=1e-3)
         assert torch.allclose(sd, sd_t, rtol=1e-2, atol=1e-4)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from fusionctl.data import Split
+from fusionctl.fusion.units import capture_outputs, channel_axis, repair_points, units_first
+from fusionctl.models.spec import AlignmentSpec
 
 POST_STEPS = ("bn_reset", "repair")
 
@@ -41,51 +43,18 @@ def reset_bn_stats(model: nn.Module, split: Split, batches: int = 10, batch_size
     model.eval()
 
 
-def repair_points(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
-    """(layer, BatchNorm after it or None) for every layer whose outputs are hidden units."""
-    points = []
-    if hasattr(model, "layers"):  # mlp
-        points = [(layer, None) for layer in model.layers[:-1]]
-    elif hasattr(model, "convs"):  # vgg11
-        bns = model.bns if model.bns is not None else [None] * len(model.convs)
-        points = [(c, b) for c, b in zip(model.convs, bns)] + [(fc, None) for fc in model.fcs[:-1]]
-    elif hasattr(model, "stem"):  # resnets
-        points = [(model.stem, model.stem_bn)]
-        for block in model.blocks:
-            points += [(block.conv1, block.bn1), (block.conv2, block.bn2)]
-            if block.shortcut is not None:
-                points.append((block.shortcut, block.shortcut_bn))
-        points = [(layer, bn if isinstance(bn, nn.modules.batchnorm._BatchNorm) else None) for layer, bn in points]
-    else:
-        raise ValueError(f"REPAIR is not defined for {type(model).__name__}; use it with mlp, vgg11 or resnets")
-    return points
-
-
-def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
-    """The outputs of `modules` during one evaluation-mode forward pass of `model` on x."""
-    captured: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out.detach())) for i, m in enumerate(modules)]
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [captured[i] for i in range(len(modules))]
-
-
-def channel_stats(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-channel mean and std of each module's output on inputs x."""
+def channel_stats(model: nn.Module, points, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and std of each repair point's output (its norm's, or its writer's) on inputs x."""
     stats = []
-    for out in capture_outputs(model, modules, x):
-        flat = out.transpose(0, 1).reshape(out.shape[1], -1)
+    for (layer, bn), out in zip(points, capture_outputs(model, [bn or layer for layer, bn in points], x)):
+        flat = units_first(out, channel_axis(layer))
         stats.append((flat.mean(1), flat.std(1)))
     return stats
 
 
-def target_stats(models: list[nn.Module], weights: list[float], x: torch.Tensor):
+def target_stats(models: list[nn.Module], spec: AlignmentSpec, weights: list[float], x: torch.Tensor):
     """lambda-weighted means and stds of the aligned base models at every repair point."""
-    per_model = [channel_stats(m, [bn or layer for layer, bn in repair_points(m)], x) for m in models]
+    per_model = [channel_stats(m, repair_points(m, spec), x) for m in models]
     return [
         (sum(w * s[p][0] for s, w in zip(per_model, weights)), sum(w * s[p][1] for s, w in zip(per_model, weights)))
         for p in range(len(per_model[0]))
@@ -93,14 +62,16 @@ def target_stats(models: list[nn.Module], weights: list[float], x: torch.Tensor)
 
 
 @torch.no_grad()
-def repair(model: nn.Module, targets, x: torch.Tensor, eps: float = 1e-5) -> None:
+def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps: float = 1e-5) -> None:
     """Correct `model` in place in one forward pass: each point's hook measures its channels,
     folds the affine correction into the parameters and passes the corrected output on, so
     every later point sees the statistics its predecessors were fixed to."""
 
     def hook_for(layer, bn, mu_t, sd_t):
+        axis = channel_axis(layer)
+
         def hook(module, inputs, out):
-            flat = out.transpose(0, 1).reshape(out.shape[1], -1)
+            flat = units_first(out, axis)
             mu, sd = flat.mean(1), flat.std(1)
             scale = sd_t / (sd + eps)
             if bn is not None:
@@ -111,12 +82,14 @@ def repair(model: nn.Module, targets, x: torch.Tensor, eps: float = 1e-5) -> Non
                     raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
                 layer.weight.mul_(scale.view((-1,) + (1,) * (layer.weight.dim() - 1)))
                 layer.bias.copy_((layer.bias - mu) * scale + mu_t)
-            shape = (1, -1) + (1,) * (out.dim() - 2)
+            shape = [1] * out.dim()
+            shape[axis] = -1
             return (out - mu.view(shape)) * scale.view(shape) + mu_t.view(shape)
 
         return hook
 
-    hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, mu_t, sd_t)) for (layer, bn), (mu_t, sd_t) in zip(repair_points(model), targets)]
+    points = repair_points(model, spec)
+    hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, mu_t, sd_t)) for (layer, bn), (mu_t, sd_t) in zip(points, targets)]
     try:
         model.eval()(x)
     finally:

@@ -11,7 +11,7 @@ import torch
 from fusionctl.config import FuseCommandConfig, ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.models import build_model, group_sizes, model_spec
+from fusionctl.models import TRACED, build_model, describe, group_sizes, model_spec
 from fusionctl.store import load_checkpoint, model_dir
 
 
@@ -59,12 +59,14 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
         bases.append(Base(label, path, mc, ckpt["state_dict"]))
     first = bases[0].model_cfg
     for b in bases[1:]:
-        if b.model_cfg.name != first.name or b.model_cfg.bias != first.bias:
-            raise FusionctlError(f"{b.path} is a {b.model_cfg.name} (bias={b.model_cfg.bias}) but {bases[0].path} is a {first.name} (bias={first.bias}); fuse models of one architecture")
-        if len(b.model_cfg.widths) != len(first.widths):
-            raise FusionctlError(f"{b.path} has {len(b.model_cfg.widths)} hidden layers but {bases[0].path} has {len(first.widths)}; fusion is layer-wise and needs equal depth")
+        other = b.model_cfg
+        if (other.name, other.bias, other.arch, other.target, other.kwargs) != (first.name, first.bias, first.arch, first.target, first.kwargs):
+            raise FusionctlError(f"{b.path} is a {describe(other)} (bias={other.bias}) but {bases[0].path} is a {describe(first)} (bias={first.bias}); "
+                                 "fuse models of one architecture")
+        if len(other.widths) != len(first.widths):
+            raise FusionctlError(f"{b.path} has {len(other.widths)} hidden layers but {bases[0].path} has {len(first.widths)}; fusion is layer-wise and needs equal depth")
     for b in bases:
-        spec = model_spec(b.model_cfg)
+        spec = spec_for(b.model_cfg, splits)
         try:
             spec.check_covers(b.state)
             spec.group_sizes(b.state)
@@ -87,10 +89,18 @@ def fusion_weights(weights: list[float] | None, k: int) -> list[float]:
     return [x / sum(w) for x in w]
 
 
+def spec_for(cfg: ModelConfig, splits: Splits):
+    """The alignment spec of `cfg` on this dataset (a traced model's depends on the input shape)."""
+    return model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
+
+
 def target_config(widths: list[int] | None, base: Base) -> ModelConfig:
     """The fused model's config: model 0's, with `target.widths` (same meaning as model.widths) if given."""
     if widths is None:
         return base.model_cfg
+    if base.model_cfg.name in TRACED:
+        raise FusionctlError(f"target.widths sets the widths of the built-in models; {describe(base.model_cfg)} fuses into its own widths "
+                             "(set target.widths=null, or fuse a custom model whose constructor takes its widths)")
     if len(widths) != len(base.model_cfg.widths):
         raise FusionctlError(
             f"target.widths has {len(widths)} entries but model.widths of {base.model_cfg.name} has {len(base.model_cfg.widths)} "
@@ -101,8 +111,8 @@ def target_config(widths: list[int] | None, base: Base) -> ModelConfig:
     return replace(base.model_cfg, widths=[int(w) for w in widths])
 
 
-def target_sizes(cfg: ModelConfig) -> dict[str, int]:
-    return group_sizes(cfg)
+def target_sizes(cfg: ModelConfig, splits: Splits) -> dict[str, int]:
+    return group_sizes(cfg, splits.input_shape, splits.num_classes, splits.vocab)
 
 
 def build_from_state(model_cfg: ModelConfig, splits: Splits, state, device="cpu") -> torch.nn.Module:

@@ -16,13 +16,13 @@ from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
-from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, target_config, target_sizes
+from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, spec_for, target_config, target_sizes
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.post import apply_post, check_post, post_defined
 from fusionctl.jobs.versions import versions
 from fusionctl.fusion.transport import transport
 from fusionctl.training import finetune
-from fusionctl.models import config_for, model_spec
+from fusionctl.models import config_for
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def prepare(cfg: FuseCommandConfig):
         raise FusionctlError(f"finetune.epochs must be >= 0, got {cfg.finetune.epochs}")
     splits = load_for(cfg)
     bases = load_bases(cfg, splits)
-    spec = model_spec(bases[0].model_cfg)
+    spec = spec_for(bases[0].model_cfg, splits)
     lambdas = fusion_weights(cfg.weights, len(bases))
     target = target_config(cfg.target.widths, bases[0])
     return splits, bases, spec, lambdas, target
@@ -88,7 +88,7 @@ def describe(settings: SolverSettings) -> str:
 
 
 def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[Base], spec, lambdas, target_cfg: ModelConfig) -> Fused:
-    sizes = target_sizes(target_cfg)
+    sizes = target_sizes(target_cfg, splits)
     settings = settings_for(method, cfg)
     device = resolve_device(cfg.device)
     ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
@@ -122,7 +122,7 @@ def save_fused(fused: Fused, splits: Splits, bases: list[Base], lambdas, out_dir
 
 def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
     splits, bases, spec, lambdas, target_cfg = prepare(cfg)
-    sizes = target_sizes(target_cfg)
+    sizes = target_sizes(target_cfg, splits)
     device = resolve_device(cfg.device)
     methods = list(dict.fromkeys([cfg.solver.name, *cfg.baselines]))
     same_widths = all(spec.group_sizes(b.state) == sizes for b in bases)

@@ -9,9 +9,10 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.post import POST_STEPS, repair, repair_points, reset_bn_stats, target_stats
+from fusionctl.fusion.post import POST_STEPS, repair, reset_bn_stats, target_stats
+from fusionctl.fusion.units import repair_points
 from fusionctl.jobs.bases import build_from_state
-from fusionctl.models import build_model
+from fusionctl.models import TRACED, build_model, describe, model_spec
 
 REPAIR_SAMPLES = 512
 
@@ -43,14 +44,20 @@ def apply_post(step: str, cfg: ModelConfig, state: dict, splits: Splits, referen
     if step == "bn_reset":
         reset_bn_stats(model, splits.train, device=device)
         return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # repair: BatchNorm statistics are reset first; layers with no BatchNorm after them take
-    # the correction in their bias, so a bias-free model gains (zero) biases
-    if not cfg.bias and any(bn is None for _, bn in repair_points(model)):
+    # repair: BatchNorm statistics are reset first; layers with no norm after them take the
+    # correction in their bias, so a bias-free built-in model gains (zero) biases
+    spec = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
+    bare = [layer for layer, norm in repair_points(model, spec) if norm is None and getattr(layer, "bias", None) is None]
+    if bare and cfg.name in TRACED:
+        names = [n for n, m in model.named_modules() if any(m is b for b in bare)]
+        raise FusionctlError(f"post=[repair] corrects a layer in its norm or bias; {', '.join(names[:3])} of {describe(cfg)} has neither; "
+                             "use post=[bn_reset] or give those layers a bias")
+    if bare:
         references = [with_biases(cfg, r, splits)[1] for r in references]
         cfg, state = with_biases(cfg, state, splits)
         model = build_from_state(cfg, splits, state, device)
     reset_bn_stats(model, splits.train, device=device)
     x = splits.train.x[:REPAIR_SAMPLES].to(device)
     refs = [build_from_state(cfg, splits, r, device) for r in references]
-    repair(model, target_stats(refs, weights, x), x)
+    repair(model, spec, target_stats(refs, spec, weights, x), x)
     return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,13 +13,17 @@ from fusionctl.errors import FusionctlError
 from fusionctl.models.cnn import RESNET18, RESNET20, VGG11, ResNet, resnet_sizes, resnet_spec, vgg11_spec
 from fusionctl.models.mlp import MLP, mlp_spec
 from fusionctl.models.recurrent import RecurrentClassifier, recurrent_spec
-from fusionctl.models.spec import AlignmentSpec, Axis
+from fusionctl.models.external import TorchvisionNet, custom_model, example_input
+from fusionctl.models.spec import AlignmentSpec, Axis, Unit
+from fusionctl.models.trace import TraceError, derive_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     build: Callable[[ModelConfig, tuple, int, int], nn.Module]  # (cfg, input_shape, num_classes, vocab) -> module
-    spec: Callable[[ModelConfig], AlignmentSpec]
+    spec: Callable[[ModelConfig], AlignmentSpec] | None  # None: traced from the built module (trace.py)
     # model.widths -> size of every group; by default the i-th width is the i-th group's size
     sizes: Callable[[ModelConfig], dict[str, int]] | None = None
     widths: Callable[[dict[str, int]], list[int]] | None = None  # the inverse: group sizes -> model.widths
@@ -50,7 +55,10 @@ REGISTRY: dict[str, ModelEntry] = {
     "vgg11": ModelEntry(lambda c, shape, k, vocab: VGG11(shape, k, c.widths, c.bias, c.batch_norm), lambda c: vgg11_spec(c.widths, c.bias, c.batch_norm)),
     "resnet18": _resnet(RESNET18),
     "resnet20": _resnet(RESNET20),
+    "torchvision": ModelEntry(lambda c, shape, k, vocab: TorchvisionNet(c.arch, shape, k, c.kwargs), None),
+    "custom": ModelEntry(lambda c, shape, k, vocab: custom_model(c.target, shape, k, c.kwargs), None),
 }
+TRACED = ("torchvision", "custom")
 IMAGE_MODELS = ("vgg11", "resnet18", "resnet20")
 RECURRENT_MODELS = ("rnn", "lstm", "gru")
 
@@ -62,6 +70,12 @@ def entry(name: str) -> ModelEntry:
 
 
 def _checked(cfg: ModelConfig) -> ModelConfig:
+    if cfg.name in TRACED:
+        if cfg.name == "torchvision" and not cfg.arch:
+            raise FusionctlError("model=torchvision needs model.arch, a torchvision classifier such as resnet18 or mobilenet_v3_small")
+        if cfg.name == "custom" and not cfg.target:
+            raise FusionctlError("model=custom needs model.target, the import path of your nn.Module class, e.g. mypkg.nets.MyNet")
+        return cfg
     if not cfg.widths or any(int(w) < 1 for w in cfg.widths):
         raise FusionctlError(f"model.widths must be a non-empty list of positive integers, got {list(cfg.widths)}")
     return cfg
@@ -71,29 +85,57 @@ def build_model(cfg: ModelConfig, input_shape, num_classes: int, vocab: int = 0)
     """vocab > 0: inputs are token ids over that many tokens (a text dataset)."""
     if cfg.name in IMAGE_MODELS and len(input_shape) != 3:
         raise FusionctlError(f"model {cfg.name} needs images (C, H, W), the dataset gives shape {tuple(input_shape)}; use an image dataset")
-    if vocab and cfg.name not in RECURRENT_MODELS:
+    if vocab and cfg.name not in (*RECURRENT_MODELS, "custom"):
         raise FusionctlError(f"the dataset is text (token ids) and model {cfg.name} reads dense inputs; use model=rnn, lstm or gru with model.embed=64")
-    if vocab and cfg.embed < 1:
+    if vocab and cfg.name in RECURRENT_MODELS and cfg.embed < 1:
         raise FusionctlError("the dataset is text (token ids); set model.embed to the embedding size, e.g. model.embed=64")
     if cfg.embed and not vocab:
         raise FusionctlError(f"model.embed={cfg.embed} embeds token ids but the dataset gives dense inputs; set model.embed=0 or use a text dataset")
     try:
         return entry(cfg.name).build(_checked(cfg), tuple(input_shape), num_classes, vocab)
     except ValueError as exc:
-        raise FusionctlError(f"model.widths does not fit {cfg.name}: {exc}") from exc
+        what = "model.widths does not fit" if cfg.name not in TRACED else "cannot build"
+        raise FusionctlError(f"{what} {describe(cfg)}: {exc}") from exc
+    except TypeError as exc:  # a constructor rejecting model.kwargs
+        raise FusionctlError(f"cannot build {describe(cfg)}: {exc}; check model.kwargs") from exc
 
 
-def model_spec(cfg: ModelConfig) -> AlignmentSpec:
-    return entry(cfg.name).spec(_checked(cfg))
+def describe(cfg: ModelConfig) -> str:
+    return {"torchvision": f"torchvision {cfg.arch}", "custom": cfg.target}.get(cfg.name, cfg.name)
+
+
+def model_spec(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: int = 2, vocab: int = 0) -> AlignmentSpec:
+    """The alignment spec of `cfg`: written by hand for the built-ins, traced otherwise (which
+    needs the dataset's input shape)."""
+    e = entry(cfg.name)
+    if e.spec is not None:
+        return e.spec(_checked(cfg))
+    if input_shape is None:
+        raise ValueError(f"tracing {describe(cfg)} needs the input shape")
+    key = (repr(cfg), tuple(input_shape), num_classes, vocab)
+    if key not in _TRACED_SPECS:
+        model = build_model(cfg, input_shape, num_classes, vocab)
+        try:
+            _TRACED_SPECS[key] = derive_spec(model, example_input(input_shape, vocab))
+        except TraceError as exc:
+            raise FusionctlError(str(exc)) from exc
+        log.info("%s: %s", describe(cfg), _TRACED_SPECS[key].coverage)
+    return _TRACED_SPECS[key]
+
+
+_TRACED_SPECS: dict[tuple, AlignmentSpec] = {}  # a model is traced once per process
 
 
 def has_batchnorm_option(cfg: ModelConfig) -> bool:
     return cfg.name in IMAGE_MODELS
 
 
-def group_sizes(cfg: ModelConfig) -> dict[str, int]:
+def group_sizes(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: int = 2, vocab: int = 0) -> dict[str, int]:
     """Size of every node group of a model built from `cfg` (the fusion target's shape)."""
     e = entry(cfg.name)
+    if e.spec is None:
+        spec = model_spec(cfg, input_shape, num_classes, vocab)
+        return spec.group_sizes(build_model(cfg, input_shape, num_classes, vocab).state_dict())
     if e.sizes is not None:
         return e.sizes(_checked(cfg))
     return dict(zip(e.spec(_checked(cfg)).groups, (int(w) for w in cfg.widths)))
@@ -104,9 +146,11 @@ def config_for(cfg: ModelConfig, state: dict) -> ModelConfig:
     from dataclasses import replace
 
     e = entry(cfg.name)
+    if e.spec is None:
+        return cfg  # a traced model's widths are its constructor's
     sizes = e.spec(_checked(cfg)).group_sizes(state)
     widths = e.widths(sizes) if e.widths is not None else [sizes[g] for g in e.spec(cfg).groups]
     return replace(cfg, widths=widths, embed=sizes.get("emb", cfg.embed))
 
 
-__all__ = ["config_for", "AlignmentSpec", "Axis", "REGISTRY", "build_model", "group_sizes", "model_spec"]
+__all__ = ["config_for", "AlignmentSpec", "Axis", "REGISTRY", "TRACED", "Unit", "build_model", "derive_spec", "group_sizes", "model_spec"]

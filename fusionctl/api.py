@@ -1,0 +1,155 @@
+"""Fuse your own networks from Python: K in-memory modules of one architecture in, one module out.
+
+    import fusionctl
+    spec = fusionctl.derive_spec(model, example_inputs)      # what can be aligned; print(spec.coverage)
+    fused = fusionctl.fuse_models([model_a, model_b], method="wb", example_inputs=x, data=loader)
+
+`data` is any iterable of input batches or (inputs, labels) batches (a DataLoader): its inputs feed
+activation costs, BatchNorm reset and REPAIR; with labels, solver.cost=auto compares its two
+candidate alignments on them (without labels it aligns on weights). Methods and their settings
+are the command line's (`wb`, `gwb`, `ot`, `wm`, `am`, `avg`; e.g. sweeps=0, cost="weight").
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from fusionctl.config import solver_settings
+from fusionctl.data import Split
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion import FusionContext, fuse
+from fusionctl.fusion.post import POST_STEPS, repair, reset_bn_stats, target_stats
+from fusionctl.fusion.transport import transport
+from fusionctl.fusion.units import repair_points, stream_unit_features
+from fusionctl.models.spec import AlignmentSpec
+from fusionctl.models.trace import TraceError
+from fusionctl.models.trace import derive_spec as _derive_spec
+
+PROBE_BATCHES = 8  # batches of `data` read for activation features, BN reset, REPAIR and scoring
+
+
+def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
+    """The alignment spec traced from `model` on `example_inputs` (see models/trace.py); its
+    `coverage` says how many hidden units can be aligned and what was frozen."""
+    try:
+        return _derive_spec(model, example_inputs)
+    except TraceError as exc:
+        raise FusionctlError(str(exc)) from exc
+
+
+def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None, data: Iterable | None = None,
+                weights: list[float] | None = None, post: tuple[str, ...] = (), return_couplings: bool = False,
+                **settings):
+    """Fuse K modules of one architecture into one; returns the fused module (and the couplings,
+    per model {group: (target, source)}, with return_couplings=True).
+
+    example_inputs: a batch the models accept (default: the first batch of `data`), for tracing.
+    weights: lambda per model (default uniform). post: "bn_reset" and/or "repair", in order.
+    settings: the method's settings (`fusionctl fuse solver=<method> solver.<key>=...`).
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise FusionctlError(f"fuse_models needs at least two models, got {len(models)}")
+    _check_same_architecture(models)
+    batches = list(itertools.islice(iter(data), PROBE_BATCHES)) if data is not None else []
+    inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+    if example_inputs is None:
+        if not inputs:
+            raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
+        example_inputs = inputs[0]
+    spec = derive_spec(models[0], example_inputs)
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    lambdas = _weights(weights, len(models))
+    for step in post:
+        if step not in POST_STEPS:
+            raise FusionctlError(f"unknown post-step '{step}'; choose from: {', '.join(POST_STEPS)}")
+        if not inputs:
+            raise FusionctlError(f"post-step {step} needs data")
+    template = models[0]
+    ctx = FusionContext(
+        activations=(lambda sts, n: stream_unit_features([_module(template, s) for s in sts], spec, _first(inputs, n))) if inputs else None,
+        score=_scorer(template, spec, states, lambdas, batches),
+    )
+    result = fuse(method, spec, states, lambdas, spec.group_sizes(states[0]), solver_settings(method, settings), ctx)
+    fused = _module(template, result.state)
+    for step in post:
+        _apply(step, fused, spec, states, result.couplings, lambdas, inputs)
+    return (fused, result.couplings) if return_couplings else fused
+
+
+def _check_same_architecture(models: list[nn.Module]) -> None:
+    first = models[0].state_dict()
+    for i, m in enumerate(models[1:], start=1):
+        other = m.state_dict()
+        if type(m) is not type(models[0]) or set(other) != set(first) or any(other[k].shape != first[k].shape for k in first):
+            raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
+                                 "fuse models of one class with the same parameter shapes")
+
+
+def _weights(weights, k: int) -> list[float]:
+    if weights is None:
+        return [1.0 / k] * k
+    if len(weights) != k or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise FusionctlError(f"weights must be {k} non-negative numbers with a positive sum, got {list(weights)}")
+    return [w / sum(weights) for w in weights]
+
+
+def _module(template: nn.Module, state: dict) -> nn.Module:
+    m = copy.deepcopy(template)
+    m.load_state_dict(state)
+    return m.eval()
+
+
+def _first(inputs: list[torch.Tensor], n: int):
+    taken = 0
+    for x in inputs:
+        if taken >= n:
+            return
+        yield x[: n - taken]
+        taken += len(x)
+
+
+def _apply(step: str, model: nn.Module, spec, states, couplings, lambdas, inputs) -> None:
+    if step == "bn_reset":
+        _reset_bn(model, inputs)
+        return
+    if any(norm is None and getattr(layer, "bias", None) is None for layer, norm in repair_points(model, spec)):
+        raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
+    _reset_bn(model, inputs)
+    x = torch.cat(inputs)[:512]
+    refs = [_module(model, transport(s, spec, c)) for s, c in zip(states, couplings)]
+    repair(model, spec, target_stats(refs, spec, lambdas, x), x)
+
+
+def _reset_bn(model: nn.Module, inputs) -> None:
+    x = torch.cat(inputs)
+    reset_bn_stats(model, Split(x, torch.zeros(len(x), dtype=torch.long)), batches=len(inputs), batch_size=len(inputs[0]))
+
+
+def _scorer(template, spec, states, lambdas, batches):
+    """Accuracy on the labelled batches after BN reset / REPAIR, for solver.cost=auto; None without labels."""
+    labelled = [b for b in batches if isinstance(b, (tuple, list)) and len(b) > 1]
+    if not labelled:
+        return None
+    inputs = [b[0] for b in labelled]
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules())
+
+    def score(result) -> float:
+        model = _module(template, result.state)
+        try:
+            _apply("bn_reset" if has_bn else "repair", model, spec, states, result.couplings, lambdas, inputs)
+        except FusionctlError:
+            pass  # no place to put REPAIR's correction: score the plain fusion
+        with torch.no_grad():
+            hits = sum(int((model(x).argmax(-1) == y).sum()) for x, y, *_ in labelled)
+        return hits / sum(len(b[1]) for b in labelled)
+
+    return score
+
+
+__all__ = ["derive_spec", "fuse_models"]

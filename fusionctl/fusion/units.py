@@ -1,0 +1,74 @@
+"""Where a network's units are observed, read from its alignment spec (never from its class).
+
+Every group lists its units' writers (a Linear, a conv, one branch of a residual sum, a recurrent
+layer) and the normalisation right after each (spec.Unit). Activation probes read the writers'
+outputs; REPAIR corrects at the norm, or at the writer when there is none.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusionctl.fusion.features import CorrelationFeatures
+from fusionctl.models.spec import AlignmentSpec
+
+
+def channel_axis(module: nn.Module) -> int:
+    """The axis of a writer's output that indexes its units: 1 for convolutions (N, C, ...), last otherwise."""
+    return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+
+
+def units_first(out: torch.Tensor, axis: int) -> torch.Tensor:
+    """(n_units, observations): every other axis of `out` is an observation of the same units."""
+    moved = out.movedim(axis, 0)
+    return moved.reshape(moved.shape[0], -1)
+
+
+def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of `modules` during one evaluation-mode forward pass of `model` on x."""
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out.detach())) for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [captured[i] for i in range(len(modules))]
+
+
+def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{group: (n_units, observations)}: the writers' outputs (before any norm) on inputs x,
+    several writers of one group (a residual stream) stacked as more observations."""
+    names = [(g, u.writer) for g in spec.groups for u in spec.units.get(g, ())]
+    modules = [model.get_submodule(w) for _, w in names]
+    outs = capture_outputs(model, modules, x)
+    acts: dict[str, list[torch.Tensor]] = {}
+    for (group, _), module, out in zip(names, modules, outs):
+        acts.setdefault(group, []).append(units_first(out, channel_axis(module)))
+    return {g: torch.cat(blocks, 1) for g, blocks in acts.items()}
+
+
+def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None]]:
+    """(writer, the norm after it or None) for every unit writer of every group."""
+    return [(model.get_submodule(u.writer), model.get_submodule(u.norm) if u.norm else None)
+            for g in spec.groups for u in spec.units.get(g, ())]
+
+
+def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches) -> list[dict[str, torch.Tensor]]:
+    """Per model {group: (n, d)} z-scored activation features over input batches (features.py),
+    every model seeing the same inputs; a group without a writer to observe gets one constant feature."""
+    streams: dict[str, CorrelationFeatures] = {}
+    for x in batches:
+        per_model = [unit_outputs(m, spec, x) for m in models]
+        for group in per_model[0]:
+            if group not in streams:
+                streams[group] = CorrelationFeatures([a[group].shape[0] for a in per_model])
+            streams[group].add([a[group] for a in per_model])
+    if not streams and any(spec.units.get(g) for g in spec.groups):
+        raise ValueError("no input batches to probe activations with")
+    feats = {g: [f.cpu() for f in stream.features()] for g, stream in streams.items()}
+    sizes = [spec.group_sizes({k: v for k, v in m.state_dict().items()}) for m in models]
+    return [{g: feats[g][i] if g in feats else torch.ones(sizes[i][g], 1, dtype=torch.float64) for g in spec.groups}
+            for i in range(len(models))]

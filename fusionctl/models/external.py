@@ -1,0 +1,86 @@
+"""Networks fusionctl did not write: any torchvision classifier, or a user's own class by import path.
+
+Both are aligned through a traced spec (trace.py). Classes and input channels come from the
+dataset: a torchvision net's first convolution is rebuilt for the dataset's channels, and images
+smaller than MIN_SIDE are resized up on the way in (the ImageNet nets' strides would shrink them
+to nothing). A custom class receives `model.kwargs`, plus `num_classes`, `in_channels` and
+`input_shape` when its constructor takes them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_SIDE = 32
+
+
+class TorchvisionNet(nn.Module):
+    """A torchvision classifier for (C, H, W) inputs of any channel count and size."""
+
+    def __init__(self, arch: str, input_shape: tuple, num_classes: int, kwargs: dict | None = None):
+        super().__init__()
+        import torchvision
+
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"torchvision has no classification model '{arch}'; see torchvision.models.list_models()")
+        self.net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **(kwargs or {}))
+        if len(input_shape) != 3:
+            raise ValueError(f"torchvision models read images (C, H, W), the dataset gives shape {tuple(input_shape)}")
+        if input_shape[0] != 3:
+            _rebuild_first_conv(self.net, input_shape[0])
+        small = min(input_shape[1:]) < MIN_SIDE
+        self.size = [max(MIN_SIDE, s) for s in input_shape[1:]] if small else None
+
+    def forward(self, x):
+        if self.size is not None:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def _rebuild_first_conv(net: nn.Module, channels: int) -> None:
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.groups != 1:
+                raise ValueError(f"the first convolution {name} is grouped; cannot adapt it to {channels} input channels")
+            new = nn.Conv2d(channels, module.out_channels, module.kernel_size, module.stride, module.padding, module.dilation,
+                            1, module.bias is not None, module.padding_mode)
+            parent = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
+            setattr(parent, name.rsplit(".", 1)[-1], new)
+            return
+    raise ValueError("no convolution found to adapt to the dataset's input channels")
+
+
+def custom_model(target: str, input_shape: tuple, num_classes: int, kwargs: dict | None = None) -> nn.Module:
+    """`pkg.module.Class` (or a factory function) called with model.kwargs and the dataset's sizes it asks for."""
+    if "." not in target:
+        raise ValueError(f"model.target must be an import path like mypackage.nets.MyNet, got '{target}'")
+    module_name, attr = target.rsplit(".", 1)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import {target} ({exc}); make its package importable (pip install -e, or PYTHONPATH)") from exc
+    given = dict(kwargs or {})
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    offered = {"num_classes": num_classes, "in_channels": input_shape[0], "input_shape": tuple(input_shape)}
+    for key, value in offered.items():
+        if key in params and key not in given:
+            given[key] = value
+    model = factory(**given)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{target}(...) returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def example_input(input_shape: tuple, vocab: int = 0, batch: int = 2) -> torch.Tensor:
+    """A batch to trace with: token ids for text, zeros-and-noise images otherwise."""
+    if vocab:
+        return torch.randint(0, vocab, (batch, *input_shape))
+    return torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
