@@ -36,7 +36,7 @@ class ModelConfig:
     embed: int = 0  # recurrent models on text: size of the token embedding (its units are aligned too)
     arch: str = ""  # model=torchvision: the classifier's name in torchvision.models (resnet18, mobilenet_v3_small, ...)
     target: str = ""  # model=custom: import path of an nn.Module class or factory, e.g. mypkg.nets.MyNet
-    kwargs: dict = field(default_factory=dict)  # model=custom (and torchvision): keyword arguments of the constructor
+    kwargs: Optional[dict] = None  # model=custom (and torchvision): keyword arguments of the constructor
 
 
 @dataclass

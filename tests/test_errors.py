@@ -70,6 +70,12 @@ CASES = [
     (["landscape", "landscape.points=1"], 1, "landscape.points must be >= 2"),
     (["landscape", "landscape.grid=1"], 1, "landscape.grid must be >= 2"),
     (["landscape", "seeds=[0]"], 1, "at least two base models"),
+    (["train", "model=custom", "model.target=tests.custom_nets.Untraceable"], 1, "cannot be traced by torch.fx"),
+    (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={in_channels:3}"], 1,
+     "give example inputs of the shape the model expects"),
+    (["train", "model=custom", "model.target=tests.custom_nets.Nope"], 1, "cannot import tests.custom_nets.Nope"),
+    (["train", "model=torchvision", "model.arch=resnet9000"], 1, "torchvision has no classification model 'resnet9000'"),
+    (["fuse", "models=[{seed0},{custom0}]"], 1, "fuse models of one architecture"),
 ]
 
 
@@ -86,7 +92,10 @@ def work(tmp_path_factory):
     torch.save({"state_dict": {}}, tmp / "foreign.pt")
     (tmp / "empty").mkdir()
     assert call(["fuse", *common, f"hydra.run.dir={tmp}/runs/good", "baselines=[]"])[0] == 0
-    return {"tmp": tmp, "seed0": deep, "seed1": deep.parent.parent / "seed1" / "best.pt", "shallow": by_depth[1]}
+    custom = ["model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={width:4}", "train.epochs=1", "seeds=[0]"]
+    assert call(["train", f"store_dir={tmp}/store", *custom, f"hydra.run.dir={tmp}/runs/train_custom"])[0] == 0
+    custom0 = next((tmp / "store").glob("mnist_small/custom-*/seed0/best.pt"))
+    return {"tmp": tmp, "seed0": deep, "seed1": deep.parent.parent / "seed1" / "best.pt", "shallow": by_depth[1], "custom0": custom0}
 
 
 def call(args: list[str]) -> tuple[int, str]:
@@ -164,7 +173,7 @@ if __name__ == "__main__":  # regenerate docs/errors.md from the real messages
             rc, err = call(command_line(args, w, Path(d) / "store", Path(d) / "runs" / "doc"))
             msg = err.strip().splitlines()[-1].replace(d, "…").replace("|", "\\|")
             shown = " ".join(args).replace("{tmp}", "…").replace("{seed0}", "…/seed0/best.pt").replace("{seed1}", "…/seed1/best.pt")
-            shown = shown.replace("{shallow}", "…/shallow/seed0/best.pt").replace("|", "\\|")
+            shown = shown.replace("{shallow}", "…/shallow/seed0/best.pt").replace("{custom0}", "…/custom/seed0/best.pt").replace("|", "\\|")
             rows.append(f"| `fusionctl {shown}` | {rc} | {msg} |")
         rows += ["", "A solver that stops before converging is a warning, not an error: `fusionctl fuse solver.sweeps=0 "
                  "solver.cost=weight solver.max_iter=1` logs `wb: the layer-wise pass did not converge for h1, h2 in "

@@ -3,14 +3,16 @@
 Both are aligned through a traced spec (trace.py). Classes and input channels come from the
 dataset: a torchvision net's first convolution is rebuilt for the dataset's channels, and images
 smaller than MIN_SIDE are resized up on the way in (the ImageNet nets' strides would shrink them
-to nothing). A custom class receives `model.kwargs`, plus `num_classes`, `in_channels` and
-`input_shape` when its constructor takes them.
+to nothing). A custom class (importable from the folder fusionctl runs in, or installed) receives
+`model.kwargs`, plus `num_classes`, `in_channels` and `input_shape` when its constructor takes them.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +62,12 @@ def custom_model(target: str, input_shape: tuple, num_classes: int, kwargs: dict
     if "." not in target:
         raise ValueError(f"model.target must be an import path like mypackage.nets.MyNet, got '{target}'")
     module_name, attr = target.rsplit(".", 1)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` would: the folder fusionctl runs in holds the user's code
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {target} ({exc}); make its package importable (pip install -e, or PYTHONPATH)") from exc
+        raise ValueError(f"cannot import {target} ({exc}); run fusionctl where its package is, or install it (pip install -e)") from exc
     given = dict(kwargs or {})
     try:
         params = inspect.signature(factory).parameters

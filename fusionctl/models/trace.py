@@ -215,7 +215,7 @@ class AxisTracer(fx.Interpreter):
             self.writer_node[n] = self.units[ref.el][0]
             return list(x[:-1]) + [ref]
         if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
-            return self.conv(n, m, x, where)
+            return self.conv(n, m, x, where, out)
         if isinstance(m, nn.Embedding):
             ref = self.open(m.embedding_dim, where)
             self.link(f"{where}.weight", 1, ref, where)
@@ -246,7 +246,7 @@ class AxisTracer(fx.Interpreter):
         self.freeze_all([x], f"unsupported module {type(m).__name__}")
         return self.fresh(out, f"unsupported module {type(m).__name__}")
 
-    def conv(self, n, m, x, where):
+    def conv(self, n, m, x, where, out):
         cin = x[1]
         if m.groups == 1:
             self.link(f"{where}.weight", 1, cin, where)
@@ -257,7 +257,7 @@ class AxisTracer(fx.Interpreter):
             self.units.setdefault(cin.el, []).append([where, None])
         else:
             self.freeze_all([x], f"grouped conv (groups={m.groups})")
-            return self.fresh(self.env[n], f"grouped conv (groups={m.groups})")
+            return self.fresh(out, f"grouped conv (groups={m.groups})")
         self.link(f"{where}.weight", 0, ref, where)
         if m.bias is not None:
             self.link(f"{where}.bias", 0, ref, where)

@@ -1,0 +1,83 @@
+"""User-defined networks for the tests of traced specs (importable as tests.custom_nets.<Class>)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SmallNet(nn.Module):
+    """conv-BN stem, one residual block, a C x H x W flatten into a Linear: the shapes a user writes."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, side: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                   nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+        self.pool = nn.AdaptiveAvgPool2d(side)
+        self.head = nn.Sequential(nn.Linear(width * side * side, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class RollNet(nn.Module):
+    """Rolls its channels: no permutation of them keeps the function, so the tracer must freeze them."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        x = torch.roll(torch.relu(self.a(x)), 1, dims=1)
+        return self.fc(torch.relu(self.b(x)).mean((2, 3)))
+
+
+class ConcatNet(nn.Module):
+    """Concatenates two branches along channels (DenseNet's pattern)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.b = nn.Conv2d(in_channels, 3, 3, padding=1)
+        self.c = nn.Conv2d(7, 6, 3, padding=1)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+
+class TiedNet(nn.Module):
+    """Two layers sharing one weight matrix (tied weights): one tensor cannot take two permutations."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.inp = nn.Linear(in_channels, 8)
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+        self.mid = nn.Linear(8, 5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.inp(x.mean((2, 3))))
+        x = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.fc(torch.relu(self.mid(x)))
+
+
+class Untraceable(nn.Module):
+    """Branches on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.fc(x.mean((2, 3)))

@@ -1,0 +1,97 @@
+"""fusionctl.fuse_models and fusionctl.derive_spec on in-memory torchvision and user-defined modules."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import fusionctl
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion.transport import transport
+from tests import custom_nets
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ["wb", "gwb", "ot", "wm", "am", "avg"]
+
+
+def batches(shape, n=128, size=32, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, n, size)]
+
+
+def permuted_copy(model, x, seed=3):
+    """The same function as `model` with every traced group permuted at random."""
+    spec = fusionctl.derive_spec(model, x)
+    state = model.state_dict()
+    g = torch.Generator().manual_seed(seed)
+    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+    other = copy.deepcopy(model)
+    other.load_state_dict(transport(state, spec, cps))
+    return other.eval()
+
+
+def small_nets(k=2):
+    out = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        out.append(custom_nets.SmallNet(in_channels=3, num_classes=10, width=6).eval())
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fuse_models_fuses_two_mobilenets_with_every_method(method):
+    import torchvision
+
+    torch.manual_seed(0)
+    models = [torchvision.models.mobilenet_v3_small(num_classes=10).eval() for _ in range(2)]
+    data = batches((3, 32, 32), n=64)
+    fused = fusionctl.fuse_models(models, method=method, data=data, post=("bn_reset",))
+    assert type(fused) is type(models[0])
+    assert torch.isfinite(fused(data[0][0])).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fuse_models_fuses_a_user_defined_module_with_every_method(method):
+    models = small_nets(3)
+    data = batches((3, 12, 12))
+    fused, couplings = fusionctl.fuse_models(models, method=method, data=data, post=("bn_reset", "repair"), return_couplings=True)
+    assert isinstance(fused, custom_nets.SmallNet) and len(couplings) == 3
+    assert torch.isfinite(fused(data[0][0])).all()
+
+
+@pytest.mark.parametrize("method", ["wb", "wm", "am"])
+def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method):
+    model = small_nets(1)[0]
+    data = batches((3, 12, 12))
+    x = data[0][0]
+    with torch.no_grad():  # non-trivial BN statistics
+        model.train()(torch.cat([b[0] for b in data]) + 0.5)
+    model.eval()
+    fused = fusionctl.fuse_models([model, permuted_copy(model, x)], method=method, data=data)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), model(x), atol=1e-4)
+
+
+def test_fuse_models_errors_are_one_clear_line():
+    a = small_nets(1)[0]
+    with pytest.raises(FusionctlError, match="not the architecture of model 0"):
+        fusionctl.fuse_models([a, custom_nets.SmallNet(in_channels=3, width=7)], example_inputs=torch.randn(2, 3, 12, 12))
+    with pytest.raises(FusionctlError, match="needs example_inputs"):
+        fusionctl.fuse_models([a, copy.deepcopy(a)])
+    with pytest.raises(FusionctlError, match="cannot be traced by torch.fx"):
+        fusionctl.fuse_models([custom_nets.Untraceable(), custom_nets.Untraceable()], example_inputs=torch.randn(2, 3, 4, 4))
+    with pytest.raises(FusionctlError, match="give example inputs of the shape"):
+        fusionctl.fuse_models([a, copy.deepcopy(a)], example_inputs=torch.randn(2, 1, 12, 12))
+
+
+def test_the_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- api-example -->\n```python\n(.*?)```", text, re.S).group(1)
+    assert 10 <= len(code.strip().splitlines()) <= 20
+    exec(compile(code, "README.md", "exec"), {})

@@ -1,0 +1,140 @@
+"""Specs traced with torch.fx: function-preserving for torchvision nets, equal to the hand specs of
+the built-ins, frozen (never wrong) where the tracer cannot vouch for a permutation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusionctl.config import ModelConfig
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion.transport import transport
+from fusionctl.models import build_model, model_spec
+from fusionctl.models.trace import TraceError, derive_spec
+from tests import custom_nets
+
+TORCHVISION = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121"]
+
+
+def random_stats(model):
+    """Non-trivial BatchNorm statistics, so a wrong mapping of them shows in the outputs."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def permute_everything(model, spec, seed=1):
+    """A random permutation of every group, applied to a copy of the model's state."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+    return state, transport(state, spec, cps)
+
+
+def assert_permutation_keeps_function(model, spec, x):
+    state, moved = permute_everything(model, spec)
+    touched = {a.group for k, axes in spec.axes.items() for a in axes if a is not None and not torch.equal(moved[k], state[k])}
+    assert touched == set(spec.groups), f"groups no entry of which moved: {set(spec.groups) - touched}"
+    with torch.no_grad():
+        before = model(x)
+        model.load_state_dict(moved)
+        after = model(x)
+        model.load_state_dict(state)
+    rel = float((after - before).abs().max() / before.abs().max())
+    assert rel < 1e-4, rel
+
+
+@pytest.mark.parametrize("arch", TORCHVISION)
+def test_torchvision_nets_keep_their_function_under_every_traced_permutation(arch):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = random_stats(torchvision.models.get_model(arch, weights=None, num_classes=10))
+    x = torch.randn(2, 3, 32, 32)
+    spec = derive_spec(model, x)
+    print(f"{arch}: {spec.coverage}")
+    assert spec.coverage.permutable > 0 and len(spec.groups) > 5
+    if arch == "densenet121":
+        assert "concatenation" in spec.coverage.frozen and spec.coverage.permutable < spec.coverage.hidden
+    else:
+        assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+BUILT_INS = [(ModelConfig("mlp", [10, 8, 7], True), (1, 6, 6)), (ModelConfig("mlp", [10, 8], False), (1, 6, 6)),
+             (ModelConfig("vgg11", [6, 6, 8, 8, 8, 8, 8, 8, 6, 6], True, True), (3, 12, 12)),
+             (ModelConfig("vgg11", [6, 6, 8, 8, 8, 8, 8, 8, 6, 6], False, False), (1, 28, 28)),
+             (ModelConfig("resnet18", [4, 6, 8, 10], False, True), (3, 16, 16)),
+             (ModelConfig("resnet18", [4, 6, 8, 10], False, False), (3, 16, 16)),
+             (ModelConfig("resnet20", [6, 8, 10], False, True), (3, 12, 12)), (ModelConfig("resnet20", [6, 8, 10], True, False), (3, 12, 12))]
+
+
+def canonical(spec):
+    """The spec with groups renamed by their order: equal specs up to group names compare equal."""
+    name = {g: i for i, g in enumerate(spec.groups)}
+    axes = {k: tuple(None if a is None else (name[a.group], a.outer, a.inner) for a in v) for k, v in spec.axes.items()}
+    units = {name[g]: tuple((u.writer, u.norm) for u in us) for g, us in spec.units.items()}
+    return len(spec.groups), axes, units
+
+
+@pytest.mark.parametrize("cfg, shape", BUILT_INS, ids=lambda v: f"{v.name}-bias{int(v.bias)}-bn{int(v.batch_norm)}" if hasattr(v, "name") else "")
+def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
+    model = build_model(cfg, shape, 4)
+    assert canonical(derive_spec(model, torch.randn(2, *shape))) == canonical(model_spec(cfg))
+
+
+@pytest.mark.parametrize("cls, reason, frozen, free", [
+    (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
+    (custom_nets.ConcatNet, "concatenation", [("a.weight", 0), ("b.weight", 0), ("c.weight", 1)], [("c.weight", 0)]),
+    (custom_nets.TiedNet, "tied weights", [("a.weight", 0), ("a.weight", 1), ("b.weight", 0), ("inp.weight", 0)], [("mid.weight", 0)]),
+])
+def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, frozen, free):
+    torch.manual_seed(0)
+    model = cls().eval()
+    x = torch.randn(4, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert any(reason in r for r in spec.coverage.frozen), str(spec.coverage)
+    for key, dim in frozen:
+        assert spec.axes[key][dim] is None, (key, dim)
+    for key, dim in free:
+        assert spec.axes[key][dim] is not None, (key, dim)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+def test_a_grouped_conv_freezes_its_channels():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=2), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 6, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 2))
+    spec = derive_spec(model, torch.randn(2, 3, 10, 10))
+    assert spec.axes["2.weight"][0] is None and spec.axes["0.weight"][0] is None
+    assert "grouped conv (groups=2)" in spec.coverage.frozen
+    assert spec.axes["4.weight"][0] is not None  # the next conv opens a group of its own
+
+
+def test_a_c_h_w_flatten_expands_the_channel_axis():
+    model = custom_nets.SmallNet(in_channels=1, width=5, side=3)
+    spec = derive_spec(model, torch.randn(2, 1, 12, 12))
+    ax = spec.axes["head.0.weight"][1]
+    assert ax is not None and ax.inner == 9 and ax.group == spec.axes["stem.0.weight"][0].group
+    assert_permutation_keeps_function(random_stats(model), spec, torch.randn(3, 1, 12, 12))
+
+
+def test_untraceable_models_and_wrong_inputs_are_one_clear_error():
+    with pytest.raises(TraceError, match="cannot be traced by torch.fx") as info:
+        derive_spec(custom_nets.Untraceable(), torch.randn(2, 3, 4, 4))
+    assert "\n" not in str(info.value)
+    with pytest.raises(TraceError, match="give example inputs of the shape the model expects"):
+        derive_spec(custom_nets.SmallNet(in_channels=1), torch.randn(2, 3, 12, 12))
+
+
+def test_custom_models_build_through_the_registry_with_the_dataset_sizes():
+    cfg = ModelConfig("custom", target="tests.custom_nets.SmallNet", kwargs={"width": 6})
+    model = build_model(cfg, (1, 12, 12), 7)
+    assert model.head[-1].out_features == 7 and model.stem[0].in_channels == 1 and model.stem[0].out_channels == 6
+    assert len(model_spec(cfg, (1, 12, 12), 7).groups) == 3
+    with pytest.raises(FusionctlError, match="cannot import tests.custom_nets.Nope"):
+        build_model(ModelConfig("custom", target="tests.custom_nets.Nope"), (1, 12, 12), 7)
+    with pytest.raises(FusionctlError, match="cannot be traced"):
+        model_spec(ModelConfig("custom", target="tests.custom_nets.Untraceable"), (3, 4, 4), 2)
