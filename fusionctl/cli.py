@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fusionctl: error: unknown command '{command}'; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     if command == "report":
-        from fusionctl.report import main as report
+        from fusionctl.commands.report import main as report
 
         return report(rest)
     problem = check_group_choices(rest) or check_solver_keys(rest)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from fusionctl.errors import FusionctlError
+from fusionctl.versions import versions
 
 FORMAT = "fusionctl.model/1"
 
@@ -101,15 +102,10 @@ def make_checkpoint(state_dict, model_cfg, dataset: str, input_shape, num_classe
         "input_shape": list(input_shape),
         "num_classes": int(num_classes),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-        "versions": _versions(),
+        "versions": dict(versions()),
         **meta,
     }
 
-
-def _versions() -> dict:
-    from fusionctl.jobs.versions import versions
-
-    return dict(versions())
 
 
 def load_checkpoint(path: str | Path) -> dict:

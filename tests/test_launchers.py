@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fusionctl.report import run_report
+from fusionctl.commands.report import run_report
 
 pytestmark = pytest.mark.slow
 EXE = [sys.executable, "-m", "fusionctl.cli"]

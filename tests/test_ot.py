@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fusionctl.ot import free_support_barycenter, solve_ot, sq_distances
-from fusionctl.ot.solver import SINKHORN_TOL, Potentials
+from fusionctl.ot.solver import SINKHORN_TOL
 
 
 def planted(n=12, d=5, seed=0):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fusionctl.report import run_report
+from fusionctl.commands.report import run_report
 
 pytestmark = pytest.mark.slow
 EXE = [sys.executable, "-m", "fusionctl.cli"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fusionctl.config import GWBSettings
 from fusionctl.fusion.engine import FusionResult
-from fusionctl.fusion.wb import fuse_barycenter
+from fusionctl.fusion.barycenter import fuse_barycenter
 
 
 def fuse_gwb(spec, states, weights, target_sizes, settings: GWBSettings, ctx) -> FusionResult:

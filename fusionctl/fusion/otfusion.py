@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from fusionctl.config import OTFusionSettings
 from fusionctl.fusion.engine import FusionResult
-from fusionctl.fusion.wb import fuse_barycenter
+from fusionctl.fusion.barycenter import fuse_barycenter
 
 
 def fuse_ot(spec, states, weights, target_sizes, settings: OTFusionSettings, ctx) -> FusionResult:

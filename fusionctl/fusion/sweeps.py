@@ -18,8 +18,8 @@ Moves:
 - `sweep()`: K = 2, coordinate descent of model 1's groups against model 0 (git-re-basin's
   weight matching, also with soft couplings); K > 2, each model in a random order is aligned afresh to the barycenter
   of the others (MergeMany's move on a weighted barycenter), which can pass through worse
-  states: `run_sweeps` keeps the best state visited, so the result never has a higher J than
-  the layer-wise pass.
+  states: the driver (barycenter.run_sweeps) keeps the best state visited, so the result
+  never has a higher J than the layer-wise pass.
 
 For a slice along an input axis (dim > 0) of model i the features are scaled by n_i / m, so
 that the barycentric projection of a coupling equals the transport T_i (columns split by
@@ -28,7 +28,6 @@ source mass, METHOD.md E.2-2) and any target widths work.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,7 +39,6 @@ from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, node_slices
 from fusionctl.ot.barycenter import coupling_change, sq_distances
 from fusionctl.ot.solver import Potentials, solve_ot
 
-log = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
 
 
@@ -289,28 +287,3 @@ class NetworkBarycenter:
 
     def result(self) -> list[dict[str, torch.Tensor]]:
         return [{g: p.cpu() for g, p in c.items()} for c in self.couplings]
-
-
-def run_sweeps(net: NetworkBarycenter, sweeps: int, tol: float, patience: int = 3) -> dict:
-    """Sweep at most `sweeps` times and keep the best state visited (lowest J): stop when a sweep
-    changes nothing, or after `patience` sweeps in a row that did not lower the best J by tol relative."""
-    if len(net.theta) == 2 and net.ot.method == "exact" and net.separable():
-        sweeps = 0
-    start = best_value = net.objective()
-    best = net.snapshot()
-    done, converged, stale = 0, sweeps == 0, 0
-    for done in range(1, sweeps + 1):
-        changed = net.sweep()
-        value = net.objective()
-        stale = 0 if value < best_value * (1 - tol) else stale + 1
-        if value < best_value:
-            best, best_value = net.snapshot(), value
-        log.info("sweep %d: objective %.6g, best %.6g (%+.3g%% from the layer-wise pass), %d couplings changed",
-                 done, value, best_value, 100 * (best_value - start) / max(start, 1e-300), changed)
-        if changed == 0 or stale >= patience:
-            converged = True
-            break
-    net.restore(best)
-    if not converged:  # K > 2 explores until its budget is spent: expected, not an error
-        log.info("wb: stopped at the cap solver.sweeps=%d with the objective still falling; raise solver.sweeps to search longer", sweeps)
-    return {"sweeps": done, "converged": converged, "objective_start": start, "objective": best_value, "unconverged_solves": net.unconverged}

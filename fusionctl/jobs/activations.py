@@ -12,7 +12,7 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.fusion.units import stream_unit_features
-from fusionctl.jobs.bases import build_from_state
+from fusionctl.models import build_from_state
 from fusionctl.models import config_for, model_spec
 
 

@@ -11,7 +11,7 @@ import torch
 from fusionctl.config import FuseCommandConfig, ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.models import TRACED, build_model, describe, group_sizes, model_spec
+from fusionctl.models import TRACED, describe, group_sizes, model_spec
 from fusionctl.store import load_checkpoint, model_dir
 
 
@@ -113,19 +113,3 @@ def target_config(widths: list[int] | None, base: Base) -> ModelConfig:
 
 def target_sizes(cfg: ModelConfig, splits: Splits) -> dict[str, int]:
     return group_sizes(cfg, splits.input_shape, splits.num_classes, splits.vocab)
-
-
-def build_from_state(model_cfg: ModelConfig, splits: Splits, state, device="cpu") -> torch.nn.Module:
-    model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
-    model.load_state_dict(state)
-    return model.to(device).eval()
-
-
-def random_target_factory(model_cfg: ModelConfig, splits: Splits, seed: int):
-    def make():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            m = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
-        return {k: v.detach() for k, v in m.state_dict().items()}
-
-    return make

@@ -16,10 +16,11 @@ from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
-from fusionctl.jobs.bases import Base, build_from_state, fusion_weights, load_bases, random_target_factory, spec_for, target_config, target_sizes
+from fusionctl.jobs.bases import Base, fusion_weights, load_bases, spec_for, target_config, target_sizes
+from fusionctl.models import build_from_state, random_target_factory
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.post import apply_post, check_post, post_defined
-from fusionctl.jobs.versions import versions
+from fusionctl.versions import versions
 from fusionctl.fusion.transport import transport
 from fusionctl.training import finetune
 from fusionctl.models import config_for

@@ -20,12 +20,12 @@ from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, has_batchnorm
 from fusionctl.eval.plane import grid_coords, plane_basis
 from fusionctl.fusion.transport import relative_coupling, transport
-from fusionctl.jobs.bases import build_from_state
+from fusionctl.models import build_from_state
 from fusionctl.jobs.fuse import prepare, run_method, save_fused
 from fusionctl.eval.metrics import evaluate
 from fusionctl.fusion.transport import interpolate
 from fusionctl.jobs.post import apply_post, check_post
-from fusionctl.jobs.versions import versions
+from fusionctl.versions import versions
 from fusionctl.plots import barrier_figure, plane_figure, save
 from fusionctl.store import atomic_path, write_csv_atomic
 

@@ -11,7 +11,7 @@ from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.post import POST_STEPS, repair, reset_bn_stats, target_stats
 from fusionctl.fusion.units import repair_points
-from fusionctl.jobs.bases import build_from_state
+from fusionctl.models import build_from_state
 from fusionctl.models import TRACED, build_model, describe, model_spec
 
 REPAIR_SAMPLES = 512

@@ -11,7 +11,7 @@ from fusionctl.config import TrainCommandConfig
 from fusionctl.data import client_splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
-from fusionctl.jobs.versions import versions
+from fusionctl.versions import versions
 from fusionctl.models import TRACED, entry, model_spec
 from fusionctl.store import model_dir, write_csv_atomic
 from fusionctl.training import train_one

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from fusionctl.config import ModelConfig
@@ -153,4 +154,23 @@ def config_for(cfg: ModelConfig, state: dict) -> ModelConfig:
     return replace(cfg, widths=widths, embed=sizes.get("emb", cfg.embed))
 
 
-__all__ = ["config_for", "AlignmentSpec", "Axis", "REGISTRY", "TRACED", "Unit", "build_model", "derive_spec", "group_sizes", "model_spec"]
+def build_from_state(model_cfg: ModelConfig, splits, state, device="cpu") -> nn.Module:
+    """The network `model_cfg` describes for a dataset (splits: its input_shape, num_classes, vocab), holding `state`."""
+    model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def random_target_factory(model_cfg: ModelConfig, splits, seed: int):
+    """A function returning the state of a freshly initialised `model_cfg` network (always the same, by `seed`)."""
+
+    def make():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            m = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
+        return {k: v.detach() for k, v in m.state_dict().items()}
+
+    return make
+
+
+__all__ = ["build_from_state", "random_target_factory", "config_for", "AlignmentSpec", "Axis", "REGISTRY", "TRACED", "Unit", "build_model", "derive_spec", "group_sizes", "model_spec"]

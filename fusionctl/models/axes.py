@@ -1,0 +1,190 @@
+"""Bookkeeping for traced specs: a union-find over candidate groups of units, the element each
+tensor axis carries (Ref), and how axes travel through broadcasting, permutes, reshapes,
+reductions and concatenation. Pure functions of shapes and elements; no torch.fx here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+@dataclass(frozen=True)
+class Ref:
+    """An axis of a tensor laid out as (outer, n, inner) over the n units of element `el`."""
+
+    el: int
+    outer: int = 1
+    inner: int = 1
+
+
+@dataclass
+class Coverage:
+    """What a traced spec aligns: hidden units in permutable groups, and what froze the rest."""
+
+    permutable: int = 0
+    hidden: int = 0
+    frozen: dict[str, list[str]] = field(default_factory=dict)  # reason -> modules whose units it froze
+
+    def __str__(self) -> str:
+        text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
+        if self.frozen:
+            parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
+            text += "; frozen: " + "; ".join(parts)
+        return text
+
+
+class Elements:
+    """Union-find over candidate groups of units: size, the modules that open them, and freezes."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.writers: list[list[str]] = []  # per element: modules whose output opens it
+        self.reasons: dict[int, list[str]] = {}  # root -> why it is frozen
+        self.opened: list[int] = []  # elements opened by a module, in creation order
+
+    def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
+        e = len(self.parent)
+        self.parent.append(e)
+        self.size.append(size)
+        self.writers.append([writer] if writer else [])
+        if writer:
+            self.opened.append(e)
+        if frozen:
+            self.reasons[e] = [frozen]
+        return e
+
+    def find(self, e: int) -> int:
+        while self.parent[e] != e:
+            self.parent[e] = self.parent[self.parent[e]]
+            e = self.parent[e]
+        return e
+
+    def freeze(self, e: int, reason: str) -> None:
+        self.reasons.setdefault(self.find(e), []).append(reason)
+
+    def frozen(self, e: int) -> bool:
+        return self.find(e) in self.reasons
+
+    def union(self, a: int, b: int, where: str) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] != self.size[rb]:
+            self.freeze(ra, f"size mismatch at {where}")
+            self.freeze(rb, f"size mismatch at {where}")
+        keep, gone = (ra, rb) if ra < rb else (rb, ra)
+        self.parent[gone] = keep
+        self.writers[keep] += self.writers[gone]
+        if gone in self.reasons:
+            self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
+        return keep
+
+
+
+def iter_refs(dsc):
+    """Every Ref in a tensor's descriptor (a list per axis) or a tuple of descriptors."""
+    if isinstance(dsc, tuple):
+        for d in dsc:
+            yield from iter_refs(d)
+    elif isinstance(dsc, list):
+        yield from (r for r in dsc if r is not None)
+
+
+def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None:
+    """Two axes that must carry the same permutation (a residual sum): one element, or frozen."""
+    if a is None or b is None:
+        for r in (a, b):
+            if r is not None:
+                els.freeze(r.el, f"combined with an unaligned tensor at {where}")
+        return None
+    if (a.outer, a.inner) != (b.outer, b.inner):
+        els.freeze(a.el, f"layouts differ at {where}")
+        els.freeze(b.el, f"layouts differ at {where}")
+        return a
+    return Ref(els.union(a.el, b.el, where), a.outer, a.inner)
+
+
+def broadcast_refs(els: Elements, operands, out_shape, where: str) -> list:
+    """An element-wise op: axes aligned from the right unify, broadcast (size-1) axes do not count."""
+    result: list[Ref | None] = [None] * len(out_shape)
+    for axis in range(1, len(out_shape) + 1):
+        refs = [dsc[-axis] for dsc, shape in operands if len(shape) >= axis and shape[-axis] > 1]
+        if out_shape[-axis] <= 1 or not refs:
+            continue
+        acc = refs[0]
+        for r in refs[1:]:
+            acc = unify(els, acc, r, where)
+        result[-axis] = acc
+    return result
+
+
+def permute_refs(x: list, name: str, args: list) -> list:
+    order = list(range(len(x)))
+    if name == "permute":
+        order = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args)
+    else:
+        a, b = (d % len(x) for d in args[:2])
+        if name == "movedim":
+            order.insert(b, order.pop(a))
+        else:
+            order[a], order[b] = order[b], order[a]
+    return [x[i % len(x)] for i in order]
+
+
+def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) -> list:
+    """Match runs of merged or split axes; a run may carry one element, which keeps the axes
+    merged before it as `outer` and after it as `inner` (a C x H x W flatten: inner = H*W)."""
+    result: list[Ref | None] = []
+    i = j = 0
+    while i < len(before) and j < len(after):
+        run_in, run_out = [i], [j]
+        a, b = before[i], after[j]
+        while a != b:
+            if a < b:
+                i += 1
+                run_in.append(i)
+                a *= before[i]
+            else:
+                j += 1
+                run_out.append(j)
+                b *= after[j]
+        i, j = i + 1, j + 1
+        refs = [(k, x[k]) for k in run_in if x[k] is not None]
+        sizes = [after[k] for k in run_out if after[k] > 1]
+        if not refs:
+            result += [None] * len(run_out)
+        elif len(refs) == 1 and len(sizes) == 1:
+            k, ref = refs[0]
+            outer = math.prod(before[m] for m in run_in if m < k) * ref.outer
+            inner = math.prod(before[m] for m in run_in if m > k) * ref.inner
+            result += [Ref(ref.el, outer, inner) if after[m] > 1 else None for m in run_out]
+        else:
+            for _, r in refs:
+                els.freeze(r.el, f"reshape splitting or merging channel axes at {where}")
+            result += [None] * len(run_out)
+    return result + [None] * (len(after) - len(result))
+
+
+def reduce_refs(x: list, dims, ndim: int, keep: bool, out_dim: int) -> list:
+    """A reduction over some axes (a mean over space): the others keep their elements."""
+    if dims is None:
+        return [None] * out_dim
+    dims = [d % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+    return [None if k in dims else r for k, r in enumerate(x) if keep or k not in dims]
+
+
+def cat_refs(els: Elements, descs: list, dim: int, ndim: int, where: str) -> list:
+    """A concatenation: the joined axis cannot be split between groups, so its elements freeze."""
+    result: list[Ref | None] = [None] * ndim
+    for axis in range(ndim):
+        refs = [dsc[axis] for dsc in descs if dsc is not None]
+        if axis == dim:
+            for r in refs:
+                if r is not None:
+                    els.freeze(r.el, "concatenation")
+        elif refs:
+            acc = refs[0]
+            for r in refs[1:]:
+                acc = unify(els, acc, r, where)
+            result[axis] = acc
+    return result

@@ -1,0 +1,262 @@
+"""The torch.fx Interpreter behind traced specs: one handler per op or module kind, each saying
+which element every axis of its output carries (see trace.py for the rules, axes.py for the
+bookkeeping)."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from fusionctl.models.axes import Elements, Ref, broadcast_refs, cat_refs, iter_refs, permute_refs, reduce_refs, reshape_refs, unify
+
+UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu",
+         "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
+         "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs", "exp", "square", "sqrt",
+         "softmax", "log_softmax", "identity"}  # element-wise or along one axis: every axis keeps its element
+BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum"}
+REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
+POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}
+RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
+PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
+                nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax)
+POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class AxisTracer(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, original: nn.Module):
+        super().__init__(gm)
+        self.original = original
+        self.els = Elements()
+        self.desc: dict[fx.Node, object] = {}  # node -> list[Ref | None] per axis (or a tuple of them)
+        self.links: dict[str, list[Ref | None]] = {}  # state key -> per-axis element
+        self.units: dict[int, list[list]] = {}  # opened element -> [[writer, norm or None]]
+        self.writer_node: dict[fx.Node, list] = {}  # node whose value is a writer's output (through reshapes) -> its unit
+        self._dims = {k: v.dim() for k, v in original.state_dict().items()}
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        self.desc[n] = self.describe(n, out)
+        return out
+
+    def d(self, arg):
+        return self.desc.get(arg) if isinstance(arg, fx.Node) else None
+
+    def val(self, arg):
+        return self.env[arg] if isinstance(arg, fx.Node) else arg
+
+    def link(self, key: str, dim: int, ref: Ref | None, where: str) -> None:
+        """Tie axis `dim` of state entry `key` to `ref` (unifying with an earlier use of the entry)."""
+        axes = self.links.setdefault(key, [None] * self.state_dims(key))
+        if ref is None:
+            return
+        old = axes[dim]
+        if old is None:
+            axes[dim] = ref
+        elif (old.outer, old.inner) != (ref.outer, ref.inner):
+            self.els.freeze(old.el, f"shared entry {key} read two ways")
+            self.els.freeze(ref.el, f"shared entry {key} read two ways")
+        else:
+            self.els.union(old.el, ref.el, where)
+
+    def state_dims(self, key: str) -> int:
+        return self._dims[key]
+
+    def freeze_all(self, descs, reason: str) -> None:
+        for dsc in descs:
+            for ref in iter_refs(dsc):
+                self.els.freeze(ref.el, reason)
+
+    def fresh(self, out, reason: str):
+        """Frozen elements for every axis of an output nobody can vouch for."""
+        if isinstance(out, torch.Tensor):
+            return [Ref(self.els.new(s, frozen=reason)) if s > 1 and i > 0 else None for i, s in enumerate(out.shape)]
+        if isinstance(out, (tuple, list)):
+            return tuple(self.fresh(o, reason) for o in out)
+        return None
+
+    def open(self, size: int, writer: str) -> Ref:
+        e = self.els.new(size, writer)
+        self.units[e] = [[writer, None]]
+        return Ref(e)
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    def describe(self, n: fx.Node, out):
+        if n.op == "placeholder":
+            return self.fresh(out, "model input")
+        if n.op == "get_attr":
+            if not isinstance(out, torch.Tensor):
+                return None
+            refs = [Ref(self.els.new(s)) if s > 1 else None for s in out.shape]
+            key = str(n.target)
+            if key in self._dims:
+                for dim, ref in enumerate(refs):
+                    self.link(key, dim, ref, key)
+            return refs
+        if n.op == "output":
+            self.freeze_all(_flat_descs(self, n.args), "model output")
+            return None
+        if n.op == "call_module":
+            return self.on_module(n, self.original.get_submodule(str(n.target)), out)
+        name = n.target if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
+        return self.on_function(n, str(name), out)
+
+    def on_module(self, n: fx.Node, m: nn.Module, out):
+        where = str(n.target)
+        x = self.d(n.args[0]) if n.args else None
+        if isinstance(m, nn.Linear):
+            self.link(f"{where}.weight", 1, x[-1] if x else None, where)
+            ref = self.open(m.out_features, where)
+            self.link(f"{where}.weight", 0, ref, where)
+            if m.bias is not None:
+                self.link(f"{where}.bias", 0, ref, where)
+            self.writer_node[n] = self.units[ref.el][0]
+            return list(x[:-1]) + [ref]
+        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
+            return self.conv(n, m, x, where, out)
+        if isinstance(m, nn.Embedding):
+            ref = self.open(m.embedding_dim, where)
+            self.link(f"{where}.weight", 1, ref, where)
+            self.writer_node[n] = self.units[ref.el][0]
+            return [None] * (out.dim() - 1) + [ref]
+        if isinstance(m, BATCH_NORMS):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                if f"{where}.{key}" in self._dims:
+                    self.link(f"{where}.{key}", 0, x[1], where)
+            self.mark_norm(n, where, m.affine)
+            return list(x)
+        if isinstance(m, nn.LayerNorm):
+            return self.layer_norm(n, x, len(m.normalized_shape), where, m.elementwise_affine, prefix=where)
+        if isinstance(m, nn.GroupNorm):
+            if m.num_groups not in (1, m.num_channels):
+                self.els.freeze(x[1].el, f"GroupNorm with {m.num_groups} groups") if x[1] else None
+            elif m.affine:
+                self.link(f"{where}.weight", 0, x[1], where)
+                self.link(f"{where}.bias", 0, x[1], where)
+            self.mark_norm(n, where, m.affine)
+            return list(x)
+        if isinstance(m, PASS_MODULES):
+            return list(x)
+        if isinstance(m, POOL_MODULES):
+            return [x[0], x[1]] + [None] * (out.dim() - 2)
+        if isinstance(m, nn.Flatten):
+            return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
+        self.freeze_all([x], f"unsupported module {type(m).__name__}")
+        return self.fresh(out, f"unsupported module {type(m).__name__}")
+
+    def conv(self, n, m, x, where, out):
+        cin = x[1]
+        if m.groups == 1:
+            self.link(f"{where}.weight", 1, cin, where)
+            ref = self.open(m.out_channels, where)
+        elif m.groups == m.in_channels and cin is not None and (cin.outer, cin.inner) == (1, 1):
+            # depthwise: output channel c*k + j reads input channel c only, so it stays in c's group
+            ref = Ref(cin.el, 1, m.out_channels // m.in_channels)
+            self.units.setdefault(cin.el, []).append([where, None])
+        else:
+            self.freeze_all([x], f"grouped conv (groups={m.groups})")
+            return self.fresh(out, f"grouped conv (groups={m.groups})")
+        self.link(f"{where}.weight", 0, ref, where)
+        if m.bias is not None:
+            self.link(f"{where}.bias", 0, ref, where)
+        self.writer_node[n] = self.units[ref.el][-1]
+        return [x[0], ref] + [None] * (len(x) - 2)
+
+    def mark_norm(self, n: fx.Node, where: str, affine: bool) -> None:
+        unit = self.writer_node.get(n.args[0])
+        if unit is not None and unit[1] is None and affine:
+            unit[1] = where
+
+    def layer_norm(self, n, x, k: int, where: str, affine: bool, prefix: str | None = None, weight=None, bias=None):
+        """LayerNorm over the last k axes: its statistics are symmetric in every axis it spans."""
+        if affine:
+            for name, node in (("weight", weight), ("bias", bias)):
+                if prefix is not None and f"{prefix}.{name}" in self._dims:
+                    for dim in range(k):
+                        self.link(f"{prefix}.{name}", dim, x[len(x) - k + dim], where)
+                elif isinstance(node, fx.Node) and self.d(node) is not None:
+                    for dim, ref in enumerate(self.d(node)):
+                        unify(self.els, ref, x[len(x) - k + dim], where)
+        self.mark_norm(n, where, affine)
+        return list(x)
+
+    def on_function(self, n: fx.Node, name: str, out):
+        where = n.name
+        args = list(n.args)
+        x = self.d(args[0]) if args else None
+        tensors = [a for a in args if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor)]
+        if not isinstance(out, torch.Tensor) and name != "getitem":
+            return None  # sizes, shapes and other plain values
+        if name in UNARY or name.rstrip("_") in UNARY:
+            return list(x)
+        if name in BINARY:
+            return self.binary(n, out, where)
+        if name in PERMUTE:
+            return self.permute(n, name, x, out)
+        if name in RESHAPE:
+            return self.reshape(n, x, self.val(args[0]).shape, out.shape)
+        if name in POOL:
+            return [x[0], x[1]] + [None] * (out.dim() - 2)
+        if name in REDUCE:
+            return self.reduce(n, x, self.val(args[0]).dim(), out)
+        if name == "layer_norm":
+            shape = args[1] if len(args) > 1 else n.kwargs["normalized_shape"]
+            weight = args[2] if len(args) > 2 else n.kwargs.get("weight")
+            bias = args[3] if len(args) > 3 else n.kwargs.get("bias")
+            return self.layer_norm(n, x, len(shape) if isinstance(shape, (tuple, list)) else 1, where, weight is not None, weight=weight, bias=bias)
+        if name == "cat":
+            return self.cat(n, out, where)
+        if name == "getitem":
+            return self.getitem(n, out)
+        self.freeze_all([self.d(a) for a in tensors], f"unsupported op {name}")
+        return self.fresh(out, f"unsupported op {name}")
+
+    def binary(self, n, out, where):
+        operands = [(self.d(a), self.val(a).shape) for a in n.args if isinstance(a, fx.Node) and isinstance(self.val(a), torch.Tensor)]
+        return broadcast_refs(self.els, operands, out.shape, where)
+
+    def permute(self, n, name, x, out):
+        self.follow_writer(n)
+        return permute_refs(x, name, [self.val(a) for a in n.args[1:]])
+
+    def reshape(self, n, x, before, after):
+        if len(after) == len(before):
+            self.follow_writer(n)
+        return reshape_refs(self.els, x, list(before), list(after), n.name)
+
+    def follow_writer(self, n: fx.Node) -> None:
+        """A permute or same-rank reshape of a writer's output is still that writer's output (for norms after it)."""
+        if n.args and n.args[0] in self.writer_node:
+            self.writer_node[n] = self.writer_node[n.args[0]]
+
+    def reduce(self, n, x, ndim, out):
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else False)
+        return reduce_refs(x, dims, ndim, keep, out.dim())
+
+    def cat(self, n, out, where):
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        return cat_refs(self.els, [self.d(p) for p in n.args[0]], dim % out.dim(), out.dim(), where)
+
+    def getitem(self, n, out):
+        source, index = n.args
+        dsc = self.d(source)
+        if isinstance(dsc, tuple) and isinstance(index, int):
+            return dsc[index]
+        if not isinstance(out, torch.Tensor) or dsc is None:
+            return None
+        self.freeze_all([dsc], "indexing a tensor")
+        return self.fresh(out, "indexing a tensor")
+
+
+def _flat_descs(tracer, args) -> list:
+    found: list = []
+    fx.node.map_arg(args, lambda node: found.append(tracer.d(node)))
+    return found
