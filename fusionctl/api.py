@@ -23,7 +23,7 @@ from fusionctl.config import solver_settings
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.post import POST_STEPS, repair, reset_bn_stats, target_stats
+from fusionctl.fusion.post import POST_STEPS
 from fusionctl.fusion.transport import transport
 from fusionctl.fusion.units import repair_points, stream_unit_features
 from fusionctl.models.spec import AlignmentSpec
@@ -115,20 +115,11 @@ def _first(inputs: list[torch.Tensor], n: int):
 
 
 def _apply(step: str, model: nn.Module, spec, states, couplings, lambdas, inputs) -> None:
-    if step == "bn_reset":
-        _reset_bn(model, inputs)
-        return
-    if any(norm is None and getattr(layer, "bias", None) is None for layer, norm in repair_points(model, spec)):
+    if step == "repair" and any(norm is None and getattr(layer, "bias", None) is None for layer, norm in repair_points(model, spec)):
         raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
-    _reset_bn(model, inputs)
-    x = torch.cat(inputs)[:512]
-    refs = [_module(model, transport(s, spec, c)) for s, c in zip(states, couplings)]
-    repair(model, spec, target_stats(refs, spec, lambdas, x), x)
-
-
-def _reset_bn(model: nn.Module, inputs) -> None:
     x = torch.cat(inputs)
-    reset_bn_stats(model, Split(x, torch.zeros(len(x), dtype=torch.long)), batches=len(inputs), batch_size=len(inputs[0]))
+    refs = [_module(model, transport(s, spec, c)) for s, c in zip(states, couplings)]
+    POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 
 def _scorer(template, spec, states, lambdas, batches):

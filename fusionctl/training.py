@@ -17,31 +17,41 @@ from fusionctl.data import Splits, augment_batch
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate
 from fusionctl.models import build_model
-from fusionctl.store import load_checkpoint, locked, make_checkpoint, save_atomic, write_csv_atomic
+from fusionctl.store import (
+    load_checkpoint,
+    locked,
+    make_checkpoint,
+    save_atomic,
+    write_csv_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 
+OPTIMIZERS = {  # optim.name -> (parameters, OptimConfig) -> optimiser
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+SCHEDULES = {  # optim.schedule -> (epoch after warm-up, epochs after warm-up, OptimConfig) -> learning rate
+    "constant": lambda e, span, c: c.lr,
+    "cosine": lambda e, span, c: 0.5 * c.lr * (1 + math.cos(math.pi * e / max(span, 1))),
+    "step": lambda e, span, c: c.lr * c.gamma ** ((e + c.warmup_epochs) // c.step_size),
+}
+
+
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise FusionctlError(f"unknown optimiser '{cfg.name}'; choose from: sgd, adam")
+    if cfg.name not in OPTIMIZERS:
+        raise FusionctlError(f"unknown optimiser '{cfg.name}'; choose from: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.name](params, cfg)
 
 
 def lr_at(epoch: int, epochs: int, cfg: OptimConfig) -> float:
-    """Learning rate for an epoch: linear warm-up, then constant, cosine or step decay."""
+    """Learning rate for an epoch: linear warm-up, then the schedule."""
+    if cfg.schedule not in SCHEDULES:
+        raise FusionctlError(f"unknown optim.schedule '{cfg.schedule}'; choose from: {', '.join(SCHEDULES)}")
     if epoch < cfg.warmup_epochs:
         return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "cosine":
-        span = max(epochs - cfg.warmup_epochs, 1)
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.gamma ** (epoch // cfg.step_size)
-    raise FusionctlError(f"unknown optim.schedule '{cfg.schedule}'; choose from: constant, cosine, step")
+    return SCHEDULES[cfg.schedule](epoch - cfg.warmup_epochs, epochs - cfg.warmup_epochs, cfg)
 
 
 def train_one(splits: Splits, model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig, seed: int, folder: Path, device: torch.device) -> dict:

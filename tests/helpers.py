@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fusionctl.fusion.transport import transport
 from fusionctl.config import ModelConfig, solver_settings
+from fusionctl.fusion.transport import transport
 from fusionctl.models import build_model, model_spec
 
 

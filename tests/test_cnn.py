@@ -2,18 +2,15 @@ import pytest
 import torch
 
 from fusionctl.config import ModelConfig
-from tests.helpers import settings
-from fusionctl.fusion import fuse
+from fusionctl.fusion import METHODS, fuse
 from fusionctl.fusion.transport import transport
-from fusionctl.models import build_model, group_sizes, model_spec
+from fusionctl.models import REGISTRY, build_model, group_sizes, model_spec
+from tests.helpers import settings
 
 SHAPE = (3, 16, 16)
 X = torch.randn(8, *SHAPE)
-CASES = {
-    "vgg11": [8, 8, 12, 12, 16, 16, 16, 16, 10, 10],
-    "resnet18": [6, 8, 10, 12],
-    "resnet20": [6, 8, 10],
-}
+# every CNN of the registry with a hand-written spec, at its tiny widths
+CASES = {name: e.tiny["widths"] for name, e in REGISTRY.items() if e.inputs == "image" and e.spec is not None}
 
 
 def cfg(name, bias, bn, widths=None):
@@ -86,7 +83,7 @@ def test_breaking_a_residual_group_breaks_the_function():
 
 
 @pytest.mark.parametrize("name, bias, bn", [(n, True, bn) for n in CASES for bn in (False, True)])
-@pytest.mark.parametrize("method", ["wb", "ot"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("avg", "am")])  # am: tests/test_matching.py
 def test_fusing_a_cnn_with_its_permuted_copy_returns_its_function(name, bias, bn, method):
     c = cfg(name, bias, bn)
     st = state(trained_like(c))

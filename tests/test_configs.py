@@ -4,7 +4,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from fusionctl.commands.common import config_dir, to_dataclass
-from fusionctl.config import FuseCommandConfig, LandscapeCommandConfig, TrainCommandConfig
+from fusionctl.config import (
+    FuseCommandConfig,
+    LandscapeCommandConfig,
+    TrainCommandConfig,
+)
 from fusionctl.errors import FusionctlError
 
 ROOT = Path(config_dir())

@@ -1,14 +1,21 @@
 import pytest
 import torch
 
-from tests.helpers import settings
+from fusionctl.config import ModelConfig
+from fusionctl.data import Split, Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion import FusionContext, fuse
+from fusionctl.fusion import METHODS, FusionContext, fuse
 from fusionctl.fusion.transport import transport
+from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import fusion_weights
-from tests.helpers import mlp, outputs, permutation_couplings, spec_of
+from tests.helpers import mlp, outputs, permutation_couplings, settings, spec_of
 
 X = torch.randn(64, 1, 6, 6)
+
+
+def toy_splits():
+    y = torch.zeros(64, dtype=torch.long)
+    return Splits("toy", Split(X, y), Split(X[:8], y[:8]), Split(X[:8], y[:8]), (1, 6, 6), 5)
 WIDTHS = [10, 8, 7]
 
 
@@ -39,14 +46,17 @@ def test_transport_with_a_wrong_coupling_changes_outputs():
     assert not torch.allclose(outputs("mlp", WIDTHS, True, broken, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["wb", "ot"])
-@pytest.mark.parametrize("ot_method", ["exact", "sinkhorn"])
+# every aligning method of the registry (am needs activations: tests/test_matching.py), with both OT solvers where it has one
+ALIGNERS = [(m, ot) for m in METHODS if m not in ("avg", "am") for ot in (("exact", "sinkhorn") if "ot" in vars(METHODS[m].settings()) else ("-",))]
+
+
+@pytest.mark.parametrize("method, ot_method", ALIGNERS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_fusing_a_model_with_its_permuted_copy_returns_it(method, ot_method, bias):
     state = state_of(mlp(WIDTHS, bias))
     spec = spec_of(WIDTHS, bias)
     _, permuted = permutation_couplings(spec, state, seed=7)
-    solver = settings(name=method, ot=ot_method, reg=1e-4)
+    solver = settings(name=method, **({} if ot_method == "-" else {"ot": ot_method, "reg": 1e-4}))
     res = fuse(method, spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), solver, None)
     for key in state:
         assert torch.allclose(res.state[key], state[key], atol=1e-4), key
@@ -63,11 +73,12 @@ def test_naive_average_of_permuted_copy_is_not_the_model():
     assert not torch.allclose(outputs("mlp", WIDTHS, True, res.state, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-2)
 
 
-@pytest.mark.parametrize("method", ["wb", "ot", "avg"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_fusing_k_identical_models_returns_it(method):
     state = state_of(mlp(WIDTHS, True))
     spec = spec_of(WIDTHS, True)
-    res = fuse(method, spec, [state] * 4, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), settings(name=method), None)
+    ctx = FusionContext(activations=activation_probe(ModelConfig("mlp", WIDTHS, True), toy_splits()))
+    res = fuse(method, spec, [state] * 4, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), settings(name=method), ctx)
     for key in state:
         assert torch.allclose(res.state[key], state[key], atol=1e-6)
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import settings
 from fusionctl.data import Split
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, unflatten
@@ -10,7 +9,7 @@ from fusionctl.eval.metrics import evaluate
 from fusionctl.eval.plane import grid_coords, plane_basis
 from fusionctl.fusion import fuse
 from fusionctl.fusion.transport import relative_coupling, transport
-from tests.helpers import mlp, outputs, permutation_couplings, spec_of
+from tests.helpers import mlp, outputs, permutation_couplings, settings, spec_of
 
 WIDTHS = [10, 8]
 

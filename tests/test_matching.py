@@ -1,26 +1,21 @@
 import pytest
 import torch
 
-from fusionctl.config import ModelConfig
-from tests.helpers import settings
 from fusionctl.data import Split, Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.am import correlation
 from fusionctl.fusion.transport import transport
 from fusionctl.jobs.activations import activation_probe
-from fusionctl.models import build_model, model_spec
+from fusionctl.models import REGISTRY, build_model, entry, model_spec, tiny_config
+from tests.helpers import settings
 
-CASES = [
-    ModelConfig("mlp", [10, 8, 7], True),
-    ModelConfig("vgg11", [6, 6, 8, 8, 8, 8, 8, 8, 6, 6], True, True),
-    ModelConfig("resnet20", [6, 8, 10], False, True),
-    ModelConfig("lstm", [9], True),
-]
+# a tiny instance of every architecture with a hand-written spec (traced ones: tests/test_trace.py)
+CASES = [tiny_config(name) for name, e in REGISTRY.items() if e.spec is not None]
 
 
 def shape_of(cfg):
-    return (5, 6) if cfg.name == "lstm" else (3, 12, 12)
+    return (5, 6) if entry(cfg.name).inputs == "sequence" else (3, 12, 12)
 
 
 def setup(cfg, seed=0):

@@ -1,17 +1,19 @@
 import pytest
 import torch
 
-from tests.helpers import settings
+from fusionctl.config import ModelConfig
+from fusionctl.data import Split
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, unflatten
 from fusionctl.eval.metrics import evaluate
-from fusionctl.data import Split
 from fusionctl.fusion import fuse
 from fusionctl.fusion.transport import transport
-from fusionctl.config import ModelConfig
-from fusionctl.models import build_model as _build, model_spec as _spec
-from fusionctl.models.spec import Axis, AlignmentSpec
+from fusionctl.models import build_model as _build
+from fusionctl.models import model_spec as _spec
+from fusionctl.models.spec import AlignmentSpec, Axis
 from fusionctl.ot import solve_ot
 from fusionctl.ot.gromov import fused_gw_barycenter, gw_linear_term
+from tests.helpers import settings
+
 
 def build_model(kind, shape, classes, widths, bias):
     return _build(ModelConfig(kind, list(widths), bias), shape, classes)

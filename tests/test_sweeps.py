@@ -13,8 +13,8 @@ from fusionctl import cli
 from fusionctl.config import ModelConfig
 from fusionctl.data import Split, Splits
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.features import CorrelationFeatures
 from fusionctl.fusion.barycenter import run_sweeps
+from fusionctl.fusion.features import CorrelationFeatures
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
 from fusionctl.fusion.transport import identity_couplings, relative_coupling, transport
 from fusionctl.jobs.activations import activation_probe

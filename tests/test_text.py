@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fusionctl.config import ModelConfig
-from tests.helpers import settings
 from fusionctl.data import load_dataset
 from fusionctl.data.text import PAD, UNK, build_vocab, encode, tokenize
 from fusionctl.errors import FusionctlError
@@ -17,6 +16,7 @@ from fusionctl.fusion import fuse
 from fusionctl.fusion.transport import transport
 from fusionctl.fusion.units import unit_outputs
 from fusionctl.models import build_model, config_for, group_sizes, model_spec
+from tests.helpers import settings
 
 TOPICS = {1: "world election minister", 2: "sports match goal", 3: "business stocks market", 4: "science software chip"}
 

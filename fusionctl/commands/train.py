@@ -2,7 +2,13 @@
 
 import hydra
 
-from fusionctl.commands.common import config_dir, guarded, output_dir, set_threads, to_dataclass
+from fusionctl.commands.common import (
+    config_dir,
+    guarded,
+    output_dir,
+    set_threads,
+    to_dataclass,
+)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

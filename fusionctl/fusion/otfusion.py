@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fusionctl.config import OTFusionSettings
-from fusionctl.fusion.engine import FusionResult
 from fusionctl.fusion.barycenter import fuse_barycenter
+from fusionctl.fusion.engine import FusionResult
 
 
 def fuse_ot(spec, states, weights, target_sizes, settings: OTFusionSettings, ctx) -> FusionResult:

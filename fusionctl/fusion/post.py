@@ -12,10 +12,13 @@ import torch
 from torch import nn
 
 from fusionctl.data import Split
-from fusionctl.fusion.units import capture_outputs, channel_axis, repair_points, units_first
+from fusionctl.fusion.units import (
+    capture_outputs,
+    channel_axis,
+    repair_points,
+    units_first,
+)
 from fusionctl.models.spec import AlignmentSpec
-
-POST_STEPS = ("bn_reset", "repair")
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -95,3 +98,21 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
     finally:
         for h in hooks:
             h.remove()
+
+
+REPAIR_SAMPLES = 512  # training inputs REPAIR measures statistics on
+
+
+def bn_reset_step(model: nn.Module, spec: AlignmentSpec, references: list[nn.Module], weights: list[float], data: Split, device="cpu") -> None:
+    reset_bn_stats(model, data, device=device)
+
+
+def repair_step(model: nn.Module, spec: AlignmentSpec, references: list[nn.Module], weights: list[float], data: Split, device="cpu") -> None:
+    """BN statistics reset, then REPAIR towards the lambda-mix of the (aligned) references' statistics."""
+    reset_bn_stats(model, data, device=device)
+    x = data.x[:REPAIR_SAMPLES].to(device)
+    repair(model, spec, target_stats(references, spec, weights, x), x)
+
+
+# post-step -> (model, spec, aligned references, lambdas, training data) -> None, in place
+POST_STEPS = {"bn_reset": bn_reset_step, "repair": repair_step}

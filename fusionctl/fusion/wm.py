@@ -16,7 +16,12 @@ from scipy.optimize import linear_sum_assignment
 from fusionctl.config import WMSettings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
-from fusionctl.fusion.transport import identity_couplings, transport, transport_tensor, weighted_average
+from fusionctl.fusion.transport import (
+    identity_couplings,
+    transport,
+    transport_tensor,
+    weighted_average,
+)
 from fusionctl.models.spec import AlignmentSpec, node_slices
 
 

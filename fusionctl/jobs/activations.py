@@ -12,8 +12,7 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.fusion.units import stream_unit_features
-from fusionctl.models import build_from_state
-from fusionctl.models import config_for, model_spec
+from fusionctl.models import build_from_state, config_for, model_spec
 
 
 def activation_probe(model_cfg: ModelConfig, splits: Splits, device="cpu", batch_size: int = 64):

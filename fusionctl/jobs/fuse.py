@@ -10,21 +10,32 @@ from pathlib import Path
 import pandas as pd
 import torch.nn.functional as F
 
-from fusionctl.config import FuseCommandConfig, ModelConfig, SolverSettings, solver_settings
+from fusionctl.config import (
+    FuseCommandConfig,
+    ModelConfig,
+    SolverSettings,
+    solver_settings,
+)
 from fusionctl.data import Splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
-from fusionctl.jobs.bases import Base, fusion_weights, load_bases, spec_for, target_config, target_sizes
-from fusionctl.models import build_from_state, random_target_factory
-from fusionctl.jobs.activations import activation_probe
-from fusionctl.jobs.post import apply_post, check_post, post_defined
-from fusionctl.versions import versions
 from fusionctl.fusion.transport import transport
-from fusionctl.training import finetune
-from fusionctl.models import config_for
+from fusionctl.jobs.activations import activation_probe
+from fusionctl.jobs.bases import (
+    Base,
+    fusion_weights,
+    load_bases,
+    spec_for,
+    target_config,
+    target_sizes,
+)
+from fusionctl.jobs.post import apply_post, check_post, post_defined
+from fusionctl.models import build_from_state, config_for, random_target_factory
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
+from fusionctl.training import finetune
+from fusionctl.versions import versions
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,15 @@ from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, has_batchnorm
-from fusionctl.eval.plane import grid_coords, plane_basis
-from fusionctl.fusion.transport import relative_coupling, transport
-from fusionctl.models import build_from_state
-from fusionctl.jobs.fuse import prepare, run_method, save_fused
 from fusionctl.eval.metrics import evaluate
-from fusionctl.fusion.transport import interpolate
+from fusionctl.eval.plane import grid_coords, plane_basis
+from fusionctl.fusion.transport import interpolate, relative_coupling, transport
+from fusionctl.jobs.fuse import prepare, run_method, save_fused
 from fusionctl.jobs.post import apply_post, check_post
-from fusionctl.versions import versions
+from fusionctl.models import build_from_state
 from fusionctl.plots import barrier_figure, plane_figure, save
 from fusionctl.store import atomic_path, write_csv_atomic
+from fusionctl.versions import versions
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,21 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.post import POST_STEPS, repair, reset_bn_stats, target_stats
+from fusionctl.fusion.post import POST_STEPS
 from fusionctl.fusion.units import repair_points
-from fusionctl.models import build_from_state
-from fusionctl.models import TRACED, build_model, describe, model_spec
-
-REPAIR_SAMPLES = 512
+from fusionctl.models import (
+    RECURRENT_MODELS,
+    TRACED,
+    build_from_state,
+    build_model,
+    describe,
+    model_spec,
+)
 
 
 def post_defined(step: str, model_name: str) -> bool:
-    return not (step == "repair" and model_name in ("rnn", "lstm", "gru"))
+    """REPAIR corrects per-channel statistics of feed-forward layers; recurrent nets have no such place."""
+    return not (step == "repair" and model_name in RECURRENT_MODELS)
 
 
 def check_post(steps: list[str], model_name: str) -> None:
@@ -40,24 +45,24 @@ def with_biases(cfg: ModelConfig, state: dict, splits: Splits) -> tuple[ModelCon
 
 def apply_post(step: str, cfg: ModelConfig, state: dict, splits: Splits, references: list[dict], weights: list[float], device) -> tuple[ModelConfig, dict]:
     """Return (config, state) after `step`; references are the base states transported into `state`'s node order."""
-    model = build_from_state(cfg, splits, state, device)
-    if step == "bn_reset":
-        reset_bn_stats(model, splits.train, device=device)
-        return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # repair: BatchNorm statistics are reset first; layers with no norm after them take the
-    # correction in their bias, so a bias-free built-in model gains (zero) biases
     spec = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
+    if step == "repair":
+        cfg, state, references = repair_biases(cfg, state, references, spec, splits)
+    model = build_from_state(cfg, splits, state, device)
+    refs = [build_from_state(cfg, splits, r, device) for r in references]
+    POST_STEPS[step](model, spec, refs, weights, splits.train, device)
+    return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def repair_biases(cfg: ModelConfig, state: dict, references: list[dict], spec, splits: Splits):
+    """REPAIR puts a layer's correction in the norm after it, or else in its bias: a bias-free
+    built-in model gains (zero) biases; a traced one must already have them."""
+    model = build_from_state(cfg, splits, state)
     bare = [layer for layer, norm in repair_points(model, spec) if norm is None and getattr(layer, "bias", None) is None]
     if bare and cfg.name in TRACED:
         names = [n for n, m in model.named_modules() if any(m is b for b in bare)]
         raise FusionctlError(f"post=[repair] corrects a layer in its norm or bias; {', '.join(names[:3])} of {describe(cfg)} has neither; "
                              "use post=[bn_reset] or give those layers a bias")
-    if bare:
-        references = [with_biases(cfg, r, splits)[1] for r in references]
-        cfg, state = with_biases(cfg, state, splits)
-        model = build_from_state(cfg, splits, state, device)
-    reset_bn_stats(model, splits.train, device=device)
-    x = splits.train.x[:REPAIR_SAMPLES].to(device)
-    refs = [build_from_state(cfg, splits, r, device) for r in references]
-    repair(model, spec, target_stats(refs, spec, weights, x), x)
-    return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not bare:
+        return cfg, state, references
+    return (*with_biases(cfg, state, splits), [with_biases(cfg, r, splits)[1] for r in references])

@@ -11,10 +11,10 @@ from fusionctl.config import TrainCommandConfig
 from fusionctl.data import client_splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
-from fusionctl.versions import versions
 from fusionctl.models import TRACED, entry, model_spec
 from fusionctl.store import model_dir, write_csv_atomic
 from fusionctl.training import train_one
+from fusionctl.versions import versions
 
 log = logging.getLogger(__name__)
 

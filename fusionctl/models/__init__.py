@@ -11,10 +11,18 @@ from torch import nn
 
 from fusionctl.config import ModelConfig
 from fusionctl.errors import FusionctlError
-from fusionctl.models.cnn import RESNET18, RESNET20, VGG11, ResNet, resnet_sizes, resnet_spec, vgg11_spec
+from fusionctl.models.cnn import (
+    RESNET18,
+    RESNET20,
+    VGG11,
+    ResNet,
+    resnet_sizes,
+    resnet_spec,
+    vgg11_spec,
+)
+from fusionctl.models.external import TorchvisionNet, custom_model, example_input
 from fusionctl.models.mlp import MLP, mlp_spec
 from fusionctl.models.recurrent import RecurrentClassifier, recurrent_spec
-from fusionctl.models.external import TorchvisionNet, custom_model, example_input
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
 from fusionctl.models.trace import TraceError, derive_spec
 
@@ -28,6 +36,8 @@ class ModelEntry:
     # model.widths -> size of every group; by default the i-th width is the i-th group's size
     sizes: Callable[[ModelConfig], dict[str, int]] | None = None
     widths: Callable[[dict[str, int]], list[int]] | None = None  # the inverse: group sizes -> model.widths
+    inputs: str = "dense"  # what it reads: dense (any shape, flattened) | image (C, H, W) | sequence (steps, features or token ids) | any
+    tiny: dict | None = None  # a small instance (ModelConfig fields), for tests and quick runs
 
 
 def _recurrent(kind: str) -> ModelEntry:
@@ -36,32 +46,43 @@ def _recurrent(kind: str) -> ModelEntry:
         lambda c: recurrent_spec(kind, c.widths, c.bias, c.embed),
         lambda c: ({"emb": c.embed} if c.embed else {}) | {f"h{i + 1}": int(w) for i, w in enumerate(c.widths)},
         lambda sizes: [sizes[f"h{i + 1}"] for i in range(len(sizes) - ("emb" in sizes))],
+        inputs="sequence", tiny={"widths": [9], "bias": True},
     )
 
 
-def _resnet(blocks: list[int]) -> ModelEntry:
+def _resnet(blocks: list[int], tiny: list[int]) -> ModelEntry:
     return ModelEntry(
         lambda c, shape, k, vocab: ResNet(blocks, shape, k, c.widths, c.bias, c.batch_norm),
         lambda c: resnet_spec(blocks, c.bias, c.batch_norm),
         lambda c: resnet_sizes(blocks, c.widths),
         lambda sizes: [sizes[f"s{s + 1}"] for s in range(len(blocks))],
+        inputs="image", tiny={"widths": tiny, "batch_norm": True},
     )
 
 
 REGISTRY: dict[str, ModelEntry] = {
-    "mlp": ModelEntry(lambda c, shape, k, vocab: MLP(shape, k, c.widths, c.bias), lambda c: mlp_spec(c.widths, c.bias)),
+    "mlp": ModelEntry(lambda c, shape, k, vocab: MLP(shape, k, c.widths, c.bias), lambda c: mlp_spec(c.widths, c.bias),
+                      tiny={"widths": [10, 8, 7], "bias": True}),
     "rnn": _recurrent("rnn"),
     "lstm": _recurrent("lstm"),
     "gru": _recurrent("gru"),
-    "vgg11": ModelEntry(lambda c, shape, k, vocab: VGG11(shape, k, c.widths, c.bias, c.batch_norm), lambda c: vgg11_spec(c.widths, c.bias, c.batch_norm)),
-    "resnet18": _resnet(RESNET18),
-    "resnet20": _resnet(RESNET20),
-    "torchvision": ModelEntry(lambda c, shape, k, vocab: TorchvisionNet(c.arch, shape, k, c.kwargs), None),
-    "custom": ModelEntry(lambda c, shape, k, vocab: custom_model(c.target, shape, k, c.kwargs), None),
+    "vgg11": ModelEntry(lambda c, shape, k, vocab: VGG11(shape, k, c.widths, c.bias, c.batch_norm), lambda c: vgg11_spec(c.widths, c.bias, c.batch_norm),
+                        inputs="image", tiny={"widths": [6, 6, 8, 8, 8, 8, 8, 8, 6, 6], "bias": True, "batch_norm": True}),
+    "resnet18": _resnet(RESNET18, [4, 6, 8, 10]),
+    "resnet20": _resnet(RESNET20, [6, 8, 10]),
+    "torchvision": ModelEntry(lambda c, shape, k, vocab: TorchvisionNet(c.arch, shape, k, c.kwargs), None, inputs="image",
+                              tiny={"arch": "mobilenet_v3_small"}),
+    "custom": ModelEntry(lambda c, shape, k, vocab: custom_model(c.target, shape, k, c.kwargs), None, inputs="any"),
 }
-TRACED = ("torchvision", "custom")
-IMAGE_MODELS = ("vgg11", "resnet18", "resnet20")
-RECURRENT_MODELS = ("rnn", "lstm", "gru")
+TRACED = tuple(name for name, e in REGISTRY.items() if e.spec is None)
+IMAGE_MODELS = tuple(name for name, e in REGISTRY.items() if e.inputs == "image")
+RECURRENT_MODELS = tuple(name for name, e in REGISTRY.items() if e.inputs == "sequence")
+
+
+def tiny_config(name: str) -> ModelConfig | None:
+    """A small instance of registry entry `name` (None where it has none, like model=custom)."""
+    tiny = entry(name).tiny
+    return None if tiny is None else ModelConfig(name, **tiny)
 
 
 def entry(name: str) -> ModelEntry:
@@ -86,7 +107,7 @@ def build_model(cfg: ModelConfig, input_shape, num_classes: int, vocab: int = 0)
     """vocab > 0: inputs are token ids over that many tokens (a text dataset)."""
     if cfg.name in IMAGE_MODELS and len(input_shape) != 3:
         raise FusionctlError(f"model {cfg.name} needs images (C, H, W), the dataset gives shape {tuple(input_shape)}; use an image dataset")
-    if vocab and cfg.name not in (*RECURRENT_MODELS, "custom"):
+    if vocab and entry(cfg.name).inputs not in ("sequence", "any"):
         raise FusionctlError(f"the dataset is text (token ids) and model {cfg.name} reads dense inputs; use model=rnn, lstm or gru with model.embed=64")
     if vocab and cfg.name in RECURRENT_MODELS and cfg.embed < 1:
         raise FusionctlError("the dataset is text (token ids); set model.embed to the embedding size, e.g. model.embed=64")
@@ -125,10 +146,6 @@ def model_spec(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: 
 
 
 _TRACED_SPECS: dict[tuple, AlignmentSpec] = {}  # a model is traced once per process
-
-
-def has_batchnorm_option(cfg: ModelConfig) -> bool:
-    return cfg.name in IMAGE_MODELS
 
 
 def group_sizes(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: int = 2, vocab: int = 0) -> dict[str, int]:

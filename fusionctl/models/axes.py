@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+
 @dataclass(frozen=True)
 class Ref:
     """An axis of a tensor laid out as (outer, n, inner) over the n units of element `el`."""

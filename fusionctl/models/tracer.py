@@ -8,7 +8,17 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from fusionctl.models.axes import Elements, Ref, broadcast_refs, cat_refs, iter_refs, permute_refs, reduce_refs, reshape_refs, unify
+from fusionctl.models.axes import (
+    Elements,
+    Ref,
+    broadcast_refs,
+    cat_refs,
+    iter_refs,
+    permute_refs,
+    reduce_refs,
+    reshape_refs,
+    unify,
+)
 
 UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu",
          "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
