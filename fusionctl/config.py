@@ -219,7 +219,6 @@ class LandscapeConfig:
     test_samples: int = 0
     chunk: int = 8  # parameter points evaluated at once
     batch_size: int = 2048
-    bn_reset: bool = False
     plane: bool = True
 
 

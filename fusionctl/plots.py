@@ -14,6 +14,7 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 from fusionctl.store import atomic_path
 
 LINE_STYLES = {"naive": ("tab:red", "--"), "aligned": ("tab:blue", "-")}
+POST_STYLES = {"none": 1.0, "bn_reset": 0.65, "repair": 0.45}  # line opacity: a post-step's line is drawn lighter
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
@@ -34,12 +35,13 @@ def barrier_figure(curves: pd.DataFrame, title: str) -> Figure:
     for col, split in enumerate(("train", "test")):
         for row, metric, label in ((0, "loss", "cross-entropy loss"), (1, "error", "error (%)")):
             ax = axes[row, col]
-            for line, df in curves[(curves.split == split) & (curves.metric == metric)].groupby("line", sort=False):
+            for (line, post), df in curves[(curves.split == split) & (curves.metric == metric)].groupby(["line", "post"], sort=False):
                 kind = "aligned" if line.startswith("aligned") else "naive"
                 color, style = LINE_STYLES[kind]
                 if not line.endswith("1-2"):
-                    color = None
-                ax.plot(df.t, df.value, style, color=color, label=line, lw=1.6)
+                    color = None  # lines to the fused model (K > 2) each get their own colour
+                label = line if post == "none" else f"{line} +{post}"
+                ax.plot(df.t, df.value, style, color=color, label=label, lw=1.6, alpha=POST_STYLES.get(post, 0.5))
                 ax.plot(df.t.iloc[[0, -1]], df.value.iloc[[0, -1]], "o", color=ax.lines[-1].get_color(), ms=6)
             ax.set_title(f"{split} {label}")
             ax.set_ylabel(label)

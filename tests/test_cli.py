@@ -132,16 +132,16 @@ def test_models_of_different_depth_or_corrupt_are_rejected(work):
 
 
 def test_landscape_writes_documented_files(work):
-    run(["landscape", *TINY, "landscape=fast", "landscape.grid=5", "hydra.run.dir=runs/land"], work)
+    run(["landscape", *TINY, "landscape=fast", "landscape.grid=5", "post=[repair]", "hydra.run.dir=runs/land"], work)
     out = work / "runs/land"
     curves = pd.read_csv(out / "barrier.csv")
-    assert list(curves.columns) == ["line", "t", "split", "metric", "value"]
-    assert set(curves["line"]) == {"naive 1-2", "aligned 1-2"}
+    assert list(curves.columns) == ["line", "post", "t", "split", "metric", "value"]
+    assert set(zip(curves["line"], curves["post"])) == {(line, post) for line in ("naive 1-2", "aligned 1-2") for post in ("none", "repair")}
     assert set(curves["metric"]) == {"loss", "accuracy", "error"}
     table = pd.read_csv(out / "barriers.csv")
-    for col in ("line", "split", "loss_barrier", "error_barrier", "midpoint_accuracy", "max_output_diff"):
+    for col in ("line", "post", "split", "loss_barrier", "error_barrier", "midpoint_accuracy", "max_output_diff"):
         assert col in table.columns
-    assert len(table) == 4 and (table["loss_barrier"] >= 0).all()
+    assert len(table) == 8 and (table["loss_barrier"] >= 0).all()
     aligned = table[table.line == "aligned 1-2"]["max_output_diff"]
     assert (aligned < 1e-3).all(), "exact couplings: permuted model 2 computes model 2's function"
     for name in ("barrier", "plane_train_loss", "plane_test_error"):

@@ -91,3 +91,37 @@ def test_relative_coupling_maps_a_permuted_copy_back_onto_model_1(seed):
         assert torch.allclose(back[k], state[k], atol=1e-6)
     x = torch.randn(16, 1, 6, 6)
     assert torch.allclose(outputs("mlp", WIDTHS, True, back, x), outputs("mlp", WIDTHS, True, permuted, x), atol=1e-5)
+
+
+def test_a_per_point_transform_is_applied_to_each_point_before_it_is_evaluated():
+    # the transform is the one switch for post-steps at every point (BN reset, REPAIR): a BN
+    # net's points evaluated with it equal each point's network reset by hand
+    from fusionctl.config import ModelConfig
+    from fusionctl.fusion.post import reset_bn_stats
+    from fusionctl.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig("vgg11", [4, 4, 6, 6, 6, 6, 6, 6, 5, 5], True, True)
+    a, b = (build_model(cfg, (3, 8, 8), 4).eval() for _ in range(2))
+    x = torch.randn(48, 3, 8, 8)
+    data = Split(x, torch.randint(0, 4, (48,)))
+    sa, sb = ({k: v.clone() for k, v in m.state_dict().items()} for m in (a, b))  # evaluate_points loads points into `a`
+    keys = float_keys(sa)
+    origin, direction = flatten(sa, keys), (flatten(sb, keys) - flatten(sa, keys))[None]
+    ts = torch.tensor([[0.0], [0.3], [1.0]])
+    seen = []
+
+    def transform(model, coords):
+        seen.append(float(coords[0]))
+        reset_bn_stats(model, data)
+
+    res = evaluate_points(a, sa, origin, direction, ts, {"d": data}, transform=transform)
+    assert seen == pytest.approx([0.0, 0.3, 1.0])
+    for p, t in enumerate(ts[:, 0].tolist()):
+        m = build_model(cfg, (3, 8, 8), 4)
+        m.load_state_dict({k: (1 - t) * sa[k] + t * sb[k] if sa[k].is_floating_point() else sa[k] for k in sa})
+        reset_bn_stats(m, data)
+        loss, acc = evaluate(m.eval(), data)
+        assert float(res["d"]["loss"][p]) == pytest.approx(loss, rel=1e-4)
+    plain = evaluate_points(a, sa, origin, direction, ts, {"d": data})
+    assert not torch.allclose(plain["d"]["loss"], res["d"]["loss"]), "the transform must change what is evaluated"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from fusionctl.data import Split
-from fusionctl.fusion.post import bn_layers, reset_bn_stats
+from fusionctl.fusion.post import bn_layers
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,23 @@ def evaluate_points(
     *,
     chunk: int = 32,
     batch_size: int = 2048,
-    bn_reset_split: Split | None = None,
+    transform: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
     device: torch.device | str = "cpu",
     desc: str = "points",
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Loss and accuracy of every point on every split: {split: {"loss": (P,), "accuracy": (P,)}}.
 
     origin (D,), directions (k, D), coords (P, k); D follows `float_keys(template)`.
-    With bn_reset_split, BatchNorm statistics are recomputed per point (one point at a time).
+    transform(model, coords of the point) changes a point's network in place before it is
+    evaluated (a post-step: BatchNorm reset, REPAIR); points then go one at a time, else a
+    chunk of points shares every data batch through vmap.
     """
     keys = float_keys(template)
     model = model.to(device).eval()
     origin, directions, coords = origin.to(device), directions.to(device), coords.to(device, torch.float32)
     template = {k: v.to(device) for k, v in template.items()}
     results = {name: {"loss": torch.empty(len(coords)), "accuracy": torch.empty(len(coords))} for name in splits}
-    per_point = bn_reset_split is not None and has_batchnorm(model)
+    per_point = transform is not None
     step = 1 if per_point else max(1, chunk)
 
     def forward(params, x):
@@ -86,8 +89,8 @@ def evaluate_points(
             if per_point:
                 model.load_state_dict({k: v[0] for k, v in params.items()})
                 with torch.inference_mode(False):
-                    reset_bn_stats(model, bn_reset_split, device=device)
-                params = {k: v[None] for k, v in model.state_dict().items()}
+                    transform(model, c[0].cpu())
+                params = {k: v[None].to(device) for k, v in model.state_dict().items()}
             for name, split in splits.items():
                 loss_sum = torch.zeros(len(c), device=device)
                 correct = torch.zeros(len(c), device=device)

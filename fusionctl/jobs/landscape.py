@@ -18,11 +18,11 @@ from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, has_batchnorm
-from fusionctl.eval.metrics import evaluate
 from fusionctl.eval.plane import grid_coords, plane_basis
-from fusionctl.fusion.transport import interpolate, relative_coupling, transport
+from fusionctl.fusion.transport import relative_coupling, transport
 from fusionctl.jobs.fuse import prepare, run_method, save_fused
-from fusionctl.jobs.post import apply_post, check_post
+from fusionctl.fusion.post import POST_STEPS, reset_bn_stats
+from fusionctl.jobs.post import check_post, repair_biases
 from fusionctl.models import build_from_state
 from fusionctl.plots import barrier_figure, plane_figure, save
 from fusionctl.store import atomic_path, write_csv_atomic
@@ -87,54 +87,56 @@ def make_lines(bases, spec, couplings, fused_state, fused_cfg, splits, device) -
     return lines
 
 
-def evaluate_post_line(line: Line, ts: np.ndarray, eval_splits, splits, device) -> dict:
-    """Point by point: interpolate, apply the post-step with end-point statistics mixed by t, evaluate."""
-    res = {name: {"loss": torch.empty(len(ts)), "accuracy": torch.empty(len(ts))} for name in eval_splits}
-    for p, t in enumerate(ts):
-        state = interpolate(line.start, line.end, float(t))
-        cfg, state = apply_post(line.post, line.model_cfg, state, splits, [line.start, line.end], [1.0 - t, float(t)], device)
-        model = build_from_state(cfg, splits, state, device)
-        for name, split in eval_splits.items():
-            res[name]["loss"][p], res[name]["accuracy"][p] = evaluate(model, split, device=device)
-    return res
+def line_transform(line: Line, spec, splits, device):
+    """(config, start, end, per-point transform) for a line: its post-step applied at every point,
+    with the end points' statistics mixed by t (REPAIR's references are the two end points)."""
+    cfg, start, end = line.model_cfg, line.start, line.end
+    if line.post == "none":
+        return cfg, start, end, None
+    if line.post == "repair":
+        cfg, start, (end,) = repair_biases(cfg, start, [end], spec, splits)
+    ends = [build_from_state(cfg, splits, start, device), build_from_state(cfg, splits, end, device)]
+    step = POST_STEPS[line.post]
+
+    def transform(model, coords):
+        t = float(coords[0])
+        step(model, spec, ends, [1.0 - t, t], splits.train, device)
+
+    return cfg, start, end, transform
 
 
-def evaluate_lines(lines: list[Line], ts: np.ndarray, eval_splits, splits, lc, device) -> pd.DataFrame:
+def evaluate_lines(lines: list[Line], ts: np.ndarray, eval_splits, splits, spec, lc, device) -> pd.DataFrame:
     rows = []
     coords = torch.tensor(ts, dtype=torch.float32)[:, None]
     for line in lines:
-        if line.post != "none":
-            res = evaluate_post_line(line, ts, eval_splits, splits, device)
-            rows += curve_rows(line.name, ts, res)
-            continue
-        keys = float_keys(line.start)
-        origin = flatten(line.start, keys)
-        direction = (flatten(line.end, keys) - origin)[None]
-        model = build_from_state(line.model_cfg, splits, line.start, device)
-        res = evaluate_points(model, line.start, origin, direction, coords, eval_splits, chunk=lc.chunk, batch_size=lc.batch_size,
-                              bn_reset_split=splits.train if lc.bn_reset else None, device=device, desc=line.name)
-        rows += curve_rows(line.name, ts, res)
+        cfg, start, end, transform = line_transform(line, spec, splits, device)
+        keys = float_keys(start)
+        origin = flatten(start, keys)
+        direction = (flatten(end, keys) - origin)[None]
+        model = build_from_state(cfg, splits, start, device)
+        res = evaluate_points(model, start, origin, direction, coords, eval_splits, chunk=lc.chunk, batch_size=lc.batch_size,
+                              transform=transform, device=device, desc=f"{line.name} {line.post}")
+        rows += curve_rows(line, ts, res)
     return pd.DataFrame(rows)
 
 
-def curve_rows(name: str, ts, res) -> list[dict]:
+def curve_rows(line: Line, ts, res) -> list[dict]:
     rows = []
     for split, r in res.items():
         for t, loss, acc in zip(ts, r["loss"].tolist(), r["accuracy"].tolist()):
-            rows += [{"line": name, "t": t, "split": split, "metric": "loss", "value": loss},
-                     {"line": name, "t": t, "split": split, "metric": "accuracy", "value": 100 * acc},
-                     {"line": name, "t": t, "split": split, "metric": "error", "value": 100 * (1 - acc)}]
+            rows += [{"line": line.name, "post": line.post, "t": t, "split": split, "metric": m, "value": v}
+                     for m, v in (("loss", loss), ("accuracy", 100 * acc), ("error", 100 * (1 - acc)))]
     return rows
 
 
 def summarise_lines(curves: pd.DataFrame, lines: list[Line]) -> pd.DataFrame:
     rows = []
     diffs = {line.name: line.output_diff for line in lines}
-    for (name, split), df in curves.groupby(["line", "split"], sort=False):
+    for (name, post, split), df in curves.groupby(["line", "post", "split"], sort=False):
         get = lambda m: df[df.metric == m].sort_values("t")  # noqa: E731
         loss, err, acc = get("loss"), get("error"), get("accuracy")
         rows.append({
-            "line": name, "split": split,
+            "line": name, "post": post, "split": split,
             "loss_barrier": barrier(loss.t.to_numpy(), loss.value.to_numpy()),
             "error_barrier": barrier(err.t.to_numpy(), err.value.to_numpy()),
             "start_accuracy": acc.value.iloc[0], "end_accuracy": acc.value.iloc[-1],
@@ -144,7 +146,9 @@ def summarise_lines(curves: pd.DataFrame, lines: list[Line]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compute_plane(bases, spec, couplings, fused_state, eval_splits, splits, lc, device, out_dir: Path, title: str) -> dict:
+def compute_plane(bases, spec, couplings, fused_state, eval_splits, splits, lc, device, out_dir: Path, title: str, reset_bn: bool) -> dict:
+    """The plane through model 1, model 2 and permuted model 2; reset_bn: BatchNorm statistics
+    recomputed at every point (REPAIR needs two end points, a plane point has three)."""
     first, second = bases[0], bases[1]
     rel = {g: relative_coupling(couplings[0][g], couplings[1][g]) for g in spec.groups}
     keys = float_keys(first.state)
@@ -158,7 +162,7 @@ def compute_plane(bases, spec, couplings, fused_state, eval_splits, splits, lc, 
     model = build_from_state(first.model_cfg, splits, first.state, device)
     start = time.perf_counter()
     res = evaluate_points(model, first.state, w0, directions, coords, eval_splits, chunk=lc.chunk, batch_size=lc.batch_size,
-                          bn_reset_split=splits.train if lc.bn_reset else None, device=device, desc="plane")
+                          transform=(lambda m, c: reset_bn_stats(m, splits.train, device=device)) if reset_bn else None, device=device, desc="plane")
     seconds = time.perf_counter() - start
     n_samples = sum(len(s) for s in eval_splits.values())
     log.info("plane: %d points x %d samples in %.1fs (%.3g point-samples/s)", len(coords), n_samples, seconds, len(coords) * n_samples / seconds)
@@ -191,13 +195,11 @@ def run_landscape(cfg: LandscapeCommandConfig, out_dir: Path) -> tuple[pd.DataFr
     device = resolve_device(cfg.device)
     fused = run_method(cfg.solver.name, cfg, splits, bases, spec, lambdas, target_cfg)
     save_fused(fused, splits, bases, lambdas, out_dir)
-    if lc.bn_reset and not has_batchnorm(build_from_state(bases[0].model_cfg, splits, bases[0].state)):
-        log.info("landscape.bn_reset: the model has no BatchNorm layers, nothing to reset")
     eval_splits = {"train": splits.train.head(lc.train_samples), "test": splits.test.head(lc.test_samples)}
     lines = make_lines(bases, spec, fused.result.couplings, fused.result.state, fused.model_cfg, splits, device)
-    lines += [replace(line, name=f"{line.name} +{step}", post=step) for step in cfg.post for line in list(lines) if line.name.endswith("1-2")]
+    lines += [replace(line, post=step) for step in cfg.post for line in list(lines) if line.name.endswith("1-2")]
     ts = line_ts(lc.points)
-    curves = evaluate_lines(lines, ts, eval_splits, splits, lc, device)
+    curves = evaluate_lines(lines, ts, eval_splits, splits, spec, lc, device)
     table = summarise_lines(curves, lines)
     meta = {"solver": cfg.solver.name, "settings": fused.settings_label, "ot": getattr(cfg.solver, "ot", ""), "dataset": splits.name, "model": bases[0].model_cfg.name,
             "seeds": "+".join(b.label for b in bases), **versions()}
@@ -211,5 +213,6 @@ def run_landscape(cfg: LandscapeCommandConfig, out_dir: Path) -> tuple[pd.DataFr
         if spec.group_sizes(bases[1].state) != spec.group_sizes(bases[0].state):
             log.warning("skipping the plane: model 1 and model 2 have different widths")
         else:
-            info = compute_plane(bases, spec, fused.result.couplings, fused.result.state, eval_splits, splits, lc, device, out_dir, title)
+            reset_bn = bool(cfg.post) and has_batchnorm(build_from_state(bases[0].model_cfg, splits, bases[0].state))
+            info = compute_plane(bases, spec, fused.result.couplings, fused.result.state, eval_splits, splits, lc, device, out_dir, title, reset_bn)
     return table, info

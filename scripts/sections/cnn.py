@@ -27,9 +27,9 @@ def cnn_runs(run, quick: bool, configs: list[tuple[str, list[str]]], epochs: int
             tuned = run.fuse(tag, *base, "solver=wb", "baselines=[]", f"finetune.epochs={finetune}", "finetune.batch_size=128")
             frames.append(tuned[tuned.stage == "finetuned"])
         if landscape:
-            bn = "landscape.bn_reset=true" if "model.batch_norm=true" in model else "landscape.bn_reset=false"
+            post = "post=[bn_reset,repair]" if "model.batch_norm=true" in model else "post=[repair]"
             pts, n = run.args.cnn_points, run.args.cnn_samples
-            land = ["landscape.plane=false", f"landscape.points={pts}", f"landscape.train_samples={n}", f"landscape.test_samples={n}", "post=[repair]", bn]
+            land = ["landscape.plane=false", f"landscape.points={pts}", f"landscape.train_samples={n}", f"landscape.test_samples={n}", post]
             solvers = (("wb", ["solver=wb"]), ("wb (paper)", ["solver=wb", *PAPER]), ("wm", ["solver=wm"]), ("am", ["solver=am"]))
             for label, solver in solvers:
                 if label in run.args.cnn_landscapes:

@@ -39,6 +39,8 @@ def barrier_table(barriers: pd.DataFrame) -> pd.DataFrame:
 
     A naive line does not depend on the method's couplings: it is listed once, under "none".
     """
+    post = barriers["post"].fillna("none") if "post" in barriers else pd.Series("none", index=barriers.index)
+    barriers = barriers.assign(line=barriers["line"] + post.map(lambda p: "" if p == "none" else f" +{p}"))  # post-step as data since 0.2
     naive = barriers["line"].str.startswith("naive")
     head = barriers["method"].str.extract(r"^(.*: )")[0].fillna("")  # "resnet20: " when methods carry a setting
     barriers = barriers.assign(method=barriers["method"].where(~naive, head + "none"))
