@@ -13,6 +13,8 @@ COMMANDS = {
     "report": "summarise a sweep folder (fusionctl report outputs/multirun/fuse/<time>): summary.csv and plots",
 }
 GROUPS = ("dataset", "model", "solver", "optim", "landscape", "experiment")
+FUSION_KEYS = ("solver", "baselines", "weights", "target", "models", "post", "finetune")
+NOT_READ = {"train": (*FUSION_KEYS, "landscape"), "fuse": ("landscape",), "landscape": ()}  # keys a command's config leaves out
 
 
 def usage() -> str:
@@ -37,6 +39,17 @@ def check_group_choices(args: list[str]) -> str | None:
         for choice in value.split(","):
             if choice not in available:
                 return f"fusionctl: error: unknown {key} '{choice}'; choose from: {', '.join(available)}"
+    return None
+
+
+def check_keys_read(command: str, args: list[str]) -> str | None:
+    """One line for a key the command does not read (Hydra's own message is six lines)."""
+    for arg in args:
+        if "=" in arg and not arg.startswith("-"):
+            key = arg.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
+            if key in NOT_READ.get(command, ()):
+                readers = [c for c, keys in NOT_READ.items() if key not in keys]
+                return f"fusionctl: error: `fusionctl {command}` does not read {key}; pass it to {' or '.join(readers)}"
     return None
 
 
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         from fusionctl.commands.report import main as report
 
         return report(rest)
-    problem = check_group_choices(rest) or check_solver_keys(rest)
+    problem = check_keys_read(command, rest) or check_group_choices(rest) or check_solver_keys(rest)
     if problem:
         print(problem, file=sys.stderr)
         return 2

@@ -58,3 +58,29 @@ def test_experiment_presets_compose(experiment):
     for name in PRIMARY:
         conf = to_dataclass(composed(name, [f"+experiment={experiment}"]), SCHEMAS[name])
         assert conf.dataset.name != "" and conf.seeds
+
+
+@pytest.mark.parametrize("group", ["solver", "dataset", "optim", "landscape"])
+def test_group_yamls_state_only_what_differs_from_their_dataclass(group):
+    import yaml
+    from dataclasses import asdict
+
+    from fusionctl.config import SOLVERS, DatasetConfig, LandscapeConfig, OptimConfig
+
+    for path in sorted((ROOT / group).glob("*.yaml")):
+        own = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in ("defaults", "name")}
+        schema = SOLVERS[path.stem] if group == "solver" else {"dataset": DatasetConfig, "optim": OptimConfig, "landscape": LandscapeConfig}[group]
+        default = asdict(schema())
+        same = [k for k, v in own.items() if default.get(k, object()) == v]
+        assert not same, f"{path.name} restates defaults: {same}"
+        conf = to_dataclass(composed("landscape", [f"{group}={path.stem}"]), LandscapeCommandConfig)
+        node = getattr(conf, group)
+        assert all(getattr(node, k) == v for k, v in own.items()), path.name
+
+
+def test_each_command_config_holds_only_the_keys_it_reads():
+    train, fuse, land = (set(composed(name).keys()) for name in ("train", "fuse", "landscape"))
+    fusion = {"solver", "baselines", "weights", "target", "models", "post", "finetune"}
+    assert not (train & (fusion | {"landscape"})), train
+    assert fusion <= fuse and "landscape" not in fuse
+    assert fusion | {"landscape"} <= land

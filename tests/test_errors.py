@@ -62,6 +62,7 @@ CASES = [
     (["fuse", "solver=wm", "solver.reg=0.1"], 2, "solver=wm has no setting 'reg'"),
     (["fuse", "seeds=[0]"], 1, "needs at least two base models"),
     (["train", "threads=-3"], 1, "threads must be >= 0"),
+    (["train", "solver.sweeps=0"], 2, "`fusionctl train` does not read solver; pass it to fuse or landscape"),
     (["fuse", "solver=wm", "target.widths=[30,10]", "baselines=[]"], 1, "needs every base model and the target to have the same widths"),
     (["fuse", "baselines=[magic]"], 1, "unknown solver 'magic'"),
     (["fuse", "post=[magic]"], 1, "unknown post-step 'magic'"),

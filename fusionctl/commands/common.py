@@ -27,18 +27,20 @@ def config_dir() -> str:
 
 
 def register_schemas() -> None:
-    """Each solver's defaults, from its settings class, as the config `schema/solver/<name>` that
-    configs/solver/<name>.yaml extends: the YAML states only what differs, every key stays
-    overridable, and values are type-checked here at the boundary (one line), not by Hydra."""
+    """The dataclasses' defaults as configs the group YAMLs extend (`schema/solver/<method>`,
+    `schema/<group>/defaults`): a YAML states only what differs, every key stays overridable,
+    and values are type-checked here at the boundary (one line), not by Hydra."""
     from dataclasses import asdict
 
     from hydra.core.config_store import ConfigStore
 
-    from fusionctl.config import SOLVERS
+    from fusionctl.config import SOLVERS, DatasetConfig, LandscapeConfig, OptimConfig
 
     store = ConfigStore.instance()
     for name, settings in SOLVERS.items():
         store.store(group="schema/solver", name=name, node=asdict(settings()))
+    for group, schema in (("dataset", DatasetConfig), ("optim", OptimConfig), ("landscape", LandscapeConfig)):
+        store.store(group=f"schema/{group}", name="defaults", node=asdict(schema()))
 
 
 register_schemas()
