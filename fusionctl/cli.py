@@ -80,6 +80,32 @@ def check_solver_keys(args: list[str]) -> str | None:
     return None
 
 
+def check_model_keys(args: list[str]) -> str | None:
+    """One line for `model.<key>=...` naming a key the chosen model's config does not have
+    (e.g. model.widths with model=custom; Hydra's own message is six lines)."""
+    from omegaconf import OmegaConf
+
+    from fusionctl.commands.common import config_dir
+
+    names = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("model=")]
+    for arg in args:
+        if arg.startswith("+experiment=") and not names:
+            preset = Path(config_dir()) / "experiment" / f"{arg.split('=', 1)[1]}.yaml"
+            lines = preset.read_text().splitlines() if preset.is_file() else []
+            names += [line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("- override /model:")][:1]
+    root = Path(config_dir()) / "model"
+    for name in names[-1].split(",") if names else ["mlp"]:
+        if not (root / f"{name}.yaml").is_file():
+            continue  # reported by check_group_choices
+        known = list(OmegaConf.load(root / f"{name}.yaml").keys())
+        for arg in args:
+            key = arg.split("=", 1)[0]
+            if key.startswith("model.") and "=" in arg and key.split(".")[1] not in known:
+                return (f"fusionctl: error: model={name} has no setting '{key.split('.')[1]}'; its settings are: "
+                        f"{', '.join(k for k in known if k != 'name')} (see configs/model/{name}.yaml)")
+    return None
+
+
 def check_output_dirs(args: list[str]) -> str | None:
     """One line for an output folder that cannot be created (Hydra would print a traceback).
 
@@ -115,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         from fusionctl.commands.report import main as report
 
         return report(rest)
-    problem = check_keys_read(command, rest) or check_group_choices(rest) or check_solver_keys(rest)
+    problem = check_keys_read(command, rest) or check_group_choices(rest) or check_solver_keys(rest) or check_model_keys(rest)
     if problem:
         print(problem, file=sys.stderr)
         return 2

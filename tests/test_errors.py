@@ -72,11 +72,13 @@ CASES = [
     (["landscape", "landscape.grid=1"], 1, "landscape.grid must be >= 2"),
     (["landscape", "seeds=[0]"], 1, "at least two base models"),
     (["train", "model=custom", "model.target=tests.custom_nets.Untraceable"], 1, "cannot be traced by torch.fx"),
-    (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={in_channels:3}"], 1,
+    (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={{in_channels:3}}"], 1,
      "give example inputs of the shape the model expects"),
     (["train", "model=custom", "model.target=tests.custom_nets.Nope"], 1, "cannot import tests.custom_nets.Nope"),
     (["train", "model=torchvision", "model.arch=resnet9000"], 1, "torchvision has no classification model 'resnet9000'"),
     (["fuse", "models=[{seed0},{custom0}]"], 1, "fuse models of one architecture"),
+    (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.width=4"], 2,
+     "model=custom has no setting 'width'; its settings are: target, kwargs"),
 ]
 
 
@@ -118,6 +120,8 @@ def command_line(args, work, store: Path, run_dir: Path) -> list[str]:
     full = [a.format(**work) for a in args]
     if full[0] in ("train", "fuse", "landscape"):
         keys = {a.split("=", 1)[0] for a in full[1:]}
+        if any(a in full for a in ("model=custom", "model=torchvision")):
+            keys.add("model.widths")  # traced models have no widths
         full = [full[0], *[e for e in [f"store_dir={store}", *TINY] if e.split("=", 1)[0] not in keys], *full[1:]]
         if not any(a.startswith("hydra.run.dir=") for a in full):
             full.append(f"hydra.run.dir={run_dir}")
@@ -175,6 +179,7 @@ if __name__ == "__main__":  # regenerate docs/errors.md from the real messages
             msg = err.strip().splitlines()[-1].replace(d, "…").replace("|", "\\|")
             shown = " ".join(args).replace("{tmp}", "…").replace("{seed0}", "…/seed0/best.pt").replace("{seed1}", "…/seed1/best.pt")
             shown = shown.replace("{shallow}", "…/shallow/seed0/best.pt").replace("{custom0}", "…/custom/seed0/best.pt").replace("|", "\\|")
+            shown = shown.replace("{{", "{").replace("}}", "}")
             rows.append(f"| `fusionctl {shown}` | {rc} | {msg} |")
         rows += ["", "A solver that stops before converging is a warning, not an error: `fusionctl fuse solver.sweeps=0 "
                  "solver.cost=weight solver.max_iter=1` logs `wb: the layer-wise pass did not converge for h1, h2 in "

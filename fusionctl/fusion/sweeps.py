@@ -203,7 +203,8 @@ class NetworkBarycenter:
         """Re-couple model i's `group` to the barycenter of the others; True if it changed.
 
         Only soft couplings or linearised recurrent weights can raise J; such a step is undone.
-        Incoming-only steps (the greedy pass of a restart) are not checked: the restart is.
+        Soft couplings never stop moving: a step counts as a change only if it lowers J by more
+        than tol (relative). Incoming-only steps (the greedy pass of a restart) are not checked.
         """
         known = known if known is not None else set(self.spec.groups)
         target = self._others(i, group, incoming_only, known)
@@ -216,12 +217,15 @@ class NetworkBarycenter:
         if coupling_change([new], [old]) < self.ot.change_floor():
             return False
         self._set(i, group, new)
-        if checked and self.objective(group) > before * (1 + 1e-12):
+        if not checked:
+            return True
+        after = self.objective(group)
+        if after > before * (1 + 1e-12):
             self.couplings[i][group] = old
             self.moved[i].update(moved)
             self._invalidate(i, group)
             return False
-        return True
+        return self.ot.method == "exact" or after < before * (1 - self.ot.tol)
 
     def forward(self, support: Callable[[str, set[str]], torch.Tensor] | None) -> None:
         """The layer-wise pass on incoming rows. support(group, known) gives an initial support in
@@ -237,7 +241,9 @@ class NetworkBarycenter:
             for i in others:
                 self._set(i, group, self._solve(i, group, sq_distances(anchor, self.model_features(i, group, True, known))))
             if not (support is None and len(self.theta) == 2 and self.ot.method == "exact"):  # else already optimal
-                for _ in range(self.ot.max_iter):
+                # soft couplings get one round: repeated rounds only blur them further (a blurred
+                # coupling averages units, which shrinks the spread without aligning anything)
+                for _ in range(self.ot.max_iter if self.ot.method == "exact" else 1):
                     if not sum(self.recouple(i, group, True, known) for i in range(len(self.theta))):
                         break
             known.add(group)

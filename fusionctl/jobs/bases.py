@@ -61,8 +61,9 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
     for b in bases[1:]:
         other = b.model_cfg
         if (other.name, other.bias, other.arch, other.target, other.kwargs) != (first.name, first.bias, first.arch, first.target, first.kwargs):
-            raise FusionctlError(f"{b.path} is a {describe(other)} (bias={other.bias}) but {bases[0].path} is a {describe(first)} (bias={first.bias}); "
-                                 "fuse models of one architecture")
+            def named(mc):
+                return describe(mc) if mc.name in ("custom", "torchvision") else f"{describe(mc)} (bias={mc.bias})"
+            raise FusionctlError(f"{b.path} is a {named(other)} but {bases[0].path} is a {named(first)}; fuse models of one architecture")
         if len(other.widths) != len(first.widths):
             raise FusionctlError(f"{b.path} has {len(other.widths)} hidden layers but {bases[0].path} has {len(first.widths)}; fusion is layer-wise and needs equal depth")
     for b in bases:
