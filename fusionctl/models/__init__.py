@@ -173,9 +173,15 @@ def config_for(cfg: ModelConfig, state: dict) -> ModelConfig:
 
 def build_from_state(model_cfg: ModelConfig, splits, state, device="cpu") -> nn.Module:
     """The network `model_cfg` describes for a dataset (splits: its input_shape, num_classes, vocab), holding `state`."""
-    model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
-    model.load_state_dict(state)
-    return model.to(device).eval()
+    if model_cfg.name in TRACED:  # a user's module may hold buffers outside its state dict: build it for real
+        model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
+        model.load_state_dict(state)
+        return model.to(device).eval()
+    with torch.device("meta"):  # the built-ins keep everything in their state dict: skip the random init
+        model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
+    model = model.to_empty(device=device)
+    model.load_state_dict(state)  # copies: the caller's tensors stay untouched when the model is trained
+    return model.eval()
 
 
 def random_target_factory(model_cfg: ModelConfig, splits, seed: int):
