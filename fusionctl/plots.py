@@ -40,8 +40,8 @@ def barrier_figure(curves: pd.DataFrame, title: str) -> Figure:
                 color, style = LINE_STYLES[kind]
                 if not line.endswith("1-2"):
                     color = None  # lines to the fused model (K > 2) each get their own colour
-                label = line if post == "none" else f"{line} +{post}"
-                ax.plot(df.t, df.value, style, color=color, label=label, lw=1.6, alpha=POST_STYLES.get(post, 0.5))
+                name = line if post == "none" else f"{line} +{post}"
+                ax.plot(df.t, df.value, style, color=color, label=name, lw=1.6, alpha=POST_STYLES.get(post, 0.5))
                 ax.plot(df.t.iloc[[0, -1]], df.value.iloc[[0, -1]], "o", color=ax.lines[-1].get_color(), ms=6)
             ax.set_title(f"{split} {label}")
             ax.set_ylabel(label)

@@ -171,3 +171,26 @@ def test_text_dataset_end_to_end_through_train_and_fuse(tmp_path):
     assert {"gwb", "wb", "avg", "wm"} <= set(table.method)
     fused = torch.load(tmp_path / "runs" / "fuse" / "fused_gwb.pt", weights_only=True)
     assert fused["vocab"] > 2 and fused["model"]["embed"] == 6 and fused["state_dict"]["embed.weight"].shape[0] == 6
+
+
+def test_own_network_train_fuse_landscape(tmp_path):
+    """model=custom through all three commands: traced, fused, and permuted model 2 keeps its function."""
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    own = ["model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={width:4}", "train.epochs=1", "seeds=[0,1]", "threads=1"]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def go(*args):
+        proc = subprocess.run([*EXE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    go("train", *own, "hydra.run.dir=runs/train")
+    assert "permutable hidden units: 40 of 40" in (tmp_path / "runs/train/train.log").read_text()
+    go("fuse", *own, "post=[bn_reset]", "baselines=[wm]", "hydra.run.dir=runs/fuse")
+    table = pd.read_csv(tmp_path / "runs/fuse/fusion.csv")
+    assert {"wb", "wm"} <= set(table["method"])
+    go("landscape", *own, "landscape=fast", "landscape.plane=false", "hydra.run.dir=runs/land")
+    bars = pd.read_csv(tmp_path / "runs/land/barriers.csv")
+    assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4

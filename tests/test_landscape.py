@@ -125,3 +125,17 @@ def test_a_per_point_transform_is_applied_to_each_point_before_it_is_evaluated()
         assert float(res["d"]["loss"][p]) == pytest.approx(loss, rel=1e-4)
     plain = evaluate_points(a, sa, origin, direction, ts, {"d": data})
     assert not torch.allclose(plain["d"]["loss"], res["d"]["loss"]), "the transform must change what is evaluated"
+
+
+def test_barrier_figure_names_each_panel_by_split_and_metric_and_each_curve_by_line_and_post():
+    import pandas as pd
+
+    from fusionctl.plots import barrier_figure
+
+    rows = [(line, post, t, split, metric, 1.0 + t) for line in ("naive 1-2", "aligned 1-2") for post in ("none", "repair")
+            for t in (0.0, 0.5, 1.0) for split in ("train", "test") for metric in ("loss", "error")]
+    fig = barrier_figure(pd.DataFrame(rows, columns=["line", "post", "t", "split", "metric", "value"]), "title")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["train cross-entropy loss", "test cross-entropy loss", "train error (%)", "test error (%)"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["naive 1-2", "naive 1-2 +repair", "aligned 1-2", "aligned 1-2 +repair"]
