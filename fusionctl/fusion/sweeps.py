@@ -74,9 +74,10 @@ class NetworkBarycenter:
                  couplings: list[dict] | None = None, key_weights: dict[str, float] | None = None, acts: list[dict] | None = None,
                  act_weight: float = 0.0, alpha: float | None = None, seed: int = 0, device="cpu"):
         self.spec, self.weights, self.ot, self.device = spec, list(weights), ot, device
-        # exact OT only ranks costs, which float32 does at twice the speed; Sinkhorn's log-domain
-        # iterations and soft transports keep float64. The objective always sums in float64.
-        self.dtype = torch.float32 if ot.method == "exact" else torch.float64
+        # Features, costs and transports in float32 (twice the speed of float64; OT only needs the
+        # costs' order and scale): Sinkhorn's log-domain iterations still run in float64 and the
+        # objective always sums in float64.
+        self.dtype = torch.float32
         self.target_sizes = dict(target_sizes)
         self.couplings = [{g: p.to(torch.float64).to(device) for g, p in c.items()} for c in couplings or [{} for _ in states]]
         w = key_weights or {}
@@ -153,9 +154,12 @@ class NetworkBarycenter:
 
     def _moved_acts(self, i: int, group: str) -> torch.Tensor:
         """R_i Z_i: model i's activation features in the barycenter's node order (a gather for permutations)."""
-        p = self.couplings[i][group]
-        index = permutation_index(p)
-        return apply_along(self.acts[i][group], 0, Axis(group), None if index is not None else row_map(p), index)
+        if (i, group, "acts") not in self.cache:
+            p = self.couplings[i][group]
+            index = permutation_index(p)
+            self.cache[(i, group, "acts")] = apply_along(self.acts[i][group], 0, Axis(group), None if index is not None else row_map(p),
+                                                         index, dense=index is None)
+        return self.cache[(i, group, "acts")]
 
     # -- objective ---------------------------------------------------------------------------
 
@@ -182,8 +186,9 @@ class NetworkBarycenter:
 
     def _invalidate(self, i: int, group: str) -> None:
         """Drop model i's cached features that read `group`'s coupling: its own barycenter share
-        of `group`, and both feature sets of every group sharing an entry with it."""
+        of `group` and its moved activations, and both feature sets of every group sharing an entry with it."""
         self.cache.pop((i, group), None)
+        self.cache.pop((i, group, "acts"), None)
         for key in self.group_keys[group]:
             for g in self.key_groups[key]:
                 self.cache.pop((i, g), None)

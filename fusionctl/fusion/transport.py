@@ -39,7 +39,7 @@ def transport_tensor(t: torch.Tensor, axes, couplings: dict[str, torch.Tensor], 
             if index is not None:
                 t = apply_along(t, dim, ax, None, index)  # row and column maps are the same permutation
             else:
-                t = apply_along(t, dim, ax, row_map(p) if dim == 0 else col_map(p))
+                t = apply_along(t, dim, ax, row_map(p) if dim == 0 else col_map(p), dense=True)
     return t
 
 

@@ -68,17 +68,19 @@ class AlignmentSpec:
                 raise ValueError(f"alignment spec gives {len(axes)} axes for {key} of shape {tuple(state[key].shape)}")
 
 
-def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor | None, index: torch.Tensor | None = None) -> torch.Tensor:
+def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor | None, index: torch.Tensor | None = None,
+                dense: bool = False) -> torch.Tensor:
     """Multiply the node index of axis `dim` of `t` by `matrix` (new_n, n): out[.., a, ..] = sum_b M[a, b] t[.., b, ..].
 
     A permutation matrix (exact couplings between equal widths) is applied as an index, not a
     dense product: exact, and O(n) instead of O(n^2) per slice. `index` (the source per row of
-    a known permutation) skips both the check and the matrix.
+    a known permutation) skips both the check and the matrix; dense=True (known not to be one)
+    skips the check.
     """
     shape = t.shape
     n = shape[dim] // (ax.outer * ax.inner)
     view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
-    perm = index if index is not None else permutation_of(matrix)
+    perm = index if index is not None or dense else permutation_of(matrix)
     if perm is not None:
         return view.index_select(dim + 1, perm.to(t.device)).reshape(shape)
     moved = torch.movedim(view, dim + 1, -1)
