@@ -53,21 +53,28 @@ def check_keys_read(command: str, args: list[str]) -> str | None:
     return None
 
 
+def chosen_options(args: list[str], group: str, default: str) -> list[str]:
+    """The option(s) of `group` the command line picks: `group=a[,b]`, else the one an
+    +experiment preset overrides, else the default."""
+    from fusionctl.commands.common import config_dir
+
+    names = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith(f"{group}=")]
+    for arg in args:
+        if arg.startswith("+experiment=") and not names:
+            preset = Path(config_dir()) / "experiment" / f"{arg.split('=', 1)[1]}.yaml"
+            lines = preset.read_text().splitlines() if preset.is_file() else []
+            names += [line.split(":", 1)[1].strip() for line in lines if line.strip().startswith(f"- override /{group}:")][:1]
+    return names[-1].split(",") if names else [default]
+
+
 def check_solver_keys(args: list[str]) -> str | None:
     """One line for `solver.<key>=...` naming a setting the chosen method does not have (each
     method reads only its own settings; Hydra's own message is six lines)."""
     from dataclasses import fields
 
-    from fusionctl.commands.common import config_dir
     from fusionctl.config import SOLVERS
 
-    names = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("solver=")]
-    for arg in args:
-        if arg.startswith("+experiment="):
-            preset = Path(config_dir()) / "experiment" / f"{arg.split('=', 1)[1]}.yaml"
-            lines = preset.read_text().splitlines() if preset.is_file() else []
-            names += [line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("- override /solver:")][:1] if not names else []
-    chosen = [n for n in (names[-1].split(",") if names else ["wb"]) if n in SOLVERS]
+    chosen = [n for n in chosen_options(args, "solver", "wb") if n in SOLVERS]
     for arg in args:
         key = arg.split("=", 1)[0]
         if key.startswith("solver.") and "=" in arg:
@@ -87,14 +94,8 @@ def check_model_keys(args: list[str]) -> str | None:
 
     from fusionctl.commands.common import config_dir
 
-    names = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("model=")]
-    for arg in args:
-        if arg.startswith("+experiment=") and not names:
-            preset = Path(config_dir()) / "experiment" / f"{arg.split('=', 1)[1]}.yaml"
-            lines = preset.read_text().splitlines() if preset.is_file() else []
-            names += [line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("- override /model:")][:1]
     root = Path(config_dir()) / "model"
-    for name in names[-1].split(",") if names else ["mlp"]:
+    for name in chosen_options(args, "model", "mlp"):
         if not (root / f"{name}.yaml").is_file():
             continue  # reported by check_group_choices
         known = list(OmegaConf.load(root / f"{name}.yaml").keys())
