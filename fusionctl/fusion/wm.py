@@ -9,6 +9,8 @@ mean of the others) until no permutation changes.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -23,6 +25,8 @@ from fusionctl.fusion.transport import (
     weighted_average,
 )
 from fusionctl.models.spec import AlignmentSpec, node_slices
+
+log = logging.getLogger(__name__)
 
 
 def perm_coupling(perm: np.ndarray) -> torch.Tensor:
@@ -82,6 +86,7 @@ def fuse_wm(spec, states, weights, target_sizes, settings: WMSettings, ctx) -> F
         for i in range(1, len(states)):
             couplings[i] = match(spec, states[0], states[i], settings.sweeps, settings.seed)
         rng = np.random.default_rng(settings.seed)
+        changed = True
         for _ in range(settings.sweeps):
             changed = False
             for i in rng.permutation(len(states)):
@@ -93,4 +98,7 @@ def fuse_wm(spec, states, weights, target_sizes, settings: WMSettings, ctx) -> F
                     couplings[i] = new
             if not changed:
                 break
+        if changed:
+            log.info("wm: MergeMany stopped at solver.sweeps=%d with permutations still changing; raise solver.sweeps "
+                     "to search longer or lower it to stop sooner", settings.sweeps)
     return fuse_with_couplings(spec, states, weights, couplings)
