@@ -15,11 +15,10 @@ Moves:
   never raises J; a soft or recurrent (linearised) step that would is undone.
 - `forward()`: the layer-wise pass, input to output on incoming rows: anchor every model to
   model 0 (or to an initial support), then re-couple to the others; no model stays an anchor.
-- `sweep()`: K = 2, coordinate descent of model 1's groups against model 0 (git-re-basin's
-  weight matching, also with soft couplings); K > 2, each model in a random order is aligned afresh to the barycenter
-  of the others (MergeMany's move on a weighted barycenter), which can pass through worse
-  states: the driver (barycenter.run_sweeps) keeps the best state visited, so the result
-  never has a higher J than the layer-wise pass.
+- `sweep()`: K = 2, coordinate descent of model 1's groups against model 0 (weight matching);
+  K > 2, each model in a random order aligned afresh to the barycenter of the others
+  (MergeMany's move on a weighted barycenter), which can pass through worse states: the driver
+  (barycenter.run_sweeps) keeps the best state visited, never worse than the layer-wise pass.
 
 For a slice along an input axis (dim > 0) of model i the features are scaled by n_i / m, so
 that the barycentric projection of a coupling equals the transport T_i (columns split by
@@ -74,9 +73,8 @@ class NetworkBarycenter:
                  couplings: list[dict] | None = None, key_weights: dict[str, float] | None = None, acts: list[dict] | None = None,
                  act_weight: float = 0.0, alpha: float | None = None, seed: int = 0, device="cpu"):
         self.spec, self.weights, self.ot, self.device = spec, list(weights), ot, device
-        # Features, costs and transports in float32 (twice the speed of float64; OT only needs the
-        # costs' order and scale): Sinkhorn's log-domain iterations still run in float64 and the
-        # objective always sums in float64.
+        # float32 features, costs and transports: twice float64's speed, and OT needs only the costs'
+        # order and scale (Sinkhorn iterates in float64 inside; the objective sums in float64)
         self.dtype = torch.float32
         self.target_sizes = dict(target_sizes)
         self.couplings = [{g: p.to(torch.float64).to(device) for g, p in c.items()} for c in couplings or [{} for _ in states]]
@@ -155,8 +153,7 @@ class NetworkBarycenter:
     def _moved_acts(self, i: int, group: str) -> torch.Tensor:
         """R_i Z_i: model i's activation features in the barycenter's node order (a gather for permutations)."""
         if (i, group, "acts") not in self.cache:
-            p = self.couplings[i][group]
-            index = permutation_index(p)
+            p, index = self.couplings[i][group], permutation_index(self.couplings[i][group])
             self.cache[(i, group, "acts")] = apply_along(self.acts[i][group], 0, Axis(group), None if index is not None else row_map(p),
                                                          index, dense=index is None)
         return self.cache[(i, group, "acts")]
