@@ -26,6 +26,7 @@ from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.post import POST_STEPS
 from fusionctl.fusion.transport import transport
 from fusionctl.fusion.units import repair_points, stream_unit_features
+from fusionctl.jobs.bases import fusion_weights
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.models.trace import TraceError
 from fusionctl.models.trace import derive_spec as _derive_spec
@@ -64,7 +65,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
         example_inputs = inputs[0]
     spec = derive_spec(models[0], example_inputs)
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
-    lambdas = _weights(weights, len(models))
+    lambdas = fusion_weights(weights, len(models))
     for step in post:
         if step not in POST_STEPS:
             raise FusionctlError(f"unknown post-step '{step}'; choose from: {', '.join(POST_STEPS)}")
@@ -89,14 +90,6 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
         if type(m) is not type(models[0]) or set(other) != set(first) or any(other[k].shape != first[k].shape for k in first):
             raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
                                  "fuse models of one class with the same parameter shapes")
-
-
-def _weights(weights, k: int) -> list[float]:
-    if weights is None:
-        return [1.0 / k] * k
-    if len(weights) != k or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise FusionctlError(f"weights must be {k} non-negative numbers with a positive sum, got {list(weights)}")
-    return [w / sum(weights) for w in weights]
 
 
 def _module(template: nn.Module, state: dict) -> nn.Module:
