@@ -7,7 +7,7 @@ tables (<section>_fusion.csv, <section>_barriers.csv); docs/results.md collects 
 
     .venv/bin/python scripts/reproduce.py                           # CPU sections: mlp hetero recurrent
     .venv/bin/python scripts/reproduce.py --sections mlp            # one section
-    python3 scripts/reproduce.py --sections cnn cnn_paper --device cuda   # on a GPU machine
+    python3 scripts/reproduce.py --sections cnn cnn_gpu --device cuda      # on a GPU machine
     .venv/bin/python scripts/reproduce.py --report-only             # rebuild docs/results.md
     .venv/bin/python scripts/reproduce.py --quick --out /tmp/r      # tiny settings, to check the script
 
@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sections import cnn, gpu_timing, hetero, mlp, recurrent  # noqa: E402
 from sections.common import ROOT  # noqa: E402
 
-ORDER = ["mlp", "hetero", "recurrent", "recurrent_fashion", "cnn", "cnn_paper", "gpu_timing"]
+ORDER = ["mlp", "hetero", "recurrent", "recurrent_fashion", "cnn", "cnn_paper", "cnn_gpu", "gpu_timing"]
 CPU_SECTIONS = ["mlp", "hetero", "recurrent"]
 SECTIONS = {"mlp": mlp.section, "hetero": hetero.section, "recurrent": recurrent.section, "recurrent_fashion": recurrent.section_fashion,
-            "cnn": cnn.section, "cnn_paper": cnn.section_paper, "gpu_timing": gpu_timing.section}
+            "cnn": cnn.section, "cnn_paper": cnn.section_paper, "cnn_gpu": cnn.section_gpu,
+            "gpu_timing": gpu_timing.section}
 
 
 class Runner:
@@ -69,6 +70,7 @@ class Runner:
             self.log.flush()
         if proc.returncode != 0:
             raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+        (folder / "seconds.txt").write_text(f"{time.perf_counter() - start:.2f}")  # a resumed run reports the first timing
         (folder / "cmd.txt").write_text(key)
         print(f"  {time.perf_counter() - start:6.1f}s  fusionctl {command} {' '.join(overrides)}", flush=True)
         return folder
@@ -114,6 +116,7 @@ def main() -> None:
     ap.add_argument("--cnn-points", type=int, default=9)
     ap.add_argument("--cnn-samples", type=int, default=5000)
     ap.add_argument("--paper-epochs", type=int, default=4)
+    ap.add_argument("--gpu-epochs", type=int, default=8, help="cnn_gpu: epochs of full-width training")
     ap.add_argument("--cnn-landscapes", nargs="+", default=["wb", "wb (paper)", "wm", "am"])
     ap.add_argument("--cnn-configs", nargs="+", default=["vgg11 small", "vgg11 small +BN", "resnet20", "resnet20 +BN"])
     ap.add_argument("--resnet-widths", default="[16,32,64]")

@@ -12,10 +12,10 @@ from sections.tables import accuracy_table, barrier_table, md_table
 
 
 def cnn_runs(run, quick: bool, configs: list[tuple[str, list[str]]], epochs: int, finetune: int, landscape: bool) -> tuple:
-    def one(tag: str, model: list[str]):
+    def one(tag: str, model: list[str], last: tuple[str, ...] = ()):
         frames, bars = [], []
         base = ["dataset=fashion_mnist", *model, f"train.epochs={epochs}", "train.batch_size=128", "optim.lr=0.05",
-                "optim.momentum=0.9", "optim.weight_decay=0.0005", "optim.schedule=cosine", "optim.warmup_epochs=1", "seeds=[0,1]"]
+                "optim.momentum=0.9", "optim.weight_decay=0.0005", "optim.schedule=cosine", "optim.warmup_epochs=1", "seeds=[0,1]", *last]
         if quick:
             base += ["dataset=mnist_small"]
         if run.args.parallel > 1:
@@ -83,4 +83,27 @@ def section_paper(run, quick: bool) -> str:
         f"Fashion-MNIST for {epochs} epochs (CIFAR-10 is not available offline; `configs/experiment/*_cifar10_paper.yaml` "
         f"hold the paper's CIFAR protocol), device {run.args.device}. Test accuracy (%).",
         md_table(accuracy_table(fusion, [c[0] for c in configs])),
+    ])
+
+
+def section_gpu(run, quick: bool) -> str:
+    """Issue 12's table on a GPU machine: paper-width VGG11 (no BN) and ResNet20 x4 (+BN), 8 epochs."""
+    v = ["model.widths=[4,4,8,8,8,8,8,8,8,8]"] if quick else []
+    r = "[4,8,8]" if quick else "[64,128,256]"
+    configs = [("vgg11 (paper widths, no BN)", ["model=vgg11", *v, "model.batch_norm=false", "optim.clip_grad=1.0"]),
+               (f"resnet20 {r} +BN", ["model=resnet20", f"model.widths={r}", "model.batch_norm=true"], ("optim.lr=0.1",))]
+    epochs = 1 if quick else run.args.gpu_epochs
+    fusion, barriers = cnn_runs(run, quick, configs, epochs, 0, True)
+    fusion.to_csv(run.out / "cnn_gpu_fusion.csv", index=False)
+    barriers.to_csv(run.out / "cnn_gpu_barriers.csv", index=False)
+    bar = barriers.assign(method=barriers["setting"] + ": " + barriers["method"])
+    return "\n\n".join([
+        "## CNNs on Fashion-MNIST at full width (GPU)",
+        f"Full Fashion-MNIST, SGD lr 0.05 (resnet20: 0.1) momentum 0.9 wd 5e-4, cosine schedule with 1 warm-up epoch, batch 128, "
+        f"{epochs} epochs, seeds 0 and 1, device {run.args.device}; vgg11 clips gradients at norm 1. Test accuracy (%); `wb` is "
+        "fusionctl's default, `wb (paper)` the paper's layer-wise pass (`solver.sweeps=0 solver.cost=weight`).",
+        md_table(accuracy_table(fusion, [c[0] for c in configs])),
+        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; BatchNorm statistics "
+        "reset at every point for BN models):",
+        md_table(barrier_table(bar)),
     ])
