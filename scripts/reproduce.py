@@ -70,9 +70,10 @@ class Runner:
             self.log.flush()
         if proc.returncode != 0:
             raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-        (folder / "seconds.txt").write_text(f"{time.perf_counter() - start:.2f}")  # a resumed run reports the first timing
+        elapsed = time.perf_counter() - start
+        (folder / "seconds.txt").write_text(f"{elapsed:.2f}")  # a resumed run reports the first timing
         (folder / "cmd.txt").write_text(key)
-        print(f"  {time.perf_counter() - start:6.1f}s  fusionctl {command} {' '.join(overrides)}", flush=True)
+        print(f"  {elapsed:6.1f}s  fusionctl {command} {' '.join(overrides)}", flush=True)
         return folder
 
     def fuse(self, tag: str, *overrides: str, rename: dict | None = None) -> pd.DataFrame:

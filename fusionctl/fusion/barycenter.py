@@ -158,12 +158,12 @@ def run_sweeps(net: NetworkBarycenter, sweeps: int, tol: float, patience: int = 
     changes nothing, or after `patience` sweeps in a row that did not lower the best J by tol relative."""
     if len(net.theta) == 2 and net.ot.method == "exact" and net.separable():
         sweeps = 0
-    start = best_value = net.objective()
+    start = best_value = value = net.objective()
     best = net.snapshot()
     done, converged, stale = 0, sweeps == 0, 0
     for done in range(1, sweeps + 1):
         changed = net.sweep()
-        value = net.objective()
+        value = net.objective() if changed else value  # an unchanged state keeps its J
         stale = 0 if value < best_value * (1 - tol) else stale + 1
         if value < best_value:
             best, best_value = net.snapshot(), value
