@@ -21,3 +21,8 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise FusionctlError(f"unknown device '{name}'; choose from: auto, cpu, cuda, mps")
     return torch.device(name)
+
+
+def ot_device(device: torch.device) -> str:
+    """Where fusion's costs and couplings live: a CUDA device, else the CPU (MPS has no float64)."""
+    return str(device) if device.type == "cuda" else "cpu"

@@ -51,16 +51,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--lstm", type=int, default=256, help="also time gwb on an LSTM pair of this hidden size (0: skip)")
     ap.add_argument("--sinkhorn-max", type=int, default=2048, help="skip the Sinkhorn rows above this width")
+    ap.add_argument("--device", default="cpu", help="where costs, Sinkhorn and activations run (exact assignments: CPU)")
     args = ap.parse_args()
     x = torch.randn(1024, 1, 28, 28)
     y = torch.zeros(1024, dtype=torch.long)
     splits = Splits("random", Split(x, y), Split(x[:512], y[:512]), Split(x[:1], y[:1]), (1, 28, 28), 10)
-    print(f"threads={torch.get_num_threads()}  MLP 784-w-w-w-10 pairs (model 2 = permuted model 1 + noise); seconds per fusion")
+    print(f"device={args.device} threads={torch.get_num_threads()}  MLP 784-w-w-w-10 pairs (model 2 = permuted model 1 + noise); seconds per fusion")
     names = [name for name, _, _ in METHODS]
     print(f"{'width':>6} " + " ".join(f"{name:>12}" for name in names) + "   ratios")
     for width in args.widths:
         cfg, spec, a, b = pair(width)
-        ctx = FusionContext(activations=activation_probe(cfg, splits), score=held_out_score(cfg, splits, [a, b], spec, [0.5, 0.5], "cpu"))
+        ctx = FusionContext(activations=activation_probe(cfg, splits, args.device), device=args.device,
+                            score=held_out_score(cfg, splits, [a, b], spec, [0.5, 0.5], args.device))
         times = {}
         if width == args.widths[0]:  # one untimed fusion first: thread pools and lazy imports start up
             fuse("wb", spec, [a, b], [0.5, 0.5], spec.group_sizes(a), solver_settings("wb", {}), ctx)

@@ -160,6 +160,22 @@ def test_fusing_a_model_with_permuted_copies_of_itself_returns_its_function(cfg,
         assert torch.allclose(outputs(cfg, res.state, x, shape), outputs(cfg, state, x, shape), atol=1e-5), cost
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cost", ["weight", "both"])
+def test_fusion_on_cuda_recovers_the_planted_permutations_as_on_the_cpu(cost):
+    cfg, shape = CNN, (3, 8, 8)
+    state = random_states(cfg, 1, shape)[0]
+    spec, copies, planted = noisy_permuted_copies(cfg, state, 3, 0.05, shape)
+    splits = toy_splits(shape)
+    runs = {dev: fuse("wb", spec, copies, [1 / 3] * 3, spec.group_sizes(state), settings(cost=cost),
+                      FusionContext(activations=activation_probe(cfg, splits, dev), device=dev)) for dev in ("cpu", "cuda")}
+    for group in spec.groups:
+        for i in range(3):
+            assert torch.equal(runs["cuda"].couplings[i][group].cpu(), runs["cpu"].couplings[i][group]), (i, group)
+            rel = relative_coupling(runs["cuda"].couplings[0][group].cpu(), runs["cuda"].couplings[i][group].cpu())
+            assert torch.equal(rel > 0, planted[i][group].T > 0), (i, group)
+
+
 def test_sweeps_fuse_into_other_widths():
     states = random_states(MLP, 2)
     spec = model_spec(MLP)

@@ -126,7 +126,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
     init_state, in_target = initial_support(settings.init, spec, states, target_sizes, ctx, settings)
     key_weights, act_weight = cost_weights(settings, spec, states)
     acts, init_acts = activation_features(settings, ctx, states, init_state if in_target else None)
-    device = ctx.device if settings.ot == "sinkhorn" else "cpu"
+    device = ctx.device  # costs, Sinkhorn and barycenter updates; an exact assignment itself solves on the CPU
     max_iter = passes or settings.max_iter
     sweeps = 0 if passes else settings.sweeps
     couplings, info = None, {}

@@ -35,7 +35,7 @@ class FusionContext:
     # (states, samples) -> per state {group: (n, d)} z-scored activation features (features.py)
     activations: Callable[[list["State"], int], list[dict[str, torch.Tensor]]] | None = None
     score: Callable[["FusionResult"], float] | None = None  # held-out accuracy of a fusion (solver.cost=auto)
-    device: str = "cpu"  # where entropic OT and barycenter updates run; exact OT always solves on CPU
+    device: str = "cpu"  # where costs, Sinkhorn and barycenter updates run; exact assignments solve on the CPU
 
 
 @dataclass

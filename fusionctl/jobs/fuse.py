@@ -17,7 +17,7 @@ from fusionctl.config import (
     solver_settings,
 )
 from fusionctl.data import Splits, load_for
-from fusionctl.device import resolve_device
+from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
@@ -105,7 +105,7 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     device = resolve_device(cfg.device)
     ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
                         activation_probe(bases[0].model_cfg, splits, device),
-                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device), str(device))
+                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device), ot_device(device))
     start = time.perf_counter()
     result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, settings, ctx)
     seconds = time.perf_counter() - start

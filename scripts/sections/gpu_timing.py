@@ -35,7 +35,7 @@ def section(run, quick: bool) -> str:
     return "\n\n".join(["## Timing: CPU and GPU", f"MLP 784-400-200-100-10 on mnist_small; GPU: {name}; CPU: {os.cpu_count()} cores of the same machine.",
                          md_table(pd.DataFrame(rows)),
                          f"The same fusion of the same two CPU-trained models, run with device=cpu and device={run.args.device} "
-                         "(exact OT solves on the CPU either way; Sinkhorn and the barycenter updates run on the device):",
+                         "(costs, Sinkhorn and the barycenter updates run on the device; exact assignments solve on the CPU either way):",
                          md_table(device_agreement(run, quick), floatfmt="{:.3g}")])
 
 
