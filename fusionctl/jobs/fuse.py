@@ -80,7 +80,8 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     def score(result) -> float:
         cfg, state = config_for(model_cfg, result.state), result.state
         if step:
-            references = [transport(b, spec, c) for b, c in zip(bases, result.couplings)]
+            # REPAIR reads the bases in the fusion's node order; BN reset reads none
+            references = [transport(b, spec, c) for b, c in zip(bases, result.couplings)] if step == "repair" else []
             cfg, state = apply_post(step, cfg, state, splits, references, lambdas, device)
         return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
 
