@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -173,13 +174,12 @@ def config_for(cfg: ModelConfig, state: dict) -> ModelConfig:
 
 def build_from_state(model_cfg: ModelConfig, splits, state, device="cpu") -> nn.Module:
     """The network `model_cfg` describes for a dataset (splits: its input_shape, num_classes, vocab), holding `state`."""
-    if model_cfg.name in TRACED:  # a user's module may hold buffers outside its state dict: build it for real
+    # The built-ins keep everything in their state dict, so they skip the random init; a user's
+    # module may hold buffers outside it, so it is built for real.
+    traced = model_cfg.name in TRACED
+    with contextlib.nullcontext() if traced else torch.device("meta"):
         model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
-        model.load_state_dict(state)
-        return model.to(device).eval()
-    with torch.device("meta"):  # the built-ins keep everything in their state dict: skip the random init
-        model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
-    model = model.to_empty(device=device)
+    model = model.to(device) if traced else model.to_empty(device=device)
     model.load_state_dict(state)  # copies: the caller's tensors stay untouched when the model is trained
     return model.eval()
 
