@@ -85,3 +85,11 @@ def test_device_auto_falls_back_to_cpu_without_accelerators():
         assert resolve_device("auto").type in ("cpu", "mps")
     with pytest.raises(FusionctlError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_fusion_ot_stays_on_the_cpu_unless_the_device_is_cuda():
+    from fusionctl.device import ot_device
+
+    assert ot_device(torch.device("cuda:1")) == "cuda:1"
+    assert ot_device(torch.device("mps")) == "cpu"  # no float64 there
+    assert ot_device(torch.device("cpu")) == "cpu"
