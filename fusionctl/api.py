@@ -23,7 +23,7 @@ from fusionctl.config import solver_settings
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.post import POST_STEPS
+from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES
 from fusionctl.fusion.transport import transport
 from fusionctl.fusion.units import repair_points, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
@@ -111,7 +111,7 @@ def _apply(step: str, model: nn.Module, spec, states, couplings, lambdas, inputs
     if step == "repair" and any(norm is None and getattr(layer, "bias", None) is None for layer, norm in repair_points(model, spec)):
         raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
     x = torch.cat(inputs)
-    refs = [_module(model, transport(s, spec, c)) for s, c in zip(states, couplings)]
+    refs = [_module(model, transport(s, spec, c)) for s, c in zip(states, couplings)] if step in READS_REFERENCES else []
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 

@@ -116,3 +116,4 @@ def repair_step(model: nn.Module, spec: AlignmentSpec, references: list[nn.Modul
 
 # post-step -> (model, spec, aligned references, lambdas, training data) -> None, in place
 POST_STEPS = {"bn_reset": bn_reset_step, "repair": repair_step}
+READS_REFERENCES = frozenset({"repair"})  # the steps that read the aligned references (BN reset reads none)

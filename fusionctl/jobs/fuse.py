@@ -21,6 +21,7 @@ from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
+from fusionctl.fusion.post import READS_REFERENCES
 from fusionctl.fusion.transport import transport
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import (
@@ -80,8 +81,7 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     def score(result) -> float:
         cfg, state = config_for(model_cfg, result.state), result.state
         if step:
-            # REPAIR reads the bases in the fusion's node order; BN reset reads none
-            references = [transport(b, spec, c) for b, c in zip(bases, result.couplings)] if step == "repair" else []
+            references = [transport(b, spec, c) for b, c in zip(bases, result.couplings)] if step in READS_REFERENCES else []
             cfg, state = apply_post(step, cfg, state, splits, references, lambdas, device)
         return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
 
@@ -169,7 +169,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg)
         save_fused(fused, splits, bases, lambdas, out_dir)
         evaluate_rows(build_from_state(fused.model_cfg, splits, fused.result.state, device), "fused", method, label, seconds=fused.seconds, fused=fused)
-        references = [transport(b.state, spec, c) for b, c in zip(bases, fused.result.couplings)]
+        references = [transport(b.state, spec, c) for b, c in zip(bases, fused.result.couplings)] if READS_REFERENCES.intersection(cfg.post) else []
         for step in cfg.post:
             post_cfg, post_state = apply_post(step, fused.model_cfg, fused.result.state, splits, references, lambdas, device)
             evaluate_rows(build_from_state(post_cfg, splits, post_state, device), "fused", method, label, post=step, seconds=fused.seconds, fused=fused)
