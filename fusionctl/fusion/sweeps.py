@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fusionctl.fusion.transport import permutation_index, row_map, transport_tensor
+from fusionctl.fusion.transport import identity_coupling, permutation_index, row_map, transport_tensor
 from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, node_slices
 from fusionctl.ot.barycenter import coupling_change, sq_distances
 from fusionctl.ot.solver import Potentials, solve_ot
@@ -239,7 +239,7 @@ class NetworkBarycenter:
         for group in self.spec.groups:
             if support is None:
                 n = self.sizes[0][group]
-                self._set(0, group, torch.eye(n, dtype=torch.float64, device=self.device) / n)
+                self._set(0, group, identity_coupling(n, self.device))
                 anchor, others = self.model_features(0, group, True, known), range(1, len(self.theta))
             else:
                 anchor, others = support(group, known).to(self.device, self.dtype), range(len(self.theta))

@@ -6,6 +6,7 @@ import torch
 
 from fusionctl.models.spec import AlignmentSpec, apply_along
 from fusionctl.ot.barycenter import permutation_of
+from fusionctl.ot.solver import PERMUTATION, mark_permutation
 
 
 def row_map(coupling: torch.Tensor) -> torch.Tensor:
@@ -23,10 +24,10 @@ def permutation_index(coupling: torch.Tensor) -> torch.Tensor | None:
     """Source node per target node if `coupling` is a permutation / n, else None.
 
     Cached on the coupling tensor: a coupling is applied to many entries, many times."""
-    cached = getattr(coupling, "_fusionctl_perm", False)
+    cached = getattr(coupling, PERMUTATION, False)
     if cached is False:
         cached = permutation_of(row_map(coupling))
-        coupling._fusionctl_perm = cached
+        setattr(coupling, PERMUTATION, cached)
     return cached
 
 
@@ -76,7 +77,11 @@ def interpolate(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float
 
 
 def identity_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {g: torch.eye(n, dtype=torch.float64) / n for g, n in spec.group_sizes(state).items()}
+    return {g: identity_coupling(n) for g, n in spec.group_sizes(state).items()}
+
+
+def identity_coupling(n: int, device="cpu") -> torch.Tensor:
+    return mark_permutation(torch.eye(n, dtype=torch.float64, device=device) / n, torch.arange(n, device=device))
 
 
 def relative_coupling(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

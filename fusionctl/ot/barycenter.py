@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fusionctl.ot.solver import Potentials, solve_ot
+from fusionctl.ot.solver import PERMUTATION, Potentials, solve_ot
 
 
 @dataclass
@@ -37,6 +37,9 @@ def sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def coupling_change(new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
     """Largest entry change over all couplings, scaled by the barycenter size m (scale-free)."""
+    known = [(getattr(p, PERMUTATION, None), getattr(q, PERMUTATION, None)) for p, q in zip(new, old)]
+    if all(a is not None and b is not None for a, b in known):  # permutations / m: 0 if equal, else 1
+        return max(float(not torch.equal(a, b)) for a, b in known)
     return max(float((p - q).abs().max()) * p.shape[0] for p, q in zip(new, old))
 
 

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 METHODS = ("exact", "sinkhorn")
 SINKHORN_TOL = 1e-2  # marginal error allowed, in units of epsilon on the max-normalised cost
+# a plan known to be a permutation / n carries its source index per row under this attribute,
+# so transports and change tests skip re-deriving it from the dense (n, n) matrix
+PERMUTATION = "_fusionctl_perm"
 
 
 @dataclass
@@ -87,7 +90,12 @@ def _assignment(cost: torch.Tensor) -> torch.Tensor:
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     plan = torch.zeros(n, n, dtype=torch.float64)
     plan[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0 / n
-    return plan.to(cost.device)
+    return mark_permutation(plan.to(cost.device), torch.as_tensor(cols))  # rows come back as 0..n-1
+
+
+def mark_permutation(plan: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    setattr(plan, PERMUTATION, index.to(plan.device))
+    return plan
 
 
 def _emd(cost: torch.Tensor, max_iter: int) -> torch.Tensor:
