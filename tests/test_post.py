@@ -3,7 +3,9 @@ import torch
 
 from fusionctl.config import ModelConfig, OptimConfig
 from fusionctl.data import Split, Splits, augment_batch
-from fusionctl.fusion.post import channel_stats, repair, reset_bn_stats, target_stats
+from fusionctl.fusion.post import channel_stats, permuted_stats, repair, reset_bn_stats, target_stats, unit_stats
+from fusionctl.fusion.transport import permutation_index, transport
+from fusionctl.fusion.wm import perm_coupling
 from fusionctl.fusion.units import repair_points
 from fusionctl.jobs.post import apply_post, with_biases
 from fusionctl.models import build_model, model_spec
@@ -74,6 +76,53 @@ def test_repair_of_a_model_with_itself_as_reference_keeps_its_function():
     b.load_state_dict(repaired)
     with torch.no_grad():
         assert torch.allclose(a(data.test.x), b(data.test.x), atol=1e-4)
+
+
+def random_permutations(spec, state, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {grp: perm_coupling(torch.randperm(n, generator=g).numpy()) for grp, n in spec.group_sizes(state).items()}
+
+
+@pytest.mark.parametrize("bn", [True, False])
+def test_a_permuted_model_measures_its_units_permuted(bn):
+    """What lets the held-out score measure each base once: the statistics of a base transported by
+    permutations are the base's statistics, permuted."""
+    data, spec, base = splits(), vgg_spec(bn), vgg(bn, seed=1)
+    x = data.train.x[:64]
+    couplings = random_permutations(spec, base.state_dict())
+    moved = vgg(bn, seed=2)
+    moved.load_state_dict(transport(base.state_dict(), spec, couplings))
+    index = {g: permutation_index(c) for g, c in couplings.items()}
+    assert any(not torch.equal(i, torch.arange(len(i))) for i in index.values())
+    for (mu, sd), (mu_p, sd_p) in zip(unit_stats(moved, spec, x), permuted_stats(unit_stats(base, spec, x), spec, index)):
+        assert torch.allclose(mu, mu_p, atol=1e-5) and torch.allclose(sd, sd_p, atol=1e-5)
+
+
+def test_repair_from_measured_statistics_equals_repair_from_references():
+    """apply_post takes a reference as its transported state or as its statistics (bias-free MLP: REPAIR adds biases)."""
+    data = splits()
+    cfg = ModelConfig("mlp", [16, 8], False)
+    spec = model_spec(cfg, SHAPE, 4)
+    states = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        states.append({k: v.detach() for k, v in build_model(cfg, SHAPE, 4).state_dict().items()})
+    couplings = [random_permutations(spec, s, seed) for s, seed in zip(states[1:], (3, 4))]
+    refs = [transport(s, spec, c) for s, c in zip(states[1:], couplings)]
+    x = data.train.x[:512]
+    stats = [permuted_stats(unit_stats(_module(cfg, s), spec, x), spec, {g: permutation_index(p) for g, p in c.items()})
+             for s, c in zip(states[1:], couplings)]
+    _, from_refs = apply_post("repair", cfg, states[0], data, refs, [0.4, 0.6], "cpu")
+    _, from_stats = apply_post("repair", cfg, states[0], data, stats, [0.4, 0.6], "cpu")
+    assert from_refs.keys() == from_stats.keys()
+    for k in from_refs:
+        assert torch.allclose(from_refs[k], from_stats[k], atol=1e-5), k
+
+
+def _module(cfg, state):
+    model = build_model(cfg, SHAPE, 4)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def test_with_biases_adds_zero_biases_only():

@@ -55,9 +55,21 @@ def channel_stats(model: nn.Module, points, x: torch.Tensor) -> list[tuple[torch
     return stats
 
 
-def target_stats(models: list[nn.Module], spec: AlignmentSpec, weights: list[float], x: torch.Tensor):
-    """lambda-weighted means and stds of the aligned base models at every repair point."""
-    per_model = [channel_stats(m, repair_points(m, spec), x) for m in models]
+def unit_stats(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per repair point (in repair_points' order) the per-unit mean and std on inputs x."""
+    return channel_stats(model, repair_points(model, spec), x)
+
+
+def permuted_stats(stats, spec: AlignmentSpec, index: dict[str, torch.Tensor]):
+    """A model's unit_stats as its permuted copy would measure them: unit j of a group takes unit index[group][j]'s."""
+    groups = [g for g in spec.groups for _ in spec.units.get(g, ())]
+    return [(mu[index[g].to(mu.device)], sd[index[g].to(sd.device)]) for (mu, sd), g in zip(stats, groups)]
+
+
+def target_stats(models: list, spec: AlignmentSpec, weights: list[float], x: torch.Tensor):
+    """lambda-weighted means and stds of the aligned base models at every repair point. A model
+    may come as its statistics already measured on x (a unit_stats list), e.g. permuted_stats of a base."""
+    per_model = [m if isinstance(m, list) else unit_stats(m, spec, x) for m in models]
     return [
         (sum(w * s[p][0] for s, w in zip(per_model, weights)), sum(w * s[p][1] for s, w in zip(per_model, weights)))
         for p in range(len(per_model[0]))

@@ -21,8 +21,8 @@ from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
-from fusionctl.fusion.post import READS_REFERENCES
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.post import READS_REFERENCES, REPAIR_SAMPLES, permuted_stats, unit_stats
+from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import (
     Base,
@@ -78,11 +78,23 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     else:
         step = "repair" if post_defined("repair", model_cfg.name) else None
 
+    measured: list = []  # REPAIR: each base's unit statistics in its own order, measured once for all candidates
+
+    def references(couplings) -> list:
+        if step not in READS_REFERENCES:
+            return []
+        index = [{g: permutation_index(p) for g, p in c.items()} for c in couplings]
+        if any(i is None for per_base in index for i in per_base.values()):
+            return [transport(b, spec, c) for b, c in zip(bases, couplings)]
+        if not measured:
+            x = splits.train.x[:REPAIR_SAMPLES].to(device)
+            measured.extend(unit_stats(build_from_state(config_for(model_cfg, b), splits, b, device), spec, x) for b in bases)
+        return [permuted_stats(s, spec, i) for s, i in zip(measured, index)]  # a permuted base measures its units permuted
+
     def score(result) -> float:
         cfg, state = config_for(model_cfg, result.state), result.state
         if step:
-            references = [transport(b, spec, c) for b, c in zip(bases, result.couplings)] if step in READS_REFERENCES else []
-            cfg, state = apply_post(step, cfg, state, splits, references, lambdas, device)
+            cfg, state = apply_post(step, cfg, state, splits, references(result.couplings), lambdas, device)
         return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
 
     return score

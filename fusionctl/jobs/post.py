@@ -44,12 +44,13 @@ def with_biases(cfg: ModelConfig, state: dict, splits: Splits) -> tuple[ModelCon
 
 
 def apply_post(step: str, cfg: ModelConfig, state: dict, splits: Splits, references: list[dict], weights: list[float], device) -> tuple[ModelConfig, dict]:
-    """Return (config, state) after `step`; references are the base states transported into `state`'s node order."""
+    """Return (config, state) after `step`; references are the base states transported into `state`'s node order
+    (or, for REPAIR, their statistics already measured: fusion.post.permuted_stats)."""
     spec = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
     if step == "repair":
         cfg, state, references = repair_biases(cfg, state, references, spec, splits)
     model = build_from_state(cfg, splits, state, device)
-    refs = [build_from_state(cfg, splits, r, device) for r in references]
+    refs = [build_from_state(cfg, splits, r, device) if isinstance(r, dict) else r for r in references]
     POST_STEPS[step](model, spec, refs, weights, splits.train, device)
     return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
@@ -65,4 +66,4 @@ def repair_biases(cfg: ModelConfig, state: dict, references: list[dict], spec, s
                              "use post=[bn_reset] or give those layers a bias")
     if not bare:
         return cfg, state, references
-    return (*with_biases(cfg, state, splits), [with_biases(cfg, r, splits)[1] for r in references])
+    return (*with_biases(cfg, state, splits), [with_biases(cfg, r, splits)[1] if isinstance(r, dict) else r for r in references])
