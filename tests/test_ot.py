@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fusionctl.ot import free_support_barycenter, solve_ot, sq_distances
+from fusionctl.ot.barycenter import coupling_change, plan_cost
 from fusionctl.ot.solver import SINKHORN_TOL
 
 
@@ -113,3 +114,35 @@ def test_aligned_cost_differs_from_tlp_cost_by_a_per_column_constant():
     diff = tlp - ours
     assert torch.allclose(diff - diff[0:1], torch.zeros_like(diff), atol=1e-10)
     assert torch.equal(solve_ot(tlp, "exact").argmax(1), solve_ot(ours, "exact").argmax(1))
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (9, 14)])
+def test_exact_plan_on_inner_products_is_optimal_for_squared_distances(shape):
+    """plan_cost gives exact OT -<x, y>: squared distances less row and column terms, which no
+    plan between fixed marginals sees (LAP when square, network simplex otherwise)."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(shape[0], 6, generator=g, dtype=torch.float64), torch.randn(shape[1], 6, generator=g, dtype=torch.float64)
+    c = sq_distances(x, y)
+    p, q = solve_ot(plan_cost(x, y, "exact"), "exact"), solve_ot(c, "exact")
+    assert float((p * c).sum()) == pytest.approx(float((q * c).sum()), rel=1e-12)
+    assert torch.equal(plan_cost(x, y, "sinkhorn"), c), "Sinkhorn's blur depends on the cost's scale: it keeps squared distances"
+
+
+def test_sinkhorn_agrees_with_pot_log_domain():
+    import ot
+
+    c = torch.rand(9, 13, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    p = solve_ot(c, "sinkhorn", reg=0.05, sinkhorn_iter=10_000)
+    q = ot.sinkhorn(torch.full((9,), 1 / 9, dtype=torch.float64), torch.full((13,), 1 / 13, dtype=torch.float64), c / c.max(), 0.05,
+                    method="sinkhorn_log", numItermax=100_000, stopThr=1e-13)
+    # the stop rule's promise (solver.py): on the max-normalised cost, <P, C> within a hundredth of the blur epsilon
+    assert abs(float(((p - q) * c / c.max()).sum())) <= SINKHORN_TOL * 0.05
+    assert float((p - q).abs().max()) < 1e-2 * float(q.max())  # and the same plan, entry by entry, to 1 %
+
+
+def test_known_permutations_change_like_dense_plans():
+    g = torch.Generator().manual_seed(5)
+    a, b = (solve_ot(torch.rand(8, 8, generator=g, dtype=torch.float64), "exact") for _ in range(2))
+    assert not torch.equal(a, b)
+    for p, q in ((a, b), (a, a), (a, a.clone())):  # a clone carries no mark: the dense path
+        assert coupling_change([p], [q]) == float((p - q).abs().max()) * 8

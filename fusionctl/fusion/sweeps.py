@@ -33,9 +33,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fusionctl.fusion.transport import identity_coupling, permutation_index, row_map, transport_tensor
-from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, node_slices
-from fusionctl.ot.barycenter import coupling_change, sq_distances
+from fusionctl.fusion.transport import identity_coupling, transport_tensor
+from fusionctl.models.spec import AlignmentSpec, Axis, node_slices
+from fusionctl.ot.barycenter import coupling_change, plan_cost
 from fusionctl.ot.solver import Potentials, solve_ot
 
 State = dict[str, torch.Tensor]
@@ -153,9 +153,7 @@ class NetworkBarycenter:
     def _moved_acts(self, i: int, group: str) -> torch.Tensor:
         """R_i Z_i: model i's activation features in the barycenter's node order (a gather for permutations)."""
         if (i, group, "acts") not in self.cache:
-            p, index = self.couplings[i][group], permutation_index(self.couplings[i][group])
-            self.cache[(i, group, "acts")] = apply_along(self.acts[i][group], 0, Axis(group), None if index is not None else row_map(p),
-                                                         index, dense=index is None)
+            self.cache[(i, group, "acts")] = transport_tensor(self.acts[i][group], (Axis(group), None), self.couplings[i])
         return self.cache[(i, group, "acts")]
 
     # -- objective ---------------------------------------------------------------------------
@@ -199,10 +197,10 @@ class NetworkBarycenter:
         return plan
 
     def _others(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor | None:
-        rest = 1.0 - self.weights[i]
-        if rest <= 0:
-            return None  # the other models carry no weight: model i is the barycenter
-        return sum(w * self.moved_features(j, group, incoming_only, known) for j, w in enumerate(self.weights) if j != i) / rest
+        others = [(j, w) for j, w in enumerate(self.weights) if j != i and w > 0]
+        if len(others) <= 1:  # none: model i carries all the weight, it is the barycenter; one: that model, no weighted copy
+            return self.moved_features(others[0][0], group, incoming_only, known) if others else None
+        return sum(w * self.moved_features(j, group, incoming_only, known) for j, w in others) / sum(w for _, w in others)
 
     def recouple(self, i: int, group: str, incoming_only: bool = False, known: set[str] | None = None) -> bool:
         """Re-couple model i's `group` to the barycenter of the others; True if it changed.
@@ -218,7 +216,7 @@ class NetworkBarycenter:
         checked = not incoming_only and (self.ot.method != "exact" or self.structured)
         before = self.objective(group) if checked else 0.0
         old, moved = self.couplings[i][group], {key: self.moved[i][key] for key in self.group_keys[group]}
-        new = self._solve(i, group, sq_distances(target, self.model_features(i, group, incoming_only, known)))
+        new = self._solve(i, group, plan_cost(target, self.model_features(i, group, incoming_only, known), self.ot.method))
         if coupling_change([new], [old]) < self.ot.change_floor():
             return False
         self._set(i, group, new)
@@ -244,7 +242,7 @@ class NetworkBarycenter:
             else:
                 anchor, others = support(group, known).to(self.device, self.dtype), range(len(self.theta))
             for i in others:
-                self._set(i, group, self._solve(i, group, sq_distances(anchor, self.model_features(i, group, True, known))))
+                self._set(i, group, self._solve(i, group, plan_cost(anchor, self.model_features(i, group, True, known), self.ot.method)))
             if not (support is None and len(self.theta) == 2 and self.ot.method == "exact"):  # else already optimal
                 # soft couplings get one round: repeated rounds only blur them further (a blurred
                 # coupling averages units, which shrinks the spread without aligning anything)

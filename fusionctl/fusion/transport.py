@@ -65,7 +65,10 @@ def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]
     out = {}
     for key, first in states[0].items():
         if first.is_floating_point():
-            out[key] = sum(w * s[key].to(torch.float64) for s, w in zip(states, weights)).to(first.dtype)
+            total = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
+            for s, w in zip(states, weights):
+                total.add_(s[key], alpha=w)  # accumulated in float64 without a converted copy per state
+            out[key] = total.to(first.dtype)
         else:
             out[key] = first.clone()
     return out

