@@ -21,8 +21,7 @@ from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, predict_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
-from fusionctl.fusion.post import READS_REFERENCES, REPAIR_SAMPLES, permuted_stats, unit_stats
-from fusionctl.fusion.transport import permutation_index, transport
+from fusionctl.fusion.post import READS_REFERENCES
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import (
     Base,
@@ -32,7 +31,7 @@ from fusionctl.jobs.bases import (
     target_config,
     target_sizes,
 )
-from fusionctl.jobs.post import apply_post, check_post, post_defined
+from fusionctl.jobs.post import apply_post, check_post, post_defined, reference_source
 from fusionctl.models import build_from_state, config_for, random_target_factory
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
 from fusionctl.training import finetune
@@ -78,23 +77,12 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     else:
         step = "repair" if post_defined("repair", model_cfg.name) else None
 
-    measured: list = []  # REPAIR: each base's unit statistics in its own order, measured once for all candidates
-
-    def references(couplings) -> list:
-        if step not in READS_REFERENCES:
-            return []
-        index = [{g: permutation_index(p) for g, p in c.items()} for c in couplings]
-        if any(i is None for per_base in index for i in per_base.values()):
-            return [transport(b, spec, c) for b, c in zip(bases, couplings)]
-        if not measured:
-            x = splits.train.x[:REPAIR_SAMPLES].to(device)
-            measured.extend(unit_stats(build_from_state(config_for(model_cfg, b), splits, b, device), spec, x) for b in bases)
-        return [permuted_stats(s, spec, i) for s, i in zip(measured, index)]  # a permuted base measures its units permuted
+    references = reference_source(model_cfg, splits, bases, spec, device)
 
     def score(result) -> float:
         cfg, state = config_for(model_cfg, result.state), result.state
         if step:
-            cfg, state = apply_post(step, cfg, state, splits, references(result.couplings), lambdas, device)
+            cfg, state = apply_post(step, cfg, state, splits, references(result.couplings) if step in READS_REFERENCES else [], lambdas, device)
         return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
 
     return score
@@ -177,11 +165,12 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
                      "accuracy": float((p.argmax(1) == y).float().mean()), "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), y)), "fuse_time_s": 0.0,
                      "settings": "", "ot": "", "reg": float("nan")})
     label = "+".join(b.label for b in bases)
+    aligned = reference_source(bases[0].model_cfg, splits, [b.state for b in bases], spec, device)
     for method in methods:
         fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg)
         save_fused(fused, splits, bases, lambdas, out_dir)
         evaluate_rows(build_from_state(fused.model_cfg, splits, fused.result.state, device), "fused", method, label, seconds=fused.seconds, fused=fused)
-        references = [transport(b.state, spec, c) for b, c in zip(bases, fused.result.couplings)] if READS_REFERENCES.intersection(cfg.post) else []
+        references = aligned(fused.result.couplings) if READS_REFERENCES.intersection(cfg.post) else []
         for step in cfg.post:
             post_cfg, post_state = apply_post(step, fused.model_cfg, fused.result.state, splits, references, lambdas, device)
             evaluate_rows(build_from_state(post_cfg, splits, post_state, device), "fused", method, label, post=step, seconds=fused.seconds, fused=fused)
