@@ -79,10 +79,10 @@ def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor | None
     """
     shape = t.shape
     n = shape[dim] // (ax.outer * ax.inner)
-    view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
     perm = index if index is not None or dense else permutation_of(matrix)
     if perm is not None:
         return permute_nodes(t, shape[:dim].numel() * ax.outer, n, ax.inner * shape[dim + 1 :].numel(), perm.to(t.device)).reshape(shape)
+    view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
     moved = torch.movedim(view, dim + 1, -1)
     out = torch.movedim(moved @ matrix.T.to(moved.dtype), -1, dim + 1)
     return out.reshape(*shape[:dim], ax.outer * matrix.shape[0] * ax.inner, *shape[dim + 1 :])
