@@ -15,6 +15,7 @@ from fusionctl.data import Split, Splits
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.barycenter import run_sweeps
 from fusionctl.fusion.features import CorrelationFeatures
+from fusionctl.fusion import sweeps
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
 from fusionctl.fusion.transport import identity_couplings, relative_coupling, transport
 from fusionctl.jobs.activations import activation_probe
@@ -100,6 +101,41 @@ def test_k2_sweeps_never_raise_the_objective_and_stop_when_nothing_changes():
         if not changed:
             break
     assert values[-1] < values[0], "sweeps on unrelated models must find a better alignment than the layer-wise pass"
+
+
+@pytest.mark.parametrize("cfg,shape", [(MLP, (1, 5, 5)), (CNN, (3, 8, 8))])
+def test_cached_costs_equal_costs_computed_afresh_after_any_moves(cfg, shape):
+    """Every bucket reused from the cache is the one a new network with the same couplings computes."""
+    states = random_states(cfg, 3, shape)
+    spec = model_spec(cfg)
+    acts = activation_probe(cfg, toy_splits(shape))(states, 64)
+    args = (spec, states, [0.2, 0.3, 0.5], spec.group_sizes(states[0]), OTSetup("exact", 0.0, 1, 100))
+    net = NetworkBarycenter(*args, acts=acts, act_weight=0.4)
+    net.forward(None)
+    run_sweeps(net, 3, 1e-5)  # restarts and descents in random orders, then back to the best state
+    net.recouple(1, spec.groups[0])
+    fresh = NetworkBarycenter(*args, couplings=net.result(), acts=acts, act_weight=0.4)
+    for i in range(3):
+        others = tuple(j for j in range(3) if j != i)
+        for group in spec.groups:
+            assert torch.equal(net.cost(i, group, net.cost_keys(i, group, others, False, set())),
+                               fresh.cost(i, group, fresh.cost_keys(i, group, others, False, set()))), (i, group)
+
+
+def test_a_recoupling_whose_cost_did_not_change_is_not_solved_again(monkeypatch):
+    states = random_states(MLP, 2)
+    spec = model_spec(MLP)
+    net = NetworkBarycenter(spec, states, [0.5, 0.5], spec.group_sizes(states[0]), OTSetup("exact", 0.0, 1, 100))
+    net.forward(None)
+    while net.sweep():
+        pass
+    solves, real = [], sweeps.solve_ot
+    monkeypatch.setattr(sweeps, "solve_ot", lambda *a, **k: solves.append(1) or real(*a, **k))
+    assert net.sweep() == 0 and not solves  # from a fixed point nothing is solved again
+    n = spec.group_sizes(states[0])[spec.groups[1]]
+    net._set(0, spec.groups[1], torch.eye(n, dtype=torch.float64).flip(0) / n)  # a neighbour's coupling moves
+    net.recouple(1, spec.groups[0])
+    assert solves == [1]
 
 
 @pytest.mark.parametrize("ot", ["exact", "sinkhorn"])

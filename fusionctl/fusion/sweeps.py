@@ -22,7 +22,9 @@ Moves:
 
 For a slice along an input axis (dim > 0) of model i the features are scaled by n_i / m, so
 that the barycentric projection of a coupling equals the transport T_i (columns split by
-source mass, METHOD.md E.2-2) and any target widths work.
+source mass, METHOD.md E.2-2) and any target widths work. Costs are assembled from parts that
+are reused while the couplings they read are unchanged (group_costs.py); an exact re-coupling
+whose every part is unchanged is not solved again.
 """
 
 from __future__ import annotations
@@ -33,20 +35,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fusionctl.fusion.group_costs import GroupCosts, Slice
 from fusionctl.fusion.transport import identity_coupling, transport_tensor
-from fusionctl.models.spec import AlignmentSpec, Axis, node_slices
+from fusionctl.models.spec import AlignmentSpec
 from fusionctl.ot.barycenter import coupling_change, plan_cost
 from fusionctl.ot.solver import Potentials, solve_ot
 
 State = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Slice:
-    key: str
-    dim: int
-    axis: Axis
-    structure: bool  # the entry's other axis is indexed by the same group (recurrent weights)
 
 
 @dataclass
@@ -61,7 +56,7 @@ class OTSetup:
         return 1e-9 if self.method == "exact" else self.tol
 
 
-class NetworkBarycenter:
+class NetworkBarycenter(GroupCosts):
     """The couplings of K models to one barycenter, improved group by group.
 
     key_weights: w_key per state entry (1 = plain squared weights, 0 = left out); acts: per
@@ -95,11 +90,11 @@ class NetworkBarycenter:
         self.moved = [{k: self._transport(i, k) for k in self.keys} for i in range(len(states))]
         self.acts = [{g: z.to(device, self.dtype) for g, z in a.items()} for a in acts] if acts and act_weight > 0 else None
         self.act_weight = act_weight if self.acts is not None else 0.0
-        self.key_groups = {k: [g for g, keys in self.group_keys.items() if k in keys] for k in self.keys}
-        self.cache: dict[tuple, torch.Tensor] = {}  # full features per (model, group[, "own"])
         self.potentials: dict[tuple[str, int], Potentials] = {}
         self.unconverged = 0  # sinkhorn solves that stopped at their cap
         self.rng = np.random.default_rng(seed)
+        self._init_costs()
+        self._solved: dict[tuple[int, str], tuple] = {}  # (model, group) -> (cost keys, version) of its last exact solve
 
     # -- features ---------------------------------------------------------------------------
 
@@ -109,52 +104,6 @@ class NetworkBarycenter:
 
     def _transport(self, i: int, key: str, skip: int | None = None) -> torch.Tensor:
         return transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
-
-    def _usable(self, s: Slice, incoming_only: bool, known: set[str]) -> bool:
-        if not incoming_only:
-            return True
-        others = [a.group for d, a in enumerate(self.spec.axes[s.key]) if a is not None and d != s.dim]
-        return s.dim == 0 and not s.structure and all(g in known for g in others)
-
-    def model_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
-        """(n_i, D): model i's nodes of `group`, every other axis in the barycenter's order."""
-        if not incoming_only:
-            if (i, group, "own") not in self.cache:
-                self.cache[(i, group, "own")] = self._model_features(i, group, False, known)
-            return self.cache[(i, group, "own")]
-        return self._model_features(i, group, True, known)
-
-    def _model_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
-        m = self.target_sizes[group]
-        parts = []
-        for s in self.slices[group]:
-            if self._usable(s, incoming_only, known):
-                t = node_slices(self._transport(i, s.key, skip=s.dim), s.dim, s.axis)
-                parts.append(t * (self.key_weights[s.key] ** 0.5 * (t.shape[0] / m if s.dim else 1.0)))
-        if self.acts is not None:
-            parts.append(self.acts[i][group] * self.act_weight**0.5)
-        return torch.cat(parts, 1)
-
-    def moved_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
-        """(m, D): the same features of T_i(theta_i), i.e. model i's share of the barycenter."""
-        if not incoming_only:
-            if (i, group) not in self.cache:
-                self.cache[(i, group)] = self._moved_features(i, group, False, known)
-            return self.cache[(i, group)]
-        return self._moved_features(i, group, True, known)
-
-    def _moved_features(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor:
-        parts = [node_slices(self.moved[i][s.key], s.dim, s.axis) * self.key_weights[s.key] ** 0.5
-                 for s in self.slices[group] if self._usable(s, incoming_only, known)]
-        if self.acts is not None:
-            parts.append(self._moved_acts(i, group) * self.act_weight**0.5)
-        return torch.cat(parts, 1)
-
-    def _moved_acts(self, i: int, group: str) -> torch.Tensor:
-        """R_i Z_i: model i's activation features in the barycenter's node order (a gather for permutations)."""
-        if (i, group, "acts") not in self.cache:
-            self.cache[(i, group, "acts")] = transport_tensor(self.acts[i][group], (Axis(group), None), self.couplings[i])
-        return self.cache[(i, group, "acts")]
 
     # -- objective ---------------------------------------------------------------------------
 
@@ -166,7 +115,7 @@ class NetworkBarycenter:
             total += self.key_weights[key] * sum(w * float(((bar - mv[key]) ** 2).sum(dtype=torch.float64)) for w, mv in zip(self.weights, self.moved))
         if self.acts is not None:
             for g in self.spec.groups if group is None else [group]:
-                zs = [self._moved_acts(i, g) for i in range(len(self.acts))]
+                zs = [self.moved_acts(i, g) for i in range(len(self.acts))]
                 bar = sum(w * z for w, z in zip(self.weights, zs))
                 total += self.act_weight * sum(w * float(((bar - z) ** 2).sum(dtype=torch.float64)) for w, z in zip(self.weights, zs))
         return total
@@ -175,20 +124,9 @@ class NetworkBarycenter:
 
     def _set(self, i: int, group: str, coupling: torch.Tensor) -> None:
         self.couplings[i][group] = coupling
+        self.version[(i, group)] = next(self._clock)
         for key in self.group_keys[group]:
             self.moved[i][key] = self._transport(i, key)
-        self._invalidate(i, group)
-
-    def _invalidate(self, i: int, group: str) -> None:
-        """Drop model i's cached features that read `group`'s coupling: its own barycenter share
-        of `group` and its moved activations, and both feature sets of every group sharing an entry with it."""
-        self.cache.pop((i, group), None)
-        self.cache.pop((i, group, "acts"), None)
-        for key in self.group_keys[group]:
-            for g in self.key_groups[key]:
-                self.cache.pop((i, g), None)
-                if g != group:
-                    self.cache.pop((i, g, "own"), None)
 
     def _solve(self, i: int, group: str, cost: torch.Tensor) -> torch.Tensor:
         warm = self.potentials.setdefault((group, i), Potentials())
@@ -196,39 +134,41 @@ class NetworkBarycenter:
         self.unconverged += not warm.converged
         return plan
 
-    def _others(self, i: int, group: str, incoming_only: bool, known: set[str]) -> torch.Tensor | None:
-        others = [(j, w) for j, w in enumerate(self.weights) if j != i and w > 0]
-        if len(others) <= 1:  # none: model i carries all the weight, it is the barycenter; one: that model, no weighted copy
-            return self.moved_features(others[0][0], group, incoming_only, known) if others else None
-        return sum(w * self.moved_features(j, group, incoming_only, known) for j, w in others) / sum(w for _, w in others)
-
     def recouple(self, i: int, group: str, incoming_only: bool = False, known: set[str] | None = None) -> bool:
         """Re-couple model i's `group` to the barycenter of the others; True if it changed.
 
         Only soft couplings or linearised recurrent weights can raise J; such a step is undone.
         Soft couplings never stop moving: a step counts as a change only if it lowers J by more
         than tol (relative). Incoming-only steps (the greedy pass of a restart) are not checked.
+        An exact solve is skipped when nothing its cost reads has changed since the last one.
         """
         known = known if known is not None else set(self.spec.groups)
-        target = self._others(i, group, incoming_only, known)
-        if target is None:
+        others = tuple(j for j, w in enumerate(self.weights) if j != i and w > 0)
+        if not others:  # model i carries all the weight: it is the barycenter
             return False
-        checked = not incoming_only and (self.ot.method != "exact" or self.structured)
+        keys = self.cost_keys(i, group, others, incoming_only, known)
+        exact = self.ot.method == "exact"
+        if exact and self._solved.get((i, group)) == (keys, self.version[(i, group)]):
+            return False  # the same cost again: the same plan again
+        checked = not incoming_only and (not exact or self.structured)
         before = self.objective(group) if checked else 0.0
-        old, moved = self.couplings[i][group], {key: self.moved[i][key] for key in self.group_keys[group]}
-        new = self._solve(i, group, plan_cost(target, self.model_features(i, group, incoming_only, known), self.ot.method))
-        if coupling_change([new], [old]) < self.ot.change_floor():
-            return False
-        self._set(i, group, new)
-        if not checked:
-            return True
-        after = self.objective(group)
-        if after > before * (1 + 1e-12):
-            self.couplings[i][group] = old
-            self.moved[i].update(moved)
-            self._invalidate(i, group)
-            return False
-        return self.ot.method == "exact" or after < before * (1 - self.ot.tol)
+        old, version, moved = self.couplings[i][group], self.version[(i, group)], {key: self.moved[i][key] for key in self.group_keys[group]}
+        new = self._solve(i, group, self.cost(i, group, keys))
+        changed = coupling_change([new], [old]) >= self.ot.change_floor()
+        if changed:
+            self._set(i, group, new)
+        if changed and checked:
+            after = self.objective(group)
+            if after > before * (1 + 1e-12):
+                self.couplings[i][group] = old
+                self.moved[i].update(moved)
+                self.version[(i, group)] = version
+                changed = False
+            elif not exact:
+                changed = after < before * (1 - self.ot.tol)
+        if exact:
+            self._solved[(i, group)] = (keys, self.version[(i, group)])
+        return changed
 
     def forward(self, support: Callable[[str, set[str]], torch.Tensor] | None) -> None:
         """The layer-wise pass on incoming rows. support(group, known) gives an initial support in
@@ -236,13 +176,13 @@ class NetworkBarycenter:
         known: set[str] = set()
         for group in self.spec.groups:
             if support is None:
-                n = self.sizes[0][group]
-                self._set(0, group, identity_coupling(n, self.device))
-                anchor, others = self.model_features(0, group, True, known), range(1, len(self.theta))
+                self._set(0, group, identity_coupling(self.sizes[0][group], self.device))
+                for i in range(1, len(self.theta)):  # model 0 as it is: its share of the barycenter, as a re-coupling reads it
+                    self._set(i, group, self._solve(i, group, self.cost(i, group, self.cost_keys(i, group, (0,), True, known))))
             else:
-                anchor, others = support(group, known).to(self.device, self.dtype), range(len(self.theta))
-            for i in others:
-                self._set(i, group, self._solve(i, group, plan_cost(anchor, self.model_features(i, group, True, known), self.ot.method)))
+                anchor = support(group, known).to(self.device, self.dtype)
+                for i in range(len(self.theta)):
+                    self._set(i, group, self._solve(i, group, plan_cost(anchor, self.model_features(i, group, known), self.ot.method)))
             if not (support is None and len(self.theta) == 2 and self.ot.method == "exact"):  # else already optimal
                 # soft couplings get one round: repeated rounds only blur them further (a blurred
                 # coupling averages units, which shrinks the spread without aligning anything)
@@ -279,20 +219,20 @@ class NetworkBarycenter:
         else:
             for i in self.rng.permutation(k):
                 self.restart(int(i))
-        return sum(int(not torch.equal(c[g], s[0][g])) for c, s in zip(self.couplings, start) for g in self.spec.groups)
+        return sum(int(c[g] is not s[g] and not torch.equal(c[g], s[g])) for c, s in zip(self.couplings, start[0]) for g in self.spec.groups)
 
     def separable(self) -> bool:
         """True when no group's cost reads another group's coupling (activations only): then with
         K = 2 and exact OT the layer-wise pass is already optimal and sweeps cannot change it."""
         return not self.keys
 
-    def snapshot(self) -> list[tuple[dict, dict]]:
-        return [(dict(c), dict(mv)) for c, mv in zip(self.couplings, self.moved)]
+    def snapshot(self) -> tuple[list[dict], list[dict], dict]:
+        return [dict(c) for c in self.couplings], [dict(mv) for mv in self.moved], dict(self.version)
 
     def restore(self, snap) -> None:
-        self.couplings = [dict(c) for c, _ in snap]
-        self.moved = [dict(mv) for _, mv in snap]
-        self.cache.clear()
+        """Back to a snapshot; versions come back with their couplings, so cached costs stay valid."""
+        self.couplings, self.moved = [dict(c) for c in snap[0]], [dict(mv) for mv in snap[1]]
+        self.version = dict(snap[2])
 
     def result(self) -> list[dict[str, torch.Tensor]]:
         return [{g: p.cpu() for g, p in c.items()} for c in self.couplings]

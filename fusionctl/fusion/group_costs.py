@@ -1,0 +1,140 @@
+"""The OT cost of re-coupling one model's group in the sweeps (sweeps.py), assembled from cached parts.
+
+A group's node features are parameter slices whose other axes are read through the couplings of
+the groups they meet. The slices are bucketed by the groups they read (and by whether the
+layer-wise pass may use them: incoming rows); a bucket's share of the cost, -<target, features>
+for exact plans or squared distances for Sinkhorn, depends only on those couplings, and the
+cost is the sum over buckets. Every coupling carries a version, a fresh number whenever it is
+set, so a bucket whose couplings kept their versions is reused: the layer-wise pass's incoming
+costs in the first sweep, and every bucket away from the last change after that.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fusionctl.fusion.transport import transport_tensor
+from fusionctl.models.spec import AlignmentSpec, Axis, node_slices
+from fusionctl.ot.barycenter import plan_cost
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Slice:
+    key: str
+    dim: int
+    axis: Axis
+    structure: bool  # the entry's other axis is indexed by the same group (recurrent weights)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    reads: tuple[str, ...]  # the groups of its slices' other axes
+    incoming: bool  # incoming rows (dim 0, not recurrent): what a layer-wise pass may use
+
+
+class GroupCosts:
+    """Node features and costs of K models' groups, cached by the versions of the couplings they read.
+
+    The subclass (sweeps.NetworkBarycenter) sets spec, slices, key_weights, theta, moved, acts,
+    act_weight, couplings, target_sizes, weights and ot, then calls `_init_costs`. Activation
+    features, which read no coupling but the group's own, join the bucket of biases (reads nothing).
+    """
+
+    spec: AlignmentSpec
+    slices: dict[str, list[Slice]]
+    couplings: list[dict[str, torch.Tensor]]
+
+    def _init_costs(self) -> None:
+        self.buckets: dict[str, dict[Bucket, list[Slice]]] = {}
+        for group in self.spec.groups:
+            out: dict[Bucket, list[Slice]] = {}
+            for s in self.slices[group]:
+                reads = tuple(sorted({a.group for d, a in enumerate(self.spec.axes[s.key]) if a is not None and d != s.dim}))
+                out.setdefault(Bucket(reads, s.dim == 0 and not s.structure), []).append(s)
+            if self.acts is not None:
+                out.setdefault(Bucket((), True), [])
+            self.buckets[group] = out
+        self._clock = itertools.count()
+        self.version = {(i, g): next(self._clock) for i, c in enumerate(self.couplings) for g in c}
+        self._features: dict[tuple, tuple] = {}
+        self._costs: dict[tuple, tuple] = {}
+
+    def _cached(self, name: tuple, dep: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        hit = self._features.get(name)
+        if hit is None or hit[0] != dep:
+            hit = self._features[name] = (dep, build())
+        return hit[1]
+
+    def _holds_acts(self, b: Bucket) -> bool:
+        return self.acts is not None and b == Bucket((), True)
+
+    def _own_parts(self, i: int, group: str, slices: list[Slice], acts: bool) -> torch.Tensor:
+        """(n_i, D): model i's nodes of `group` on `slices`, every other axis in the barycenter's order."""
+        m = self.target_sizes[group]
+        parts = []
+        for s in slices:
+            t = node_slices(transport_tensor(self.theta[i][s.key], self.spec.axes[s.key], self.couplings[i], s.dim), s.dim, s.axis)
+            parts.append(t * (self.key_weights[s.key] ** 0.5 * (t.shape[0] / m if s.dim else 1.0)))
+        if acts:
+            parts.append(self.acts[i][group] * self.act_weight**0.5)
+        return torch.cat(parts, 1)
+
+    def model_features(self, i: int, group: str, known: set[str]) -> torch.Tensor:
+        """Model i's incoming features of `group` in slice order (the layout of an initial support)."""
+        slices = [s for b, sl in self.buckets[group].items() if b.incoming and known.issuperset(b.reads) for s in sl]
+        order = {s: n for n, s in enumerate(self.slices[group])}
+        return self._own_parts(i, group, sorted(slices, key=order.__getitem__), self.acts is not None)
+
+    def _own(self, i: int, group: str, b: Bucket) -> torch.Tensor:
+        dep = tuple(self.version.get((i, h)) for h in b.reads)
+        return self._cached(("own", i, group, b), dep, lambda: self._own_parts(i, group, self.buckets[group][b], self._holds_acts(b)))
+
+    def _moved(self, i: int, group: str, b: Bucket) -> torch.Tensor:
+        """(m, D_b): the same features of T_i(theta_i), i.e. model i's share of the barycenter."""
+
+        def build():
+            parts = [node_slices(self.moved[i][s.key], s.dim, s.axis) * self.key_weights[s.key] ** 0.5 for s in self.buckets[group][b]]
+            if self._holds_acts(b):
+                parts.append(self.moved_acts(i, group) * self.act_weight**0.5)
+            return torch.cat(parts, 1)
+
+        return self._cached(("moved", i, group, b), tuple(self.version.get((i, h)) for h in (group, *b.reads)), build)
+
+    def moved_acts(self, i: int, group: str) -> torch.Tensor:
+        """R_i Z_i: model i's activation features in the barycenter's node order (a gather for permutations)."""
+        return self._cached(("acts", i, group), (self.version.get((i, group)),),
+                            lambda: transport_tensor(self.acts[i][group], (Axis(group), None), self.couplings[i]))
+
+    def _target(self, models: tuple[int, ...], group: str, b: Bucket) -> torch.Tensor:
+        if len(models) == 1:
+            return self._moved(models[0], group, b)
+        return sum(self.weights[j] * self._moved(j, group, b) for j in models) / sum(self.weights[j] for j in models)
+
+    def cost_keys(self, i: int, group: str, models: tuple[int, ...], incoming_only: bool, known: set[str]) -> tuple:
+        """Per bucket in use, the versions its cost reads: model i's re-coupling of `group` to the
+        barycenter of `models` on incoming rows of known groups only, or on everything."""
+        return tuple((b, models, tuple(self.version.get((j, h)) for j in models for h in (group, *b.reads)),
+                      tuple(self.version.get((i, h)) for h in b.reads))
+                     for b in self.buckets[group] if not incoming_only or (b.incoming and known.issuperset(b.reads)))
+
+    def cost(self, i: int, group: str, keys: tuple) -> torch.Tensor:
+        """The (m, n_i) cost for `cost_keys`: each bucket's share recomputed only if a version it reads changed."""
+        parts = []
+        for key in keys:
+            b, models = key[0], key[1]
+            hit = self._costs.get((i, group, b))
+            if hit is None or hit[0] != key:
+                hit = self._costs[(i, group, b)] = (key, plan_cost(self._target(models, group, b), self._own(i, group, b), self.ot.method))
+            parts.append(hit[1])
+        if not parts:
+            raise ValueError(f"group {group} has no features to align on")
+        total = parts[0] if len(parts) == 1 else parts[0] + parts[1]  # a new tensor: the cached parts stay as they are
+        for part in parts[2:]:
+            total.add_(part)
+        return total
