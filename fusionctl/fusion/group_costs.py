@@ -116,6 +116,10 @@ class GroupCosts:
             return self._moved(models[0], group, b)
         return sum(self.weights[j] * self._moved(j, group, b) for j in models) / sum(self.weights[j] for j in models)
 
+    def keep_costs_of(self, i: int) -> None:
+        """Drop the cached cost parts of every model but i (n x m each, per group and bucket)."""
+        self._costs = {k: v for k, v in self._costs.items() if k[0] == i}
+
     def cost_keys(self, i: int, group: str, models: tuple[int, ...], incoming_only: bool, known: set[str]) -> tuple:
         """Per bucket in use, the versions its cost reads: model i's re-coupling of `group` to the
         barycenter of `models` on incoming rows of known groups only, or on everything."""

@@ -204,6 +204,7 @@ class NetworkBarycenter(GroupCosts):
     def restart(self, i: int) -> None:
         """Align model i afresh to the barycenter of the others: a greedy input-to-output pass on
         incoming rows, then coordinate descent."""
+        self.keep_costs_of(i)  # the others' cached costs read model i, about to move: free their memory
         known: set[str] = set()
         for group in self.spec.groups:
             self.recouple(i, group, incoming_only=True, known=known)
