@@ -9,13 +9,13 @@ from torch import nn
 class SmallNet(nn.Module):
     """conv-BN stem, one residual block, a C x H x W flatten into a Linear: the shapes a user writes."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, side: int = 4):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, side: int = 4, head_bias: bool = True):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
                                    nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
         self.pool = nn.AdaptiveAvgPool2d(side)
-        self.head = nn.Sequential(nn.Linear(width * side * side, 32), nn.ReLU(), nn.Linear(32, num_classes))
+        self.head = nn.Sequential(nn.Linear(width * side * side, 32, bias=head_bias), nn.ReLU(), nn.Linear(32, num_classes))
 
     def forward(self, x):
         x = self.stem(x)

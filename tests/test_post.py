@@ -7,7 +7,8 @@ from fusionctl.fusion.post import channel_stats, permuted_stats, repair, reset_b
 from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.wm import perm_coupling
 from fusionctl.fusion.units import repair_points
-from fusionctl.jobs.post import apply_post, with_biases
+from fusionctl.errors import FusionctlError
+from fusionctl.jobs.post import apply_post, repair_biases, with_biases
 from fusionctl.models import build_model, model_spec
 from fusionctl.training import finetune
 
@@ -132,6 +133,27 @@ def test_with_biases_adds_zero_biases_only():
     new_cfg, new = with_biases(cfg, state, data)
     assert new_cfg.bias and torch.equal(new["layers.0.weight"], state["layers.0.weight"])
     assert float(new["layers.0.bias"].abs().sum()) == 0.0
+
+
+def test_repair_biases_adds_zero_biases_where_a_writer_has_neither_norm_nor_bias():
+    data = splits()
+    bare = ModelConfig("mlp", [5, 6], False)
+    state = build_model(bare, SHAPE, 4).state_dict()
+    cfg, new, (ref,) = repair_biases(bare, state, [state], model_spec(bare, SHAPE, 4), data)
+    assert cfg.bias and float(new["layers.1.bias"].abs().sum()) == 0.0 and "layers.1.bias" in ref
+    biased = ModelConfig("mlp", [5, 6], True)
+    state = build_model(biased, SHAPE, 4).state_dict()
+    assert repair_biases(biased, state, [], model_spec(biased, SHAPE, 4), data)[1] is state  # nothing to add
+
+
+def test_repair_on_a_traced_model_names_the_layer_without_a_norm_or_a_bias():
+    custom = ModelConfig("custom", target="tests.custom_nets.SmallNet", kwargs={"width": 4, "head_bias": False})
+    shape = (1, 8, 8)
+    data = Splits("toy", Split(torch.randn(8, *shape), torch.zeros(8, dtype=torch.long)), Split(torch.randn(2, *shape), torch.zeros(2, dtype=torch.long)),
+                  Split(torch.randn(2, *shape), torch.zeros(2, dtype=torch.long)), shape, 3)
+    state = build_model(custom, shape, 3).state_dict()
+    with pytest.raises(FusionctlError, match=r"head\.0 of .* has neither; use post=\[bn_reset\] or give those layers a bias"):
+        repair_biases(custom, state, [], model_spec(custom, shape, 3), data)
 
 
 def test_augmentation_crops_and_flips():

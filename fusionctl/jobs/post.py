@@ -11,7 +11,6 @@ from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, permuted_stats, unit_stats
 from fusionctl.fusion.transport import permutation_index, transport
-from fusionctl.fusion.units import repair_points
 from fusionctl.models import (
     RECURRENT_MODELS,
     TRACED,
@@ -77,12 +76,11 @@ def reference_source(model_cfg: ModelConfig, splits: Splits, bases: list[dict], 
 
 def repair_biases(cfg: ModelConfig, state: dict, references: list[dict], spec, splits: Splits):
     """REPAIR puts a layer's correction in the norm after it, or else in its bias: a bias-free
-    built-in model gains (zero) biases; a traced one must already have them."""
-    model = build_from_state(cfg, splits, state)
-    bare = [layer for layer, norm in repair_points(model, spec) if norm is None and getattr(layer, "bias", None) is None]
+    built-in model gains (zero) biases; a traced one must already have them. The spec names each
+    unit's writer and norm, and the state shows which writers have a bias: no model is built."""
+    bare = [u.writer for g in spec.groups for u in spec.units.get(g, ()) if u.norm is None and f"{u.writer}.bias" not in state]
     if bare and cfg.name in TRACED:
-        names = [n for n, m in model.named_modules() if any(m is b for b in bare)]
-        raise FusionctlError(f"post=[repair] corrects a layer in its norm or bias; {', '.join(names[:3])} of {describe(cfg)} has neither; "
+        raise FusionctlError(f"post=[repair] corrects a layer in its norm or bias; {', '.join(bare[:3])} of {describe(cfg)} has neither; "
                              "use post=[bn_reset] or give those layers a bias")
     if not bare:
         return cfg, state, references
