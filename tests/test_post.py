@@ -3,7 +3,7 @@ import torch
 
 from fusionctl.config import ModelConfig, OptimConfig
 from fusionctl.data import Split, Splits, augment_batch
-from fusionctl.fusion.post import channel_stats, permuted_stats, repair, reset_bn_stats, target_stats, unit_stats
+from fusionctl.fusion.post import aligned_references, channel_stats, permuted_stats, repair, reset_bn_stats, target_stats, unit_stats
 from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.wm import perm_coupling
 from fusionctl.fusion.units import repair_points
@@ -118,6 +118,27 @@ def test_repair_from_measured_statistics_equals_repair_from_references():
     assert from_refs.keys() == from_stats.keys()
     for k in from_refs:
         assert torch.allclose(from_refs[k], from_stats[k], atol=1e-5), k
+
+
+def test_aligned_references_measure_each_base_once_for_permutations_and_transport_soft_couplings():
+    """What REPAIR reads from the bases, in the command and in the Python API: under permutations,
+    the statistics a transported base would measure; under soft couplings, the transported bases."""
+    data = splits()
+    cfg = ModelConfig("mlp", [16, 8], True)
+    spec = model_spec(cfg, SHAPE, 4)
+    states = [{k: v.detach() for k, v in build_model(cfg, SHAPE, 4).state_dict().items()} for _ in range(2)]
+    x = data.train.x[:64]
+    built = []
+    references = aligned_references(lambda s: built.append(1) or _module(cfg, s), states, spec, x)
+    for seeds in ((3, 4), (5, 6)):
+        couplings = [random_permutations(spec, s, seed) for s, seed in zip(states, seeds)]
+        for stats, s, c in zip(references(couplings), states, couplings):
+            for (mu, sd), (mu_t, sd_t) in zip(stats, unit_stats(_module(cfg, transport(s, spec, c)), spec, x)):
+                assert torch.allclose(mu, mu_t, atol=1e-5) and torch.allclose(sd, sd_t, atol=1e-5)
+    assert len(built) == 2  # one measurement per base, whatever the couplings
+    soft = [{g: 0.5 * p + 0.5 * torch.full_like(p, 1.0 / p.numel()) for g, p in random_permutations(spec, s, 7).items()} for s in states]
+    for ref, s, c in zip(references(soft), states, soft):
+        assert all(torch.equal(ref[k], v) for k, v in transport(s, spec, c).items())
 
 
 def _module(cfg, state):

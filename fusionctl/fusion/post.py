@@ -8,10 +8,13 @@ BatchNorm, into the layer's own weight and bias (a bias-free network gains biase
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from fusionctl.data import Split
+from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.units import (
     capture_outputs,
     channel_axis,
@@ -64,6 +67,24 @@ def permuted_stats(stats, spec: AlignmentSpec, index: dict[str, torch.Tensor]):
     """A model's unit_stats as its permuted copy would measure them: unit j of a group takes unit index[group][j]'s."""
     groups = [g for g in spec.groups for _ in spec.units.get(g, ())]
     return [(mu[index[g].to(mu.device)], sd[index[g].to(sd.device)]) for (mu, sd), g in zip(stats, groups)]
+
+
+def aligned_references(build: Callable[[dict], nn.Module], bases: list[dict], spec: AlignmentSpec, x: torch.Tensor):
+    """couplings -> the aligned bases as REPAIR reads them (references for `repair_step` on inputs x).
+    When every coupling is a permutation, each base's unit statistics are measured once on x in its
+    own order (`build` makes its module) and permuted, since a permuted base measures its units
+    permuted; otherwise the base states are transported by the couplings."""
+    measured: list = []
+
+    def references(couplings) -> list:
+        index = [{g: permutation_index(p) for g, p in c.items()} for c in couplings]
+        if any(i is None for per_base in index for i in per_base.values()):
+            return [transport(b, spec, c) for b, c in zip(bases, couplings)]
+        if not measured:
+            measured.extend(unit_stats(build(b), spec, x) for b in bases)
+        return [permuted_stats(s, spec, i) for s, i in zip(measured, index)]
+
+    return references
 
 
 def target_stats(models: list, spec: AlignmentSpec, weights: list[float], x: torch.Tensor):

@@ -9,8 +9,7 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, permuted_stats, unit_stats
-from fusionctl.fusion.transport import permutation_index, transport
+from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, aligned_references
 from fusionctl.models import (
     RECURRENT_MODELS,
     TRACED,
@@ -57,21 +56,9 @@ def apply_post(step: str, cfg: ModelConfig, state: dict, splits: Splits, referen
 
 
 def reference_source(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, device):
-    """couplings -> the aligned bases as REPAIR reads them: when every coupling is a permutation,
-    each base's unit statistics, measured once in its own order and permuted (a permuted base
-    measures its units permuted); otherwise the base states transported by the couplings."""
-    measured: list = []
-
-    def references(couplings) -> list:
-        index = [{g: permutation_index(p) for g, p in c.items()} for c in couplings]
-        if any(i is None for per_base in index for i in per_base.values()):
-            return [transport(b, spec, c) for b, c in zip(bases, couplings)]
-        if not measured:
-            x = splits.train.x[:REPAIR_SAMPLES].to(device)
-            measured.extend(unit_stats(build_from_state(config_for(model_cfg, b), splits, b, device), spec, x) for b in bases)
-        return [permuted_stats(s, spec, i) for s, i in zip(measured, index)]
-
-    return references
+    """couplings -> the aligned bases as REPAIR reads them on the training inputs (fusion.post.aligned_references)."""
+    return aligned_references(lambda b: build_from_state(config_for(model_cfg, b), splits, b, device), bases, spec,
+                              splits.train.x[:REPAIR_SAMPLES].to(device))
 
 
 def repair_biases(cfg: ModelConfig, state: dict, references: list[dict], spec, splits: Splits):
