@@ -21,8 +21,6 @@ from fusionctl.fusion.transport import transport_tensor
 from fusionctl.models.spec import AlignmentSpec, Axis, node_slices
 from fusionctl.ot.barycenter import plan_cost
 
-State = dict[str, torch.Tensor]
-
 
 @dataclass(frozen=True)
 class Slice:
@@ -74,12 +72,16 @@ class GroupCosts:
     def _holds_acts(self, b: Bucket) -> bool:
         return self.acts is not None and b == Bucket((), True)
 
+    def _transport(self, i: int, key: str, skip: int | None = None) -> torch.Tensor:
+        """Model i's entry `key` in the barycenter's node order along every grouped axis but `skip`."""
+        return transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
+
     def _own_parts(self, i: int, group: str, slices: list[Slice], acts: bool) -> torch.Tensor:
         """(n_i, D): model i's nodes of `group` on `slices`, every other axis in the barycenter's order."""
         m = self.target_sizes[group]
         parts = []
         for s in slices:
-            t = node_slices(transport_tensor(self.theta[i][s.key], self.spec.axes[s.key], self.couplings[i], s.dim), s.dim, s.axis)
+            t = node_slices(self._transport(i, s.key, s.dim), s.dim, s.axis)
             parts.append(t * (self.key_weights[s.key] ** 0.5 * (t.shape[0] / m if s.dim else 1.0)))
         if acts:
             parts.append(self.acts[i][group] * self.act_weight**0.5)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fusionctl.fusion.group_costs import GroupCosts, Slice
-from fusionctl.fusion.transport import identity_coupling, transport_tensor
+from fusionctl.fusion.transport import identity_coupling
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.ot.barycenter import coupling_change, plan_cost
 from fusionctl.ot.solver import Potentials, solve_ot
@@ -101,9 +101,6 @@ class NetworkBarycenter(GroupCosts):
     def _is_structure(self, key: str) -> bool:
         groups = [a.group for a in self.spec.axes[key] if a is not None]
         return len(groups) != len(set(groups))
-
-    def _transport(self, i: int, key: str, skip: int | None = None) -> torch.Tensor:
-        return transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
 
     # -- objective ---------------------------------------------------------------------------
 
