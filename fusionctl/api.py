@@ -24,7 +24,7 @@ from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references
-from fusionctl.fusion.units import repair_points, stream_unit_features
+from fusionctl.fusion.units import bare_writers, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.models.trace import TraceError
@@ -77,9 +77,9 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     )
     result = fuse(method, spec, states, lambdas, spec.group_sizes(states[0]), solver_settings(method, settings), ctx)
     fused = _module(template, result.state)
-    references = _references(template, spec, states, inputs)
+    references = _references(template, spec, states, inputs) if READS_REFERENCES.intersection(post) else None
     for step in post:
-        _apply(step, fused, spec, references(result.couplings) if step in READS_REFERENCES else [], lambdas, inputs)
+        _apply(step, fused, spec, references, result.couplings, lambdas, inputs)
     return (fused, result.couplings) if return_couplings else fused
 
 
@@ -109,14 +109,15 @@ def _first(inputs: list[torch.Tensor], n: int):
 
 def _references(template, spec, states, inputs):
     """couplings -> the aligned bases for REPAIR on `inputs` (measured statistics or transported states)."""
-    return aligned_references(lambda s: _module(template, s), states, spec, torch.cat(inputs)[:REPAIR_SAMPLES] if inputs else None)
+    return aligned_references(lambda s: _module(template, s), states, spec, torch.cat(inputs)[:REPAIR_SAMPLES])
 
 
-def _apply(step: str, model: nn.Module, spec, references: list, lambdas, inputs) -> None:
-    if step == "repair" and any(norm is None and getattr(layer, "bias", None) is None for layer, norm in repair_points(model, spec)):
+def _apply(step: str, model: nn.Module, spec, references, couplings, lambdas, inputs) -> None:
+    """`step` on `model` in place; references: couplings -> the aligned bases (`_references`), read by REPAIR only."""
+    if step == "repair" and bare_writers(spec, model.state_dict()):
         raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
     x = torch.cat(inputs)
-    refs = [_module(model, r) if isinstance(r, dict) else r for r in references]
+    refs = [_module(model, r) if isinstance(r, dict) else r for r in references(couplings)] if step in READS_REFERENCES else []
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 
@@ -127,12 +128,12 @@ def _scorer(template, spec, states, lambdas, batches):
         return None
     inputs = [b[0] for b in labelled]
     step = "bn_reset" if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules()) else "repair"
-    references = _references(template, spec, states, inputs)
+    references = _references(template, spec, states, inputs) if step in READS_REFERENCES else None
 
     def score(result) -> float:
         model = _module(template, result.state)
         try:
-            _apply(step, model, spec, references(result.couplings) if step in READS_REFERENCES else [], lambdas, inputs)
+            _apply(step, model, spec, references, result.couplings, lambdas, inputs)
         except FusionctlError:
             pass  # no place to put REPAIR's correction: score the plain fusion
         with torch.no_grad():

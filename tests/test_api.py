@@ -65,6 +65,13 @@ def test_fuse_models_fuses_a_user_defined_module_with_every_method(method):
     assert torch.isfinite(fused(data[0][0])).all()
 
 
+def test_repair_on_a_user_model_without_a_norm_or_bias_for_some_layer_is_one_clear_error():
+    models = [custom_nets.SmallNet(in_channels=3, num_classes=10, width=6, head_bias=False).eval() for _ in range(2)]
+    with pytest.raises(FusionctlError, match="some layer here has neither, use bn_reset"):
+        fusionctl.fuse_models(models, method="wm", data=batches((3, 12, 12)), post=("repair",))
+    assert fusionctl.fuse_models(models, method="wm", data=batches((3, 12, 12)), post=("bn_reset",)) is not None
+
+
 @pytest.mark.parametrize("method", ["wb", "wm", "am"])
 def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method):
     model = small_nets(1)[0]

@@ -56,6 +56,11 @@ def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module
             for g in spec.groups for u in spec.units.get(g, ())]
 
 
+def bare_writers(spec: AlignmentSpec, state: dict) -> list[str]:
+    """Writers with neither a norm after them nor a bias in `state`: where REPAIR has no place to put its correction."""
+    return [u.writer for g in spec.groups for u in spec.units.get(g, ()) if u.norm is None and f"{u.writer}.bias" not in state]
+
+
 def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches) -> list[dict[str, torch.Tensor]]:
     """Per model {group: (n, d)} z-scored activation features over input batches (features.py),
     every model seeing the same inputs; a group without a writer to observe gets one constant feature."""

@@ -10,6 +10,7 @@ from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, aligned_references
+from fusionctl.fusion.units import bare_writers
 from fusionctl.models import (
     RECURRENT_MODELS,
     TRACED,
@@ -65,7 +66,7 @@ def repair_biases(cfg: ModelConfig, state: dict, references: list[dict], spec, s
     """REPAIR puts a layer's correction in the norm after it, or else in its bias: a bias-free
     built-in model gains (zero) biases; a traced one must already have them. The spec names each
     unit's writer and norm, and the state shows which writers have a bias: no model is built."""
-    bare = [u.writer for g in spec.groups for u in spec.units.get(g, ()) if u.norm is None and f"{u.writer}.bias" not in state]
+    bare = bare_writers(spec, state)
     if bare and cfg.name in TRACED:
         raise FusionctlError(f"post=[repair] corrects a layer in its norm or bias; {', '.join(bare[:3])} of {describe(cfg)} has neither; "
                              "use post=[bn_reset] or give those layers a bias")
