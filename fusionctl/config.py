@@ -63,6 +63,7 @@ class TrainConfig:
 OT_METHODS = ("exact", "sinkhorn")
 INITS = ("auto", "model0", "random", "distill")
 COSTS = ("weight", "activation", "both", "auto")
+NORM_STATS = ("predict", "average")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -104,6 +105,7 @@ class BarycenterBlock(OTBlock):
     cost_mix: float = 0.2  # cost=both: share of the activation cost on a common scale (0 = weights only, 1 = activations only)
     act_samples: int = 512  # training inputs streamed for activation costs
     seed: int = 0  # this method's randomness: the random target of init=random|distill, the model order of sweeps
+    norm_stats: str = "predict"  # fused BatchNorm variances: predict (from the probed correlations, when the cost probes) | average
 
     def check(self) -> None:
         super().check()
@@ -111,6 +113,7 @@ class BarycenterBlock(OTBlock):
         _require(self.cost in COSTS, f"unknown solver.cost '{self.cost}'; choose from: {', '.join(COSTS)}")
         _require(0.0 <= self.cost_mix <= 1.0, f"solver.cost_mix must be in [0, 1], got {self.cost_mix}")
         _require(self.act_samples >= 1, f"solver.act_samples must be >= 1, got {self.act_samples}")
+        _require(self.norm_stats in NORM_STATS, f"unknown solver.norm_stats '{self.norm_stats}'; choose from: {', '.join(NORM_STATS)}")
 
 
 @dataclass

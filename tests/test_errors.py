@@ -59,6 +59,7 @@ CASES = [
     (["fuse", "solver.max_iter=0"], 1, "solver.max_iter must be >= 1"),
     (["fuse", "solver.sweeps=-1"], 1, "solver.sweeps must be >= 0"),
     (["fuse", "solver.cost_mix=2"], 1, "solver.cost_mix must be in [0, 1]"),
+    (["fuse", "solver.norm_stats=reset"], 1, "unknown solver.norm_stats 'reset'"),
     (["fuse", "solver=wm", "solver.reg=0.1"], 2, "solver=wm has no setting 'reg'"),
     (["fuse", "seeds=[0]"], 1, "needs at least two base models"),
     (["train", "threads=-3"], 1, "threads must be >= 0"),

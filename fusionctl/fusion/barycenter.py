@@ -22,6 +22,7 @@ from fusionctl.fusion.engine import (
     fuse_with_couplings,
     group_features,
 )
+from fusionctl.fusion.norm_stats import predicted_running_vars
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
 from fusionctl.models.spec import AlignmentSpec
 
@@ -138,7 +139,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
             key_weights=key_weights, acts=acts, init_acts=init_acts, act_weight=act_weight, device=device,
         )
         if sweeps == 0:
-            return fuse_with_couplings(spec, states, weights, couplings, info)
+            return _with_norm_stats(fuse_with_couplings(spec, states, weights, couplings, info), spec, states, weights, acts, settings)
     ot = OTSetup(settings.ot, settings.reg, settings.sinkhorn_iter, settings.max_iter, settings.tol)
     net = NetworkBarycenter(spec, states, weights, target_sizes, ot, couplings, key_weights, acts, act_weight, alpha, settings.seed, device)
     if couplings is None:
@@ -150,6 +151,13 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
     summary = run_sweeps(net, sweeps, settings.tol)
     result = fuse_with_couplings(spec, states, weights, net.result(), info)
     result.sweeps = summary
+    return _with_norm_stats(result, spec, states, weights, acts, settings)
+
+
+def _with_norm_stats(result: FusionResult, spec, states, weights, acts, settings) -> FusionResult:
+    """The fused BatchNorm variances predicted from the probed correlations (norm_stats.py) when the cost probed them."""
+    if acts is not None and settings.norm_stats == "predict":
+        result.state.update(predicted_running_vars(spec, states, weights, result.couplings, acts, result.state))
     return result
 
 

@@ -1,0 +1,40 @@
+"""BatchNorm running variances that fit the fused units, predicted from the probed correlations.
+
+Averaging the aligned models' running variances assumes aligned units are perfectly correlated.
+They are not, so a fused unit's output varies less than its stored variance says, BatchNorm
+shrinks it, and the shrinkage compounds through the network (REPAIR's variance collapse). If
+the fused unit is the lambda-mix of the aligned units it replaces, h = sum_i lambda_i T_i(h_i),
+its variance is sum_ik lambda_i lambda_k cov(T_i h_i, T_k h_k). With z the probe's z-scored
+features (z z^T = corr, features.py) and s_i = sqrt(running_var_i), that is
+|sum_i lambda_i T_i(s_i * z_i)|^2 per unit: no pass over data beyond the probe the cost made.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fusionctl.fusion.transport import row_map
+from fusionctl.models.spec import AlignmentSpec
+
+
+def predicted_running_vars(spec: AlignmentSpec, states: list[dict], weights: list[float], couplings: list[dict],
+                           acts: list[dict[str, torch.Tensor]], fused: dict) -> dict[str, torch.Tensor]:
+    """{norm.running_var: the fused units' predicted variance} for every BatchNorm a group's units
+    pass through. A unit that was constant on the probe's inputs in every model keeps its average."""
+    out = {}
+    for group in spec.groups:
+        for unit in spec.units.get(group, ()):
+            key = f"{unit.norm}.running_var"
+            if unit.norm is None or key not in fused:
+                continue
+            total = live = 0.0
+            for state, coupling, feats, lam in zip(states, couplings, acts, weights):
+                z = feats[group].to(torch.float64)
+                scaled = z * state[key].to(z).clamp_min(0).sqrt()[:, None]
+                p = coupling.get(group)
+                move = (lambda t: t) if p is None else (lambda t, m=row_map(p.to(z)): m @ t)
+                total = total + lam * move(scaled)
+                live = live + move(z.norm(dim=1, keepdim=True))
+            var = total.pow(2).sum(1)
+            out[key] = torch.where(live[:, 0] > 0, var, fused[key].to(var)).to(fused[key].dtype)
+    return out
