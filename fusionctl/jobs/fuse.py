@@ -19,7 +19,7 @@ from fusionctl.config import (
 from fusionctl.data import Splits, load_for
 from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
-from fusionctl.eval.metrics import evaluate, predict_proba
+from fusionctl.eval.metrics import evaluate, evaluate_with_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
 from fusionctl.fusion.post import READS_REFERENCES
 from fusionctl.jobs.activations import activation_probe
@@ -144,20 +144,20 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         methods.remove("avg")
     rows = []
 
-    def evaluate_rows(model, role, method, seed, post="none", stage="one-shot", seconds=0.0, fused=None):
+    def evaluate_rows(model, role, method, seed, post="none", stage="one-shot", seconds=0.0, fused=None, probs=None):
+        """One row per split; `probs`, if given, collects the class probabilities per split (the ensemble's)."""
         label = {"settings": fused.settings_label, "ot": getattr(fused.settings, "ot", ""), "reg": getattr(fused.settings, "reg", float("nan"))} \
             if fused else {"settings": "", "ot": "", "reg": float("nan")}
         for split_name in ("train", "test"):
-            loss, acc = evaluate(model, getattr(splits, split_name), device=device)
+            loss, acc, p = evaluate_with_proba(model, getattr(splits, split_name), device=device, keep_proba=probs is not None)
+            if probs is not None:
+                probs[split_name].append(p)
             rows.append({"role": role, "method": method, "seed": seed, "split": split_name, "accuracy": acc, "loss": loss,
                          "post": post, "stage": stage, "fuse_time_s": seconds, **label})
 
     probs = {"train": [], "test": []}
     for b in bases:
-        model = build_from_state(b.model_cfg, splits, b.state, device)
-        evaluate_rows(model, "base", "base", b.label)
-        for split_name in probs:
-            probs[split_name].append(predict_proba(model, getattr(splits, split_name), device=device))
+        evaluate_rows(build_from_state(b.model_cfg, splits, b.state, device), "base", "base", b.label, probs=probs)
     for split_name in ("train", "test"):
         p = sum(w * q for w, q in zip(lambdas, probs[split_name]))
         y = getattr(splits, split_name).y
