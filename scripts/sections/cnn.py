@@ -65,8 +65,8 @@ def section(run, quick: bool) -> str:
         f"(%); `+bn_reset` recomputes BatchNorm statistics, `+repair` is REPAIR (Jordan et al.); `finetuned` trains every "
         f"WB-fused model and both base models {finetune} more epochs (SGD lr 0.01, momentum 0.9).",
         md_table(accuracy_table(fusion, [c[0] for c in configs])),
-        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; BatchNorm statistics "
-        "reset at every point for BN models):",
+        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; a line marked "
+        "+bn_reset or +repair applies that step at every point, the plain line keeps the interpolated statistics):",
         md_table(barrier_table(bar)),
     ])
 
@@ -103,7 +103,7 @@ def section_gpu(run, quick: bool) -> str:
         f"{epochs} epochs, seeds 0 and 1, device {run.args.device}; vgg11 clips gradients at norm 1. Test accuracy (%); `wb` is "
         "fusionctl's default, `wb (paper)` the paper's layer-wise pass (`solver.sweeps=0 solver.cost=weight`).",
         md_table(accuracy_table(fusion, [c[0] for c in configs])),
-        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; BatchNorm statistics "
-        "reset at every point for BN models):",
+        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; a line marked "
+        "+bn_reset or +repair applies that step at every point, the plain line keeps the interpolated statistics):",
         md_table(barrier_table(bar)),
     ])
