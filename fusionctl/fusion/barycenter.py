@@ -2,7 +2,8 @@
 
 It picks the initial support (model 0, a random target, or model 0 distilled into other widths),
 weighs weight and activation costs, and runs either the paper's layer-wise pass (engine.py) or
-the layer-wise pass plus whole-network sweeps (sweeps.py); cost=auto tries two costs.
+the layer-wise pass plus whole-network sweeps (sweeps.py); cost=auto tries two costs. When the
+cost probed activations, the fused BatchNorm variances are predicted from them (norm_stats.py).
 """
 
 from __future__ import annotations
