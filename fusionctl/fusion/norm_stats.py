@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from fusionctl.fusion.transport import row_map
-from fusionctl.models.spec import AlignmentSpec
+from fusionctl.fusion.transport import transport_tensor
+from fusionctl.models.spec import AlignmentSpec, Axis
 
 
 def predicted_running_vars(spec: AlignmentSpec, states: list[dict], weights: list[float], couplings: list[dict],
@@ -27,14 +27,13 @@ def predicted_running_vars(spec: AlignmentSpec, states: list[dict], weights: lis
             key = f"{unit.norm}.running_var"
             if unit.norm is None or key not in fused:
                 continue
+            rows = (Axis(group), None)  # (units, features), the units moved as the norm's own entries are
             total = live = 0.0
             for state, coupling, feats, lam in zip(states, couplings, acts, weights):
                 z = feats[group].to(torch.float64)
                 scaled = z * state[key].to(z).clamp_min(0).sqrt()[:, None]
-                p = coupling.get(group)
-                move = (lambda t: t) if p is None else (lambda t, m=row_map(p.to(z)): m @ t)
-                total = total + lam * move(scaled)
-                live = live + move(z.norm(dim=1, keepdim=True))
+                total = total + lam * transport_tensor(scaled, rows, coupling)
+                live = live + transport_tensor(z.norm(dim=1, keepdim=True), rows, coupling)
             var = total.pow(2).sum(1)
             out[key] = torch.where(live[:, 0] > 0, var, fused[key].to(var)).to(fused[key].dtype)
     return out
