@@ -72,7 +72,8 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
             raise FusionctlError(f"post-step {step} needs data")
     template = models[0]
     ctx = FusionContext(
-        activations=(lambda sts, n: stream_unit_features([_module(template, s) for s in sts], spec, _first(inputs, n))) if inputs else None,
+        activations=(lambda sts, n, writers=False: stream_unit_features([_module(template, s) for s in sts], spec, _first(inputs, n), writers))
+        if inputs else None,
         score=_scorer(template, spec, states, lambdas, batches),
     )
     result = fuse(method, spec, states, lambdas, spec.group_sizes(states[0]), solver_settings(method, settings), ctx)

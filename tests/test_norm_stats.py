@@ -7,7 +7,7 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.engine import fuse_with_couplings
-from fusionctl.fusion.norm_stats import predicted_running_vars
+from fusionctl.fusion.barycenter import with_norm_stats
 from fusionctl.fusion.transport import permutation_index
 from fusionctl.fusion.units import capture_outputs, channel_axis, repair_points, units_first
 from fusionctl.jobs.activations import activation_probe
@@ -32,34 +32,35 @@ def with_measured_variances(cfg, state, x):
 
 
 def test_predicted_variance_is_the_variance_of_the_mix_of_aligned_units():
-    """For a group written once, |sum_i l_i T_i(s_i z_i)|^2 is exactly the variance, on the probe's
-    inputs, of the lambda-mix of the aligned base units (each base measured in its own network)."""
+    """|sum_i l_i T_i(s_i z_i)|^2 is exactly the variance, on the probe's inputs, of the lambda-mix
+    of the aligned base units (each base measured in its own network), for every norm: after a
+    group's only writer and after each writer of a residual stream."""
     splits = toy_splits(SHAPE, n=64)
     x = splits.train.x
     spec = model_spec(CNN_BN)
     states = [with_measured_variances(CNN_BN, s, x) for s in random_states(CNN_BN, 2, SHAPE)]
     _, _, planted = noisy_permuted_copies(CNN_BN, states[0], 2, 0.0, SHAPE)
     couplings, lambdas = [planted[0], planted[1]], [0.3, 0.7]  # model 1 through a random permutation
-    acts = activation_probe(CNN_BN, splits)(states, 64)
-    fused = fuse_with_couplings(spec, states, lambdas, couplings).state
-    predicted = predicted_running_vars(spec, states, lambdas, couplings, acts, fused)
-    checked = 0
+    ctx = FusionContext(activations=activation_probe(CNN_BN, splits))
+    fused = fuse_with_couplings(spec, states, lambdas, couplings)
+    predicted = with_norm_stats(fused, spec, states, lambdas, ctx.activations(states, 64), settings("wb", act_samples=64), ctx).state
+    averaged = fuse_with_couplings(spec, states, lambdas, couplings).state
+    streams = 0
     for group in spec.groups:
-        if len(spec.units[group]) != 1:
-            continue  # a residual stream's writers share one pooled correlation: approximate there
-        unit = spec.units[group][0]
-        mix = 0.0
-        for state, coupling, lam in zip(states, couplings, lambdas):
-            model = build_model(CNN_BN, SHAPE, 4)
-            model.load_state_dict(state)
-            writer = model.get_submodule(unit.writer)
-            h = units_first(capture_outputs(model, [writer], x)[0], channel_axis(writer)).double()
-            mix = mix + lam * h[permutation_index(coupling[group])]
-        truth = mix.var(1, unbiased=False)
-        assert torch.allclose(predicted[f"{unit.norm}.running_var"].double(), truth, rtol=1e-4, atol=1e-6), group
-        assert not torch.allclose(fused[f"{unit.norm}.running_var"].double(), truth, rtol=1e-2), "the average must be off for this test to mean anything"
-        checked += 1
-    assert checked >= 3
+        streams += len(spec.units[group]) > 1
+        for unit in spec.units[group]:
+            mix = 0.0
+            for state, coupling, lam in zip(states, couplings, lambdas):
+                model = build_model(CNN_BN, SHAPE, 4)
+                model.load_state_dict(state)
+                writer = model.get_submodule(unit.writer)
+                h = units_first(capture_outputs(model, [writer], x)[0], channel_axis(writer)).double()
+                mix = mix + lam * h[permutation_index(coupling[group])]
+            truth = mix.var(1, unbiased=False)
+            key = f"{unit.norm}.running_var"
+            assert torch.allclose(predicted[key].double(), truth, rtol=1e-4, atol=1e-6), unit.writer
+            assert not torch.allclose(averaged[key].double(), truth, rtol=1e-2), "the average must be off for this test to mean anything"
+    assert streams >= 2 and len(spec.groups) - streams >= 3
 
 
 def test_fusing_a_bn_net_with_permuted_copies_of_itself_keeps_its_variances_and_function():

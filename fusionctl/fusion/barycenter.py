@@ -109,10 +109,10 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
     if settings.cost == "auto":
         memo: dict = {}
 
-        def probe(sts, n):  # both candidates read the same activations
-            key = (tuple(map(id, sts)), n)
+        def probe(sts, n, writers=False):  # both candidates read the same activations
+            key = (tuple(map(id, sts)), n, writers)
             if key not in memo:
-                memo[key] = ctx.activations(sts, n)
+                memo[key] = ctx.activations(sts, n, writers)
             return memo[key]
 
         once = replace(ctx, activations=probe if ctx.activations is not None else None)
@@ -140,7 +140,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
             key_weights=key_weights, acts=acts, init_acts=init_acts, act_weight=act_weight, device=device,
         )
         if sweeps == 0:
-            return _with_norm_stats(fuse_with_couplings(spec, states, weights, couplings, info), spec, states, weights, acts, settings)
+            return with_norm_stats(fuse_with_couplings(spec, states, weights, couplings, info), spec, states, weights, acts, settings, ctx)
     ot = OTSetup(settings.ot, settings.reg, settings.sinkhorn_iter, settings.max_iter, settings.tol)
     net = NetworkBarycenter(spec, states, weights, target_sizes, ot, couplings, key_weights, acts, act_weight, alpha, settings.seed, device)
     if couplings is None:
@@ -152,13 +152,21 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
     summary = run_sweeps(net, sweeps, settings.tol)
     result = fuse_with_couplings(spec, states, weights, net.result(), info)
     result.sweeps = summary
-    return _with_norm_stats(result, spec, states, weights, acts, settings)
+    return with_norm_stats(result, spec, states, weights, acts, settings, ctx)
 
 
-def _with_norm_stats(result: FusionResult, spec, states, weights, acts, settings) -> FusionResult:
-    """The fused BatchNorm variances predicted from the probed correlations (norm_stats.py) when the cost probed them."""
-    if acts is not None and settings.norm_stats == "predict":
-        result.state.update(predicted_running_vars(spec, states, weights, result.couplings, acts, result.state))
+def with_norm_stats(result: FusionResult, spec: AlignmentSpec, states, weights, acts, settings, ctx: FusionContext) -> FusionResult:
+    """The fused BatchNorm variances predicted from the probed correlations (norm_stats.py) when
+    the cost probed them. A group written once has them in its cost's features; a group written by
+    several normed writers (a residual stream) is probed again, writer by writer."""
+    if acts is None or settings.norm_stats != "predict":
+        return result
+    normed = {u.writer: g for g in spec.groups for u in spec.units.get(g, ()) if u.norm}
+    if any(len(spec.units[g]) > 1 for g in normed.values()):
+        per_writer = ctx.activations(states, settings.act_samples, True)
+    else:
+        per_writer = [{w: a[g] for w, g in normed.items()} for a in acts]
+    result.state.update(predicted_running_vars(spec, states, weights, result.couplings, per_writer, result.state))
     return result
 
 

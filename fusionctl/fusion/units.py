@@ -38,15 +38,16 @@ def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor)
     return [captured[i] for i in range(len(modules))]
 
 
-def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor, writers: bool = False) -> dict[str, torch.Tensor]:
     """{group: (n_units, observations)}: the writers' outputs (before any norm) on inputs x,
-    several writers of one group (a residual stream) stacked as more observations."""
+    several writers of one group (a residual stream) stacked as more observations; with
+    writers=True {writer: (n_units, observations)}, every writer apart."""
     names = [(g, u.writer) for g in spec.groups for u in spec.units.get(g, ())]
     modules = [model.get_submodule(w) for _, w in names]
     outs = capture_outputs(model, modules, x)
     acts: dict[str, list[torch.Tensor]] = {}
-    for (group, _), module, out in zip(names, modules, outs):
-        acts.setdefault(group, []).append(units_first(out, channel_axis(module)))
+    for (group, writer), module, out in zip(names, modules, outs):
+        acts.setdefault(writer if writers else group, []).append(units_first(out, channel_axis(module)))
     return {g: torch.cat(blocks, 1) for g, blocks in acts.items()}
 
 
@@ -61,19 +62,22 @@ def bare_writers(spec: AlignmentSpec, state: dict) -> list[str]:
     return [u.writer for g in spec.groups for u in spec.units.get(g, ()) if u.norm is None and f"{u.writer}.bias" not in state]
 
 
-def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches) -> list[dict[str, torch.Tensor]]:
+def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, writers: bool = False) -> list[dict[str, torch.Tensor]]:
     """Per model {group: (n, d)} z-scored activation features over input batches (features.py),
-    every model seeing the same inputs; a group without a writer to observe gets one constant feature."""
+    every model seeing the same inputs; a group without a writer to observe gets one constant feature.
+    writers=True: per model {writer: (n, d)}, each writer's outputs on their own (what the norm after it sees)."""
     streams: dict[str, CorrelationFeatures] = {}
     for x in batches:
-        per_model = [unit_outputs(m, spec, x) for m in models]
-        for group in per_model[0]:
-            if group not in streams:
-                streams[group] = CorrelationFeatures([a[group].shape[0] for a in per_model])
-            streams[group].add([a[group] for a in per_model])
+        per_model = [unit_outputs(m, spec, x, writers) for m in models]
+        for name in per_model[0]:
+            if name not in streams:
+                streams[name] = CorrelationFeatures([a[name].shape[0] for a in per_model])
+            streams[name].add([a[name] for a in per_model])
     if not streams and any(spec.units.get(g) for g in spec.groups):
         raise ValueError("no input batches to probe activations with")
-    feats = {g: [f.cpu() for f in stream.features()] for g, stream in streams.items()}
+    feats = {name: [f.cpu() for f in stream.features()] for name, stream in streams.items()}
+    if writers:
+        return [{name: f[i] for name, f in feats.items()} for i in range(len(models))]
     sizes = [spec.group_sizes({k: v for k, v in m.state_dict().items()}) for m in models]
     return [{g: feats[g][i] if g in feats else torch.ones(sizes[i][g], 1, dtype=torch.float64) for g in spec.groups}
             for i in range(len(models))]
