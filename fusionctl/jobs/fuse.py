@@ -66,18 +66,19 @@ def prepare(cfg: FuseCommandConfig):
 SCORE_SAMPLES = 2000
 
 
-def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, lambdas, device):
+def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, lambdas, device, references=None):
     """How solver.cost=auto chooses: a fused model's accuracy on (up to SCORE_SAMPLES of) the
     validation split (without one, the last training inputs) after the post-step its family
     needs anyway — BatchNorm reset for BN nets (their stored statistics are averages that no longer
-    fit the units), REPAIR for other feed-forward nets — so candidates are compared as they will be used."""
+    fit the units), REPAIR for other feed-forward nets — so candidates are compared as they will be used.
+    `references`: a reference_source to share (the fuse command's, so the bases are measured once)."""
     held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
     if any(k.endswith("running_mean") for k in bases[0]):
         step = "bn_reset"
     else:
         step = "repair" if post_defined("repair", model_cfg.name) else None
 
-    references = reference_source(model_cfg, splits, bases, spec, device)
+    references = references or reference_source(model_cfg, splits, bases, spec, device)
 
     def score(result) -> float:
         cfg, state = config_for(model_cfg, result.state), result.state
@@ -100,13 +101,14 @@ def describe(settings: SolverSettings) -> str:
     return " ".join(changed) or "defaults"
 
 
-def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[Base], spec, lambdas, target_cfg: ModelConfig) -> Fused:
+def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[Base], spec, lambdas, target_cfg: ModelConfig,
+               references=None) -> Fused:
     sizes = target_sizes(target_cfg, splits)
     settings = settings_for(method, cfg)
     device = resolve_device(cfg.device)
     ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
                         activation_probe(bases[0].model_cfg, splits, device),
-                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device), ot_device(device))
+                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device, references), ot_device(device))
     start = time.perf_counter()
     result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, settings, ctx)
     seconds = time.perf_counter() - start
@@ -167,7 +169,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
     label = "+".join(b.label for b in bases)
     aligned = reference_source(bases[0].model_cfg, splits, [b.state for b in bases], spec, device)
     for method in methods:
-        fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg)
+        fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg, aligned)
         save_fused(fused, splits, bases, lambdas, out_dir)
         evaluate_rows(build_from_state(fused.model_cfg, splits, fused.result.state, device), "fused", method, label, seconds=fused.seconds, fused=fused)
         references = aligned(fused.result.couplings) if READS_REFERENCES.intersection(cfg.post) else []
