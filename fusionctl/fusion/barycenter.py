@@ -157,12 +157,12 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
 
 def with_norm_stats(result: FusionResult, spec: AlignmentSpec, states, weights, acts, settings, ctx: FusionContext) -> FusionResult:
     """The fused BatchNorm variances predicted from the probed correlations (norm_stats.py) when
-    the cost probed them. A group written once has them in its cost's features; a group written by
-    several normed writers (a residual stream) is probed again, writer by writer."""
+    the cost probed them. A group written once has them in its cost's features; when a BatchNorm's
+    group has several writers (a residual stream), the writers are probed again, one by one."""
     if acts is None or settings.norm_stats != "predict":
         return result
-    normed = {u.writer: g for g in spec.groups for u in spec.units.get(g, ()) if u.norm}
-    if any(len(spec.units[g]) > 1 for g in normed.values()):
+    normed = {u.writer: g for g in spec.groups for u in spec.units.get(g, ()) if f"{u.norm}.running_var" in states[0]}
+    if any(len(spec.units[g]) > 1 for g in normed.values()):  # the group's features pool several writers
         per_writer = ctx.activations(states, settings.act_samples, True)
     else:
         per_writer = [{w: a[g] for w, g in normed.items()} for a in acts]
