@@ -6,8 +6,8 @@ import torch
 
 from fusionctl.config import ModelConfig
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.engine import fuse_with_couplings
 from fusionctl.fusion.barycenter import with_norm_stats
+from fusionctl.fusion.engine import fuse_with_couplings
 from fusionctl.fusion.transport import permutation_index
 from fusionctl.fusion.units import capture_outputs, channel_axis, repair_points, units_first
 from fusionctl.jobs.activations import activation_probe
