@@ -72,7 +72,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
             raise FusionctlError(f"post-step {step} needs data")
     template = models[0]
     ctx = FusionContext(
-        activations=(lambda sts, n, writers=False: stream_unit_features([_module(template, s) for s in sts], spec, _first(inputs, n), writers))
+        activations=(lambda sts, n, writers=(): stream_unit_features([_module(template, s) for s in sts], spec, _first(inputs, n), writers))
         if inputs else None,
         score=_scorer(template, spec, states, lambdas, batches),
     )

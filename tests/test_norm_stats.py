@@ -6,7 +6,7 @@ import torch
 
 from fusionctl.config import ModelConfig
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.barycenter import with_norm_stats
+from fusionctl.fusion.barycenter import shared_norm_writers, with_norm_stats
 from fusionctl.fusion.engine import fuse_with_couplings
 from fusionctl.fusion.transport import permutation_index
 from fusionctl.fusion.units import capture_outputs, channel_axis, repair_points, units_first
@@ -41,9 +41,9 @@ def test_predicted_variance_is_the_variance_of_the_mix_of_aligned_units():
     states = [with_measured_variances(CNN_BN, s, x) for s in random_states(CNN_BN, 2, SHAPE)]
     _, _, planted = noisy_permuted_copies(CNN_BN, states[0], 2, 0.0, SHAPE)
     couplings, lambdas = [planted[0], planted[1]], [0.3, 0.7]  # model 1 through a random permutation
-    ctx = FusionContext(activations=activation_probe(CNN_BN, splits))
+    acts, writer_acts = activation_probe(CNN_BN, splits)(states, 64, shared_norm_writers(spec, states[0]))
     fused = fuse_with_couplings(spec, states, lambdas, couplings)
-    predicted = with_norm_stats(fused, spec, states, lambdas, ctx.activations(states, 64), settings("wb", act_samples=64), ctx).state
+    predicted = with_norm_stats(fused, spec, states, lambdas, acts, writer_acts, settings("wb")).state
     averaged = fuse_with_couplings(spec, states, lambdas, couplings).state
     streams = 0
     for group in spec.groups:

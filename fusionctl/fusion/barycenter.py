@@ -85,14 +85,25 @@ def cost_weights(settings: BarycenterBlock, spec: AlignmentSpec, states: list[St
     return weights, mix / 2.0
 
 
-def activation_features(settings: BarycenterBlock, ctx: FusionContext, states: list[State], init_state: State | None):
-    """Per state {group: z-scored features} (and the init's, if it is not model 0), when the cost uses them."""
+def activation_features(settings: BarycenterBlock, ctx: FusionContext, spec: AlignmentSpec, states: list[State], init_state: State | None):
+    """Per state {group: z-scored features} (and the init's, if it is not model 0), when the cost
+    uses them, and per state {writer: features} for the BatchNorms whose variances are predicted
+    from their own writer's outputs (norm_stats.py), from the same pass over the inputs."""
     if settings.cost == "weight":
-        return None, None
+        return None, None, None
     if ctx.activations is None:
         raise FusionctlError(f"solver.cost={settings.cost} needs training data to probe activations")
-    probed = ctx.activations(states + ([init_state] if init_state is not None else []), settings.act_samples)
-    return probed[: len(states)], (probed[-1] if init_state is not None else probed[0])
+    writers = shared_norm_writers(spec, states[0]) if settings.norm_stats == "predict" else ()
+    probed = ctx.activations(states + ([init_state] if init_state is not None else []), settings.act_samples, writers)
+    probed, apart = probed if writers else (probed, None)
+    return probed[: len(states)], (probed[-1] if init_state is not None else probed[0]), apart
+
+
+def shared_norm_writers(spec: AlignmentSpec, state: State) -> tuple[str, ...]:
+    """Writers followed by a BatchNorm in a group that several writers share (a residual stream):
+    the group's features pool them all, so their variances need each writer's own."""
+    return tuple(u.writer for g in spec.groups for u in spec.units.get(g, ())
+                 if len(spec.units[g]) > 1 and f"{u.norm}.running_var" in state)
 
 
 def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings: BarycenterBlock, ctx: FusionContext,
@@ -109,8 +120,8 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
     if settings.cost == "auto":
         memo: dict = {}
 
-        def probe(sts, n, writers=False):  # both candidates read the same activations
-            key = (tuple(map(id, sts)), n, writers)
+        def probe(sts, n, writers=()):  # both candidates read the same activations
+            key = (tuple(map(id, sts)), n, tuple(writers))
             if key not in memo:
                 memo[key] = ctx.activations(sts, n, writers)
             return memo[key]
@@ -127,7 +138,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
         return result
     init_state, in_target = initial_support(settings.init, spec, states, target_sizes, ctx, settings)
     key_weights, act_weight = cost_weights(settings, spec, states)
-    acts, init_acts = activation_features(settings, ctx, states, init_state if in_target else None)
+    acts, init_acts, writer_acts = activation_features(settings, ctx, spec, states, init_state if in_target else None)
     device = ctx.device  # costs, Sinkhorn and barycenter updates; an exact assignment itself solves on the CPU
     max_iter = passes or settings.max_iter
     sweeps = 0 if passes else settings.sweeps
@@ -140,7 +151,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
             key_weights=key_weights, acts=acts, init_acts=init_acts, act_weight=act_weight, device=device,
         )
         if sweeps == 0:
-            return with_norm_stats(fuse_with_couplings(spec, states, weights, couplings, info), spec, states, weights, acts, settings, ctx)
+            return with_norm_stats(fuse_with_couplings(spec, states, weights, couplings, info), spec, states, weights, acts, writer_acts, settings)
     ot = OTSetup(settings.ot, settings.reg, settings.sinkhorn_iter, settings.max_iter, settings.tol)
     net = NetworkBarycenter(spec, states, weights, target_sizes, ot, couplings, key_weights, acts, act_weight, alpha, settings.seed, device)
     if couplings is None:
@@ -152,20 +163,17 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
     summary = run_sweeps(net, sweeps, settings.tol)
     result = fuse_with_couplings(spec, states, weights, net.result(), info)
     result.sweeps = summary
-    return with_norm_stats(result, spec, states, weights, acts, settings, ctx)
+    return with_norm_stats(result, spec, states, weights, acts, writer_acts, settings)
 
 
-def with_norm_stats(result: FusionResult, spec: AlignmentSpec, states, weights, acts, settings, ctx: FusionContext) -> FusionResult:
+def with_norm_stats(result: FusionResult, spec: AlignmentSpec, states, weights, acts, writer_acts, settings) -> FusionResult:
     """The fused BatchNorm variances predicted from the probed correlations (norm_stats.py) when
-    the cost probed them. A group written once has them in its cost's features; when a BatchNorm's
-    group has several writers (a residual stream), the writers are probed again, one by one."""
+    the cost probed them: a writer's own features where a group has several (writer_acts,
+    activation_features), else its group's."""
     if acts is None or settings.norm_stats != "predict":
         return result
-    normed = {u.writer: g for g in spec.groups for u in spec.units.get(g, ()) if f"{u.norm}.running_var" in states[0]}
-    if any(len(spec.units[g]) > 1 for g in normed.values()):  # the group's features pool several writers
-        per_writer = ctx.activations(states, settings.act_samples, True)
-    else:
-        per_writer = [{w: a[g] for w, g in normed.items()} for a in acts]
+    per_writer = [{u.writer: (apart or {}).get(u.writer, a[g]) for g in spec.groups for u in spec.units.get(g, ())}
+                  for a, apart in zip(acts, writer_acts or [None] * len(acts))]
     result.state.update(predicted_running_vars(spec, states, weights, result.couplings, per_writer, result.state))
     return result
 

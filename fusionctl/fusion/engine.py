@@ -32,9 +32,9 @@ class FusionContext:
     (init=random|distill) and unit activations on training inputs (activation costs, `am`)."""
 
     random_target: Callable[[], "State"] | None = None
-    # (states, samples, writers=False) -> per state {group: (n, d)} z-scored activation features
-    # (features.py); writers=True keys them by writer instead, each writer's outputs on their own
-    activations: Callable[..., list[dict[str, torch.Tensor]]] | None = None
+    # (states, samples, writers=()) -> per state {group: (n, d)} z-scored activation features
+    # (features.py); with writers named, (that, per state {writer: its own outputs' features})
+    activations: Callable[..., list[dict[str, torch.Tensor]] | tuple] | None = None
     score: Callable[["FusionResult"], float] | None = None  # held-out accuracy of a fusion (solver.cost=auto)
     device: str = "cpu"  # where costs, Sinkhorn and barycenter updates run; exact assignments solve on the CPU
 

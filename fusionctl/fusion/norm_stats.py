@@ -7,8 +7,8 @@ the fused unit is the lambda-mix of the aligned units it replaces, h = sum_i lam
 its variance is sum_ik lambda_i lambda_k cov(T_i h_i, T_k h_k). With z the probe's z-scored
 features (z z^T = corr, features.py) and s_i = sqrt(running_var_i), that is
 |sum_i lambda_i T_i(s_i * z_i)|^2 per unit. The correlations are each writer's own: the cost's
-features where a group has one writer, a second probe, writer by writer, for a residual stream
-(its pooled correlation mixes the writers': 33.1 % one-shot on resnet20 +BN against 40.0).
+features where a group has one writer; for a residual stream the same probe also features each
+writer apart (its pooled correlation mixes the writers': 33.1 % one-shot on resnet20 +BN against 40.0).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ outputs; REPAIR corrects at the norm, or at the writer when there is none.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -38,17 +40,18 @@ def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor)
     return [captured[i] for i in range(len(modules))]
 
 
-def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor, writers: bool = False) -> dict[str, torch.Tensor]:
-    """{group: (n_units, observations)}: the writers' outputs (before any norm) on inputs x,
-    several writers of one group (a residual stream) stacked as more observations; with
-    writers=True {writer: (n_units, observations)}, every writer apart."""
-    names = [(g, u.writer) for g in spec.groups for u in spec.units.get(g, ())]
-    modules = [model.get_submodule(w) for _, w in names]
-    outs = capture_outputs(model, modules, x)
-    acts: dict[str, list[torch.Tensor]] = {}
-    for (group, writer), module, out in zip(names, modules, outs):
-        acts.setdefault(writer if writers else group, []).append(units_first(out, channel_axis(module)))
-    return {g: torch.cat(blocks, 1) for g, blocks in acts.items()}
+def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{writer: (n_units, observations)}: every unit writer's output (before any norm) on inputs x."""
+    names = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
+    modules = [model.get_submodule(w) for w in names]
+    return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, capture_outputs(model, modules, x))}
+
+
+def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor, outs: dict | None = None) -> dict[str, torch.Tensor]:
+    """{group: (n_units, observations)}: the writers' outputs on inputs x (or `outs`, writer_outputs
+    already taken), several writers of one group (a residual stream) stacked as more observations."""
+    outs = writer_outputs(model, spec, x) if outs is None else outs
+    return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) for g in spec.groups if spec.units.get(g)}
 
 
 def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None]]:
@@ -62,22 +65,31 @@ def bare_writers(spec: AlignmentSpec, state: dict) -> list[str]:
     return [u.writer for g in spec.groups for u in spec.units.get(g, ()) if u.norm is None and f"{u.writer}.bias" not in state]
 
 
-def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, writers: bool = False) -> list[dict[str, torch.Tensor]]:
+def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, writers: Collection[str] = ()):
     """Per model {group: (n, d)} z-scored activation features over input batches (features.py),
     every model seeing the same inputs; a group without a writer to observe gets one constant feature.
-    writers=True: per model {writer: (n, d)}, each writer's outputs on their own (what the norm after it sees)."""
-    streams: dict[str, CorrelationFeatures] = {}
+    With `writers` named, the same pass also features each of them on its own outputs (what the norm
+    after it sees) and returns (per model {group: ...}, per model {writer: ...})."""
+    streams: dict[tuple[str, str], CorrelationFeatures] = {}
+
+    def add(key, blocks):
+        if key not in streams:
+            streams[key] = CorrelationFeatures([b.shape[0] for b in blocks])
+        streams[key].add(blocks)
+
     for x in batches:
-        per_model = [unit_outputs(m, spec, x, writers) for m in models]
-        for name in per_model[0]:
-            if name not in streams:
-                streams[name] = CorrelationFeatures([a[name].shape[0] for a in per_model])
-            streams[name].add([a[name] for a in per_model])
+        outs = [writer_outputs(m, spec, x) for m in models]
+        per_model = [unit_outputs(m, spec, x, o) for m, o in zip(models, outs)]
+        for group in per_model[0]:
+            add(("group", group), [a[group] for a in per_model])
+        for writer in writers:
+            add(("writer", writer), [o[writer] for o in outs])
     if not streams and any(spec.units.get(g) for g in spec.groups):
         raise ValueError("no input batches to probe activations with")
-    feats = {name: [f.cpu() for f in stream.features()] for name, stream in streams.items()}
-    if writers:
-        return [{name: f[i] for name, f in feats.items()} for i in range(len(models))]
+    feats = {key: [f.cpu() for f in stream.features()] for key, stream in streams.items()}
     sizes = [spec.group_sizes({k: v for k, v in m.state_dict().items()}) for m in models]
-    return [{g: feats[g][i] if g in feats else torch.ones(sizes[i][g], 1, dtype=torch.float64) for g in spec.groups}
-            for i in range(len(models))]
+    groups = [{g: feats[("group", g)][i] if ("group", g) in feats else torch.ones(sizes[i][g], 1, dtype=torch.float64) for g in spec.groups}
+              for i in range(len(models))]
+    if not writers:
+        return groups
+    return groups, [{w: feats[("writer", w)][i] for w in writers} for i in range(len(models))]

@@ -7,8 +7,6 @@ The activations are streamed batch by batch into z-scored features (fusion/featu
 
 from __future__ import annotations
 
-import torch
-
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.fusion.units import stream_unit_features
@@ -16,12 +14,12 @@ from fusionctl.models import build_from_state, config_for, model_spec
 
 
 def activation_probe(model_cfg: ModelConfig, splits: Splits, device="cpu", batch_size: int = 64):
-    """A function (states, samples, writers=False) -> per state {group: (n, d) z-scored features}
-    ({writer: ...} with writers=True), for states of `model_cfg`'s architecture (any widths),
-    streamed over the first `samples` training inputs."""
+    """A function (states, samples, writers=()) -> per state {group: (n, d) z-scored features}, for
+    states of `model_cfg`'s architecture (any widths), streamed over the first `samples` training
+    inputs; with writers named, also per state {writer: ...} (fusion.units.stream_unit_features)."""
     spec = model_spec(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
 
-    def probe(states: list[dict], samples: int, writers: bool = False) -> list[dict[str, torch.Tensor]]:
+    def probe(states: list[dict], samples: int, writers=()):
         models = [build_from_state(config_for(model_cfg, s), splits, s, device) for s in states]
         x = splits.train.x[:samples]
         return stream_unit_features(models, spec, (x[i : i + batch_size].to(device) for i in range(0, len(x), batch_size)), writers)
