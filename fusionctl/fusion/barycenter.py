@@ -96,7 +96,7 @@ def activation_features(settings: BarycenterBlock, ctx: FusionContext, spec: Ali
     writers = shared_norm_writers(spec, states[0]) if settings.norm_stats == "predict" else ()
     probed = ctx.activations(states + ([init_state] if init_state is not None else []), settings.act_samples, writers)
     probed, apart = probed if writers else (probed, None)
-    return probed[: len(states)], (probed[-1] if init_state is not None else probed[0]), apart
+    return probed[: len(states)], (probed[-1] if init_state is not None else probed[0]), apart[: len(states)] if apart else None
 
 
 def shared_norm_writers(spec: AlignmentSpec, state: State) -> tuple[str, ...]:
