@@ -146,3 +146,39 @@ def test_known_permutations_change_like_dense_plans():
     assert not torch.equal(a, b)
     for p, q in ((a, b), (a, a), (a, a.clone())):  # a clone carries no mark: the dense path
         assert coupling_change([p], [q]) == float((p - q).abs().max()) * 8
+
+
+# -c for two copies of a 6-unit layer against it (an inner-product cost): POT's network simplex
+# calls this feasible problem infeasible and returns an all-zero plan unless the cost is shifted
+NEAR_DUPLICATE_ROWS = [
+    [-7.3474, -7.7355, -8.8486, -7.6362, -8.0794, -7.793], [-7.7572, -8.2906, -7.7355, -7.538, -7.3133, -7.8794],
+    [-7.3828, -7.3133, -8.0794, -7.8189, -9.0104, -7.69], [-7.6454, -7.538, -7.6362, -9.3845, -7.8189, -7.5215],
+    [-7.3358, -7.8794, -7.793, -7.5215, -7.69, -8.8533], [-7.6454, -7.538, -7.6362, -9.3845, -7.8189, -7.5215],
+    [-8.6531, -7.7572, -7.3474, -7.6454, -7.3828, -7.3358], [-7.3358, -7.8794, -7.793, -7.5215, -7.69, -8.8533],
+    [-7.7572, -8.2906, -7.7355, -7.538, -7.3133, -7.8794], [-7.3828, -7.3133, -8.0794, -7.8189, -9.0104, -7.69],
+    [-7.3474, -7.7355, -8.8486, -7.6362, -8.0794, -7.793], [-8.6531, -7.7572, -7.3474, -7.6454, -7.3828, -7.3358],
+]
+
+
+def test_exact_rectangular_ot_on_a_negative_cost_is_an_optimal_plan():
+    from scipy.optimize import linprog
+
+    cost = torch.tensor(NEAR_DUPLICATE_ROWS, dtype=torch.float64)
+    plan = solve_ot(cost, "exact")
+    assert torch.allclose(plan.sum(1), torch.full((12,), 1 / 12, dtype=torch.float64))
+    assert torch.allclose(plan.sum(0), torch.full((6,), 1 / 6, dtype=torch.float64))
+    rows = [[1.0 if j // 6 == i else 0.0 for j in range(72)] for i in range(12)]
+    cols = [[1.0 if j % 6 == i else 0.0 for j in range(72)] for i in range(6)]
+    best = linprog(cost.flatten().numpy(), A_eq=rows + cols, b_eq=[1 / 12] * 12 + [1 / 6] * 6, bounds=(0, None)).fun
+    assert float((plan * cost).sum()) == pytest.approx(best, abs=1e-9)
+
+
+def test_an_exact_solve_that_returns_no_plan_is_one_clear_error(monkeypatch):
+    import numpy as np
+
+    from fusionctl.errors import FusionctlError
+    from fusionctl.ot import solver
+
+    monkeypatch.setattr(solver.ot, "emd", lambda a, b, c, **kw: (np.zeros((len(a), len(b))), {"warning": "Problem infeasible"}))
+    with pytest.raises(FusionctlError, match=r"exact OT \(3x2\) failed: Problem infeasible; fuse with solver.ot=sinkhorn"):
+        solve_ot(torch.randn(3, 2), "exact")

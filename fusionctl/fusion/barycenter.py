@@ -156,7 +156,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
     net = NetworkBarycenter(spec, states, weights, target_sizes, ot, couplings, key_weights, acts, act_weight, alpha, settings.seed, device)
     if couplings is None:
         def support(group, known):
-            x = group_features(init_state, spec, group, None, key_weights)
+            x = group_features(init_state, spec, group, None, key_weights, known)
             return torch.cat([x, init_acts[group] * act_weight**0.5], 1) if net.acts is not None else x
 
         net.forward(support if in_target else None)

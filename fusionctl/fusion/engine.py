@@ -13,6 +13,7 @@ sum_ab P(a,b)(x_ja - w_kb)^2 only by a term that depends on k alone, which no OT
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,13 +49,15 @@ class FusionResult:
 
 
 def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dict[str, torch.Tensor] | None,
-                   key_weights: dict[str, float] | None = None) -> torch.Tensor:
+                   key_weights: dict[str, float] | None = None, known: Collection[str] | None = None) -> torch.Tensor:
     """(n, D) node features of `group`: the rows of every entry whose axis 0 is the group.
 
     couplings=None means the state is already in the barycenter's basis. Entries with an
     input axis in the group itself (recurrent weights) are structure, not features; entries
-    reading a group not solved yet are left to the final transport. key_weights scale each
-    entry's squared distance (entries of weight 0 are left out).
+    reading a group not solved yet (not in couplings, or not in `known` for a state in the
+    barycenter's basis) are left to the final transport, so an initial support has the models'
+    layout (a residual stream's rows read later groups). key_weights scale each entry's squared
+    distance (entries of weight 0 are left out).
     """
     feats = []
     for key, axes in spec.axes.items():
@@ -63,7 +66,8 @@ def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dic
         inputs = [ax for ax in axes[1:] if ax is not None]
         if any(ax.group == group for ax in inputs):
             continue
-        if couplings is not None and any(ax.group not in couplings for ax in inputs):
+        solved = couplings if couplings is not None else known
+        if solved is not None and any(ax.group not in solved for ax in inputs):
             continue
         w = 1.0 if key_weights is None else key_weights.get(key, 1.0)
         if w == 0:
@@ -122,7 +126,7 @@ def barycenter_couplings(
     info: dict[str, dict] = {}
     for group in spec.groups:
         ys = [group_features(s, spec, group, c, key_weights) for s, c in zip(states, couplings)]
-        x0 = group_features(init_state, spec, group, None if init_in_target_basis else couplings[0], key_weights)
+        x0 = group_features(init_state, spec, group, None if init_in_target_basis else couplings[0], key_weights, couplings[0])
         if acts is not None and act_weight > 0:
             ys = [torch.cat([y, a[group] * act_weight**0.5], 1) for y, a in zip(ys, acts)]
             x0 = torch.cat([x0, init_acts[group] * act_weight**0.5], 1)

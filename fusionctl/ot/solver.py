@@ -21,6 +21,8 @@ import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from fusionctl.errors import FusionctlError
+
 log = logging.getLogger(__name__)
 
 METHODS = ("exact", "sinkhorn")
@@ -102,8 +104,14 @@ def _emd(cost: torch.Tensor, max_iter: int) -> torch.Tensor:
     n, m = cost.shape
     a = np.full(n, 1.0 / n)
     b = np.full(m, 1.0 / m)
-    plan, info = ot.emd(a, b, cost.cpu().numpy(), numItermax=int(max_iter), log=True)
+    # POT's network simplex can report a feasible problem with negative costs infeasible (an
+    # all-zero plan), e.g. -<x, y> between near-duplicate rows; a constant shift leaves the
+    # optimal plans unchanged, since every plan has the same total mass.
+    c = cost.cpu().numpy()
+    plan, info = ot.emd(a, b, c - min(c.min(), 0.0), numItermax=int(max_iter), log=True)
     if info.get("warning"):
+        if not np.isclose(plan.sum(), 1.0, rtol=1e-6):  # no plan at all, not just an unfinished one
+            raise FusionctlError(f"exact OT ({n}x{m}) failed: {info['warning']}; fuse with solver.ot=sinkhorn instead")
         log.warning("exact OT (%dx%d) did not finish: %s", n, m, info["warning"])
     return torch.from_numpy(plan).to(cost.device)
 
