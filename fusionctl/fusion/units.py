@@ -47,10 +47,13 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
     return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, capture_outputs(model, modules, x))}
 
 
-def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor, outs: dict | None = None) -> dict[str, torch.Tensor]:
-    """{group: (n_units, observations)}: the writers' outputs on inputs x (or `outs`, writer_outputs
-    already taken), several writers of one group (a residual stream) stacked as more observations."""
-    outs = writer_outputs(model, spec, x) if outs is None else outs
+def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{group: (n_units, observations)}: the writers' outputs on inputs x, by group (group_outputs)."""
+    return group_outputs(spec, writer_outputs(model, spec, x))
+
+
+def group_outputs(spec: AlignmentSpec, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """writer_outputs by group: several writers of one group (a residual stream) stacked as more observations."""
     return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) for g in spec.groups if spec.units.get(g)}
 
 
@@ -79,7 +82,7 @@ def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, 
 
     for x in batches:
         outs = [writer_outputs(m, spec, x) for m in models]
-        per_model = [unit_outputs(m, spec, x, o) for m, o in zip(models, outs)]
+        per_model = [group_outputs(spec, o) for o in outs]
         for group in per_model[0]:
             add(("group", group), [a[group] for a in per_model])
         for writer in writers:

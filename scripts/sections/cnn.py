@@ -43,6 +43,15 @@ def cnn_runs(run, quick: bool, configs: list[tuple[str, list[str]]], epochs: int
     return pd.concat(frames), (pd.concat(bars) if bars else None)
 
 
+def barriers_md(run, barriers: pd.DataFrame) -> str:
+    """A CNN section's barrier caption and table, one line per setting and method."""
+    bar = barriers.assign(method=barriers["setting"] + ": " + barriers["method"])
+    return "\n\n".join([
+        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; a line marked "
+        "+bn_reset or +repair applies that step at every point, the plain line keeps the interpolated statistics):",
+        md_table(barrier_table(bar)),
+    ])
+
 
 def section(run, quick: bool) -> str:
     w = "[4,4,8,8,8,8,8,8,8,8]" if quick else "[16,32,64,64,128,128,128,128,128,128]"
@@ -56,7 +65,6 @@ def section(run, quick: bool) -> str:
     fusion, barriers = cnn_runs(run, quick, configs, epochs, finetune, True)
     fusion.to_csv(run.out / "cnn_fusion.csv", index=False)
     barriers.to_csv(run.out / "cnn_barriers.csv", index=False)
-    bar = barriers.assign(method=barriers["setting"] + ": " + barriers["method"])
     return "\n\n".join([
         f"## CNNs on Fashion-MNIST (small widths: vgg11 {w}, resnet20 {r})",
         f"Full Fashion-MNIST (54,000 train / 6,000 validation / 10,000 test), SGD lr 0.05 momentum 0.9 wd 5e-4, cosine "
@@ -65,9 +73,7 @@ def section(run, quick: bool) -> str:
         f"(%); `+bn_reset` recomputes BatchNorm statistics, `+repair` is REPAIR (Jordan et al.); `finetuned` trains every "
         f"WB-fused model and both base models {finetune} more epochs (SGD lr 0.01, momentum 0.9).",
         md_table(accuracy_table(fusion, [c[0] for c in configs])),
-        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; a line marked "
-        "+bn_reset or +repair applies that step at every point, the plain line keeps the interpolated statistics):",
-        md_table(barrier_table(bar)),
+        barriers_md(run, barriers),
     ])
 
 
@@ -96,14 +102,11 @@ def section_gpu(run, quick: bool) -> str:
     fusion, barriers = cnn_runs(run, quick, configs, epochs, 0, True)
     fusion.to_csv(run.out / "cnn_gpu_fusion.csv", index=False)
     barriers.to_csv(run.out / "cnn_gpu_barriers.csv", index=False)
-    bar = barriers.assign(method=barriers["setting"] + ": " + barriers["method"])
     return "\n\n".join([
         "## CNNs on Fashion-MNIST at full width (GPU)",
         f"Full Fashion-MNIST, SGD lr 0.05 (resnet20: 0.1) momentum 0.9 wd 5e-4, cosine schedule with 1 warm-up epoch, batch 128, "
         f"{epochs} epochs, seeds 0 and 1, device {run.args.device}; vgg11 clips gradients at norm 1. Test accuracy (%); `wb` is "
         "fusionctl's default, `wb (paper)` the paper's layer-wise pass (`solver.sweeps=0 solver.cost=weight`).",
         md_table(accuracy_table(fusion, [c[0] for c in configs])),
-        f"Barriers ({run.args.cnn_points} points per line, {run.args.cnn_samples} training and test samples; a line marked "
-        "+bn_reset or +repair applies that step at every point, the plain line keeps the interpolated statistics):",
-        md_table(barrier_table(bar)),
+        barriers_md(run, barriers),
     ])
