@@ -52,6 +52,22 @@ class ConcatNet(nn.Module):
         return self.fc(torch.relu(self.c(x)).mean((2, 3)))
 
 
+class GatedNet(nn.Module):
+    """A gated conv (GLU: one half of the channels gates the other) and a split along space whose
+    halves are added back: the gated channels must freeze, the split along space changes nothing."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.b = nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        value, gate = self.a(x).chunk(2, dim=1)
+        top, bottom = torch.relu(self.b(value * torch.sigmoid(gate))).split(3, dim=2)
+        return self.fc((top + bottom).mean((2, 3)))
+
+
 class TiedNet(nn.Module):
     """Two layers sharing one weight matrix (tied weights): one tensor cannot take two permutations."""
 

@@ -174,6 +174,14 @@ def reduce_refs(x: list, dims, ndim: int, keep: bool, out_dim: int) -> list:
     return [None if k in dims else r for k, r in enumerate(x) if keep or k not in dims]
 
 
+def split_refs(els: Elements, x: list, dim: int, outs: list[int], drop: bool) -> tuple:
+    """A split (chunk, split, unbind) into tensors whose axis `dim` has sizes `outs`: each piece holds
+    some of that axis's units only, so its element freezes; the other axes carry on (unbind drops it)."""
+    if x[dim] is not None:
+        els.freeze(x[dim].el, "slice along a channel axis")
+    return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in outs)
+
+
 def cat_refs(els: Elements, descs: list, dim: int, ndim: int, where: str) -> list:
     """A concatenation: the joined axis cannot be split between groups, so its elements freeze."""
     result: list[Ref | None] = [None] * ndim

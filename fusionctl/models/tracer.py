@@ -17,6 +17,7 @@ from fusionctl.models.axes import (
     permute_refs,
     reduce_refs,
     reshape_refs,
+    split_refs,
     unify,
 )
 
@@ -30,6 +31,7 @@ POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "a
         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}
 RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
 PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
+SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
                 nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax)
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
@@ -202,7 +204,10 @@ class AxisTracer(fx.Interpreter):
         args = list(n.args)
         x = self.d(args[0]) if args else None
         tensors = [a for a in args if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor)]
-        if not isinstance(out, torch.Tensor) and name != "getitem":
+        if name in SPLIT and isinstance(out, (tuple, list)) and x is not None:
+            return self.split(n, name, x, out)
+        many = isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
+        if not isinstance(out, torch.Tensor) and not many and name != "getitem":
             return None  # sizes, shapes and other plain values
         if name in UNARY or name.rstrip("_") in UNARY:
             return list(x)
@@ -251,6 +256,14 @@ class AxisTracer(fx.Interpreter):
         keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else False)
         return reduce_refs(x, dims, ndim, keep, out.dim())
 
+    def split(self, n, name, x, out):
+        if name == "unbind":
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        else:
+            dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
+        dim %= len(x)
+        return split_refs(self.els, x, dim, [o.shape[dim] if name != "unbind" else 1 for o in out], name == "unbind")
+
     def cat(self, n, out, where):
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
         return cat_refs(self.els, [self.d(p) for p in n.args[0]], dim % out.dim(), out.dim(), where)
@@ -260,8 +273,10 @@ class AxisTracer(fx.Interpreter):
         dsc = self.d(source)
         if isinstance(dsc, tuple) and isinstance(index, int):
             return dsc[index]
-        if not isinstance(out, torch.Tensor) or dsc is None:
+        if not isinstance(out, torch.Tensor):
             return None
+        if dsc is None:  # a tensor out of a value the tracer did not follow
+            return self.fresh(out, "indexing a tensor")
         self.freeze_all([dsc], "indexing a tensor")
         return self.fresh(out, "indexing a tensor")
 
