@@ -26,6 +26,7 @@ from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references
 from fusionctl.fusion.units import bare_writers, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
+from fusionctl.models import load_state
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.models.trace import TraceError
 from fusionctl.models.trace import derive_spec as _derive_spec
@@ -95,7 +96,7 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
 
 def _module(template: nn.Module, state: dict) -> nn.Module:
     m = copy.deepcopy(template)
-    m.load_state_dict(state)
+    load_state(m, state)
     return m.eval()
 
 

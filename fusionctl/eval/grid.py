@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fusionctl.data import Split
 from fusionctl.fusion.post import bn_layers
+from fusionctl.models import load_state
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def evaluate_points(
             flat = origin[None] + c @ directions
             params = unflatten(flat, template, keys)
             if per_point:
-                model.load_state_dict({k: v[0] for k, v in params.items()})
+                load_state(model, {k: v[0] for k, v in params.items()})
                 with torch.inference_mode(False):
                     transform(model, c[0].cpu())
                 params = {k: v[None].to(device) for k, v in model.state_dict().items()}

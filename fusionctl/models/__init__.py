@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -180,8 +181,17 @@ def build_from_state(model_cfg: ModelConfig, splits, state, device="cpu") -> nn.
     with contextlib.nullcontext() if traced else torch.device("meta"):
         model = build_model(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
     model = model.to(device) if traced else model.to_empty(device=device)
-    model.load_state_dict(state)  # copies: the caller's tensors stay untouched when the model is trained
+    load_state(model, state)  # copies: the caller's tensors stay untouched when the model is trained
     return model.eval()
+
+
+def load_state(model: nn.Module, state: dict) -> None:
+    """model.load_state_dict(state), with `model`'s own module versions when `state` is a plain dict:
+    some modules' loaders read them and refuse a state without (torchvision's MNASNet)."""
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(state)
 
 
 def random_target_factory(model_cfg: ModelConfig, splits, seed: int):
