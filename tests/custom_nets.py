@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -66,6 +67,45 @@ class GatedNet(nn.Module):
         value, gate = self.a(x).chunk(2, dim=1)
         top, bottom = torch.relu(self.b(value * torch.sigmoid(gate))).split(3, dim=2)
         return self.fc((top + bottom).mean((2, 3)))
+
+
+class WindowNet(nn.Module):
+    """A pad of a conv's channels and a pooling window over a Linear's features: both mix or shift
+    units, so those groups must freeze; the Linear after them stays free."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b = nn.Linear(8, 8)
+        self.c = nn.Linear(4, 5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        h = F.pad(torch.relu(self.a(x)), (0, 0, 0, 0, 1, 1))
+        v = torch.relu(self.b(h.mean((2, 3))))
+        v = F.max_pool1d(v.unsqueeze(1), 2).flatten(1)
+        return self.fc(torch.relu(self.c(v)))
+
+
+class ResampleNet(nn.Module):
+    """Interpolation, upsampling and spatial padding act on each channel alone; a matrix product
+    with a parameter contracts a group: every group stays free."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.pad = nn.ZeroPad2d(1)
+        self.b = nn.Conv2d(6, 5, 3)
+        self.up = nn.Upsample(scale_factor=2)
+        self.proj = nn.Parameter(torch.randn(5, 7) / 5**0.5)
+        self.c = nn.Linear(7, 6)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        h = F.interpolate(torch.relu(self.a(x)), scale_factor=2.0, mode="bilinear")
+        h = F.pad(self.up(torch.relu(self.b(self.pad(h)))), (1, 1, 1, 1))
+        v = torch.relu(h.mean((2, 3)) @ self.proj)
+        return self.fc(torch.relu(self.c(v)))
 
 
 class TiedNet(nn.Module):

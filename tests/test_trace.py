@@ -92,6 +92,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.ConcatNet, "concatenation", [("a.weight", 0), ("b.weight", 0), ("c.weight", 1)], [("c.weight", 0)]),
     (custom_nets.GatedNet, "slice along a channel axis", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0), ("fc.weight", 1)]),
+    (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
+     [("c.weight", 0)]),
     (custom_nets.TiedNet, "tied weights", [("a.weight", 0), ("a.weight", 1), ("b.weight", 0), ("inp.weight", 0)], [("mid.weight", 0)]),
 ])
 def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, frozen, free):
@@ -104,6 +106,16 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
         assert spec.axes[key][dim] is None, (key, dim)
     for key, dim in free:
         assert spec.axes[key][dim] is not None, (key, dim)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+def test_per_channel_resampling_and_a_matrix_product_keep_every_group_free():
+    torch.manual_seed(0)
+    model = custom_nets.ResampleNet().eval()
+    x = torch.randn(4, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden == 6 + 5 + 6, str(spec.coverage)
+    assert spec.axes["proj"][0].group == spec.axes["b.weight"][0].group and spec.axes["proj"][1] is None
     assert_permutation_keeps_function(model, spec, x)
 
 

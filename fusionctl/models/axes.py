@@ -174,12 +174,38 @@ def reduce_refs(x: list, dims, ndim: int, keep: bool, out_dim: int) -> list:
     return [None if k in dims else r for k, r in enumerate(x) if keep or k not in dims]
 
 
-def split_refs(els: Elements, x: list, dim: int, outs: list[int], drop: bool) -> tuple:
-    """A split (chunk, split, unbind) into tensors whose axis `dim` has sizes `outs`: each piece holds
-    some of that axis's units only, so its element freezes; the other axes carry on (unbind drops it)."""
+def spatial_axes(name: str, ndim: int) -> int:
+    """How many trailing axes a pooling or resampling op works on: its 1d/2d/3d, else all after (N, C)."""
+    for k in (1, 2, 3):
+        if name.lower().endswith(f"{k}d"):
+            return k
+    return ndim - 2
+
+
+def window_refs(els: Elements, x: list, k: int, where: str) -> list:
+    """An op over the last k axes (pooling, resampling, padding): a window or a pad mixes or shifts
+    the units of an element on those axes, so it freezes; the other axes keep their elements."""
+    for r in x[len(x) - k:]:
+        if r is not None:
+            els.freeze(r.el, f"pooling, resampling or padding along a channel axis at {where}")
+    return list(x[: len(x) - k]) + [None] * k
+
+
+def matmul_refs(els: Elements, a: list, b: list, a_shape, b_shape, out_shape, where: str) -> list:
+    """A matrix product a @ b (both at least 2-D): a permutation of the contracted axis on both
+    sides cancels, so those axes unify; the rows keep a's element, the columns b's, the leading
+    (batch) axes broadcast."""
+    unify(els, a[-1], b[-2], where)
+    batch = broadcast_refs(els, [(a[:-2], a_shape[:-2]), (b[:-2], b_shape[:-2])], out_shape[:-2], where)
+    return batch + [a[-2], b[-1]]
+
+
+def split_refs(els: Elements, x: list, dim: int, pieces: int, drop: bool) -> tuple:
+    """A split (chunk, split, unbind) of axis `dim` into `pieces` tensors: each holds some of that
+    axis's units only, so its element freezes; the other axes carry on (unbind drops the axis)."""
     if x[dim] is not None:
         els.freeze(x[dim].el, "slice along a channel axis")
-    return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in outs)
+    return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
 
 
 def cat_refs(els: Elements, descs: list, dim: int, ndim: int, where: str) -> list:

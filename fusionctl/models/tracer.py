@@ -14,11 +14,14 @@ from fusionctl.models.axes import (
     broadcast_refs,
     cat_refs,
     iter_refs,
+    matmul_refs,
     permute_refs,
     reduce_refs,
     reshape_refs,
+    spatial_axes,
     split_refs,
     unify,
+    window_refs,
 )
 
 UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu",
@@ -28,14 +31,18 @@ UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hards
 BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum"}
 REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
 POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}
+        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+        "interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}  # over every axis after (N, C)
+MATMUL = {"matmul", "mm", "bmm"}
 RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
 PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
 SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
                 nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax)
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample)
+PAD_MODULES = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+               nn.modules.padding._CircularPadNd)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -157,13 +164,16 @@ class AxisTracer(fx.Interpreter):
         if isinstance(m, PASS_MODULES):
             return list(x)
         if isinstance(m, POOL_MODULES):
-            return [x[0], x[1]] + [None] * (out.dim() - 2)
+            return window_refs(self.els, x, spatial_axes(type(m).__name__, len(x)), where)
+        if isinstance(m, PAD_MODULES):
+            return window_refs(self.els, x, len(m.padding) // 2, where)
         if isinstance(m, nn.Flatten):
             return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
         self.freeze_all([x], f"unsupported module {type(m).__name__}")
         return self.fresh(out, f"unsupported module {type(m).__name__}")
 
     def conv(self, n, m, x, where, out):
+        x = window_refs(self.els, x, len(x) - 2, where)  # the kernel mixes the spatial axes
         cin = x[1]
         if m.groups == 1:
             self.link(f"{where}.weight", 1, cin, where)
@@ -218,7 +228,15 @@ class AxisTracer(fx.Interpreter):
         if name in RESHAPE:
             return self.reshape(n, x, self.val(args[0]).shape, out.shape)
         if name in POOL:
-            return [x[0], x[1]] + [None] * (out.dim() - 2)
+            return window_refs(self.els, x, spatial_axes(name, len(x)), where)
+        if name == "pad":
+            pad = args[1] if len(args) > 1 else n.kwargs["pad"]
+            return window_refs(self.els, x, len(pad) // 2, where)
+        if name in ("expand", "expand_as"):  # broadcasts size-1 axes (which carry no element) and may add leading ones
+            return [None] * (out.dim() - len(x)) + list(x)
+        if name in MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:
+            a, b = tensors
+            return matmul_refs(self.els, self.d(a), self.d(b), self.val(a).shape, self.val(b).shape, out.shape, where)
         if name in REDUCE:
             return self.reduce(n, x, self.val(args[0]).dim(), out)
         if name == "layer_norm":
@@ -257,12 +275,9 @@ class AxisTracer(fx.Interpreter):
         return reduce_refs(x, dims, ndim, keep, out.dim())
 
     def split(self, n, name, x, out):
-        if name == "unbind":
-            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-        else:
-            dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
-        dim %= len(x)
-        return split_refs(self.els, x, dim, [o.shape[dim] if name != "unbind" else 1 for o in out], name == "unbind")
+        at = 1 if name == "unbind" else 2  # where the dim argument sits
+        dim = (n.args[at] if len(n.args) > at else n.kwargs.get("dim", 0)) % len(x)
+        return split_refs(self.els, x, dim, len(out), name == "unbind")
 
     def cat(self, n, out, where):
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
@@ -275,9 +290,7 @@ class AxisTracer(fx.Interpreter):
             return dsc[index]
         if not isinstance(out, torch.Tensor):
             return None
-        if dsc is None:  # a tensor out of a value the tracer did not follow
-            return self.fresh(out, "indexing a tensor")
-        self.freeze_all([dsc], "indexing a tensor")
+        self.freeze_all([dsc], "indexing a tensor")  # dsc None: a value the tracer did not follow
         return self.fresh(out, "indexing a tensor")
 
 
