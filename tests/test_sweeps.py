@@ -273,6 +273,18 @@ def test_cost_auto_keeps_the_candidate_with_the_better_held_out_score():
         assert res.sweeps["selected_cost"] == ("both" if preferred is both else "activation")
 
 
+def test_cost_auto_scores_once_when_both_candidates_align_the_same_way():
+    state = random_states(MLP, 1)[0]
+    spec, copies, _ = noisy_permuted_copies(MLP, state, 2, 0.01, (1, 5, 5))
+    probe = activation_probe(MLP, toy_splits((1, 5, 5)))
+    both = fuse("wb", spec, copies, [0.5, 0.5], spec.group_sizes(state), settings(cost="both"), FusionContext(activations=probe))
+    scored = []
+    res = fuse("wb", spec, copies, [0.5, 0.5], spec.group_sizes(state), settings(),
+               FusionContext(activations=probe, score=lambda result: scored.append(result) or 0.5))
+    assert len(scored) == 1 and res.sweeps["selected_cost"] == "both"
+    assert all(torch.equal(res.state[k], both.state[k]) for k in res.state)
+
+
 def toy_splits(shape, n=96):
     x = torch.randn(n, *shape)
     y = torch.zeros(n, dtype=torch.long)

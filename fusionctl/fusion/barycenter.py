@@ -99,6 +99,11 @@ def activation_features(settings: BarycenterBlock, ctx: FusionContext, spec: Ali
     return probed[: len(states)], (probed[-1] if init_state is not None else probed[0]), apart[: len(states)] if apart else None
 
 
+def same_couplings(a: list[dict], b: list[dict]) -> bool:
+    """Whether two alignments couple every model's every group identically (so they fuse to one model)."""
+    return all(p.keys() == q.keys() and all(torch.equal(p[g], q[g]) for g in p) for p, q in zip(a, b))
+
+
 def shared_norm_writers(spec: AlignmentSpec, state: State) -> tuple[str, ...]:
     """Writers followed by a BatchNorm in a group that several writers share (a residual stream):
     the group's features pool them all, so their variances need each writer's own."""
@@ -129,10 +134,14 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
         once = replace(ctx, activations=probe if ctx.activations is not None else None)
         candidates = [fuse_barycenter(spec, states, weights, target_sizes, replace(settings, cost=c), once, alpha, passes)
                       for c in ("both", "activation")]
-        scores = [ctx.score(r) for r in candidates]
-        pick = max(range(2), key=lambda j: (scores[j], -j))
-        log.info("cost=auto: held-out accuracy %.4f with cost=both, %.4f with cost=activation; keeping cost=%s",
-                 scores[0], scores[1], ("both", "activation")[pick])
+        if same_couplings(*(r.couplings for r in candidates)):  # one fused model: nothing to choose between
+            scores, pick = [ctx.score(candidates[0])] * 2, 0
+            log.info("cost=auto: cost=both and cost=activation align the same way (held-out accuracy %.4f)", scores[0])
+        else:
+            scores = [ctx.score(r) for r in candidates]
+            pick = max(range(2), key=lambda j: (scores[j], -j))
+            log.info("cost=auto: held-out accuracy %.4f with cost=both, %.4f with cost=activation; keeping cost=%s",
+                     scores[0], scores[1], ("both", "activation")[pick])
         result = candidates[pick]
         result.sweeps["selected_cost"] = ("both", "activation")[pick]
         return result
