@@ -108,6 +108,24 @@ class ResampleNet(nn.Module):
         return self.fc(torch.relu(self.c(v)))
 
 
+class ArgmaxNet(nn.Module):
+    """Reads where a max over a Linear's units lies (its indices): those units must freeze.
+    torch.max of two tensors is element-wise and keeps its group."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Linear(in_channels, 8)
+        self.b = nn.Linear(8, 5)
+        self.c = nn.Linear(8, 5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x.mean((2, 3))))
+        top = h.max(dim=1)
+        v = torch.max(self.b(h), self.c(h))
+        return self.fc(v) + top.indices.float().unsqueeze(1) + top.values.unsqueeze(1)
+
+
 class TiedNet(nn.Module):
     """Two layers sharing one weight matrix (tied weights): one tensor cannot take two permutations."""
 

@@ -94,6 +94,7 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.GatedNet, "slice along a channel axis", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0), ("fc.weight", 1)]),
     (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
+    (custom_nets.ArgmaxNet, "indices of a max or min", [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),
     (custom_nets.TiedNet, "tied weights", [("a.weight", 0), ("a.weight", 1), ("b.weight", 0), ("inp.weight", 0)], [("mid.weight", 0)]),
 ])
 def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, frozen, free):

@@ -23,28 +23,20 @@ from fusionctl.models.axes import (
     unify,
     window_refs,
 )
-
-UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu",
-         "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
-         "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs", "exp", "square", "sqrt",
-         "softmax", "log_softmax", "identity"}  # element-wise or along one axis: every axis keeps its element
-BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum"}
-REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
-POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-        "interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}  # over every axis after (N, C)
-MATMUL = {"matmul", "mm", "bmm"}
-RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
-PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
-SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
-                nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax)
-POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample)
-PAD_MODULES = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
-               nn.modules.padding._CircularPadNd)
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
+from fusionctl.models.op_kinds import (
+    BATCH_NORMS,
+    BINARY,
+    MATMUL,
+    PAD_MODULES,
+    PASS_MODULES,
+    PERMUTE,
+    POOL,
+    POOL_MODULES,
+    REDUCE,
+    RESHAPE,
+    SPLIT,
+    UNARY,
+)
 
 class AxisTracer(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, original: nn.Module):
@@ -217,11 +209,11 @@ class AxisTracer(fx.Interpreter):
         if name in SPLIT and isinstance(out, (tuple, list)) and x is not None:
             return self.split(n, name, x, out)
         many = isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
-        if not isinstance(out, torch.Tensor) and not many and name != "getitem":
+        if not isinstance(out, torch.Tensor) and not many and name not in ("getitem", "getattr"):
             return None  # sizes, shapes and other plain values
         if name in UNARY or name.rstrip("_") in UNARY:
             return list(x)
-        if name in BINARY:
+        if name in BINARY or (name in ("max", "min") and len(tensors) == 2):  # torch.max(a, b) is element-wise
             return self.binary(n, out, where)
         if name in PERMUTE:
             return self.permute(n, name, x, out)
@@ -246,7 +238,7 @@ class AxisTracer(fx.Interpreter):
             return self.layer_norm(n, x, len(shape) if isinstance(shape, (tuple, list)) else 1, where, weight is not None, weight=weight, bias=bias)
         if name == "cat":
             return self.cat(n, out, where)
-        if name == "getitem":
+        if name in ("getitem", "getattr"):
             return self.getitem(n, out)
         self.freeze_all([self.d(a) for a in tensors], f"unsupported op {name}")
         return self.fresh(out, f"unsupported op {name}")
@@ -272,7 +264,12 @@ class AxisTracer(fx.Interpreter):
     def reduce(self, n, x, ndim, out):
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
         keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else False)
-        return reduce_refs(x, dims, ndim, keep, out.dim())
+        if isinstance(out, torch.Tensor):
+            return reduce_refs(x, dims, ndim, keep, out.dim())
+        # max/min along a dim also give the indices, which see the order of that axis's units
+        self.freeze_all([[x[d % ndim] for d in (dims if isinstance(dims, (tuple, list)) else [dims])]], "indices of a max or min")
+        values = reduce_refs(x, dims, ndim, keep, out[0].dim())
+        return (values, list(values))
 
     def split(self, n, name, x, out):
         at = 1 if name == "unbind" else 2  # where the dim argument sits
@@ -288,6 +285,8 @@ class AxisTracer(fx.Interpreter):
         dsc = self.d(source)
         if isinstance(dsc, tuple) and isinstance(index, int):
             return dsc[index]
+        if isinstance(dsc, tuple) and index in ("values", "indices"):  # a max/min's fields, read by getattr
+            return dsc[("values", "indices").index(index)]
         if not isinstance(out, torch.Tensor):
             return None
         self.freeze_all([dsc], "indexing a tensor")  # dsc None: a value the tracer did not follow
