@@ -5,10 +5,12 @@ an element of a union-find (PLeaS-Merging's design): Linear/Conv/Embedding outpu
 element (a candidate group of hidden units, written by that module); element-wise binary ops
 (residual adds, gates) unify their operands' elements; norms, activations, pooling, dropout,
 permutes and reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps
-the channel element with inner = H*W; a depthwise conv keeps its input's element. Parameters
-are linked to the elements of the axes they touch. Anything the tracer cannot vouch for — an
-unknown op or module, a concatenation or slice along a channel axis, a grouped conv, a
-GroupNorm mixing channel blocks, tied weights, a size mismatch — freezes the elements it
+the channel element with inner = H*W; a depthwise conv keeps its input's element; pooling,
+resampling and padding over space keep the channels; a matrix product unifies the axes it
+contracts. Parameters are linked to the elements of the axes they touch. Anything the tracer
+cannot vouch for — an unknown op or module, a concatenation, split or slice along a channel axis,
+a window or pad across one, the indices of a max over one, a grouped conv, a GroupNorm mixing
+channel blocks, tied weights, a size mismatch — freezes the elements it
 touches, as do the model's inputs and outputs. A frozen group is left unpermuted, never
 permuted wrongly, and the coverage report names why.
 """
