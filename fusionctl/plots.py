@@ -57,12 +57,13 @@ def plane_figure(values: np.ndarray, xs: np.ndarray, ys: np.ndarray, markers: di
     """Filled contours of `values` (rows: ys, cols: xs) on log-spaced levels, models marked."""
     fig = Figure(figsize=(7, 6))
     ax = fig.subplots()
-    positive = values[values > 0]
+    finite = values[np.isfinite(values)]  # a diverged point (inf/NaN) is left blank
+    positive = finite[finite > 0]
     vmin = float(positive.min()) if positive.size else 1e-3
-    vmax = float(np.quantile(values, 0.9))
+    vmax = float(np.quantile(finite, 0.9)) if finite.size else vmin
     vmax = max(vmax, vmin * 10)
     levels = np.geomspace(vmin, vmax, 16)
-    clipped = np.clip(values, vmin, vmax)
+    clipped = np.ma.masked_invalid(np.clip(values, vmin, vmax))
     cs = ax.contourf(xs, ys, clipped, levels=levels, norm=LogNorm(vmin, vmax), cmap="viridis", extend="max")
     ax.contour(xs, ys, clipped, levels=levels[::3], colors="k", linewidths=0.4, alpha=0.5)
     cbar = fig.colorbar(cs, ax=ax, ticks=levels[::3])

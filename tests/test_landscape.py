@@ -127,6 +127,39 @@ def test_a_per_point_transform_is_applied_to_each_point_before_it_is_evaluated()
     assert not torch.allclose(plain["d"]["loss"], res["d"]["loss"]), "the transform must change what is evaluated"
 
 
+def test_points_whose_extrapolated_running_variances_go_negative_are_clamped_and_reported(caplog):
+    from fusionctl.config import ModelConfig
+    from fusionctl.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig("vgg11", [4, 4, 6, 6, 6, 6, 6, 6, 5, 5], True, True)
+    a, b = (build_model(cfg, (3, 8, 8), 4).eval() for _ in range(2))
+    sa, sb = ({k: v.clone() for k, v in m.state_dict().items()} for m in (a, b))
+    for k in sa:
+        if k.endswith("running_var"):
+            sa[k].fill_(0.1)
+            sb[k].fill_(2.0)  # at t = -0.5: 1.5 * 0.1 - 0.5 * 2 < 0
+    keys = float_keys(sa)
+    origin, direction = flatten(sa, keys), (flatten(sb, keys) - flatten(sa, keys))[None]
+    data = Split(torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,)))
+    with caplog.at_level("WARNING"):
+        res = evaluate_points(a, sa, origin, direction, torch.tensor([[-0.5], [0.5]]), {"d": data}, desc="line")
+    assert torch.isfinite(res["d"]["loss"]).all()
+    assert "1 of 2 points (line) extrapolate BatchNorm running variances below 0" in caplog.text
+    m = build_model(cfg, (3, 8, 8), 4)
+    m.load_state_dict({k: 0.5 * sa[k] + 0.5 * sb[k] if sa[k].is_floating_point() else sa[k] for k in sa})
+    assert float(res["d"]["loss"][1]) == pytest.approx(evaluate(m.eval(), data)[0], rel=1e-4)  # points inside are untouched
+
+
+def test_the_plane_figure_leaves_diverged_points_blank():
+    from fusionctl.plots import plane_figure
+
+    values = np.array([[1.0, 2.0, np.nan], [1.5, np.inf, 3.0], [2.0, 2.5, 4.0]])
+    markers = {"model 1": (0.0, 0.0), "model 2": (2.0, 0.0), "permuted model 2": (1.0, 2.0)}
+    fig = plane_figure(values, np.arange(3.0), np.arange(3.0), markers, "loss", "title")
+    fig.canvas.draw()  # Figure with no backend: Agg is the default canvas
+
+
 def test_barrier_figure_names_each_panel_by_split_and_metric_and_each_curve_by_line_and_post():
     import pandas as pd
 

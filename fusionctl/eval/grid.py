@@ -44,6 +44,19 @@ def unflatten(flat: torch.Tensor, template: dict[str, torch.Tensor], keys: list[
     return out
 
 
+def clamp_variances(params: dict[str, torch.Tensor]) -> int:
+    """BatchNorm running variances of points off the segment between models can extrapolate below
+    0, which makes the network NaN; a variance is never negative, so they are clamped at 0 in place.
+    Returns how many points needed it."""
+    bad = None
+    for k, v in params.items():
+        if k.endswith("running_var"):
+            neg = (v < 0).flatten(1).any(1)
+            bad = neg if bad is None else bad | neg
+            v.clamp_(min=0)
+    return int(bad.sum()) if bad is not None else 0
+
+
 def has_batchnorm(model: torch.nn.Module) -> bool:
     return bool(bn_layers(model))
 
@@ -82,11 +95,13 @@ def evaluate_points(
 
     batched = vmap(forward, in_dims=(0, None))
     bar = tqdm(total=len(coords), desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    clamped = 0
     with torch.inference_mode():
         for start in range(0, len(coords), step):
             c = coords[start : start + step]
             flat = origin[None] + c @ directions
             params = unflatten(flat, template, keys)
+            clamped += clamp_variances(params)
             if per_point:
                 load_state(model, {k: v[0] for k, v in params.items()})
                 with torch.inference_mode(False):
@@ -105,4 +120,7 @@ def evaluate_points(
                 results[name]["accuracy"][start : start + len(c)] = (correct / len(split)).cpu()
             bar.update(len(c))
     bar.close()
+    if clamped and not per_point:
+        log.warning("%d of %d points (%s) extrapolate BatchNorm running variances below 0, clamped at 0 there; post=[bn_reset] "
+                    "measures every point with its own statistics", clamped, len(coords), desc)
     return results
