@@ -126,6 +126,37 @@ class ArgmaxNet(nn.Module):
         return self.fc(v) + top.indices.float().unsqueeze(1) + top.values.unsqueeze(1)
 
 
+class TinyTransformer(nn.Module):
+    """A home-made transformer block, one token per pixel: class token, attention heads
+    written with Linear layers and matrix products, token 0 read by x[:, 0], a slice of channels.
+    The stream and the MLP are permutable; the heads (a reshape splits their channels) and the
+    sliced layer freeze."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.emb = nn.Linear(in_channels, dim)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.ln = nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.m1, self.m2 = nn.Linear(dim, 16), nn.Linear(16, dim)
+        self.side = nn.Linear(dim, 6)
+        self.head, self.side_head = nn.Linear(dim, num_classes), nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        b = x.shape[0]
+        t = torch.cat([self.cls.expand(b, -1, -1), self.emb(x.flatten(2).transpose(1, 2))], 1)
+        y = self.ln(t)
+
+        def split_heads(z):
+            return z.reshape(b, -1, self.heads, z.shape[-1] // self.heads).transpose(1, 2)
+
+        att = torch.softmax(split_heads(self.q(y)) @ split_heads(self.k(y)).transpose(-2, -1), -1) @ split_heads(self.v(y))
+        t = t + self.o(att.transpose(1, 2).reshape(b, -1, t.shape[-1]))
+        t = t + self.m2(torch.relu(self.m1(self.ln(t))))
+        return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., :3])
+
+
 class TiedNet(nn.Module):
     """Two layers sharing one weight matrix (tied weights): one tensor cannot take two permutations."""
 

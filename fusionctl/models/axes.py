@@ -200,6 +200,34 @@ def matmul_refs(els: Elements, a: list, b: list, a_shape, b_shape, out_shape, wh
     return batch + [a[-2], b[-1]]
 
 
+def index_refs(els: Elements, x: list, index, shape) -> list | None:
+    """Basic indexing x[index] (ints, slices, None, ...): an int drops its axis, a full slice keeps
+    its element, a partial one keeps some units only and freezes it, None adds an axis. None for
+    advanced (tensor or list) indexing, which the caller freezes whole."""
+    index = index if isinstance(index, tuple) else (index,)
+    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
+        return None
+    used = sum(i is not None and i is not Ellipsis for i in index)
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (len(x) - used) + index[at + 1:]
+    out, axis = [], 0
+    for i in index:
+        if i is None:
+            out.append(None)
+            continue
+        ref = x[axis]
+        if isinstance(i, slice) and range(*i.indices(shape[axis])) == range(shape[axis]):
+            out.append(ref)
+        else:
+            if ref is not None:
+                els.freeze(ref.el, "slice along a channel axis")
+            if isinstance(i, slice):
+                out.append(None)
+        axis += 1
+    return out + list(x[axis:])
+
+
 def split_refs(els: Elements, x: list, dim: int, pieces: int, drop: bool) -> tuple:
     """A split (chunk, split, unbind) of axis `dim` into `pieces` tensors: each holds some of that
     axis's units only, so its element freezes; the other axes carry on (unbind drops the axis)."""

@@ -13,6 +13,7 @@ from fusionctl.models.axes import (
     Ref,
     broadcast_refs,
     cat_refs,
+    index_refs,
     iter_refs,
     matmul_refs,
     permute_refs,
@@ -281,16 +282,16 @@ class AxisTracer(fx.Interpreter):
         return cat_refs(self.els, [self.d(p) for p in n.args[0]], dim % out.dim(), out.dim(), where)
 
     def getitem(self, n, out):
-        source, index = n.args
-        dsc = self.d(source)
-        if isinstance(dsc, tuple) and isinstance(index, int):
-            return dsc[index]
-        if isinstance(dsc, tuple) and index in ("values", "indices"):  # a max/min's fields, read by getattr
-            return dsc[("values", "indices").index(index)]
+        dsc, index = self.d(n.args[0]), self.fetch_args_kwargs_from_env(n)[0][1]
+        if isinstance(dsc, tuple):  # a piece of a split, or a max/min's values or indices (by getattr)
+            fields = ("values", "indices")
+            return dsc[index] if isinstance(index, int) else dsc[fields.index(index)] if index in fields else None
         if not isinstance(out, torch.Tensor):
             return None
-        self.freeze_all([dsc], "indexing a tensor")  # dsc None: a value the tracer did not follow
-        return self.fresh(out, "indexing a tensor")
+        basic = index_refs(self.els, dsc, index, self.val(n.args[0]).shape) if isinstance(dsc, list) else None
+        if basic is None:  # advanced indexing, or a value the tracer did not follow (dsc None)
+            self.freeze_all([dsc], "indexing a tensor")
+        return basic if basic is not None else self.fresh(out, "indexing a tensor")
 
 
 def _flat_descs(tracer, args) -> list:
