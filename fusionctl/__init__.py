@@ -1,7 +1,8 @@
 """fusionctl: Wasserstein-barycenter model fusion and linear mode connectivity experiments.
 
 Python API (torch is imported on first use, so the command line starts fast):
-fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, ...), see fusionctl/api.py.
+fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, ...), see fusionctl/api.py;
+fusionctl.AlignmentSpec, Axis and Unit to write a spec by hand (fusionctl/models/spec.py).
 """
 
 __version__ = "0.1.0"
@@ -12,4 +13,8 @@ def __getattr__(name: str):
         from fusionctl import api
 
         return getattr(api, name)
+    if name in ("AlignmentSpec", "Axis", "Unit"):  # for writing a spec by hand
+        from fusionctl.models import spec
+
+        return getattr(spec, name)
     raise AttributeError(f"module 'fusionctl' has no attribute {name!r}")

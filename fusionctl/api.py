@@ -45,12 +45,13 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
 
 def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None, data: Iterable | None = None,
                 weights: list[float] | None = None, post: tuple[str, ...] = (), return_couplings: bool = False,
-                **settings):
+                spec: AlignmentSpec | None = None, **settings):
     """Fuse K modules of one architecture into one; returns the fused module (and the couplings,
     per model {group: (target, source)}, with return_couplings=True).
 
     example_inputs: a batch the models accept (default: the first batch of `data`), for tracing.
     weights: lambda per model (default uniform). post: "bn_reset" and/or "repair", in order.
+    spec: an AlignmentSpec written by hand (for a model torch.fx cannot trace) instead of the traced one.
     settings: the method's settings (`fusionctl fuse solver=<method> solver.<key>=...`).
     """
     models = list(models)
@@ -59,12 +60,13 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     _check_same_architecture(models)
     batches = list(itertools.islice(iter(data), PROBE_BATCHES)) if data is not None else []
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
-    if example_inputs is None:
-        if not inputs:
-            raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
-        example_inputs = inputs[0]
-    spec = derive_spec(models[0], example_inputs)
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    if spec is not None:
+        _check_spec(spec, models[0], states[0])
+    elif example_inputs is None and not inputs:
+        raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
+    else:
+        spec = derive_spec(models[0], inputs[0] if example_inputs is None else example_inputs)
     lambdas = fusion_weights(weights, len(models))
     for step in post:
         if step not in POST_STEPS:
@@ -92,6 +94,22 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
         if type(m) is not type(models[0]) or set(other) != set(first) or any(other[k].shape != first[k].shape for k in first):
             raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
                                  "fuse models of one class with the same parameter shapes")
+
+
+def _check_spec(spec: AlignmentSpec, model: nn.Module, state: dict) -> None:
+    """A hand-written spec must name every state entry with its number of axes, give each group one
+    size, and name writers and norms the model has."""
+    try:
+        spec.check_covers(state)
+        named = set(spec.group_sizes(state))
+        if named != set(spec.groups):
+            raise ValueError(f"spec.groups {list(spec.groups)} differ from the groups its axes name {sorted(named)}")
+        for unit in (u for units in spec.units.values() for u in units):
+            for name in filter(None, (unit.writer, unit.norm)):
+                model.get_submodule(name)
+    except (ValueError, AttributeError) as exc:
+        raise FusionctlError(f"the spec does not fit {type(model).__name__}: {str(exc).splitlines()[0]}; "
+                             "compare it with model.state_dict() and model.named_modules()") from exc
 
 
 def _module(template: nn.Module, state: dict) -> nn.Module:

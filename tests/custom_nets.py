@@ -175,6 +175,23 @@ class TiedNet(nn.Module):
         return self.fc(torch.relu(self.mid(x)))
 
 
+class BranchyMLP(nn.Module):
+    """Two hidden layers and a branch on a tensor's value: torch.fx cannot trace it, so its spec is
+    written by hand (tests/test_api.py)."""
+
+    def __init__(self, in_features: int = 12, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Linear(in_features, 8)
+        self.b = nn.Linear(8, 6)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x.flatten(1)))
+        if h.sum() > 0:
+            h = 2 * h
+        return self.fc(torch.relu(self.b(h)))
+
+
 class Untraceable(nn.Module):
     """Branches on a tensor's value: torch.fx cannot trace it."""
 
