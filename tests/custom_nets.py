@@ -157,6 +157,39 @@ class TinyTransformer(nn.Module):
         return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., :3])
 
 
+class RowsNet(nn.Module):
+    """Splits a conv's output into bands of rows and concatenates two of them back: space changes,
+    the channels keep their group."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        bands = torch.relu(self.a(x)).chunk(3, dim=2)
+        return self.fc(torch.relu(self.b(torch.cat(bands[:2], dim=2))).mean((2, 3)))
+
+
+class CrossAttentionNet(nn.Module):
+    """nn.MultiheadAttention with keys and values of another width (kdim, vdim): the queries'
+    group, the keys' group and the attention's output (added to the queries) stay permutable."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.q = nn.Linear(in_channels, 8)
+        self.kv = nn.Linear(in_channels, 6)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True, kdim=6, vdim=6)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        tokens = x.flatten(2).transpose(1, 2)
+        q, kv = torch.relu(self.q(tokens)), torch.relu(self.kv(tokens))
+        out, _ = self.att(q, kv, kv)
+        return self.fc((q + out).mean(1))
+
+
 class TiedNet(nn.Module):
     """Two layers sharing one weight matrix (tied weights): one tensor cannot take two permutations."""
 

@@ -85,6 +85,21 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
         assert torch.allclose(fused(x), model(x), atol=1e-4)
 
 
+def test_a_vision_transformer_fused_with_its_permuted_copy_returns_its_function():
+    from tests.test_trace import small_vit
+
+    vit = small_vit()
+    data = batches((3, 16, 16), n=48, size=16, classes=4)
+    x = data[0][0]
+    other = permuted_copy(vit, x)
+    assert not torch.equal(other.encoder.layers[0].self_attention.out_proj.weight, vit.encoder.layers[0].self_attention.out_proj.weight)
+    with torch.no_grad():
+        for method in ("wb", "am"):
+            assert torch.allclose(fusionctl.fuse_models([vit, other], method=method, data=data)(x), vit(x), atol=1e-5), method
+        repaired = fusionctl.fuse_models([vit, other], data=data, post=("repair",))  # REPAIR corrects in the attention's out_proj
+        assert torch.allclose(repaired(x), vit(x), atol=1e-3)
+
+
 def branchy_spec():
     from fusionctl import AlignmentSpec, Axis, Unit
 

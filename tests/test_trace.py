@@ -122,6 +122,36 @@ def test_per_channel_resampling_and_a_matrix_product_keep_every_group_free():
     assert_permutation_keeps_function(model, spec, x)
 
 
+def test_bands_of_rows_split_and_joined_again_keep_the_channels():
+    torch.manual_seed(0)
+    model = custom_nets.RowsNet().eval()
+    x = torch.randn(4, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden == 6 + 5, str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+def small_vit():
+    import torchvision
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8,
+                                               mlp_dim=12, num_classes=4)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.3)  # torchvision starts it at zero
+    return vit.eval()
+
+
+@pytest.mark.parametrize("make, hidden", [(small_vit, 8 + 2 * 12), (custom_nets.CrossAttentionNet, 8 + 6)], ids=["vit", "cross"])
+def test_attention_blocks_keep_their_stream_permutable(make, hidden):
+    model = make().eval()
+    x = torch.randn(3, 3, 16, 16) if hidden > 14 else torch.randn(3, 3, 4, 4)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden == hidden, str(spec.coverage)
+    attention = [k for k in spec.axes if k.endswith(("in_proj_weight", "k_proj_weight", "out_proj.weight"))]
+    assert attention and all(any(a is not None for a in spec.axes[k]) for k in attention)
+    assert_permutation_keeps_function(model, spec, x)
+
+
 def test_a_grouped_conv_freezes_its_channels():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=2), torch.nn.ReLU(),
                                 torch.nn.Conv2d(8, 6, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 2))

@@ -18,6 +18,8 @@ from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.units import (
     capture_outputs,
     channel_axis,
+    first_output,
+    output_layer,
     repair_points,
     units_first,
 )
@@ -106,7 +108,8 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
     def hook_for(layer, bn, mu_t, sd_t):
         axis = channel_axis(layer)
 
-        def hook(module, inputs, out):
+        def hook(module, inputs, outputs):
+            out = first_output(outputs)
             flat = units_first(out, axis)
             mu, sd = flat.mean(1), flat.std(1)
             scale = sd_t / (sd + eps)
@@ -114,13 +117,15 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
                 bn.weight.mul_(scale)
                 bn.bias.copy_((bn.bias - mu) * scale + mu_t)
             else:
-                if layer.bias is None:
+                writes = output_layer(layer)
+                if writes.bias is None:
                     raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
-                layer.weight.mul_(scale.view((-1,) + (1,) * (layer.weight.dim() - 1)))
-                layer.bias.copy_((layer.bias - mu) * scale + mu_t)
+                writes.weight.mul_(scale.view((-1,) + (1,) * (writes.weight.dim() - 1)))
+                writes.bias.copy_((writes.bias - mu) * scale + mu_t)
             shape = [1] * out.dim()
             shape[axis] = -1
-            return (out - mu.view(shape)) * scale.view(shape) + mu_t.view(shape)
+            fixed = (out - mu.view(shape)) * scale.view(shape) + mu_t.view(shape)
+            return (fixed, *outputs[1:]) if isinstance(outputs, tuple) else fixed
 
         return hook
 

@@ -21,6 +21,17 @@ def channel_axis(module: nn.Module) -> int:
     return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
 
 
+def output_layer(module: nn.Module) -> nn.Module:
+    """The module whose weight and bias write a writer's output: itself, or the output projection
+    of an attention block (nn.MultiheadAttention keeps it in out_proj)."""
+    return module.out_proj if isinstance(module, nn.MultiheadAttention) else module
+
+
+def first_output(out):
+    """A writer's output tensor (an attention block also returns its attention weights)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def units_first(out: torch.Tensor, axis: int) -> torch.Tensor:
     """(n_units, observations): every other axis of `out` is an observation of the same units."""
     moved = out.movedim(axis, 0)
@@ -30,7 +41,8 @@ def units_first(out: torch.Tensor, axis: int) -> torch.Tensor:
 def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of `modules` during one evaluation-mode forward pass of `model` on x."""
     captured: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out.detach())) for i, m in enumerate(modules)]
+    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, first_output(out).detach()))
+             for i, m in enumerate(modules)]
     try:
         with torch.no_grad():
             model.eval()(x)
@@ -65,7 +77,8 @@ def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module
 
 def bare_writers(spec: AlignmentSpec, state: dict) -> list[str]:
     """Writers with neither a norm after them nor a bias in `state`: where REPAIR has no place to put its correction."""
-    return [u.writer for g in spec.groups for u in spec.units.get(g, ()) if u.norm is None and f"{u.writer}.bias" not in state]
+    return [u.writer for g in spec.groups for u in spec.units.get(g, ())
+            if u.norm is None and f"{u.writer}.bias" not in state and f"{u.writer}.out_proj.bias" not in state]
 
 
 def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, writers: Collection[str] = ()):

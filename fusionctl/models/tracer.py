@@ -1,6 +1,6 @@
 """The torch.fx Interpreter behind traced specs: one handler per op or module kind, each saying
 which element every axis of its output carries (see trace.py for the rules, axes.py for the
-bookkeeping)."""
+bookkeeping, module_rules.py for the modules' handlers)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from fusionctl.models import op_kinds as ops
 from fusionctl.models.axes import (
     Elements,
     Ref,
@@ -24,22 +25,10 @@ from fusionctl.models.axes import (
     unify,
     window_refs,
 )
-from fusionctl.models.op_kinds import (
-    BATCH_NORMS,
-    BINARY,
-    MATMUL,
-    PAD_MODULES,
-    PASS_MODULES,
-    PERMUTE,
-    POOL,
-    POOL_MODULES,
-    REDUCE,
-    RESHAPE,
-    SPLIT,
-    UNARY,
-)
+from fusionctl.models.module_rules import ModuleRules
 
-class AxisTracer(fx.Interpreter):
+
+class AxisTracer(ModuleRules, fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, original: nn.Module):
         super().__init__(gm)
         self.original = original
@@ -120,70 +109,6 @@ class AxisTracer(fx.Interpreter):
         name = n.target if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
         return self.on_function(n, str(name), out)
 
-    def on_module(self, n: fx.Node, m: nn.Module, out):
-        where = str(n.target)
-        x = self.d(n.args[0]) if n.args else None
-        if isinstance(m, nn.Linear):
-            self.link(f"{where}.weight", 1, x[-1] if x else None, where)
-            ref = self.open(m.out_features, where)
-            self.link(f"{where}.weight", 0, ref, where)
-            if m.bias is not None:
-                self.link(f"{where}.bias", 0, ref, where)
-            self.writer_node[n] = self.units[ref.el][0]
-            return list(x[:-1]) + [ref]
-        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
-            return self.conv(n, m, x, where, out)
-        if isinstance(m, nn.Embedding):
-            ref = self.open(m.embedding_dim, where)
-            self.link(f"{where}.weight", 1, ref, where)
-            self.writer_node[n] = self.units[ref.el][0]
-            return [None] * (out.dim() - 1) + [ref]
-        if isinstance(m, BATCH_NORMS):
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                if f"{where}.{key}" in self._dims:
-                    self.link(f"{where}.{key}", 0, x[1], where)
-            self.mark_norm(n, where, m.affine)
-            return list(x)
-        if isinstance(m, nn.LayerNorm):
-            return self.layer_norm(n, x, len(m.normalized_shape), where, m.elementwise_affine, prefix=where)
-        if isinstance(m, nn.GroupNorm):
-            if m.num_groups not in (1, m.num_channels):
-                self.els.freeze(x[1].el, f"GroupNorm with {m.num_groups} groups") if x[1] else None
-            elif m.affine:
-                self.link(f"{where}.weight", 0, x[1], where)
-                self.link(f"{where}.bias", 0, x[1], where)
-            self.mark_norm(n, where, m.affine)
-            return list(x)
-        if isinstance(m, PASS_MODULES):
-            return list(x)
-        if isinstance(m, POOL_MODULES):
-            return window_refs(self.els, x, spatial_axes(type(m).__name__, len(x)), where)
-        if isinstance(m, PAD_MODULES):
-            return window_refs(self.els, x, len(m.padding) // 2, where)
-        if isinstance(m, nn.Flatten):
-            return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
-        self.freeze_all([x], f"unsupported module {type(m).__name__}")
-        return self.fresh(out, f"unsupported module {type(m).__name__}")
-
-    def conv(self, n, m, x, where, out):
-        x = window_refs(self.els, x, len(x) - 2, where)  # the kernel mixes the spatial axes
-        cin = x[1]
-        if m.groups == 1:
-            self.link(f"{where}.weight", 1, cin, where)
-            ref = self.open(m.out_channels, where)
-        elif m.groups == m.in_channels and cin is not None and (cin.outer, cin.inner) == (1, 1):
-            # depthwise: output channel c*k + j reads input channel c only, so it stays in c's group
-            ref = Ref(cin.el, 1, m.out_channels // m.in_channels)
-            self.units.setdefault(cin.el, []).append([where, None])
-        else:
-            self.freeze_all([x], f"grouped conv (groups={m.groups})")
-            return self.fresh(out, f"grouped conv (groups={m.groups})")
-        self.link(f"{where}.weight", 0, ref, where)
-        if m.bias is not None:
-            self.link(f"{where}.bias", 0, ref, where)
-        self.writer_node[n] = self.units[ref.el][-1]
-        return [x[0], ref] + [None] * (len(x) - 2)
-
     def mark_norm(self, n: fx.Node, where: str, affine: bool) -> None:
         unit = self.writer_node.get(n.args[0])
         if unit is not None and unit[1] is None and affine:
@@ -207,30 +132,30 @@ class AxisTracer(fx.Interpreter):
         args = list(n.args)
         x = self.d(args[0]) if args else None
         tensors = [a for a in args if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor)]
-        if name in SPLIT and isinstance(out, (tuple, list)) and x is not None:
+        if name in ops.SPLIT and isinstance(out, (tuple, list)) and x is not None:
             return self.split(n, name, x, out)
         many = isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
         if not isinstance(out, torch.Tensor) and not many and name not in ("getitem", "getattr"):
             return None  # sizes, shapes and other plain values
-        if name in UNARY or name.rstrip("_") in UNARY:
+        if name in ops.UNARY or name.rstrip("_") in ops.UNARY:
             return list(x)
-        if name in BINARY or (name in ("max", "min") and len(tensors) == 2):  # torch.max(a, b) is element-wise
+        if name in ops.BINARY or (name in ("max", "min") and len(tensors) == 2):  # torch.max(a, b) is element-wise
             return self.binary(n, out, where)
-        if name in PERMUTE:
+        if name in ops.PERMUTE:
             return self.permute(n, name, x, out)
-        if name in RESHAPE:
+        if name in ops.RESHAPE:
             return self.reshape(n, x, self.val(args[0]).shape, out.shape)
-        if name in POOL:
+        if name in ops.POOL:
             return window_refs(self.els, x, spatial_axes(name, len(x)), where)
         if name == "pad":
             pad = args[1] if len(args) > 1 else n.kwargs["pad"]
             return window_refs(self.els, x, len(pad) // 2, where)
         if name in ("expand", "expand_as"):  # broadcasts size-1 axes (which carry no element) and may add leading ones
             return [None] * (out.dim() - len(x)) + list(x)
-        if name in MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:
+        if name in ops.MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:
             a, b = tensors
             return matmul_refs(self.els, self.d(a), self.d(b), self.val(a).shape, self.val(b).shape, out.shape, where)
-        if name in REDUCE:
+        if name in ops.REDUCE:
             return self.reduce(n, x, self.val(args[0]).dim(), out)
         if name == "layer_norm":
             shape = args[1] if len(args) > 1 else n.kwargs["normalized_shape"]
@@ -279,13 +204,15 @@ class AxisTracer(fx.Interpreter):
 
     def cat(self, n, out, where):
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-        return cat_refs(self.els, [self.d(p) for p in n.args[0]], dim % out.dim(), out.dim(), where)
+        parts = n.args[0]  # a list of tensors, or one node holding a tuple of them (pieces of a split)
+        descs = list(self.d(parts) or ()) if isinstance(parts, fx.Node) else [self.d(p) for p in parts]
+        return cat_refs(self.els, descs, dim % out.dim(), out.dim(), where)
 
     def getitem(self, n, out):
         dsc, index = self.d(n.args[0]), self.fetch_args_kwargs_from_env(n)[0][1]
         if isinstance(dsc, tuple):  # a piece of a split, or a max/min's values or indices (by getattr)
             fields = ("values", "indices")
-            return dsc[index] if isinstance(index, int) else dsc[fields.index(index)] if index in fields else None
+            return dsc[index] if isinstance(index, (int, slice)) else dsc[fields.index(index)] if index in fields else None
         if not isinstance(out, torch.Tensor):
             return None
         basic = index_refs(self.els, dsc, index, self.val(n.args[0]).shape) if isinstance(dsc, list) else None

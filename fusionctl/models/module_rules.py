@@ -1,0 +1,94 @@
+"""How the tracer (tracer.py) reads a module call: which of its parameters' axes carry which
+element, and what its output carries. Mixed into AxisTracer, whose plumbing (d, link, open,
+fresh, freeze_all, mark_norm, layer_norm, reshape) these handlers use."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from fusionctl.models import op_kinds as ops
+from fusionctl.models.axes import Ref, spatial_axes, window_refs
+
+
+class ModuleRules:
+    def on_module(self, n: fx.Node, m: nn.Module, out):
+        where = str(n.target)
+        x = self.d(n.args[0]) if n.args else None
+        if isinstance(m, nn.Linear):
+            self.link(f"{where}.weight", 1, x[-1] if x else None, where)
+            ref = self.open(m.out_features, where)
+            self.link(f"{where}.weight", 0, ref, where)
+            if m.bias is not None:
+                self.link(f"{where}.bias", 0, ref, where)
+            self.writer_node[n] = self.units[ref.el][0]
+            return list(x[:-1]) + [ref]
+        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
+            return self.conv(n, m, x, where, out)
+        if isinstance(m, nn.MultiheadAttention):
+            return self.attention(n, m, where, out)
+        if isinstance(m, nn.Embedding):
+            ref = self.open(m.embedding_dim, where)
+            self.link(f"{where}.weight", 1, ref, where)
+            self.writer_node[n] = self.units[ref.el][0]
+            return [None] * (out.dim() - 1) + [ref]
+        if isinstance(m, ops.BATCH_NORMS):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                if f"{where}.{key}" in self._dims:
+                    self.link(f"{where}.{key}", 0, x[1], where)
+            self.mark_norm(n, where, m.affine)
+            return list(x)
+        if isinstance(m, nn.LayerNorm):
+            return self.layer_norm(n, x, len(m.normalized_shape), where, m.elementwise_affine, prefix=where)
+        if isinstance(m, nn.GroupNorm):
+            if m.num_groups not in (1, m.num_channels):
+                self.els.freeze(x[1].el, f"GroupNorm with {m.num_groups} groups") if x[1] else None
+            elif m.affine:
+                self.link(f"{where}.weight", 0, x[1], where)
+                self.link(f"{where}.bias", 0, x[1], where)
+            self.mark_norm(n, where, m.affine)
+            return list(x)
+        if isinstance(m, ops.PASS_MODULES):
+            return list(x)
+        if isinstance(m, ops.POOL_MODULES):
+            return window_refs(self.els, x, spatial_axes(type(m).__name__, len(x)), where)
+        if isinstance(m, ops.PAD_MODULES):
+            return window_refs(self.els, x, len(m.padding) // 2, where)
+        if isinstance(m, nn.Flatten):
+            return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
+        self.freeze_all([x], f"unsupported module {type(m).__name__}")
+        return self.fresh(out, f"unsupported module {type(m).__name__}")
+
+    def conv(self, n, m, x, where, out):
+        x = window_refs(self.els, x, len(x) - 2, where)  # the kernel mixes the spatial axes
+        cin = x[1]
+        if m.groups == 1:
+            self.link(f"{where}.weight", 1, cin, where)
+            ref = self.open(m.out_channels, where)
+        elif m.groups == m.in_channels and cin is not None and (cin.outer, cin.inner) == (1, 1):
+            # depthwise: output channel c*k + j reads input channel c only, so it stays in c's group
+            ref = Ref(cin.el, 1, m.out_channels // m.in_channels)
+            self.units.setdefault(cin.el, []).append([where, None])
+        else:
+            self.freeze_all([x], f"grouped conv (groups={m.groups})")
+            return self.fresh(out, f"grouped conv (groups={m.groups})")
+        self.link(f"{where}.weight", 0, ref, where)
+        if m.bias is not None:
+            self.link(f"{where}.bias", 0, ref, where)
+        self.writer_node[n] = self.units[ref.el][-1]
+        return [x[0], ref] + [None] * (len(x) - 2)
+
+    def attention(self, n, m: nn.MultiheadAttention, where: str, out):
+        """nn.MultiheadAttention: the input projections read the channels (embed axis, last) of query,
+        key and value; the output projection writes a new group. Heads stay unpermuted inside it."""
+        q, k, v = (self.d(n.args[i]) if len(n.args) > i else self.d(n.kwargs.get(name)) for i, name in enumerate(("query", "key", "value")))
+        keys = [f"{where}.in_proj_weight"] * 3 if m._qkv_same_embed_dim else [f"{where}.{p}_proj_weight" for p in "qkv"]
+        for key, x in zip(keys, (q, k, v)):
+            self.link(key, 1, x[-1] if x else None, where)
+        ref = self.open(m.embed_dim, where)
+        self.link(f"{where}.out_proj.weight", 0, ref, where)
+        if m.out_proj.bias is not None:
+            self.link(f"{where}.out_proj.bias", 0, ref, where)
+        weights = out[1]
+        return (list(q[:-1]) + [ref], [None] * weights.dim() if isinstance(weights, torch.Tensor) else None)
