@@ -152,3 +152,16 @@ def test_the_readme_example_runs():
     code = re.search(r"<!-- api-example -->\n```python\n(.*?)```", text, re.S).group(1)
     assert 10 <= len(code.strip().splitlines()) <= 20
     exec(compile(code, "README.md", "exec"), {})
+
+
+@pytest.mark.slow
+def test_the_vit_example_script_trains_and_fuses_two_vits():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuse_vits.py"), "--epochs", "1"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "permutable hidden units: 448 of 448" in run.stdout
+    rows = {line.split()[0] + (" paper" if "paper" in line else "") for line in run.stdout.splitlines()[3:]}
+    assert rows == {"avg", "wb", "wb paper", "wm", "am"}, run.stdout
