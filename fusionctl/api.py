@@ -83,7 +83,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     fused = _module(template, result.state)
     references = _references(template, spec, states, inputs) if READS_REFERENCES.intersection(post) else None
     for step in post:
-        _apply(step, fused, spec, references, result.couplings, lambdas, inputs)
+        _apply(step, fused, spec, references, result, lambdas, inputs)
     return (fused, result.couplings) if return_couplings else fused
 
 
@@ -132,12 +132,13 @@ def _references(template, spec, states, inputs):
     return aligned_references(lambda s: _module(template, s), states, spec, torch.cat(inputs)[:REPAIR_SAMPLES])
 
 
-def _apply(step: str, model: nn.Module, spec, references, couplings, lambdas, inputs) -> None:
-    """`step` on `model` in place; references: couplings -> the aligned bases (`_references`), read by REPAIR only."""
+def _apply(step: str, model: nn.Module, spec, references, result, lambdas, inputs) -> None:
+    """`step` on `model` in place; references: couplings -> the aligned bases (`_references`), read by REPAIR only
+    for the FusionResult `result` (its couplings, and its transported bases when it kept them)."""
     if step == "repair" and bare_writers(spec, model.state_dict()):
         raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
     x = torch.cat(inputs)
-    refs = [_module(model, r) if isinstance(r, dict) else r for r in references(couplings)] if step in READS_REFERENCES else []
+    refs = [_module(model, r) if isinstance(r, dict) else r for r in references(result.couplings, result.aligned)] if step in READS_REFERENCES else []
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 
@@ -153,7 +154,7 @@ def _scorer(template, spec, states, lambdas, batches):
     def score(result) -> float:
         model = _module(template, result.state)
         try:
-            _apply(step, model, spec, references, result.couplings, lambdas, inputs)
+            _apply(step, model, spec, references, result, lambdas, inputs)
         except FusionctlError:
             pass  # no place to put REPAIR's correction: score the plain fusion
         with torch.no_grad():

@@ -139,6 +139,14 @@ def test_aligned_references_measure_each_base_once_for_permutations_and_transpor
     soft = [{g: 0.5 * p + 0.5 * torch.full_like(p, 1.0 / p.numel()) for g, p in random_permutations(spec, s, 7).items()} for s in states]
     for ref, s, c in zip(references(soft), states, soft):
         assert all(torch.equal(ref[k], v) for k, v in transport(s, spec, c).items())
+    # a fusion keeps the bases it transported for soft couplings, and REPAIR reads those (not computed twice)
+    from fusionctl.fusion.engine import fuse_with_couplings
+
+    fused = fuse_with_couplings(spec, states, [0.5, 0.5], soft)
+    assert fused.aligned is not None and references(soft, fused.aligned) is fused.aligned
+    for kept, fresh in zip(fused.aligned, references(soft)):
+        assert all(torch.equal(kept[k], fresh[k]) for k in fresh)
+    assert fuse_with_couplings(spec, states, [0.5, 0.5], [random_permutations(spec, s, 8) for s in states]).aligned is None
 
 
 def _module(cfg, state):

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from fusionctl.fusion.transport import col_map, transport, weighted_average
+from fusionctl.fusion.transport import col_map, permutation_index, transport, weighted_average
 from fusionctl.models.spec import AlignmentSpec, apply_along, node_rows
 from fusionctl.ot import free_support_barycenter
 from fusionctl.ot.gromov import fused_gw_barycenter
@@ -46,6 +46,9 @@ class FusionResult:
     couplings: list[dict[str, torch.Tensor]]  # per base model: group -> (target n, base n)
     info: dict[str, dict] = field(default_factory=dict)  # per group of the layer-wise pass: iterations, converged, cost
     sweeps: dict = field(default_factory=dict)  # whole-network sweeps: count, converged, objective before and after
+    # the bases in the target's node order, kept when a coupling is not a permutation: REPAIR's
+    # references are these states, so they are not transported a second time
+    aligned: list[State] | None = None
 
 
 def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dict[str, torch.Tensor] | None,
@@ -147,5 +150,6 @@ def barycenter_couplings(
 
 def fuse_with_couplings(spec: AlignmentSpec, states: list[State], weights: list[float], couplings, info=None) -> FusionResult:
     moved = [transport(s, spec, c) for s, c in zip(states, couplings)]
-    return FusionResult(weighted_average(moved, weights), couplings, info or {})
+    soft = any(permutation_index(p) is None for c in couplings for p in c.values())
+    return FusionResult(weighted_average(moved, weights), couplings, info or {}, aligned=moved if soft else None)
 

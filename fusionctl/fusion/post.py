@@ -78,10 +78,11 @@ def aligned_references(build: Callable[[dict], nn.Module], bases: list[dict], sp
     permuted; otherwise the base states are transported by the couplings."""
     measured: list = []
 
-    def references(couplings) -> list:
+    def references(couplings, aligned=None) -> list:
+        """aligned: the bases already transported by these couplings (FusionResult.aligned), if known."""
         index = [{g: permutation_index(p) for g, p in c.items()} for c in couplings]
         if any(i is None for per_base in index for i in per_base.values()):
-            return [transport(b, spec, c) for b, c in zip(bases, couplings)]
+            return aligned if aligned is not None else [transport(b, spec, c) for b, c in zip(bases, couplings)]
         if not measured:
             measured.extend(unit_stats(build(b), spec, x) for b in bases)
         return [permuted_stats(s, spec, i) for s, i in zip(measured, index)]

@@ -83,7 +83,7 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     def score(result) -> float:
         cfg, state = config_for(model_cfg, result.state), result.state
         if step:
-            cfg, state = apply_post(step, cfg, state, splits, references(result.couplings) if step in READS_REFERENCES else [], lambdas, device)
+            cfg, state = apply_post(step, cfg, state, splits, references(result.couplings, result.aligned) if step in READS_REFERENCES else [], lambdas, device)
         return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
 
     return score
@@ -172,7 +172,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg, aligned)
         save_fused(fused, splits, bases, lambdas, out_dir)
         evaluate_rows(build_from_state(fused.model_cfg, splits, fused.result.state, device), "fused", method, label, seconds=fused.seconds, fused=fused)
-        references = aligned(fused.result.couplings) if READS_REFERENCES.intersection(cfg.post) else []
+        references = aligned(fused.result.couplings, fused.result.aligned) if READS_REFERENCES.intersection(cfg.post) else []
         for step in cfg.post:
             post_cfg, post_state = apply_post(step, fused.model_cfg, fused.result.state, splits, references, lambdas, device)
             evaluate_rows(build_from_state(post_cfg, splits, post_state, device), "fused", method, label, post=step, seconds=fused.seconds, fused=fused)
