@@ -191,6 +191,7 @@ def test_own_network_train_fuse_landscape(tmp_path):
     go("fuse", *own, "post=[bn_reset]", "baselines=[wm]", "hydra.run.dir=runs/fuse")
     table = pd.read_csv(tmp_path / "runs/fuse/fusion.csv")
     assert {"wb", "wm"} <= set(table["method"])
+    assert set(table["target_widths"]) == {"[4, 4, 32]"}  # its own group sizes, not model.widths
     go("landscape", *own, "landscape=fast", "landscape.plane=false", "hydra.run.dir=runs/land")
     bars = pd.read_csv(tmp_path / "runs/land/barriers.csv")
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4

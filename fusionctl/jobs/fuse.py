@@ -32,7 +32,7 @@ from fusionctl.jobs.bases import (
     target_sizes,
 )
 from fusionctl.jobs.post import apply_post, check_post, post_defined, reference_source
-from fusionctl.models import build_from_state, config_for, random_target_factory
+from fusionctl.models import TRACED, build_from_state, config_for, random_target_factory
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
 from fusionctl.training import finetune
 from fusionctl.versions import versions
@@ -185,7 +185,9 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
             model = build_from_state(b.model_cfg, splits, b.state, device)
             finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.finetune.seed, device)
             evaluate_rows(model, "base", "base", b.label, stage="finetuned")
-    meta = {"K": len(bases), "target_widths": str(target_cfg.widths),
+    traced = target_cfg.name in TRACED  # its widths are its own group sizes, not model.widths
+    widths = list(spec.group_sizes(bases[0].state).values()) if traced else target_cfg.widths
+    meta = {"K": len(bases), "target_widths": str(widths),
             "weights": str([round(w, 4) for w in lambdas]), "dataset": splits.name, "model": bases[0].model_cfg.name}
     table = pd.DataFrame([{**r, **meta, **versions()} for r in rows])
     write_csv_atomic(table, out_dir / "fusion.csv")

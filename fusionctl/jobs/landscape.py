@@ -23,7 +23,7 @@ from fusionctl.fusion.transport import relative_coupling, transport
 from fusionctl.jobs.fuse import prepare, run_method, save_fused
 from fusionctl.fusion.post import POST_STEPS, reset_bn_stats
 from fusionctl.jobs.post import check_post, repair_biases
-from fusionctl.models import build_from_state
+from fusionctl.models import architecture, build_from_state
 from fusionctl.plots import barrier_figure, plane_figure, save
 from fusionctl.store import atomic_path, write_csv_atomic
 from fusionctl.versions import versions
@@ -206,7 +206,7 @@ def run_landscape(cfg: LandscapeCommandConfig, out_dir: Path) -> tuple[pd.DataFr
     table = table.assign(**meta)
     write_csv_atomic(curves, out_dir / "barrier.csv")
     write_csv_atomic(table, out_dir / "barriers.csv")
-    title = f"{splits.name}, {bases[0].model_cfg.name} {bases[0].model_cfg.widths}, solver={cfg.solver.name} ({fused.settings_label})"
+    title = f"{splits.name}, {architecture(bases[0].model_cfg)}, solver={cfg.solver.name} ({fused.settings_label})"
     save(barrier_figure(curves, title), out_dir / "barrier")
     info = {}
     if lc.plane:

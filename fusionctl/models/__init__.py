@@ -128,6 +128,12 @@ def describe(cfg: ModelConfig) -> str:
     return {"torchvision": f"torchvision {cfg.arch}", "custom": cfg.target}.get(cfg.name, cfg.name)
 
 
+def architecture(cfg: ModelConfig) -> str:
+    """A model as titles name it: a built-in with its widths; a traced model (whose widths are its own,
+    not model.widths) by what it is."""
+    return describe(cfg) if cfg.name in TRACED else f"{cfg.name} {cfg.widths}"
+
+
 def model_spec(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: int = 2, vocab: int = 0) -> AlignmentSpec:
     """The alignment spec of `cfg`: written by hand for the built-ins, traced otherwise (which
     needs the dataset's input shape)."""
