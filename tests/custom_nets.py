@@ -157,15 +157,9 @@ class TinyTransformer(nn.Module):
         return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., :3])
 
 
-class RowsNet(nn.Module):
-    """Splits a conv's output into bands of rows and concatenates two of them back: space changes,
-    the channels keep their group."""
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 4):
-        super().__init__()
-        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
-        self.b = nn.Conv2d(6, 5, 3, padding=1)
-        self.fc = nn.Linear(5, num_classes)
+class RowsNet(RollNet):
+    """RollNet's layers, but it splits the first conv's output into bands of rows and concatenates
+    two of them back: space changes, the channels keep their group."""
 
     def forward(self, x):
         bands = torch.relu(self.a(x)).chunk(3, dim=2)
