@@ -14,7 +14,7 @@ from fusionctl.errors import FusionctlError
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys
 from fusionctl.fusion import fuse
 from fusionctl.fusion.transport import transport
-from fusionctl.fusion.units import unit_outputs
+from fusionctl.fusion.units import group_outputs, writer_outputs
 from fusionctl.models import build_model, config_for, group_sizes, model_spec
 from tests.helpers import settings
 
@@ -127,7 +127,8 @@ def test_text_models_give_embedding_activations_and_evaluate_under_vmap():
     from fusionctl.data import Split
 
     cfg, m = text_model("gru")
-    acts = unit_outputs(m, model_spec(cfg), TOKENS)
+    spec = model_spec(cfg)
+    acts = group_outputs(spec, writer_outputs(m, spec, TOKENS))
     assert acts["emb"].shape == (5, 16 * STEPS) and acts["h1"].shape == (7, 16 * STEPS)
     st = m.state_dict()
     keys = float_keys(st)

@@ -59,11 +59,6 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
     return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, capture_outputs(model, modules, x))}
 
 
-def unit_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{group: (n_units, observations)}: the writers' outputs on inputs x, by group (group_outputs)."""
-    return group_outputs(spec, writer_outputs(model, spec, x))
-
-
 def group_outputs(spec: AlignmentSpec, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """writer_outputs by group: several writers of one group (a residual stream) stacked as more observations."""
     return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) for g in spec.groups if spec.units.get(g)}
