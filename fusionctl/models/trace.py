@@ -1,19 +1,19 @@
 """Alignment specs traced from any torch module (torch.fx), frozen where unsure, with coverage.
 
-A torch.fx Interpreter runs the model on example inputs and gives every axis of every tensor
-an element of a union-find (PLeaS-Merging's design): Linear/Conv/Embedding outputs open an
-element (a candidate group of hidden units, written by that module); element-wise binary ops
-(residual adds, gates) unify their operands' elements; norms, activations, pooling, dropout,
-permutes and reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps
-the channel element with inner = H*W; a depthwise conv keeps its input's element; pooling,
-resampling and padding over space keep the channels; a matrix product unifies the axes it
-contracts; nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj (its
-heads stay unpermuted). Parameters are linked to the elements of the axes they touch. Anything the tracer
-cannot vouch for — an unknown op or module, a concatenation, split or slice along a channel axis,
-a window or pad across one, the indices of a max over one, a grouped conv, a GroupNorm mixing
-channel blocks, tied weights, a size mismatch — freezes the elements it
-touches, as do the model's inputs and outputs. A frozen group is left unpermuted, never
-permuted wrongly, and the coverage report names why.
+A torch.fx Interpreter runs the model on example inputs and gives every axis of every tensor an
+element of a union-find (PLeaS-Merging's design): Linear/Conv/Embedding outputs open an element
+(a candidate group of hidden units, written by that module); element-wise binary ops (residual
+adds, gates) unify their operands' elements; norms, activations, pooling, dropout, permutes and
+reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps the channel
+element with inner = H*W; a depthwise conv keeps its input's element; pooling, resampling and
+padding over space keep the channels; a matrix product unifies the axes it contracts;
+nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj (its heads stay
+unpermuted). Parameters are linked to the elements of the axes they touch. Anything the tracer
+cannot vouch for — an unknown op or module, a concatenation, split or slice along a channel
+axis, a window or pad across one, the indices of a max over one, a grouped conv, a GroupNorm
+mixing channel blocks, tied weights, a size mismatch — freezes the elements it touches, as do
+the model's inputs and outputs. A frozen group is left unpermuted, never permuted wrongly, and
+the coverage report names why.
 """
 
 from __future__ import annotations
