@@ -97,17 +97,9 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
 
 
 def _check_spec(spec: AlignmentSpec, model: nn.Module, state: dict) -> None:
-    """A hand-written spec must name every state entry with its number of axes, give each group one
-    size, and name writers and norms the model has."""
     try:
-        spec.check_covers(state)
-        named = set(spec.group_sizes(state))
-        if named != set(spec.groups):
-            raise ValueError(f"spec.groups {list(spec.groups)} differ from the groups its axes name {sorted(named)}")
-        for unit in (u for units in spec.units.values() for u in units):
-            for name in filter(None, (unit.writer, unit.norm)):
-                model.get_submodule(name)
-    except (ValueError, AttributeError) as exc:
+        spec.check_fits(model, state)
+    except ValueError as exc:
         raise FusionctlError(f"the spec does not fit {type(model).__name__}: {str(exc).splitlines()[0]}; "
                              "compare it with model.state_dict() and model.named_modules()") from exc
 

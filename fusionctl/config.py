@@ -37,6 +37,7 @@ class ModelConfig:
     arch: str = ""  # model=torchvision: the classifier's name in torchvision.models (resnet18, mobilenet_v3_small, ...)
     target: str = ""  # model=custom: import path of an nn.Module class or factory, e.g. mypkg.nets.MyNet
     kwargs: Optional[dict] = None  # model=custom (and torchvision): keyword arguments of the constructor
+    spec: str = ""  # model=custom: import path of a function returning its AlignmentSpec (instead of tracing)
 
 
 @dataclass

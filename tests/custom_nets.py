@@ -219,6 +219,15 @@ class BranchyMLP(nn.Module):
         return self.fc(torch.relu(self.b(h)))
 
 
+def branchy_spec(model: nn.Module | None = None):
+    """BranchyMLP's spec, written by hand (model.spec=tests.custom_nets.branchy_spec)."""
+    from fusionctl import AlignmentSpec, Axis, Unit
+
+    a, b = Axis("a"), Axis("b")
+    axes = {"a.weight": (a, None), "a.bias": (a,), "b.weight": (b, a), "b.bias": (b,), "fc.weight": (None, b), "fc.bias": (None,)}
+    return AlignmentSpec(("a", "b"), axes, {"a": (Unit("a"),), "b": (Unit("b"),)})
+
+
 class Untraceable(nn.Module):
     """Branches on a tensor's value: torch.fx cannot trace it."""
 

@@ -100,14 +100,6 @@ def test_a_vision_transformer_fused_with_its_permuted_copy_returns_its_function(
         assert torch.allclose(repaired(x), vit(x), atol=1e-3)
 
 
-def branchy_spec():
-    from fusionctl import AlignmentSpec, Axis, Unit
-
-    a, b = Axis("a"), Axis("b")
-    axes = {"a.weight": (a, None), "a.bias": (a,), "b.weight": (b, a), "b.bias": (b,), "fc.weight": (None, b), "fc.bias": (None,)}
-    return AlignmentSpec(("a", "b"), axes, {"a": (Unit("a"),), "b": (Unit("b"),)})
-
-
 def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
     torch.manual_seed(0)
     model = custom_nets.BranchyMLP().eval()
@@ -115,7 +107,7 @@ def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
     x = data[0][0]
     with pytest.raises(FusionctlError, match="cannot be traced by torch.fx"):
         fusionctl.fuse_models([model, copy.deepcopy(model)], data=data)
-    spec = branchy_spec()
+    spec = custom_nets.branchy_spec()
     g = torch.Generator().manual_seed(1)
     cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(model.state_dict()).items()}
     other = copy.deepcopy(model)
@@ -125,12 +117,12 @@ def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
         fused = fusionctl.fuse_models([model, other], method=method, data=data, spec=spec, post=("repair",))
         with torch.no_grad():
             assert torch.allclose(fused(x), model(x), atol=1e-4), method  # REPAIR divides by std + 1e-5
-    wrong = branchy_spec()
+    wrong = custom_nets.branchy_spec()
     del wrong.axes["fc.bias"]
     with pytest.raises(FusionctlError, match=r"the spec does not fit BranchyMLP: .*missing \['fc.bias'\]") as info:
         fusionctl.fuse_models([model, other], data=data, spec=wrong)
     assert "\n" not in str(info.value)
-    extra = branchy_spec()
+    extra = custom_nets.branchy_spec()
     with pytest.raises(FusionctlError, match=r"spec.groups \['a', 'b', 'c'\] differ from the groups its axes name"):
         fusionctl.fuse_models([model, other], data=data, spec=type(extra)(("a", "b", "c"), extra.axes, extra.units))
 

@@ -195,3 +195,31 @@ def test_own_network_train_fuse_landscape(tmp_path):
     go("landscape", *own, "landscape=fast", "landscape.plane=false", "hydra.run.dir=runs/land")
     bars = pd.read_csv(tmp_path / "runs/land/barriers.csv")
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4
+
+
+def test_a_network_fx_cannot_trace_runs_from_the_command_line_with_a_spec_written_by_hand(tmp_path):
+    """model.spec: the user's function gives the spec; the transport it drives keeps model 2's function."""
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    own = ["model=custom", "model.target=tests.custom_nets.BranchyMLP", "model.kwargs={in_features:784}", "train.epochs=1",
+           "seeds=[0,1]", "threads=1"]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def go(*args):
+        proc = subprocess.run([*EXE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        return proc
+
+    refused = go("train", *own, "hydra.run.dir=runs/untraced")
+    assert refused.returncode == 1 and "model.spec=mypkg.nets.my_spec" in refused.stderr
+    own.append("model.spec=tests.custom_nets.branchy_spec")
+    assert go("train", *own, "hydra.run.dir=runs/train").returncode == 0
+    assert "spec from tests.custom_nets.branchy_spec, 2 groups, 14 hidden units" in (tmp_path / "runs/train/train.log").read_text()
+    fuse = go("fuse", *own, "baselines=[am]", "post=[repair]", "hydra.run.dir=runs/fuse")
+    assert fuse.returncode == 0, fuse.stderr
+    table = pd.read_csv(tmp_path / "runs/fuse/fusion.csv")
+    assert {"wb", "am"} <= set(table["method"]) and set(table["target_widths"]) == {"[8, 6]"}
+    land = go("landscape", *own, "landscape=fast", "landscape.plane=false", "hydra.run.dir=runs/land")
+    assert land.returncode == 0, land.stderr
+    bars = pd.read_csv(tmp_path / "runs/land/barriers.csv")
+    assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4

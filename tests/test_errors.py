@@ -75,11 +75,17 @@ CASES = [
     (["train", "model=custom", "model.target=tests.custom_nets.Untraceable"], 1, "cannot be traced by torch.fx"),
     (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={{in_channels:3}}"], 1,
      "give example inputs of the shape the model expects"),
-    (["train", "model=custom", "model.target=tests.custom_nets.Nope"], 1, "cannot import tests.custom_nets.Nope"),
+    (["train", "model=custom", "model.target=tests.custom_nets.Nope"], 1, "cannot import model.target=tests.custom_nets.Nope"),
     (["train", "model=torchvision", "model.arch=resnet9000"], 1, "torchvision has no classification model 'resnet9000'"),
     (["fuse", "models=[{seed0},{custom0}]"], 1, "fuse models of one architecture"),
     (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.width=4"], 2,
-     "model=custom has no setting 'width'; its settings are: target, kwargs"),
+     "model=custom has no setting 'width'; its settings are: target, kwargs, spec"),
+    (["train", "model=custom", "model.target=tests.custom_nets.BranchyMLP", "model.spec=tests.custom_nets.nope"], 1,
+     "cannot import model.spec=tests.custom_nets.nope"),
+    (["train", "model=custom", "model.target=tests.custom_nets.BranchyMLP", "model.spec=torch.nn.Identity"], 1,
+     "torch.nn.Identity(...) returned a value of type Identity, not a fusionctl.AlignmentSpec"),
+    (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.spec=tests.custom_nets.branchy_spec"], 1,
+     "model.spec=tests.custom_nets.branchy_spec does not fit tests.custom_nets.SmallNet: alignment spec does not match the state dict"),
 ]
 
 

@@ -175,7 +175,7 @@ def test_custom_models_build_through_the_registry_with_the_dataset_sizes():
     model = build_model(cfg, (1, 12, 12), 7)
     assert model.head[-1].out_features == 7 and model.stem[0].in_channels == 1 and model.stem[0].out_channels == 6
     assert len(model_spec(cfg, (1, 12, 12), 7).groups) == 3
-    with pytest.raises(FusionctlError, match="cannot import tests.custom_nets.Nope"):
+    with pytest.raises(FusionctlError, match="cannot import model.target=tests.custom_nets.Nope"):
         build_model(ModelConfig("custom", target="tests.custom_nets.Nope"), (1, 12, 12), 7)
     with pytest.raises(FusionctlError, match="cannot be traced"):
         model_spec(ModelConfig("custom", target="tests.custom_nets.Untraceable"), (3, 4, 4), 2)

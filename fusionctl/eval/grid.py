@@ -93,7 +93,22 @@ def evaluate_points(
     def forward(params, x):
         return functional_call(model, params, (x,))
 
-    batched = vmap(forward, in_dims=(0, None))
+    def looped(params, x):  # one point at a time, for a model vmap cannot batch
+        return torch.stack([forward({k: v[p] for k, v in params.items()}, x) for p in range(next(iter(params.values())).shape[0])])
+
+    mapped = vmap(forward, in_dims=(0, None))
+
+    def batched(params, x):
+        nonlocal mapped
+        try:
+            return mapped(params, x)
+        except RuntimeError as exc:  # control flow on tensor values; a real error comes back from the loop
+            if mapped is looped:
+                raise
+            log.info("%s cannot be batched by torch.func.vmap (%s); evaluating its points one at a time",
+                     type(model).__name__, str(exc).splitlines()[0][:120])
+            mapped = looped
+            return looped(params, x)
     bar = tqdm(total=len(coords), desc=desc, disable=not sys.stderr.isatty(), leave=False)
     clamped = 0
     with torch.inference_mode():

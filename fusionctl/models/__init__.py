@@ -22,7 +22,7 @@ from fusionctl.models.cnn import (
     resnet_spec,
     vgg11_spec,
 )
-from fusionctl.models.external import TorchvisionNet, custom_model, example_input
+from fusionctl.models.external import TorchvisionNet, custom_model, custom_spec, example_input
 from fusionctl.models.mlp import MLP, mlp_spec
 from fusionctl.models.recurrent import RecurrentClassifier, recurrent_spec
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
@@ -135,8 +135,8 @@ def architecture(cfg: ModelConfig) -> str:
 
 
 def model_spec(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: int = 2, vocab: int = 0) -> AlignmentSpec:
-    """The alignment spec of `cfg`: written by hand for the built-ins, traced otherwise (which
-    needs the dataset's input shape)."""
+    """The alignment spec of `cfg`: written by hand for the built-ins (and by the user with
+    model.spec), traced otherwise; both of the latter need the dataset's input shape."""
     e = entry(cfg.name)
     if e.spec is not None:
         return e.spec(_checked(cfg))
@@ -145,12 +145,33 @@ def model_spec(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: 
     key = (repr(cfg), tuple(input_shape), num_classes, vocab)
     if key not in _TRACED_SPECS:
         model = build_model(cfg, input_shape, num_classes, vocab)
-        try:
-            _TRACED_SPECS[key] = derive_spec(model, example_input(input_shape, vocab))
-        except TraceError as exc:
-            raise FusionctlError(str(exc)) from exc
-        log.info("%s: %s", describe(cfg), _TRACED_SPECS[key].coverage)
+        _TRACED_SPECS[key] = _written_spec(cfg, model) if cfg.spec else _traced_spec(cfg, model, example_input(input_shape, vocab))
     return _TRACED_SPECS[key]
+
+
+def _traced_spec(cfg: ModelConfig, model: nn.Module, inputs) -> AlignmentSpec:
+    try:
+        spec = derive_spec(model, inputs)
+    except TraceError as exc:
+        raise FusionctlError(str(exc)) from exc
+    log.info("%s: %s", describe(cfg), spec.coverage)
+    return spec
+
+
+def _written_spec(cfg: ModelConfig, model: nn.Module) -> AlignmentSpec:
+    """model.spec, checked against the built model (a hand-written spec is trusted for nothing else)."""
+    try:
+        spec = custom_spec(cfg.spec, model)
+    except ValueError as exc:
+        raise FusionctlError(str(exc)) from exc
+    try:
+        spec.check_fits(model)
+    except ValueError as exc:
+        raise FusionctlError(f"model.spec={cfg.spec} does not fit {describe(cfg)}: {str(exc).splitlines()[0]}; "
+                             "compare it with the model's state_dict() and named_modules()") from exc
+    sizes = spec.group_sizes(model.state_dict())
+    log.info("%s: spec from %s, %d groups, %s hidden units", describe(cfg), cfg.spec, len(sizes), f"{sum(sizes.values()):,}")
+    return spec
 
 
 _TRACED_SPECS: dict[tuple, AlignmentSpec] = {}  # a model is traced once per process

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusionctl.models.spec import AlignmentSpec
+
 MIN_SIDE = 32
 
 
@@ -57,17 +59,22 @@ def _rebuild_first_conv(net: nn.Module, channels: int) -> None:
     raise ValueError("no convolution found to adapt to the dataset's input channels")
 
 
-def custom_model(target: str, input_shape: tuple, num_classes: int, kwargs: dict | None = None) -> nn.Module:
-    """`pkg.module.Class` (or a factory function) called with model.kwargs and the dataset's sizes it asks for."""
-    if "." not in target:
-        raise ValueError(f"model.target must be an import path like mypackage.nets.MyNet, got '{target}'")
-    module_name, attr = target.rsplit(".", 1)
+def imported(path: str, setting: str):
+    """The object at import path `pkg.module.name`, looked up from the folder fusionctl runs in too."""
+    if "." not in path:
+        raise ValueError(f"{setting} must be an import path like mypackage.nets.MyNet, got '{path}'")
+    module_name, attr = path.rsplit(".", 1)
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # as `python -m` would: the folder fusionctl runs in holds the user's code
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {target} ({exc}); run fusionctl where its package is, or install it (pip install -e)") from exc
+        raise ValueError(f"cannot import {setting}={path} ({exc}); run fusionctl where its package is, or install it (pip install -e)") from exc
+
+
+def custom_model(target: str, input_shape: tuple, num_classes: int, kwargs: dict | None = None) -> nn.Module:
+    """`pkg.module.Class` (or a factory function) called with model.kwargs and the dataset's sizes it asks for."""
+    factory = imported(target, "model.target")
     given = dict(kwargs or {})
     try:
         params = inspect.signature(factory).parameters
@@ -81,6 +88,20 @@ def custom_model(target: str, input_shape: tuple, num_classes: int, kwargs: dict
     if not isinstance(model, nn.Module):
         raise ValueError(f"{target}(...) returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def custom_spec(path: str, model: nn.Module) -> AlignmentSpec:
+    """model.spec: `pkg.module.function` returning the AlignmentSpec of `model` (called with it when
+    it takes an argument), for a model torch.fx cannot trace."""
+    make = imported(path, "model.spec")
+    try:
+        takes_model = bool(inspect.signature(make).parameters)
+    except (TypeError, ValueError):
+        takes_model = True
+    spec = make(model) if takes_model else make()
+    if not isinstance(spec, AlignmentSpec):
+        raise ValueError(f"{path}(...) returned a value of type {type(spec).__name__}, not a fusionctl.AlignmentSpec")
+    return spec
 
 
 def example_input(input_shape: tuple, vocab: int = 0, batch: int = 2) -> torch.Tensor:

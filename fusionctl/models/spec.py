@@ -62,10 +62,30 @@ class AlignmentSpec:
         missing = sorted(set(state) - set(self.axes))
         extra = sorted(set(self.axes) - set(state))
         if missing or extra:
-            raise ValueError(f"alignment spec does not match the state dict: missing {missing}, unknown {extra}")
+            raise ValueError(f"alignment spec does not match the state dict: missing {_some(missing)}, unknown {_some(extra)}")
         for key, axes in self.axes.items():
             if len(axes) != state[key].dim():
                 raise ValueError(f"alignment spec gives {len(axes)} axes for {key} of shape {tuple(state[key].shape)}")
+
+    def check_fits(self, model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> None:
+        """ValueError unless this (hand-written) spec names every entry of the model's state with its
+        number of axes, gives each group one size, lists exactly the groups its axes name, and names
+        writers and norms the model has."""
+        state = model.state_dict() if state is None else state
+        self.check_covers(state)
+        named = set(self.group_sizes(state))
+        if named != set(self.groups):
+            raise ValueError(f"spec.groups {list(self.groups)} differ from the groups its axes name {sorted(named)}")
+        for unit in (u for units in self.units.values() for u in units):
+            for name in filter(None, (unit.writer, unit.norm)):
+                try:
+                    model.get_submodule(name)
+                except AttributeError as exc:
+                    raise ValueError(f"unit {name}: {exc}") from exc
+
+
+def _some(keys: list[str], shown: int = 4) -> str:
+    return str(keys) if len(keys) <= shown else f"{keys[:shown]} and {len(keys) - shown} more"
 
 
 def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor | None, index: torch.Tensor | None = None,

@@ -42,7 +42,8 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for control flow on tensors
         raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                         "avoid Python control flow on tensor values in forward(), or pass a spec written by hand to fusionctl.fuse_models(spec=...)") from exc
+                         "avoid Python control flow on tensor values in forward(), or write its spec by hand "
+                         "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from exc
     tracer = AxisTracer(gm, model)
     was_training = model.training
     model.eval()
