@@ -184,6 +184,38 @@ class CrossAttentionNet(nn.Module):
         return self.fc((q + out).mean(1))
 
 
+class TorchEncoderNet(nn.Module):
+    """torch.nn's own transformer encoder (post-norm with ReLU, or pre-norm with GELU and a final
+    norm): its blocks are traced through their plain math, so stream and MLP units stay permutable."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, norm_first: bool = False):
+        super().__init__()
+        self.inp = nn.Linear(in_channels, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.1, batch_first=True, norm_first=norm_first,
+                                           activation="gelu" if norm_first else "relu")
+        self.encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8) if norm_first else None, enable_nested_tensor=False)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.encoder(self.inp(x.flatten(2).transpose(1, 2))).mean(1))
+
+
+class Seq2SeqNet(nn.Module):
+    """nn.Transformer with a causal target mask: source and target streams meet in the decoder's
+    cross-attention, whose packed input projection reads both, so they form one group."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.src, self.tgt = nn.Linear(in_channels, 8), nn.Linear(in_channels, 8)
+        self.transformer = nn.Transformer(8, 2, 1, 1, 12, dropout=0.1, batch_first=True)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        tokens = x.flatten(2).transpose(1, 2)
+        mask = nn.Transformer.generate_square_subsequent_mask(3)
+        return self.fc(self.transformer(self.src(tokens), self.tgt(tokens[:, :3]), tgt_mask=mask).mean(1))
+
+
 class TiedNet(nn.Module):
     """Two layers sharing one weight matrix (tied weights): one tensor cannot take two permutations."""
 

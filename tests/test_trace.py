@@ -134,10 +134,14 @@ def small_vit():
     return vit.eval()
 
 
-@pytest.mark.parametrize("make, hidden", [(small_vit, 8 + 2 * 12), (custom_nets.CrossAttentionNet, 8 + 6)], ids=["vit", "cross"])
-def test_attention_blocks_keep_their_stream_permutable(make, hidden):
+@pytest.mark.parametrize("make, side, hidden", [
+    (small_vit, 16, 8 + 2 * 12), (custom_nets.CrossAttentionNet, 4, 8 + 6), (custom_nets.TorchEncoderNet, 4, 8 + 2 * 12),
+    (lambda: custom_nets.TorchEncoderNet(norm_first=True), 4, 8 + 2 * 12), (custom_nets.Seq2SeqNet, 4, 8 + 12 + 12),
+], ids=["vit", "cross", "torch-encoder", "torch-encoder-prenorm", "torch-transformer"])
+def test_attention_blocks_keep_their_stream_permutable(make, side, hidden):
+    torch.manual_seed(0)
     model = make().eval()
-    x = torch.randn(3, 3, 16, 16) if hidden > 14 else torch.randn(3, 3, 4, 4)
+    x = torch.randn(3, 3, side, side)
     spec = derive_spec(model, x)
     assert spec.coverage.permutable == spec.coverage.hidden == hidden, str(spec.coverage)
     attention = [k for k in spec.axes if k.endswith(("in_proj_weight", "k_proj_weight", "out_proj.weight"))]

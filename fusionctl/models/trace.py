@@ -8,21 +8,22 @@ reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps
 element with inner = H*W; a depthwise conv keeps its input's element; pooling, resampling and
 padding over space keep the channels; a matrix product unifies the axes it contracts;
 nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj (its heads stay
-unpermuted). Parameters are linked to the elements of the axes they touch. Anything the tracer
-cannot vouch for — an unknown op or module, a concatenation, split or slice along a channel
-axis, a window or pad across one, the indices of a max over one, a grouped conv, a GroupNorm
-mixing channel blocks, tied weights, a size mismatch — freezes the elements it touches, as do
-the model's inputs and outputs. A frozen group is left unpermuted, never permuted wrongly, and
+unpermuted); nn.TransformerEncoder(Layer) is traced through its plain math (plain_forwards.py).
+Parameters are linked to the elements of the axes they touch. Anything the tracer cannot vouch
+for — an unknown op or module, a concatenation, split or slice along a channel axis, a window or
+pad across one, the indices of a max over one, a grouped conv, a GroupNorm mixing channel blocks,
+tied weights, a size mismatch — freezes the elements it touches, as do the model's inputs and
+outputs. A frozen group is left unpermuted, never permuted wrongly, and
 the coverage report names why.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from fusionctl.models.axes import Coverage
+from fusionctl.models.plain_forwards import symbolic_trace
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
 from fusionctl.models.tracer import AxisTracer
 
@@ -39,7 +40,7 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
     """
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     try:
-        gm = fx.symbolic_trace(model)
+        gm = symbolic_trace(model)
     except Exception as exc:  # fx raises many types for control flow on tensors
         raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
                          "avoid Python control flow on tensor values in forward(), or write its spec by hand "

@@ -1,0 +1,66 @@
+"""torch.fx tracing through torch.nn's transformer blocks.
+
+torch.fx keeps every torch.nn module a leaf, and nn.Transformer, its encoder and decoder stacks
+and its encoder layer cannot be traced through anyway: their forward() chooses a fused fast path
+or checks shapes by Python tests on tensors. Traced here instead is the plain math of their own
+slow path (the same function; a decoder layer's forward is plain already), made of the submodules
+they own — attention, Linears, LayerNorms — so the tracer's rules apply to each
+and the spec names their real parameters. At run time torch leaves the fast path by itself
+whenever hooks watch a submodule (activation probes, REPAIR), so those see every call.
+"""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+
+def _encoder_layer(m: nn.TransformerEncoderLayer, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+    x = src
+    if m.norm_first:
+        x = x + m._sa_block(m.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+        return x + m._ff_block(m.norm2(x))
+    x = m.norm1(x + m._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+    return m.norm2(x + m._ff_block(x))
+
+
+def _encoder(m: nn.TransformerEncoder, src, mask=None, src_key_padding_mask=None, is_causal=None):
+    x = src
+    for layer in m.layers:
+        x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+    return m.norm(x) if m.norm is not None else x
+
+
+def _decoder(m: nn.TransformerDecoder, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+             memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):
+    x = tgt
+    for layer in m.layers:
+        x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                  memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal)
+    return m.norm(x) if m.norm is not None else x
+
+
+def _transformer(m: nn.Transformer, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                 tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None, memory_is_causal=False):
+    memory = m.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+    return m.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                     memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+
+PLAIN = {nn.TransformerEncoderLayer: _encoder_layer, nn.TransformerEncoder: _encoder, nn.TransformerDecoder: _decoder,
+         nn.Transformer: _transformer, nn.TransformerDecoderLayer: lambda m, *args, **kwargs: type(m).forward(m, *args, **kwargs)}
+
+
+class PlainTracer(fx.Tracer):
+    """fx's tracer, but the blocks in PLAIN are traced through their plain forward."""
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        plain = PLAIN.get(type(m))
+        if plain is not None:
+            return plain(m, *args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    tracer = PlainTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
