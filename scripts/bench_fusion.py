@@ -26,7 +26,7 @@ import torch
 from fusionctl.config import ModelConfig, solver_settings
 from fusionctl.data import Split, Splits
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.fuse import held_out_score
 from fusionctl.models import build_model, model_spec
@@ -42,7 +42,7 @@ def pair(width: int, seed: int = 0, cfg: ModelConfig | None = None, shape=(1, 28
     a = {k: v.detach() for k, v in build_model(cfg, shape, 10).state_dict().items()}
     spec = model_spec(cfg)
     g = torch.Generator().manual_seed(seed + 1)
-    perms = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(a).items()}
+    perms = random_couplings(spec, a, g)
     b = {k: v + 0.3 * v.std() * torch.randn(v.shape, generator=g) for k, v in transport(a, spec, perms).items()}
     return cfg, spec, a, b
 

@@ -5,7 +5,8 @@
 torchvision's VisionTransformer (3 layers, width 64, 4 heads, 7x7 patches of the 28x28 grey
 digits) is trained from two seeds with AdamW, then fused with fusionctl.fuse_models by every
 method, plain and with REPAIR; the table gives test accuracy (%) on mnist_small's 1,000 test
-digits. The tracer aligns the residual stream and the MLPs; the attention heads stay as they are.
+digits. The tracer aligns the residual stream, the MLPs and the attention heads (whole heads, and
+the channels within each).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 
 import fusionctl
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.transport import random_couplings, transport
 from tests import custom_nets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ def permuted_copy(model, x, seed=3):
     spec = fusionctl.derive_spec(model, x)
     state = model.state_dict()
     g = torch.Generator().manual_seed(seed)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+    cps = random_couplings(spec, state, g)
     other = copy.deepcopy(model)
     other.load_state_dict(transport(state, spec, cps))
     return other.eval()
@@ -113,7 +113,7 @@ def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
         fusionctl.fuse_models([model, copy.deepcopy(model)], data=data)
     spec = custom_nets.branchy_spec()
     g = torch.Generator().manual_seed(1)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(model.state_dict()).items()}
+    cps = random_couplings(spec, model.state_dict(), g)
     other = copy.deepcopy(model)
     other.load_state_dict(transport(model.state_dict(), spec, cps))
     assert not torch.equal(other.a.weight, model.a.weight)
@@ -158,6 +158,6 @@ def test_the_vit_example_script_trains_and_fuses_two_vits():
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuse_vits.py"), "--epochs", "1"], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "permutable hidden units: 448 of 448" in run.stdout
+    assert "permutable hidden units: 640 of 640" in run.stdout
     rows = {line.split()[0] + (" paper" if "paper" in line else "") for line in run.stdout.splitlines()[3:]}
     assert rows == {"avg", "wb", "wb paper", "wm", "am"}, run.stdout

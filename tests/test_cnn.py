@@ -3,7 +3,7 @@ import torch
 
 from fusionctl.config import ModelConfig
 from fusionctl.fusion import METHODS, fuse
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import REGISTRY, build_model, group_sizes, model_spec
 from tests.helpers import settings
 
@@ -43,7 +43,7 @@ def out(c, st):
 
 def planted(spec, st, seed=1):
     g = torch.Generator().manual_seed(seed)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(st).items()}
+    cps = random_couplings(spec, st, g)
     return transport(st, spec, cps)
 
 

@@ -5,7 +5,7 @@ from fusionctl.data import Split, Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.am import correlation
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.models import REGISTRY, build_model, entry, model_spec, tiny_config
 from tests.helpers import settings
@@ -36,7 +36,7 @@ def setup(cfg, seed=0):
 
 def planted(spec, state, seed=3):
     g = torch.Generator().manual_seed(seed)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+    cps = random_couplings(spec, state, g)
     return cps, transport(state, spec, cps)
 
 

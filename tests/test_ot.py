@@ -36,6 +36,39 @@ def test_coupling_marginals_rectangular(method):
     assert (p >= 0).all()
 
 
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_block_assignment_is_the_best_permutation_that_keeps_blocks_whole(blocks):
+    """Against every permutation of 6 nodes that maps each block onto one block (brute force)."""
+    import itertools
+
+    import numpy as np
+
+    from fusionctl.ot.solver import assignment
+
+    rng, n, d = np.random.default_rng(blocks), 6, 6 // blocks
+    for _ in range(10):
+        c = rng.normal(size=(n, n))
+        whole = [p for p in itertools.permutations(range(n)) if all(len({p[a * d + r] // d for r in range(d)}) == 1 for a in range(blocks))]
+        best = min(c[np.arange(n), list(p)].sum() for p in whole)
+        got = assignment(c, blocks)
+        assert tuple(got) in set(whole) and np.isclose(c[np.arange(n), got].sum(), best, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+def test_heads_are_recovered_as_a_permutation_of_heads_and_within_heads(method):
+    """A planted permutation of 4 heads of 5 channels (and of the channels inside each) comes back
+    exactly, and as a permutation even when the method is Sinkhorn."""
+    g = torch.Generator().manual_seed(0)
+    heads, d = 4, 5
+    perm = torch.cat([h * d + torch.randperm(d, generator=g) for h in torch.randperm(heads, generator=g).tolist()])
+    x = torch.randn(heads * d, 3, generator=g, dtype=torch.float64)
+    y = x[perm] + 0.01 * torch.randn(heads * d, 3, generator=g, dtype=torch.float64)
+    p = solve_ot(sq_distances(x, y), method, reg=0.05, blocks=heads)
+    assert torch.equal(perm[p.argmax(1)], torch.arange(heads * d)) and ((p > 0).sum(1) == 1).all()
+    with pytest.raises(ValueError, match="needs the same width"):
+        solve_ot(torch.rand(20, 24, dtype=torch.float64), blocks=4)
+
+
 def test_exact_ot_is_optimal_against_scipy_assignment():
     from scipy.optimize import linear_sum_assignment
 

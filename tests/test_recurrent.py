@@ -6,7 +6,7 @@ from fusionctl.data import Split
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, unflatten
 from fusionctl.eval.metrics import evaluate
 from fusionctl.fusion import fuse
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import build_model as _build
 from fusionctl.models import model_spec as _spec
 from fusionctl.models.spec import AlignmentSpec, Axis
@@ -46,7 +46,7 @@ def run(kind, widths, bias, st, x=X):
 
 def planted(spec, st, seed=1):
     g = torch.Generator().manual_seed(seed)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(st).items()}
+    cps = random_couplings(spec, st, g)
     return cps, transport(st, spec, cps)
 
 

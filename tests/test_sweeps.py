@@ -17,7 +17,7 @@ from fusionctl.fusion.barycenter import run_sweeps
 from fusionctl.fusion.features import CorrelationFeatures
 from fusionctl.fusion import sweeps
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
-from fusionctl.fusion.transport import identity_couplings, relative_coupling, transport
+from fusionctl.fusion.transport import identity_couplings, random_couplings, relative_coupling, transport
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.models import build_model, model_spec
 from tests.helpers import settings
@@ -48,7 +48,7 @@ def noisy_permuted_copies(cfg, state, k, noise, shape):
     copies, planted = [state], [identity_couplings(spec, state)]
     for seed in range(1, k):
         g = torch.Generator().manual_seed(100 + seed)
-        cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+        cps = random_couplings(spec, state, g)
         moved = transport(state, spec, cps)
         copies.append({key: v + noise * v.std() * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.numel() > 1 else v
                        for key, v in moved.items()})

@@ -13,7 +13,7 @@ from fusionctl.data.text import PAD, UNK, build_vocab, encode, tokenize
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys
 from fusionctl.fusion import fuse
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.fusion.units import group_outputs, writer_outputs
 from fusionctl.models import build_model, config_for, group_sizes, model_spec
 from tests.helpers import settings
@@ -103,7 +103,7 @@ def test_embedding_units_are_aligned_and_transport_preserves_the_function(kind):
     spec = model_spec(cfg)
     assert spec.groups == ("emb", "h1") and group_sizes(cfg) == {"emb": 5, "h1": 7}
     g = torch.Generator().manual_seed(1)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(st).items()}
+    cps = random_couplings(spec, st, g)
     permuted = transport(st, spec, cps)
     assert not torch.allclose(permuted["embed.weight"], st["embed.weight"])
     assert torch.allclose(outputs(cfg, permuted), outputs(cfg, st), atol=1e-5)
@@ -118,7 +118,7 @@ def test_fusing_a_text_model_with_its_permuted_copy_returns_it(method):
     st = {k: v.detach().clone() for k, v in m.state_dict().items()}
     spec = model_spec(cfg)
     g = torch.Generator().manual_seed(4)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(st).items()}
+    cps = random_couplings(spec, st, g)
     res = fuse(method, spec, [st, transport(st, spec, cps)], [0.5, 0.5], spec.group_sizes(st), settings(name=method), None)
     assert torch.allclose(outputs(cfg, res.state), outputs(cfg, st), atol=1e-5)
 

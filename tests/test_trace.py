@@ -3,12 +3,14 @@ the built-ins, frozen (never wrong) where the tracer cannot vouch for a permutat
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from fusionctl.config import ModelConfig
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.transport import transport
+from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import build_model, load_state, model_spec
 from fusionctl.models.trace import TraceError, derive_spec
 from tests import custom_nets
@@ -32,7 +34,7 @@ def permute_everything(model, spec, seed=1):
     """A random permutation of every group, applied to a copy of the model's state."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(seed)
-    cps = {grp: torch.eye(n, dtype=torch.float64)[torch.randperm(n, generator=g)] / n for grp, n in spec.group_sizes(state).items()}
+    cps = random_couplings(spec, state, g)
     return state, transport(state, spec, cps)
 
 
@@ -134,19 +136,53 @@ def small_vit():
     return vit.eval()
 
 
+# hidden: stream + MLPs + heads (each attention's q/k/v rows and out_proj columns)
 @pytest.mark.parametrize("make, side, hidden", [
-    (small_vit, 16, 8 + 2 * 12), (custom_nets.CrossAttentionNet, 4, 8 + 6), (custom_nets.TorchEncoderNet, 4, 8 + 2 * 12),
-    (lambda: custom_nets.TorchEncoderNet(norm_first=True), 4, 8 + 2 * 12), (custom_nets.Seq2SeqNet, 4, 8 + 12 + 12),
+    (small_vit, 16, 8 + 2 * 12 + 2 * 8), (custom_nets.CrossAttentionNet, 4, 8 + 6 + 8), (custom_nets.TorchEncoderNet, 4, 8 + 2 * 12 + 2 * 8),
+    (lambda: custom_nets.TorchEncoderNet(norm_first=True), 4, 8 + 2 * 12 + 2 * 8), (custom_nets.Seq2SeqNet, 4, 8 + 12 + 12 + 3 * 8),
 ], ids=["vit", "cross", "torch-encoder", "torch-encoder-prenorm", "torch-transformer"])
-def test_attention_blocks_keep_their_stream_permutable(make, side, hidden):
+def test_attention_blocks_keep_their_stream_and_heads_permutable(make, side, hidden):
     torch.manual_seed(0)
     model = make().eval()
     x = torch.randn(3, 3, side, side)
     spec = derive_spec(model, x)
     assert spec.coverage.permutable == spec.coverage.hidden == hidden, str(spec.coverage)
+    heads = [g for g in spec.groups if g.endswith(".heads")]
+    assert heads and all(spec.blocks(g) == 2 for g in heads) and set(spec.heads) == set(heads)
     attention = [k for k in spec.axes if k.endswith(("in_proj_weight", "k_proj_weight", "out_proj.weight"))]
-    assert attention and all(any(a is not None for a in spec.axes[k]) for k in attention)
+    assert attention and all(all(a is not None for a in spec.axes[k]) for k in attention)
     assert_permutation_keeps_function(model, spec, x)
+
+
+def test_heads_move_only_as_whole_heads():
+    """Swapping two units of different heads changes the function; swapping two heads, or two
+    units inside one head, keeps it."""
+    torch.manual_seed(0)
+    model = custom_nets.TorchEncoderNet().eval()
+    x = torch.randn(3, 3, 4, 4)
+    spec = derive_spec(model, x)
+    group = "encoder.layers.0.self_attn.heads"
+    state = model.state_dict()
+    for perm, same in (([4, 5, 6, 7, 0, 1, 2, 3], True), ([1, 0, 2, 3, 4, 5, 7, 6], True), ([4, 1, 2, 3, 0, 5, 6, 7], False)):
+        cps = {g: torch.eye(n, dtype=torch.float64) / n for g, n in spec.group_sizes(state).items()}
+        cps[group] = torch.eye(8, dtype=torch.float64)[perm] / 8
+        other = copy.deepcopy(model)
+        other.load_state_dict(transport(state, spec, cps))
+        with torch.no_grad():
+            assert torch.allclose(other(x), model(x), atol=1e-5) == same, perm
+
+
+def test_a_hand_written_spec_must_split_its_heads_evenly():
+    from dataclasses import replace
+
+    model = custom_nets.TorchEncoderNet().eval()
+    spec = derive_spec(model, torch.randn(2, 3, 4, 4))
+    spec.check_fits(model)
+    group = "encoder.layers.0.self_attn.heads"
+    with pytest.raises(ValueError, match="8 units do not split into 3 heads"):
+        replace(spec, heads={**spec.heads, group: ("encoder.layers.0.self_attn", 3)}).check_fits(model)
+    with pytest.raises(ValueError, match="has no attribute"):
+        replace(spec, heads={**spec.heads, group: ("encoder.layers.0.attn", 2)}).check_fits(model)
 
 
 def test_a_grouped_conv_freezes_its_channels():

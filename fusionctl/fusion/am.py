@@ -7,13 +7,13 @@ their pre-activations over act_samples training inputs; groups are independent.
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from fusionctl.config import AMSettings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
 from fusionctl.fusion.transport import identity_couplings
 from fusionctl.fusion.wm import perm_coupling
+from fusionctl.ot.solver import assignment
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -35,6 +35,5 @@ def fuse_am(spec, states, weights, target_sizes, settings: AMSettings, ctx) -> F
     for i in range(1, len(states)):
         for group in spec.groups:
             corr = feats[0][group] @ feats[i][group].T
-            _, perm = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
-            couplings[i][group] = perm_coupling(perm)
+            couplings[i][group] = perm_coupling(assignment(-corr.cpu().numpy(), spec.blocks(group)))
     return fuse_with_couplings(spec, states, weights, couplings)

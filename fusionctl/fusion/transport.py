@@ -87,6 +87,21 @@ def identity_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor]) -> d
     return {g: identity_coupling(n) for g, n in spec.group_sizes(state).items()}
 
 
+def random_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random permutation / n of every group, heads as whole heads (spec.heads): transporting a
+    model by them gives another parametrisation of the same function (the tests' planted alignments)."""
+    out = {}
+    for group, n in spec.group_sizes(state).items():
+        blocks = spec.blocks(group)
+        if blocks == 1:
+            perm = torch.randperm(n, generator=generator)
+        else:
+            d = n // blocks
+            perm = torch.cat([b * d + torch.randperm(d, generator=generator) for b in torch.randperm(blocks, generator=generator).tolist()])
+        out[group] = torch.eye(n, dtype=torch.float64)[perm] / n
+    return out
+
+
 def identity_coupling(n: int, device="cpu") -> torch.Tensor:
     return mark_permutation(torch.eye(n, dtype=torch.float64, device=device) / n, torch.arange(n, device=device))
 

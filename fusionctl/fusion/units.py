@@ -2,7 +2,8 @@
 
 Every group lists its units' writers (a Linear, a conv, one branch of a residual sum, a recurrent
 layer) and the normalisation right after each (spec.Unit). Activation probes read the writers'
-outputs; REPAIR corrects at the norm, or at the writer when there is none.
+outputs, and the q/k/v projections inside attention blocks for their groups of heads
+(spec.heads); REPAIR corrects at the norm, or at the writer when there is none.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fusionctl.fusion.features import CorrelationFeatures
@@ -40,28 +42,51 @@ def units_first(out: torch.Tensor, axis: int) -> torch.Tensor:
 
 def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of `modules` during one evaluation-mode forward pass of `model` on x."""
+    return capture(model, modules, [], x)[0]
+
+
+def capture(model: nn.Module, modules: list[nn.Module], attention: list[nn.Module], x: torch.Tensor):
+    """(outputs of `modules`, q/k/v projections of the `attention` blocks as (channels, observations))
+    during one evaluation-mode forward pass of `model` on x."""
     captured: dict[int, torch.Tensor] = {}
+    projected: dict[int, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, first_output(out).detach()))
              for i, m in enumerate(modules)]
+    hooks += [m.register_forward_pre_hook(lambda mod, args, kwargs, i=i: projected.__setitem__(i, head_projections(mod, args, kwargs)),
+                                          with_kwargs=True) for i, m in enumerate(attention)]
     try:
         with torch.no_grad():
             model.eval()(x)
     finally:
         for h in hooks:
             h.remove()
-    return [captured[i] for i in range(len(modules))]
+    return [captured[i] for i in range(len(modules))], [projected[i] for i in range(len(attention))]
+
+
+def head_projections(m: nn.MultiheadAttention, args, kwargs) -> torch.Tensor:
+    """(embed_dim, observations): every attention channel's query, key and value projections of the
+    block's inputs, each token an observation (what the heads group's units compute)."""
+    inputs = [args[i] if len(args) > i else kwargs[name] for i, name in enumerate(("query", "key", "value"))]
+    weights = m.in_proj_weight.chunk(3) if m._qkv_same_embed_dim else (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
+    biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
+    with torch.no_grad():
+        return torch.cat([units_first(F.linear(t, w, b), -1) for t, w, b in zip(inputs, weights, biases)], 1)
 
 
 def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{writer: (n_units, observations)}: every unit writer's output (before any norm) on inputs x."""
+    """{writer: (n_units, observations)}: every unit writer's output (before any norm) on inputs x,
+    and {group: ...} for groups of attention heads (their q/k/v projections)."""
     names = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
     modules = [model.get_submodule(w) for w in names]
-    return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, capture_outputs(model, modules, x))}
+    heads = list(spec.heads)
+    outs, projected = capture(model, modules, [model.get_submodule(spec.heads[g][0]) for g in heads], x)
+    return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, outs)} | dict(zip(heads, projected))
 
 
 def group_outputs(spec: AlignmentSpec, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """writer_outputs by group: several writers of one group (a residual stream) stacked as more observations."""
-    return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) for g in spec.groups if spec.units.get(g)}
+    return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) if spec.units.get(g) else outs[g]
+            for g in spec.groups if spec.units.get(g) or g in spec.heads}
 
 
 def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None]]:

@@ -13,7 +13,6 @@ import logging
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from fusionctl.config import WMSettings
 from fusionctl.errors import FusionctlError
@@ -25,7 +24,7 @@ from fusionctl.fusion.transport import (
     weighted_average,
 )
 from fusionctl.models.spec import AlignmentSpec, node_slices
-from fusionctl.ot.solver import mark_permutation
+from fusionctl.ot.solver import assignment, mark_permutation
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +65,7 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
                         b = transport_tensor(source[key].to(torch.float32), axes, couplings, skip=dim)
                         a = node_slices(target[key].to(torch.float32), dim, ax)
                         sim += a @ node_slices(b, dim, ax).T
-            _, perm = linear_sum_assignment(sim.numpy(), maximize=True)
-            new = perm_coupling(perm)
+            new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group)))
             if not torch.equal(new, couplings[group]):
                 changed = True
                 couplings[group] = new

@@ -81,11 +81,22 @@ class ModuleRules:
 
     def attention(self, n, m: nn.MultiheadAttention, where: str, out):
         """nn.MultiheadAttention: the input projections read the channels (embed axis, last) of query,
-        key and value; the output projection writes a new group. Heads stay unpermuted inside it."""
+        key and value; their rows (q, k and v of each head) and out_proj's columns form one group
+        that moves in whole heads (spec.heads), observed through those projections; out_proj
+        writes a new group."""
         q, k, v = (self.d(n.args[i]) if len(n.args) > i else self.d(n.kwargs.get(name)) for i, name in enumerate(("query", "key", "value")))
         keys = [f"{where}.in_proj_weight"] * 3 if m._qkv_same_embed_dim else [f"{where}.{p}_proj_weight" for p in "qkv"]
         for key, x in zip(keys, (q, k, v)):
             self.link(key, 1, x[-1] if x else None, where)
+        heads = self.els.new(m.embed_dim, f"{where}.heads")
+        self.heads[heads] = (where, m.num_heads)
+        for key in dict.fromkeys(keys):
+            self.link(key, 0, Ref(heads, 3 if m._qkv_same_embed_dim else 1), where)
+        if m.in_proj_bias is not None:
+            self.link(f"{where}.in_proj_bias", 0, Ref(heads, 3), where)
+        self.link(f"{where}.out_proj.weight", 1, Ref(heads), where)
+        if m.bias_k is not None:
+            self.els.freeze(heads, "attention with add_bias_kv")
         ref = self.open(m.embed_dim, where)
         self.link(f"{where}.out_proj.weight", 0, ref, where)
         if m.out_proj.bias is not None:

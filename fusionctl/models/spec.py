@@ -41,12 +41,15 @@ class Unit:
 class AlignmentSpec:
     """groups: hidden-unit groups in fusion order; axes: state key -> per-axis Axis or None;
     units: group -> where its units are written; coverage: for traced specs, what is permutable
-    and what was frozen (models/trace.py)."""
+    and what was frozen (models/trace.py); heads: group -> (its nn.MultiheadAttention, number of
+    heads) for a group of attention channels, which moves in whole heads (and within each head),
+    observed through the block's q/k/v projections."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
     units: dict[str, tuple[Unit, ...]] = field(default_factory=dict)
     coverage: object | None = None
+    heads: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
         sizes: dict[str, int] = {}
@@ -57,6 +60,10 @@ class AlignmentSpec:
                     if sizes.setdefault(ax.group, n) != n:
                         raise ValueError(f"{key} axis {dim}: group {ax.group} has size {n}, elsewhere {sizes[ax.group]}")
         return sizes
+
+    def blocks(self, group: str) -> int:
+        """How many blocks of consecutive units `group` moves in (1: any permutation)."""
+        return self.heads[group][1] if group in self.heads else 1
 
     def check_covers(self, state: dict[str, torch.Tensor]) -> None:
         missing = sorted(set(state) - set(self.axes))
@@ -73,11 +80,14 @@ class AlignmentSpec:
         writers and norms the model has."""
         state = model.state_dict() if state is None else state
         self.check_covers(state)
-        named = set(self.group_sizes(state))
-        if named != set(self.groups):
+        named = self.group_sizes(state)
+        if set(named) != set(self.groups):
             raise ValueError(f"spec.groups {list(self.groups)} differ from the groups its axes name {sorted(named)}")
-        for unit in (u for units in self.units.values() for u in units):
-            for name in filter(None, (unit.writer, unit.norm)):
+        for group, (_, count) in self.heads.items():
+            if group not in named or named[group] % count:
+                raise ValueError(f"heads of {group}: {named.get(group, 0)} units do not split into {count} heads")
+        modules = [name for units in self.units.values() for u in units for name in (u.writer, u.norm)]
+        for name in filter(None, modules + [m for m, _ in self.heads.values()]):
                 try:
                     model.get_submodule(name)
                 except AttributeError as exc:

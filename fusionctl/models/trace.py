@@ -105,7 +105,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         if reasons:
             coverage.hidden += els.size[r]
             coverage.frozen.setdefault(reasons[0], []).extend(els.writers[r])
-    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage)
+    heads = {names[els.find(e)]: h for e, h in tracer.heads.items() if els.find(e) in names}
+    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads)
 
 
 __all__ = ["Coverage", "TraceError", "derive_spec"]

@@ -37,6 +37,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         self.links: dict[str, list[Ref | None]] = {}  # state key -> per-axis element
         self.units: dict[int, list[list]] = {}  # opened element -> [[writer, norm or None]]
         self.writer_node: dict[fx.Node, list] = {}  # node whose value is a writer's output (through reshapes) -> its unit
+        self.heads: dict[int, tuple[str, int]] = {}  # element of attention channels -> (its block, number of heads)
         self._dims = {k: v.dim() for k, v in original.state_dict().items()}
 
     # -- plumbing -----------------------------------------------------------------------------

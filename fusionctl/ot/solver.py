@@ -53,6 +53,7 @@ def solve_ot(
     reg: float = 1e-3,
     sinkhorn_iter: int = 1000,
     warm: Potentials | None = None,
+    blocks: int = 1,
 ) -> torch.Tensor:
     """Optimal coupling between uniform measures for a cost matrix.
 
@@ -67,6 +68,9 @@ def solve_ot(
     warm : sinkhorn only: potentials of a previous, similar problem (read, then overwritten
         with this solve's potentials and convergence); without it epsilon is annealed from 1.
         Callers report non-convergence (once, naming solver.sinkhorn_iter and solver.reg).
+    blocks : > 1 for nodes that move only as whole blocks of n / blocks (attention heads,
+        permuted as heads and within each head): always an exact assignment, since a soft
+        plan cannot keep the blocks apart
 
     Returns
     -------
@@ -76,6 +80,10 @@ def solve_ot(
         raise ValueError(f"unknown OT method {method!r}; choose from {METHODS}")
     cost = cost.detach().to(torch.float64)
     n, m = cost.shape
+    if blocks > 1:
+        if n != m or n % blocks:
+            raise ValueError(f"a group of {blocks} blocks (attention heads) needs the same width in every model, got {n} and {m}")
+        return _assignment(cost, blocks)
     if method == "exact":
         if n == m:
             return _assignment(cost)
@@ -85,14 +93,28 @@ def solve_ot(
     return _sinkhorn(cost, reg, sinkhorn_iter, warm if warm is not None else Potentials())
 
 
-def _assignment(cost: torch.Tensor) -> torch.Tensor:
+def _assignment(cost: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     # Between two uniform measures of equal size an optimal plan is a permutation / n
     # (Birkhoff): the linear assignment problem is the same OT problem, solved much faster.
     n = cost.shape[0]
-    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    cols = torch.as_tensor(assignment(cost.cpu().numpy(), blocks))
     plan = torch.zeros(n, n, dtype=torch.float64)
-    plan[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0 / n
-    return mark_permutation(plan.to(cost.device), torch.as_tensor(cols))  # rows come back as 0..n-1
+    plan[torch.arange(n), cols] = 1.0 / n
+    return mark_permutation(plan.to(cost.device), cols)
+
+
+def assignment(cost: np.ndarray, blocks: int = 1) -> np.ndarray:
+    """The column of each row in a minimum-cost permutation of a square cost matrix. With blocks > 1,
+    the best among permutations that map each block of n / blocks consecutive rows onto one block of
+    columns: one assignment per pair of blocks, then one between blocks on their optimal costs."""
+    if blocks == 1:
+        return linear_sum_assignment(cost)[1]
+    d = cost.shape[0] // blocks
+    tiles = cost.reshape(blocks, d, blocks, d)
+    inner = [[linear_sum_assignment(tiles[a, :, b])[1] for b in range(blocks)] for a in range(blocks)]
+    between = np.array([[tiles[a, np.arange(d), b, inner[a][b]].sum() for b in range(blocks)] for a in range(blocks)])
+    to = linear_sum_assignment(between)[1]
+    return np.concatenate([to[a] * d + inner[a][to[a]] for a in range(blocks)])
 
 
 def mark_permutation(plan: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
