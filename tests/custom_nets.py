@@ -128,13 +128,13 @@ class ArgmaxNet(nn.Module):
 
 class TinyTransformer(nn.Module):
     """A home-made transformer block, one token per pixel: class token, attention heads
-    written with Linear layers and matrix products, token 0 read by x[:, 0], a slice of channels.
-    The stream and the MLP are permutable; the heads (a reshape splits their channels) and the
-    sliced layer freeze."""
+    written with Linear layers and matrix products (or F.scaled_dot_product_attention), token 0
+    read by x[:, 0], a slice of channels. The stream, the MLP and the heads (q, k, v rows and o's
+    columns, split into heads by a reshape) are permutable; the sliced layer freezes."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2):
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, sdpa: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.sdpa = heads, sdpa
         self.emb = nn.Linear(in_channels, dim)
         self.cls = nn.Parameter(torch.randn(1, 1, dim))
         self.ln = nn.LayerNorm(dim)
@@ -151,7 +151,8 @@ class TinyTransformer(nn.Module):
         def split_heads(z):
             return z.reshape(b, -1, self.heads, z.shape[-1] // self.heads).transpose(1, 2)
 
-        att = torch.softmax(split_heads(self.q(y)) @ split_heads(self.k(y)).transpose(-2, -1), -1) @ split_heads(self.v(y))
+        q, k, v = split_heads(self.q(y)), split_heads(self.k(y)), split_heads(self.v(y))
+        att = F.scaled_dot_product_attention(q, k, v) if self.sdpa else torch.softmax(q @ k.transpose(-2, -1), -1) @ v
         t = t + self.o(att.transpose(1, 2).reshape(b, -1, t.shape[-1]))
         t = t + self.m2(torch.relu(self.m1(self.ln(t))))
         return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., :3])

@@ -97,8 +97,9 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.ArgmaxNet, "indices of a max or min", [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),
-    (custom_nets.TinyTransformer, "slice along a channel axis", [("side.weight", 0), ("q.weight", 0), ("v.weight", 0), ("o.weight", 1)],
-     [("emb.weight", 0), ("cls", 2), ("o.weight", 0), ("q.weight", 1), ("m1.weight", 0), ("head.weight", 1)]),
+    (custom_nets.TinyTransformer, "slice along a channel axis", [("side.weight", 0)],
+     [("emb.weight", 0), ("cls", 2), ("o.weight", 0), ("q.weight", 1), ("m1.weight", 0), ("head.weight", 1), ("q.weight", 0),
+      ("v.weight", 0), ("o.weight", 1)]),
     (custom_nets.TiedNet, "tied weights", [("a.weight", 0), ("a.weight", 1), ("b.weight", 0), ("inp.weight", 0)], [("mid.weight", 0)]),
 ])
 def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, frozen, free):
@@ -138,14 +139,19 @@ def small_vit():
 
 # hidden: stream + MLPs + heads (each attention's q/k/v rows and out_proj columns)
 @pytest.mark.parametrize("make, side, hidden", [
+    (custom_nets.TinyTransformer, 4, None), (lambda: custom_nets.TinyTransformer(sdpa=True), 4, None),
     (small_vit, 16, 8 + 2 * 12 + 2 * 8), (custom_nets.CrossAttentionNet, 4, 8 + 6 + 8), (custom_nets.TorchEncoderNet, 4, 8 + 2 * 12 + 2 * 8),
     (lambda: custom_nets.TorchEncoderNet(norm_first=True), 4, 8 + 2 * 12 + 2 * 8), (custom_nets.Seq2SeqNet, 4, 8 + 12 + 12 + 3 * 8),
-], ids=["vit", "cross", "torch-encoder", "torch-encoder-prenorm", "torch-transformer"])
+], ids=["home-made", "home-made-sdpa", "vit", "cross", "torch-encoder", "torch-encoder-prenorm", "torch-transformer"])
 def test_attention_blocks_keep_their_stream_and_heads_permutable(make, side, hidden):
     torch.manual_seed(0)
     model = make().eval()
     x = torch.randn(3, 3, side, side)
     spec = derive_spec(model, x)
+    if hidden is None:  # the home-made block: its heads are the group its q projection opens
+        assert spec.coverage.permutable == 8 + 8 + 16 and spec.heads == {"q": (None, 2)}, (str(spec.coverage), spec.heads)
+        assert [u.writer for u in spec.units["q"]] == ["q", "k", "v"] and spec.axes["o.weight"][1].group == "q"
+        return assert_permutation_keeps_function(model, spec, x)
     assert spec.coverage.permutable == spec.coverage.hidden == hidden, str(spec.coverage)
     heads = [g for g in spec.groups if g.endswith(".heads")]
     assert heads and all(spec.blocks(g) == 2 for g in heads) and set(spec.heads) == set(heads)
@@ -154,14 +160,15 @@ def test_attention_blocks_keep_their_stream_and_heads_permutable(make, side, hid
     assert_permutation_keeps_function(model, spec, x)
 
 
-def test_heads_move_only_as_whole_heads():
+@pytest.mark.parametrize("make, group", [(custom_nets.TorchEncoderNet, "encoder.layers.0.self_attn.heads"), (custom_nets.TinyTransformer, "q")],
+                         ids=["torch-encoder", "home-made"])
+def test_heads_move_only_as_whole_heads(make, group):
     """Swapping two units of different heads changes the function; swapping two heads, or two
     units inside one head, keeps it."""
     torch.manual_seed(0)
-    model = custom_nets.TorchEncoderNet().eval()
+    model = make().eval()
     x = torch.randn(3, 3, 4, 4)
     spec = derive_spec(model, x)
-    group = "encoder.layers.0.self_attn.heads"
     state = model.state_dict()
     for perm, same in (([4, 5, 6, 7, 0, 1, 2, 3], True), ([1, 0, 2, 3, 4, 5, 7, 6], True), ([4, 1, 2, 3, 0, 5, 6, 7], False)):
         cps = {g: torch.eye(n, dtype=torch.float64) / n for g, n in spec.group_sizes(state).items()}
@@ -183,6 +190,8 @@ def test_a_hand_written_spec_must_split_its_heads_evenly():
         replace(spec, heads={**spec.heads, group: ("encoder.layers.0.self_attn", 3)}).check_fits(model)
     with pytest.raises(ValueError, match="has no attribute"):
         replace(spec, heads={**spec.heads, group: ("encoder.layers.0.attn", 2)}).check_fits(model)
+    with pytest.raises(ValueError, match="encoder.layers.0.linear1 is not an nn.MultiheadAttention"):
+        replace(spec, heads={**spec.heads, group: ("encoder.layers.0.linear1", 2)}).check_fits(model)
 
 
 def test_a_grouped_conv_freezes_its_channels():

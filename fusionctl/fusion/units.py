@@ -78,7 +78,7 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
     and {group: ...} for groups of attention heads (their q/k/v projections)."""
     names = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
     modules = [model.get_submodule(w) for w in names]
-    heads = list(spec.heads)
+    heads = [g for g, (block, _) in spec.heads.items() if block is not None]
     outs, projected = capture(model, modules, [model.get_submodule(spec.heads[g][0]) for g in heads], x)
     return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, outs)} | dict(zip(heads, projected))
 
@@ -86,7 +86,7 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
 def group_outputs(spec: AlignmentSpec, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """writer_outputs by group: several writers of one group (a residual stream) stacked as more observations."""
     return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) if spec.units.get(g) else outs[g]
-            for g in spec.groups if spec.units.get(g) or g in spec.heads}
+            for g in spec.groups if spec.units.get(g) or spec.heads.get(g, (None,))[0] is not None}
 
 
 def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None]]:

@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Ref:
-    """An axis of a tensor laid out as (outer, n, inner) over the n units of element `el`."""
+    """An axis of a tensor laid out as (outer, n, inner) over the n units of element `el`; or, once a
+    reshape splits the units into heads (n = heads x d), part 1: the axis of heads, part 2: the
+    axis of the d channels within a head."""
 
     el: int
     outer: int = 1
     inner: int = 1
+    part: int = 0
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Elements:
         self.writers: list[list[str]] = []  # per element: modules whose output opens it
         self.reasons: dict[int, list[str]] = {}  # root -> why it is frozen
         self.opened: list[int] = []  # elements opened by a module, in creation order
+        self.heads: dict[int, int] = {}  # root -> number of heads its units form (they move only within and as whole heads)
 
     def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
         e = len(self.parent)
@@ -78,7 +82,14 @@ class Elements:
         self.writers[keep] += self.writers[gone]
         if gone in self.reasons:
             self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
+        if gone in self.heads:
+            self.set_heads(keep, self.heads.pop(gone), where)
         return keep
+
+    def set_heads(self, e: int, count: int, where: str) -> None:
+        root = self.find(e)
+        if self.heads.setdefault(root, count) != count:
+            self.freeze(root, f"split into {count} and into {self.heads[root]} heads at {where}")
 
 
 
@@ -98,11 +109,11 @@ def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None
             if r is not None:
                 els.freeze(r.el, f"combined with an unaligned tensor at {where}")
         return None
-    if (a.outer, a.inner) != (b.outer, b.inner):
+    if (a.outer, a.inner, a.part) != (b.outer, b.inner, b.part):
         els.freeze(a.el, f"layouts differ at {where}")
         els.freeze(b.el, f"layouts differ at {where}")
         return a
-    return Ref(els.union(a.el, b.el, where), a.outer, a.inner)
+    return Ref(els.union(a.el, b.el, where), a.outer, a.inner, a.part)
 
 
 def broadcast_refs(els: Elements, operands, out_shape, where: str) -> list:
@@ -152,9 +163,12 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
         i, j = i + 1, j + 1
         refs = [(k, x[k]) for k in run_in if x[k] is not None]
         sizes = [after[k] for k in run_out if after[k] > 1]
-        if not refs:
+        heads = _heads(els, refs, [before[k] for k in run_in if before[k] > 1], sizes, where)
+        if heads is not None:
+            result += [heads.pop(0) if after[m] > 1 else None for m in run_out]
+        elif not refs:
             result += [None] * len(run_out)
-        elif len(refs) == 1 and len(sizes) == 1:
+        elif len(refs) == 1 and len(sizes) == 1 and refs[0][1].part == 0:
             k, ref = refs[0]
             outer = math.prod(before[m] for m in run_in if m < k) * ref.outer
             inner = math.prod(before[m] for m in run_in if m > k) * ref.inner
@@ -164,6 +178,18 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
                 els.freeze(r.el, f"reshape splitting or merging channel axes at {where}")
             result += [None] * len(run_out)
     return result + [None] * (len(after) - len(result))
+
+
+def _heads(els: Elements, refs: list, sizes_in: list, sizes_out: list, where: str) -> list | None:
+    """A reshape splitting one element's axis into (heads, d), or merging (heads, d) back: the
+    refs of the non-trivial output axes, else None."""
+    whole = [r for _, r in refs if (r.outer, r.inner) == (1, 1)]
+    if len(refs) == 1 and whole and whole[0].part == 0 and len(sizes_in) == 1 and len(sizes_out) == 2:
+        els.set_heads(whole[0].el, sizes_out[0], where)
+        return [Ref(whole[0].el, part=1), Ref(whole[0].el, part=2)]
+    if len(refs) == 2 and len(whole) == 2 and [r.part for r in whole] == [1, 2] and len(sizes_in) == 2 and len(sizes_out) == 1:
+        return [unify(els, Ref(whole[0].el), Ref(whole[1].el), where)]
+    return None
 
 
 def reduce_refs(x: list, dims, ndim: int, keep: bool, out_dim: int) -> list:

@@ -89,7 +89,8 @@ class ModuleRules:
         for key, x in zip(keys, (q, k, v)):
             self.link(key, 1, x[-1] if x else None, where)
         heads = self.els.new(m.embed_dim, f"{where}.heads")
-        self.heads[heads] = (where, m.num_heads)
+        self.els.set_heads(heads, m.num_heads, where)
+        self.attention_blocks[heads] = where
         for key in dict.fromkeys(keys):
             self.link(key, 0, Ref(heads, 3 if m._qkv_same_embed_dim else 1), where)
         if m.in_proj_bias is not None:

@@ -41,15 +41,16 @@ class Unit:
 class AlignmentSpec:
     """groups: hidden-unit groups in fusion order; axes: state key -> per-axis Axis or None;
     units: group -> where its units are written; coverage: for traced specs, what is permutable
-    and what was frozen (models/trace.py); heads: group -> (its nn.MultiheadAttention, number of
-    heads) for a group of attention channels, which moves in whole heads (and within each head),
-    observed through the block's q/k/v projections."""
+    and what was frozen (models/trace.py); heads: group -> (nn.MultiheadAttention or None, number
+    of heads) for a group of attention channels, which moves in whole heads (and within each
+    head); inside an nn.MultiheadAttention it is observed through the block's q/k/v projections,
+    otherwise through its own units (q, k and v Linears)."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
     units: dict[str, tuple[Unit, ...]] = field(default_factory=dict)
     coverage: object | None = None
-    heads: dict[str, tuple[str, int]] = field(default_factory=dict)
+    heads: dict[str, tuple[str | None, int]] = field(default_factory=dict)
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
         sizes: dict[str, int] = {}
@@ -77,21 +78,26 @@ class AlignmentSpec:
     def check_fits(self, model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> None:
         """ValueError unless this (hand-written) spec names every entry of the model's state with its
         number of axes, gives each group one size, lists exactly the groups its axes name, and names
-        writers and norms the model has."""
+        writers, norms and attention blocks the model has (heads splitting their groups evenly)."""
         state = model.state_dict() if state is None else state
         self.check_covers(state)
         named = self.group_sizes(state)
         if set(named) != set(self.groups):
             raise ValueError(f"spec.groups {list(self.groups)} differ from the groups its axes name {sorted(named)}")
-        for group, (_, count) in self.heads.items():
+        for group, (name, count) in self.heads.items():
             if group not in named or named[group] % count:
                 raise ValueError(f"heads of {group}: {named.get(group, 0)} units do not split into {count} heads")
-        modules = [name for units in self.units.values() for u in units for name in (u.writer, u.norm)]
-        for name in filter(None, modules + [m for m, _ in self.heads.values()]):
-                try:
-                    model.get_submodule(name)
-                except AttributeError as exc:
-                    raise ValueError(f"unit {name}: {exc}") from exc
+            if name is not None and not isinstance(_module(model, name), torch.nn.MultiheadAttention):
+                raise ValueError(f"heads of {group}: {name} is not an nn.MultiheadAttention")
+        for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
+            _module(model, name)
+
+
+def _module(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise ValueError(f"unit {name}: {exc}") from exc
 
 
 def _some(keys: list[str], shown: int = 4) -> str:

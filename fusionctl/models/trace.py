@@ -7,8 +7,10 @@ adds, gates) unify their operands' elements; norms, activations, pooling, dropou
 reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps the channel
 element with inner = H*W; a depthwise conv keeps its input's element; pooling, resampling and
 padding over space keep the channels; a matrix product unifies the axes it contracts;
-nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj (its heads stay
-unpermuted); nn.TransformerEncoder(Layer) is traced through its plain math (plain_forwards.py).
+nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj, and its q/k/v
+rows form a group of heads (spec.heads: moved only in whole heads and within each); a reshape
+of a channel axis into (heads, d) and back marks the same in home-made attention (Ref.part);
+nn.TransformerEncoder(Layer) is traced through its plain math (plain_forwards.py).
 Parameters are linked to the elements of the axes they touch. Anything the tracer cannot vouch
 for — an unknown op or module, a concatenation, split or slice along a channel axis, a window or
 pad across one, the indices of a max over one, a grouped conv, a GroupNorm mixing channel blocks,
@@ -105,7 +107,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         if reasons:
             coverage.hidden += els.size[r]
             coverage.frozen.setdefault(reasons[0], []).extend(els.writers[r])
-    heads = {names[els.find(e)]: h for e, h in tracer.heads.items() if els.find(e) in names}
+    blocks = {els.find(e): where for e, where in tracer.attention_blocks.items()}
+    heads = {names[r]: (blocks.get(r), count) for r, count in els.heads.items() if r in names}
     return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads)
 
 

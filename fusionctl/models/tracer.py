@@ -37,7 +37,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         self.links: dict[str, list[Ref | None]] = {}  # state key -> per-axis element
         self.units: dict[int, list[list]] = {}  # opened element -> [[writer, norm or None]]
         self.writer_node: dict[fx.Node, list] = {}  # node whose value is a writer's output (through reshapes) -> its unit
-        self.heads: dict[int, tuple[str, int]] = {}  # element of attention channels -> (its block, number of heads)
+        self.attention_blocks: dict[int, str] = {}  # element of an nn.MultiheadAttention's channels -> the block
         self._dims = {k: v.dim() for k, v in original.state_dict().items()}
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -57,6 +57,9 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         """Tie axis `dim` of state entry `key` to `ref` (unifying with an earlier use of the entry)."""
         axes = self.links.setdefault(key, [None] * self.state_dims(key))
         if ref is None:
+            return
+        if ref.part:  # a parameter shared by every head (a per-head norm) cannot follow heads that move apart
+            self.els.freeze(ref.el, f"a parameter read along the heads of a group at {where}")
             return
         old = axes[dim]
         if old is None:
@@ -139,7 +142,16 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if not isinstance(out, torch.Tensor) and not many and name not in ("getitem", "getattr"):
             return None  # sizes, shapes and other plain values
         if name in ops.UNARY or name.rstrip("_") in ops.UNARY:
+            if name in ("softmax", "log_softmax"):  # along heads, it mixes the heads' differently ordered channels
+                self.freeze_all([[r for r in [x[self.dim_arg(n, 1) % len(x)]] if r is not None and r.part == 1]], "softmax across heads")
             return list(x)
+        if name == "scaled_dot_product_attention":  # softmax(q k^T) v: as the two matrix products it is
+            q, k, v = (self.d(a) for a in args[:3])
+            self.freeze_all([[r for r in q[-2:] + k[-2:] + v[-2:-1] if r is not None and r.part == 1]], "attention across heads")
+            unify(self.els, q[-1], k[-1], where)
+            unify(self.els, k[-2], v[-2], where)
+            shapes = [self.val(a).shape for a in args[:3]]
+            return broadcast_refs(self.els, [(d[:-2], sh[:-2]) for d, sh in zip((q, k, v), shapes)], out.shape[:-2], where) + [q[-2], v[-1]]
         if name in ops.BINARY or (name in ("max", "min") and len(tensors) == 2):  # torch.max(a, b) is element-wise
             return self.binary(n, out, where)
         if name in ops.PERMUTE:
@@ -188,8 +200,13 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if n.args and n.args[0] in self.writer_node:
             self.writer_node[n] = self.writer_node[n.args[0]]
 
+    def dim_arg(self, n, at: int) -> int:
+        return n.args[at] if len(n.args) > at else n.kwargs.get("dim", -1)
+
     def reduce(self, n, x, ndim, out):
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        reduced = range(ndim) if dims is None else [d % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+        self.freeze_all([[x[d] for d in reduced if x[d] is not None and x[d].part]], "a reduction over heads or their channels")
         keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else False)
         if isinstance(out, torch.Tensor):
             return reduce_refs(x, dims, ndim, keep, out.dim())
