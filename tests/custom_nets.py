@@ -55,7 +55,8 @@ class ConcatNet(nn.Module):
 
 class GatedNet(nn.Module):
     """A gated conv (GLU: one half of the channels gates the other) and a split along space whose
-    halves are added back: the gated channels must freeze, the split along space changes nothing."""
+    halves are added back: the halves are packed copies of one group (they move together), the
+    split along space changes nothing."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4):
         super().__init__()
@@ -183,6 +184,31 @@ class CrossAttentionNet(nn.Module):
         q, kv = torch.relu(self.q(tokens)), torch.relu(self.kv(tokens))
         out, _ = self.att(q, kv, kv)
         return self.fc((q + out).mean(1))
+
+
+class PackedAttentionNet(nn.Module):
+    """Attention as timm writes it: one Linear for q, k and v, reshaped to (3, heads, d), permuted,
+    unbound, scaled_dot_product_attention, and merged back into the output projection; or as
+    MaxViT does: the Linear's output chunked in three, each reshaped into heads, and einsums."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, einsum: bool = False):
+        super().__init__()
+        self.heads, self.einsum = heads, einsum
+        self.emb, self.qkv, self.proj = nn.Linear(in_channels, dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp, self.fc = nn.Sequential(nn.Linear(dim, 12), nn.GELU(), nn.Linear(12, dim)), nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.emb(x.flatten(2).transpose(1, 2))
+        b, n, c = t.shape
+        if self.einsum:
+            q, k, v = self.qkv(t).chunk(3, dim=-1)
+            q, k, v = (z.reshape(b, n, self.heads, c // self.heads) for z in (q, k, v))
+            att = torch.einsum("b h i j, b j h d -> b i h d", torch.einsum("bihd,bjhd->bhij", q, k).softmax(-1), v)
+            t = t + self.proj(att.reshape(b, n, c))
+        else:
+            q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+            t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+        return self.fc((t + self.mlp(t)).mean(1))
 
 
 class TorchEncoderNet(nn.Module):

@@ -12,6 +12,7 @@ from fusionctl.config import ModelConfig
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import build_model, load_state, model_spec
+from fusionctl.models.spec import Axis
 from fusionctl.models.trace import TraceError, derive_spec
 from tests import custom_nets
 
@@ -93,7 +94,6 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
 @pytest.mark.parametrize("cls, reason, frozen, free", [
     (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.ConcatNet, "concatenation", [("a.weight", 0), ("b.weight", 0), ("c.weight", 1)], [("c.weight", 0)]),
-    (custom_nets.GatedNet, "slice along a channel axis", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0), ("fc.weight", 1)]),
     (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.ArgmaxNet, "indices of a max or min", [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),
@@ -115,8 +115,8 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
     assert_permutation_keeps_function(model, spec, x)
 
 
-@pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5)])
-def test_resampling_matrix_products_and_splits_along_space_keep_every_group_free(cls, hidden):
+@pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5)])
+def test_resampling_matrix_products_and_even_splits_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()
     x = torch.randn(4, 3, 6, 6)
@@ -140,17 +140,23 @@ def small_vit():
 # hidden: stream + MLPs + heads (each attention's q/k/v rows and out_proj columns)
 @pytest.mark.parametrize("make, side, hidden", [
     (custom_nets.TinyTransformer, 4, None), (lambda: custom_nets.TinyTransformer(sdpa=True), 4, None),
+    (custom_nets.PackedAttentionNet, 4, None), (lambda: custom_nets.PackedAttentionNet(einsum=True), 4, None),
     (small_vit, 16, 8 + 2 * 12 + 2 * 8), (custom_nets.CrossAttentionNet, 4, 8 + 6 + 8), (custom_nets.TorchEncoderNet, 4, 8 + 2 * 12 + 2 * 8),
     (lambda: custom_nets.TorchEncoderNet(norm_first=True), 4, 8 + 2 * 12 + 2 * 8), (custom_nets.Seq2SeqNet, 4, 8 + 12 + 12 + 3 * 8),
-], ids=["home-made", "home-made-sdpa", "vit", "cross", "torch-encoder", "torch-encoder-prenorm", "torch-transformer"])
+], ids=["home-made", "home-made-sdpa", "packed-qkv", "packed-qkv-einsum", "vit", "cross", "torch-encoder", "torch-encoder-prenorm", "torch-transformer"])
 def test_attention_blocks_keep_their_stream_and_heads_permutable(make, side, hidden):
     torch.manual_seed(0)
     model = make().eval()
     x = torch.randn(3, 3, side, side)
     spec = derive_spec(model, x)
-    if hidden is None:  # the home-made block: its heads are the group its q projection opens
-        assert spec.coverage.permutable == 8 + 8 + 16 and spec.heads == {"q": (None, 2)}, (str(spec.coverage), spec.heads)
-        assert [u.writer for u in spec.units["q"]] == ["q", "k", "v"] and spec.axes["o.weight"][1].group == "q"
+    if hidden is None:  # home-made blocks: heads of separate q, k, v Linears, or of one packed Linear
+        if "qkv.weight" in spec.axes:
+            group = next(g for g in spec.groups if g.startswith("qkv."))
+            assert spec.coverage.permutable == spec.coverage.hidden == 8 + 3 * 8 + 12 and spec.heads == {group: ("qkv", 2)}, str(spec.coverage)
+            assert spec.axes["qkv.weight"][0] == Axis(group, 3) and spec.axes["proj.weight"][1] == Axis(group)
+        else:
+            assert spec.coverage.permutable == 8 + 8 + 16 and spec.heads == {"q": (None, 2)}, (str(spec.coverage), spec.heads)
+            assert [u.writer for u in spec.units["q"]] == ["q", "k", "v"] and spec.axes["o.weight"][1].group == "q"
         return assert_permutation_keeps_function(model, spec, x)
     assert spec.coverage.permutable == spec.coverage.hidden == hidden, str(spec.coverage)
     heads = [g for g in spec.groups if g.endswith(".heads")]
@@ -160,8 +166,8 @@ def test_attention_blocks_keep_their_stream_and_heads_permutable(make, side, hid
     assert_permutation_keeps_function(model, spec, x)
 
 
-@pytest.mark.parametrize("make, group", [(custom_nets.TorchEncoderNet, "encoder.layers.0.self_attn.heads"), (custom_nets.TinyTransformer, "q")],
-                         ids=["torch-encoder", "home-made"])
+@pytest.mark.parametrize("make, group", [(custom_nets.TorchEncoderNet, "encoder.layers.0.self_attn.heads"), (custom_nets.TinyTransformer, "q"),
+                                         (custom_nets.PackedAttentionNet, "qkv.heads")], ids=["torch-encoder", "home-made", "packed-qkv"])
 def test_heads_move_only_as_whole_heads(make, group):
     """Swapping two units of different heads changes the function; swapping two heads, or two
     units inside one head, keeps it."""
@@ -190,8 +196,8 @@ def test_a_hand_written_spec_must_split_its_heads_evenly():
         replace(spec, heads={**spec.heads, group: ("encoder.layers.0.self_attn", 3)}).check_fits(model)
     with pytest.raises(ValueError, match="has no attribute"):
         replace(spec, heads={**spec.heads, group: ("encoder.layers.0.attn", 2)}).check_fits(model)
-    with pytest.raises(ValueError, match="encoder.layers.0.linear1 is not an nn.MultiheadAttention"):
-        replace(spec, heads={**spec.heads, group: ("encoder.layers.0.linear1", 2)}).check_fits(model)
+    with pytest.raises(ValueError, match="encoder.layers.0.norm1 is neither an nn.MultiheadAttention"):
+        replace(spec, heads={**spec.heads, group: ("encoder.layers.0.norm1", 2)}).check_fits(model)
 
 
 def test_a_grouped_conv_freezes_its_channels():

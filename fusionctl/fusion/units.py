@@ -45,15 +45,22 @@ def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor)
     return capture(model, modules, [], x)[0]
 
 
-def capture(model: nn.Module, modules: list[nn.Module], attention: list[nn.Module], x: torch.Tensor):
+def capture(model: nn.Module, modules: list[nn.Module], attention: list[nn.Module], x: torch.Tensor, copies: list[int] = ()):
     """(outputs of `modules`, q/k/v projections of the `attention` blocks as (channels, observations))
-    during one evaluation-mode forward pass of `model` on x."""
+    during one evaluation-mode forward pass of `model` on x. An attention block is an
+    nn.MultiheadAttention, or a packed projection (q, k and v of one Linear, a GLU's halves)
+    whose output is `copies` stacked copies of its group."""
     captured: dict[int, torch.Tensor] = {}
     projected: dict[int, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, first_output(out).detach()))
              for i, m in enumerate(modules)]
-    hooks += [m.register_forward_pre_hook(lambda mod, args, kwargs, i=i: projected.__setitem__(i, head_projections(mod, args, kwargs)),
-                                          with_kwargs=True) for i, m in enumerate(attention)]
+    for i, m in enumerate(attention):
+        if isinstance(m, nn.MultiheadAttention):
+            hooks.append(m.register_forward_pre_hook(lambda mod, args, kwargs, i=i: projected.__setitem__(i, head_projections(mod, args, kwargs)),
+                                                     with_kwargs=True))
+        else:  # a packed projection: (k * units, N) -> (units, k * N), its k copies of a unit are observations of it
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, i=i: projected.__setitem__(
+                i, torch.cat(units_first(out.detach(), channel_axis(mod)).chunk(copies[i]), 1))))
     try:
         with torch.no_grad():
             model.eval()(x)
@@ -79,7 +86,9 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
     names = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
     modules = [model.get_submodule(w) for w in names]
     heads = [g for g, (block, _) in spec.heads.items() if block is not None]
-    outs, projected = capture(model, modules, [model.get_submodule(spec.heads[g][0]) for g in heads], x)
+    copies = [spec.axes.get(f"{spec.heads[g][0]}.weight", (None,))[0] for g in heads]
+    outs, projected = capture(model, modules, [model.get_submodule(spec.heads[g][0]) for g in heads], x,
+                              [c.outer if c is not None else 1 for c in copies])
     return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, outs)} | dict(zip(heads, projected))
 
 

@@ -1,96 +1,12 @@
-"""Bookkeeping for traced specs: a union-find over candidate groups of units, the element each
-tensor axis carries (Ref), and how axes travel through broadcasting, permutes, reshapes,
-reductions and concatenation. Pure functions of shapes and elements; no torch.fx here."""
+"""How the elements a tensor's axes carry (elements.py) travel through broadcasting, permutes,
+reshapes, reductions, matrix products and concatenation. Pure functions of shapes and elements;
+no torch.fx here."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Ref:
-    """An axis of a tensor laid out as (outer, n, inner) over the n units of element `el`; or, once a
-    reshape splits the units into heads (n = heads x d), part 1: the axis of heads, part 2: the
-    axis of the d channels within a head."""
-
-    el: int
-    outer: int = 1
-    inner: int = 1
-    part: int = 0
-
-
-@dataclass
-class Coverage:
-    """What a traced spec aligns: hidden units in permutable groups, and what froze the rest."""
-
-    permutable: int = 0
-    hidden: int = 0
-    frozen: dict[str, list[str]] = field(default_factory=dict)  # reason -> modules whose units it froze
-
-    def __str__(self) -> str:
-        text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
-        if self.frozen:
-            parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
-            text += "; frozen: " + "; ".join(parts)
-        return text
-
-
-class Elements:
-    """Union-find over candidate groups of units: size, the modules that open them, and freezes."""
-
-    def __init__(self):
-        self.parent: list[int] = []
-        self.size: list[int] = []
-        self.writers: list[list[str]] = []  # per element: modules whose output opens it
-        self.reasons: dict[int, list[str]] = {}  # root -> why it is frozen
-        self.opened: list[int] = []  # elements opened by a module, in creation order
-        self.heads: dict[int, int] = {}  # root -> number of heads its units form (they move only within and as whole heads)
-
-    def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
-        e = len(self.parent)
-        self.parent.append(e)
-        self.size.append(size)
-        self.writers.append([writer] if writer else [])
-        if writer:
-            self.opened.append(e)
-        if frozen:
-            self.reasons[e] = [frozen]
-        return e
-
-    def find(self, e: int) -> int:
-        while self.parent[e] != e:
-            self.parent[e] = self.parent[self.parent[e]]
-            e = self.parent[e]
-        return e
-
-    def freeze(self, e: int, reason: str) -> None:
-        self.reasons.setdefault(self.find(e), []).append(reason)
-
-    def frozen(self, e: int) -> bool:
-        return self.find(e) in self.reasons
-
-    def union(self, a: int, b: int, where: str) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self.size[ra] != self.size[rb]:
-            self.freeze(ra, f"size mismatch at {where}")
-            self.freeze(rb, f"size mismatch at {where}")
-        keep, gone = (ra, rb) if ra < rb else (rb, ra)
-        self.parent[gone] = keep
-        self.writers[keep] += self.writers[gone]
-        if gone in self.reasons:
-            self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
-        if gone in self.heads:
-            self.set_heads(keep, self.heads.pop(gone), where)
-        return keep
-
-    def set_heads(self, e: int, count: int, where: str) -> None:
-        root = self.find(e)
-        if self.heads.setdefault(root, count) != count:
-            self.freeze(root, f"split into {count} and into {self.heads[root]} heads at {where}")
-
+from fusionctl.models.elements import Elements, Ref
 
 
 def iter_refs(dsc):
@@ -110,8 +26,9 @@ def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None
                 els.freeze(r.el, f"combined with an unaligned tensor at {where}")
         return None
     if (a.outer, a.inner, a.part) != (b.outer, b.inner, b.part):
-        els.freeze(a.el, f"layouts differ at {where}")
-        els.freeze(b.el, f"layouts differ at {where}")
+        reason = f"layouts differ at {where}" if a.part == b.part else "heads met a tensor split otherwise (a bias per head?)"
+        els.freeze(a.el, reason)
+        els.freeze(b.el, reason)
         return a
     return Ref(els.union(a.el, b.el, where), a.outer, a.inner, a.part)
 
@@ -184,9 +101,10 @@ def _heads(els: Elements, refs: list, sizes_in: list, sizes_out: list, where: st
     """A reshape splitting one element's axis into (heads, d), or merging (heads, d) back: the
     refs of the non-trivial output axes, else None."""
     whole = [r for _, r in refs if (r.outer, r.inner) == (1, 1)]
-    if len(refs) == 1 and whole and whole[0].part == 0 and len(sizes_in) == 1 and len(sizes_out) == 2:
-        els.set_heads(whole[0].el, sizes_out[0], where)
-        return [Ref(whole[0].el, part=1), Ref(whole[0].el, part=2)]
+    if len(refs) == 1 and whole and whole[0].part == 0 and len(sizes_in) == 1 and len(sizes_out) in (2, 3):
+        el = whole[0].el if len(sizes_out) == 2 else els.pack(whole[0].el, sizes_out[0], where, "heads")  # (3, heads, d): q, k, v packed
+        els.set_heads(el, sizes_out[-2], where)
+        return [None] * (len(sizes_out) - 2) + [Ref(el, part=1), Ref(el, part=2)]
     if len(refs) == 2 and len(whole) == 2 and [r.part for r in whole] == [1, 2] and len(sizes_in) == 2 and len(sizes_out) == 1:
         return [unify(els, Ref(whole[0].el), Ref(whole[1].el), where)]
     return None
@@ -254,11 +172,18 @@ def index_refs(els: Elements, x: list, index, shape) -> list | None:
     return out + list(x[axis:])
 
 
-def split_refs(els: Elements, x: list, dim: int, pieces: int, drop: bool) -> tuple:
-    """A split (chunk, split, unbind) of axis `dim` into `pieces` tensors: each holds some of that
-    axis's units only, so its element freezes; the other axes carry on (unbind drops the axis)."""
-    if x[dim] is not None:
-        els.freeze(x[dim].el, "slice along a channel axis")
+def split_refs(els: Elements, x: list, dim: int, sizes: list, drop: bool, where: str) -> tuple:
+    """A split (chunk, split, unbind) of axis `dim` into pieces of `sizes`. Equal pieces of a whole
+    axis are packed copies of one element that move together (q, k, v of one Linear; a GLU's
+    value and gate); other pieces hold some of the axis's units only, so its element freezes. The
+    other axes carry on (unbind drops the axis)."""
+    pieces = len(sizes)
+    ref = x[dim]
+    if ref is not None and not drop and pieces > 1 and len(set(sizes)) == 1 and (ref.outer, ref.inner, ref.part) == (1, 1, 0):
+        part = Ref(els.pack(ref.el, pieces, where))
+        return tuple([part if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
+    if ref is not None:
+        els.freeze(ref.el, "slice along a channel axis")
     return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
 
 

@@ -9,7 +9,8 @@ import torch.fx as fx
 from torch import nn
 
 from fusionctl.models import op_kinds as ops
-from fusionctl.models.axes import Ref, spatial_axes, window_refs
+from fusionctl.models.axes import spatial_axes, window_refs
+from fusionctl.models.elements import Ref
 
 
 class ModuleRules:

@@ -41,10 +41,11 @@ class Unit:
 class AlignmentSpec:
     """groups: hidden-unit groups in fusion order; axes: state key -> per-axis Axis or None;
     units: group -> where its units are written; coverage: for traced specs, what is permutable
-    and what was frozen (models/trace.py); heads: group -> (nn.MultiheadAttention or None, number
-    of heads) for a group of attention channels, which moves in whole heads (and within each
-    head); inside an nn.MultiheadAttention it is observed through the block's q/k/v projections,
-    otherwise through its own units (q, k and v Linears)."""
+    and what was frozen (models/trace.py); heads: group -> (module or None, number of heads) for
+    a group of attention channels, which moves in whole heads (and within each head), or of a
+    packed projection (1 head: q, k and v of one Linear, a GLU's halves). It is observed through
+    the module: an nn.MultiheadAttention's q/k/v projections, or the packed projection's output;
+    with None, through its own units (q, k and v Linears)."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
@@ -87,8 +88,8 @@ class AlignmentSpec:
         for group, (name, count) in self.heads.items():
             if group not in named or named[group] % count:
                 raise ValueError(f"heads of {group}: {named.get(group, 0)} units do not split into {count} heads")
-            if name is not None and not isinstance(_module(model, name), torch.nn.MultiheadAttention):
-                raise ValueError(f"heads of {group}: {name} is not an nn.MultiheadAttention")
+            if name is not None and not isinstance(_module(model, name), (torch.nn.MultiheadAttention, torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+                raise ValueError(f"heads of {group}: {name} is neither an nn.MultiheadAttention nor a packed Linear or convolution")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
             _module(model, name)
 

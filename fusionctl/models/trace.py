@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusionctl.models.axes import Coverage
+from fusionctl.models.elements import Coverage, Ref
 from fusionctl.models.plain_forwards import symbolic_trace
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
 from fusionctl.models.tracer import AxisTracer
@@ -76,7 +76,11 @@ def freeze_tied(model: nn.Module, tracer: AxisTracer) -> None:
 
 def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     els = tracer.els
-    roots = list(dict.fromkeys(els.find(e) for e in els.opened))
+    for r, (part, _) in list(els.packed.items()):
+        if els.frozen(r):  # rows of a packed projection that cannot move: neither can its heads
+            els.freeze(part, els.reasons[els.find(r)][0])
+    packed = {els.find(r): p for r, p in els.packed.items()}
+    roots = [r for r in dict.fromkeys(els.find(e) for e in els.opened) if r not in packed]
     live = [r for r in roots if not els.frozen(r)]
     names: dict[int, str] = {}
     for r in live:
@@ -88,6 +92,9 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         links = tracer.links.get(key, [None] * value.dim())
         row = []
         for dim, ref in enumerate(links):
+            if ref is not None and els.find(ref.el) in packed:  # a packed q/k/v axis: k copies of its heads' element
+                part, k = packed[els.find(ref.el)]
+                ref = Ref(part, ref.outer * k, ref.inner)
             root = els.find(ref.el) if ref is not None else None
             ok = root in names and value.shape[dim] == ref.outer * els.size[root] * ref.inner
             row.append(Axis(names[root], ref.outer, ref.inner) if ok else None)
@@ -98,17 +105,20 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         if root in names:
             units.setdefault(names[root], []).extend(Unit(w, nrm) for w, nrm in entries)
     coverage = Coverage()
+    copies = {els.find(part): k for part, k in packed.values()}  # a packed element's units are its projection's k x n channels
     for r in roots:
+        size = els.size[r] * (copies.get(r, 1) if len(els.writers[r]) == 1 else 1)
         if not els.frozen(r):
-            coverage.permutable += els.size[r]
-            coverage.hidden += els.size[r]
+            coverage.permutable += size
+            coverage.hidden += size
             continue
         reasons = [x for x in els.reasons[r] if x != "model output"]
         if reasons:
-            coverage.hidden += els.size[r]
+            coverage.hidden += size
             coverage.frozen.setdefault(reasons[0], []).extend(els.writers[r])
     blocks = {els.find(e): where for e, where in tracer.attention_blocks.items()}
-    heads = {names[r]: (blocks.get(r), count) for r, count in els.heads.items() if r in names}
+    blocks |= {els.find(part): els.writers[r][0] for r, (part, _) in packed.items() if els.writers[r]}  # observed at the packed projection
+    heads = {names[r]: (blocks.get(r), els.heads.get(r, 1)) for r in names if r in els.heads or r in blocks}
     return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads)
 
 

@@ -1,6 +1,6 @@
 """The torch.fx Interpreter behind traced specs: one handler per op or module kind, each saying
-which element every axis of its output carries (see trace.py for the rules, axes.py for the
-bookkeeping, module_rules.py for the modules' handlers)."""
+which element every axis of its output carries (see trace.py for the rules, elements.py and
+axes.py for the bookkeeping, module_rules.py for the modules' handlers)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from torch import nn
 
 from fusionctl.models import op_kinds as ops
 from fusionctl.models.axes import (
-    Elements,
-    Ref,
     broadcast_refs,
     cat_refs,
     index_refs,
@@ -25,6 +23,7 @@ from fusionctl.models.axes import (
     unify,
     window_refs,
 )
+from fusionctl.models.elements import Elements, Ref
 from fusionctl.models.module_rules import ModuleRules
 
 
@@ -168,6 +167,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if name in ops.MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:
             a, b = tensors
             return matmul_refs(self.els, self.d(a), self.d(b), self.val(a).shape, self.val(b).shape, out.shape, where)
+        if name == "einsum":
+            return self.einsum(n, out, where)
         if name in ops.REDUCE:
             return self.reduce(n, x, self.val(args[0]).dim(), out)
         if name == "layer_norm":
@@ -200,6 +201,23 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if n.args and n.args[0] in self.writer_node:
             self.writer_node[n] = self.writer_node[n.args[0]]
 
+    def einsum(self, n, out, where):
+        """Every axis of one letter, in the inputs and the output, must carry the same permutation:
+        the sum is over products, and a permutation applied to every occurrence of an index cancels."""
+        operands = list(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else list(n.args[1:])
+        equation = n.args[0].replace(" ", "")
+        inputs, _, output = equation.partition("->")
+        descs = [self.d(a) for a in operands]
+        if "." in equation or not _ or any(d is None for d in descs):
+            self.freeze_all(descs, "einsum with an ellipsis or an implicit output")
+            return self.fresh(out, "einsum with an ellipsis or an implicit output")
+        letters: dict[str, Ref | None] = {}
+        for spec, desc, a in zip(inputs.split(","), descs, operands):
+            for letter, ref, size in zip(spec, desc, self.val(a).shape):
+                if size > 1:
+                    letters[letter] = unify(self.els, letters[letter], ref, where) if letter in letters else ref
+        return [letters.get(letter) if size > 1 else None for letter, size in zip(output, out.shape)]
+
     def dim_arg(self, n, at: int) -> int:
         return n.args[at] if len(n.args) > at else n.kwargs.get("dim", -1)
 
@@ -218,7 +236,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
     def split(self, n, name, x, out):
         at = 1 if name == "unbind" else 2  # where the dim argument sits
         dim = (n.args[at] if len(n.args) > at else n.kwargs.get("dim", 0)) % len(x)
-        return split_refs(self.els, x, dim, len(out), name == "unbind")
+        return split_refs(self.els, x, dim, [o.shape[dim] if name != "unbind" else 1 for o in out], name == "unbind", n.name)
 
     def cat(self, n, out, where):
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)

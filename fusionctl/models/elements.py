@@ -1,0 +1,108 @@
+"""The union-find behind traced specs: candidate groups of units (elements), what freezes them,
+their heads and packed copies, the element each tensor axis carries (Ref), and the coverage report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An axis of a tensor laid out as (outer, n, inner) over the n units of element `el`; or, once a
+    reshape splits the units into heads (n = heads x d), part 1: the axis of heads, part 2: the
+    axis of the d channels within a head."""
+
+    el: int
+    outer: int = 1
+    inner: int = 1
+    part: int = 0
+
+
+@dataclass
+class Coverage:
+    """What a traced spec aligns: hidden units in permutable groups, and what froze the rest."""
+
+    permutable: int = 0
+    hidden: int = 0
+    frozen: dict[str, list[str]] = field(default_factory=dict)  # reason -> modules whose units it froze
+
+    def __str__(self) -> str:
+        text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
+        if self.frozen:
+            parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
+            text += "; frozen: " + "; ".join(parts)
+        return text
+
+
+class Elements:
+    """Union-find over candidate groups of units: size, the modules that open them, and freezes."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.writers: list[list[str]] = []  # per element: modules whose output opens it
+        self.reasons: dict[int, list[str]] = {}  # root -> why it is frozen
+        self.opened: list[int] = []  # elements opened by a module, in creation order
+        self.heads: dict[int, int] = {}  # root -> number of heads its units form (they move only within and as whole heads)
+        self.packed: dict[int, tuple[int, int]] = {}  # root -> (element, k): its units are k stacked copies of that element's (packed q, k, v)
+
+    def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
+        e = len(self.parent)
+        self.parent.append(e)
+        self.size.append(size)
+        self.writers.append([writer] if writer else [])
+        if writer:
+            self.opened.append(e)
+        if frozen:
+            self.reasons[e] = [frozen]
+        return e
+
+    def find(self, e: int) -> int:
+        while self.parent[e] != e:
+            self.parent[e] = self.parent[self.parent[e]]
+            e = self.parent[e]
+        return e
+
+    def freeze(self, e: int, reason: str) -> None:
+        self.reasons.setdefault(self.find(e), []).append(reason)
+
+    def frozen(self, e: int) -> bool:
+        return self.find(e) in self.reasons
+
+    def union(self, a: int, b: int, where: str) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] != self.size[rb]:
+            self.freeze(ra, f"size mismatch at {where}")
+            self.freeze(rb, f"size mismatch at {where}")
+        keep, gone = (ra, rb) if ra < rb else (rb, ra)
+        self.parent[gone] = keep
+        self.writers[keep] += self.writers[gone]
+        if gone in self.reasons:
+            self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
+        if gone in self.heads:
+            self.set_heads(keep, self.heads.pop(gone), where)
+        if ra in self.packed or rb in self.packed:  # a packed projection read as a whole elsewhere: its parts cannot move alone
+            for r in (ra, rb):
+                self.freeze(r, f"packed projection used whole at {where}")
+            if gone in self.packed:
+                self.packed.setdefault(keep, self.packed.pop(gone))
+        return keep
+
+    def pack(self, e: int, count: int, where: str, suffix: str = "parts") -> int:
+        """The element of which e's units are `count` stacked copies (a packed q/k/v projection, a
+        GLU's halves), made once: the copies move together."""
+        root = self.find(e)
+        if root not in self.packed:
+            name = f"{self.writers[root][0]}.{suffix}" if self.writers[root] else None
+            self.packed[root] = (self.new(self.size[root] // count, name), count)
+        part, known = self.packed[root]
+        if known != count:
+            self.freeze(root, f"packed projection split {count} and {known} ways at {where}")
+        return part
+
+    def set_heads(self, e: int, count: int, where: str) -> None:
+        root = self.find(e)
+        if self.heads.setdefault(root, count) != count:
+            self.freeze(root, f"split into {count} and into {self.heads[root]} heads at {where}")
