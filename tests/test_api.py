@@ -161,6 +161,6 @@ def test_the_vit_example_script_trains_and_fuses_two_vits():
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuse_vits.py"), "--epochs", "1"], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "permutable hidden units: 640 of 640" in run.stdout
+    assert "permutable hidden units: 640 of 640 (3 groups of attention heads among them)" in run.stdout
     rows = {line.split()[0] + (" paper" if "paper" in line else "") for line in run.stdout.splitlines()[3:]}
     assert rows == {"avg", "wb", "wb paper", "wm", "am"}, run.stdout

@@ -161,6 +161,7 @@ def test_attention_blocks_keep_their_stream_and_heads_permutable(make, side, hid
     assert spec.coverage.permutable == spec.coverage.hidden == hidden, str(spec.coverage)
     heads = [g for g in spec.groups if g.endswith(".heads")]
     assert heads and all(spec.blocks(g) == 2 for g in heads) and set(spec.heads) == set(heads)
+    assert f"({len(heads)} group{'s' if len(heads) > 1 else ''} of attention heads among them)" in str(spec.coverage)
     attention = [k for k in spec.axes if k.endswith(("in_proj_weight", "k_proj_weight", "out_proj.weight"))]
     assert attention and all(all(a is not None for a in spec.axes[k]) for k in attention)
     assert_permutation_keeps_function(model, spec, x)

@@ -25,9 +25,12 @@ class Coverage:
     permutable: int = 0
     hidden: int = 0
     frozen: dict[str, list[str]] = field(default_factory=dict)  # reason -> modules whose units it froze
+    heads: int = 0  # permutable groups of attention heads (moved as whole heads and within each)
 
     def __str__(self) -> str:
         text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
+        if self.heads:
+            text += f" ({self.heads} group{'s' if self.heads > 1 else ''} of attention heads among them)"
         if self.frozen:
             parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
             text += "; frozen: " + "; ".join(parts)

@@ -119,6 +119,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     blocks = {els.find(e): where for e, where in tracer.attention_blocks.items()}
     blocks |= {els.find(part): els.writers[r][0] for r, (part, _) in packed.items() if els.writers[r]}  # observed at the packed projection
     heads = {names[r]: (blocks.get(r), els.heads.get(r, 1)) for r in names if r in els.heads or r in blocks}
+    coverage.heads = sum(count > 1 for _, count in heads.values())
     return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads)
 
 
