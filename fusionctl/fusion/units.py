@@ -45,11 +45,11 @@ def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor)
     return capture(model, modules, [], x)[0]
 
 
-def capture(model: nn.Module, modules: list[nn.Module], attention: list[nn.Module], x: torch.Tensor, copies: list[int] = ()):
+def capture(model: nn.Module, modules: list[nn.Module], attention: list[nn.Module], x: torch.Tensor, units: list[int] = ()):
     """(outputs of `modules`, q/k/v projections of the `attention` blocks as (channels, observations))
     during one evaluation-mode forward pass of `model` on x. An attention block is an
     nn.MultiheadAttention, or a packed projection (q, k and v of one Linear, a GLU's halves)
-    whose output is `copies` stacked copies of its group."""
+    whose output stacks copies of a group of `units` units."""
     captured: dict[int, torch.Tensor] = {}
     projected: dict[int, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, first_output(out).detach()))
@@ -60,7 +60,7 @@ def capture(model: nn.Module, modules: list[nn.Module], attention: list[nn.Modul
                                                      with_kwargs=True))
         else:  # a packed projection: (k * units, N) -> (units, k * N), its k copies of a unit are observations of it
             hooks.append(m.register_forward_hook(lambda mod, inp, out, i=i: projected.__setitem__(
-                i, torch.cat(units_first(out.detach(), channel_axis(mod)).chunk(copies[i]), 1))))
+                i, torch.cat(units_first(first_output(out).detach(), channel_axis(mod)).split(units[i]), 1))))
     try:
         with torch.no_grad():
             model.eval()(x)
@@ -86,9 +86,8 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> di
     names = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
     modules = [model.get_submodule(w) for w in names]
     heads = [g for g, (block, _) in spec.heads.items() if block is not None]
-    copies = [spec.axes.get(f"{spec.heads[g][0]}.weight", (None,))[0] for g in heads]
-    outs, projected = capture(model, modules, [model.get_submodule(spec.heads[g][0]) for g in heads], x,
-                              [c.outer if c is not None else 1 for c in copies])
+    sizes = spec.group_sizes(model.state_dict()) if heads else {}
+    outs, projected = capture(model, modules, [model.get_submodule(spec.heads[g][0]) for g in heads], x, [sizes[g] for g in heads])
     return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, outs)} | dict(zip(heads, projected))
 
 
