@@ -47,7 +47,8 @@ class Elements:
         self.reasons: dict[int, list[str]] = {}  # root -> why it is frozen
         self.opened: list[int] = []  # elements opened by a module, in creation order
         self.heads: dict[int, int] = {}  # root -> number of heads its units form (they move only within and as whole heads)
-        self.packed: dict[int, tuple[int, int]] = {}  # root -> (element, k): its units are k stacked copies of that element's (packed q, k, v)
+        # root -> (element, k): its units are k stacked copies of that element's (q, k, v of one Linear)
+        self.packed: dict[int, tuple[int, int]] = {}
 
     def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
         e = len(self.parent)

@@ -88,7 +88,8 @@ class AlignmentSpec:
         for group, (name, count) in self.heads.items():
             if group not in named or named[group] % count:
                 raise ValueError(f"heads of {group}: {named.get(group, 0)} units do not split into {count} heads")
-            if name is not None and not isinstance(_module(model, name), (torch.nn.MultiheadAttention, torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            observers = (torch.nn.MultiheadAttention, torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+            if name is not None and not isinstance(_module(model, name), observers):
                 raise ValueError(f"heads of {group}: {name} is neither an nn.MultiheadAttention nor a packed Linear or convolution")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
             _module(model, name)
