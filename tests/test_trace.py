@@ -235,3 +235,18 @@ def test_custom_models_build_through_the_registry_with_the_dataset_sizes():
         build_model(ModelConfig("custom", target="tests.custom_nets.Nope"), (1, 12, 12), 7)
     with pytest.raises(FusionctlError, match="cannot be traced"):
         model_spec(ModelConfig("custom", target="tests.custom_nets.Untraceable"), (3, 4, 4), 2)
+
+
+def test_a_sum_over_heads_freezes_them():
+    """Summing over heads mixes channels that different within-head permutations would order apart."""
+
+    class HeadSum(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.o = torch.nn.Linear(3, 8), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.o(torch.einsum("bhd->bd", self.a(x).reshape(x.shape[0], 2, 4)))
+
+    spec = derive_spec(HeadSum(), torch.randn(2, 3))
+    assert spec.coverage.permutable == 0 and "a reduction over heads or their channels" in spec.coverage.frozen

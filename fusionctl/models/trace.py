@@ -10,13 +10,15 @@ padding over space keep the channels; a matrix product unifies the axes it contr
 nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj, and its q/k/v
 rows form a group of heads (spec.heads: moved only in whole heads and within each); a reshape
 of a channel axis into (heads, d) and back marks the same in home-made attention (Ref.part);
-nn.TransformerEncoder(Layer) is traced through its plain math (plain_forwards.py).
-Parameters are linked to the elements of the axes they touch. Anything the tracer cannot vouch
-for — an unknown op or module, a concatenation, split or slice along a channel axis, a window or
-pad across one, the indices of a max over one, a grouped conv, a GroupNorm mixing channel blocks,
-tied weights, a size mismatch — freezes the elements it touches, as do the model's inputs and
-outputs. A frozen group is left unpermuted, never permuted wrongly, and
-the coverage report names why.
+nn.TransformerEncoder(Layer) is traced through its plain math (plain_forwards.py); an einsum
+ties every axis of one letter; a channel axis split evenly makes its pieces packed copies of
+one group (q, k, v of one Linear; a GLU's halves). Parameters are linked to the elements of the
+axes they touch. Anything the tracer cannot vouch for — an unknown op or module, a
+concatenation, an uneven split or a slice along a channel axis, a window or pad across one, the
+indices of a max over one, a grouped conv, a GroupNorm mixing channel blocks, tied weights, a
+size mismatch, a reduction, softmax or parameter across heads — freezes the elements it touches,
+as do the model's inputs and outputs. A frozen group is left unpermuted, never permuted wrongly,
+and the coverage report names why.
 """
 
 from __future__ import annotations

@@ -206,9 +206,9 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         the sum is over products, and a permutation applied to every occurrence of an index cancels."""
         operands = list(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else list(n.args[1:])
         equation = n.args[0].replace(" ", "")
-        inputs, _, output = equation.partition("->")
+        inputs, arrow, output = equation.partition("->")
         descs = [self.d(a) for a in operands]
-        if "." in equation or not _ or any(d is None for d in descs):
+        if "." in equation or not arrow or any(d is None for d in descs):
             self.freeze_all(descs, "einsum with an ellipsis or an implicit output")
             return self.fresh(out, "einsum with an ellipsis or an implicit output")
         letters: dict[str, Ref | None] = {}
@@ -216,6 +216,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             for letter, ref, size in zip(spec, desc, self.val(a).shape):
                 if size > 1:
                     letters[letter] = unify(self.els, letters[letter], ref, where) if letter in letters else ref
+        summed = [r for letter, r in letters.items() if letter not in output and inputs.count(letter) == 1 and r is not None and r.part]
+        self.freeze_all([summed], "a reduction over heads or their channels")  # a sum over one operand's axis of heads
         return [letters.get(letter) if size > 1 else None for letter, size in zip(output, out.shape)]
 
     def dim_arg(self, n, at: int) -> int:
