@@ -26,7 +26,7 @@ from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references
 from fusionctl.fusion.units import bare_writers, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
-from fusionctl.models import load_state
+from fusionctl.models import check_spec_fits, load_state
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.models.trace import TraceError
 from fusionctl.models.trace import derive_spec as _derive_spec
@@ -62,7 +62,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     if spec is not None:
-        _check_spec(spec, models[0], states[0])
+        check_spec_fits(spec, models[0], "the spec", type(models[0]).__name__, states[0])
     elif example_inputs is None and not inputs:
         raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
     else:
@@ -94,14 +94,6 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
         if type(m) is not type(models[0]) or set(other) != set(first) or any(other[k].shape != first[k].shape for k in first):
             raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
                                  "fuse models of one class with the same parameter shapes")
-
-
-def _check_spec(spec: AlignmentSpec, model: nn.Module, state: dict) -> None:
-    try:
-        spec.check_fits(model, state)
-    except ValueError as exc:
-        raise FusionctlError(f"the spec does not fit {type(model).__name__}: {str(exc).splitlines()[0]}; "
-                             "compare it with model.state_dict() and model.named_modules()") from exc
 
 
 def _module(template: nn.Module, state: dict) -> nn.Module:

@@ -5,11 +5,11 @@ from fusionctl.config import ModelConfig, OptimConfig
 from fusionctl.data import Split, Splits, augment_batch
 from fusionctl.fusion.post import aligned_references, channel_stats, permuted_stats, repair, reset_bn_stats, target_stats, unit_stats
 from fusionctl.fusion.transport import permutation_index, transport
-from fusionctl.fusion.wm import perm_coupling
 from fusionctl.fusion.units import repair_points
 from fusionctl.errors import FusionctlError
 from fusionctl.jobs.post import apply_post, repair_biases, with_biases
 from fusionctl.models import build_model, model_spec
+from fusionctl.ot.solver import perm_coupling
 from fusionctl.training import finetune
 
 SHAPE = (3, 8, 8)

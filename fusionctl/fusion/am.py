@@ -12,8 +12,7 @@ from fusionctl.config import AMSettings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
 from fusionctl.fusion.transport import identity_couplings
-from fusionctl.fusion.wm import perm_coupling
-from fusionctl.ot.solver import assignment
+from fusionctl.ot.solver import assignment, perm_coupling
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -80,21 +80,23 @@ def head_projections(m: nn.MultiheadAttention, args, kwargs) -> torch.Tensor:
         return torch.cat([units_first(F.linear(t, w, b), -1) for t, w, b in zip(inputs, weights, biases)], 1)
 
 
-def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor, sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """{writer: (n_units, observations)}: every unit writer's output (before any norm) on inputs x,
-    and {group: ...} for groups of attention heads (their q/k/v projections)."""
+    and {group: ...} for groups observed by a module of their own (spec.observer: heads, packed
+    copies). sizes: the model's group sizes, if known."""
     names = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
     modules = [model.get_submodule(w) for w in names]
-    heads = [g for g, (block, _) in spec.heads.items() if block is not None]
-    sizes = spec.group_sizes(model.state_dict()) if heads else {}
-    outs, projected = capture(model, modules, [model.get_submodule(spec.heads[g][0]) for g in heads], x, [sizes[g] for g in heads])
+    heads = [g for g in spec.groups if spec.observer(g)]
+    if heads and sizes is None:
+        sizes = spec.group_sizes(model.state_dict())
+    outs, projected = capture(model, modules, [model.get_submodule(spec.observer(g)) for g in heads], x, [sizes[g] for g in heads])
     return {w: units_first(out, channel_axis(m)) for w, m, out in zip(names, modules, outs)} | dict(zip(heads, projected))
 
 
 def group_outputs(spec: AlignmentSpec, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """writer_outputs by group: several writers of one group (a residual stream) stacked as more observations."""
     return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) if spec.units.get(g) else outs[g]
-            for g in spec.groups if spec.units.get(g) or spec.heads.get(g, (None,))[0] is not None}
+            for g in spec.groups if spec.units.get(g) or spec.observer(g)}
 
 
 def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None]]:
@@ -121,8 +123,9 @@ def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, 
             streams[key] = CorrelationFeatures([b.shape[0] for b in blocks])
         streams[key].add(blocks)
 
+    sizes = [spec.group_sizes(m.state_dict()) for m in models]
     for x in batches:
-        outs = [writer_outputs(m, spec, x) for m in models]
+        outs = [writer_outputs(m, spec, x, s) for m, s in zip(models, sizes)]
         per_model = [group_outputs(spec, o) for o in outs]
         for group in per_model[0]:
             add(("group", group), [a[group] for a in per_model])
@@ -131,7 +134,6 @@ def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, 
     if not streams and any(spec.units.get(g) for g in spec.groups):
         raise ValueError("no input batches to probe activations with")
     feats = {key: [f.cpu() for f in stream.features()] for key, stream in streams.items()}
-    sizes = [spec.group_sizes({k: v for k, v in m.state_dict().items()}) for m in models]
     groups = [{g: feats[("group", g)][i] if ("group", g) in feats else torch.ones(sizes[i][g], 1, dtype=torch.float64) for g in spec.groups}
               for i in range(len(models))]
     if not writers:

@@ -24,17 +24,9 @@ from fusionctl.fusion.transport import (
     weighted_average,
 )
 from fusionctl.models.spec import AlignmentSpec, node_slices
-from fusionctl.ot.solver import assignment, mark_permutation
+from fusionctl.ot.solver import assignment, perm_coupling
 
 log = logging.getLogger(__name__)
-
-
-def perm_coupling(perm: np.ndarray) -> torch.Tensor:
-    """Coupling P/n with P[j, perm[j]] = 1: target node j takes source node perm[j]."""
-    n = len(perm)
-    p = torch.zeros(n, n, dtype=torch.float64)
-    p[torch.arange(n), torch.as_tensor(perm)] = 1.0 / n
-    return mark_permutation(p, torch.as_tensor(perm))
 
 
 def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -164,14 +164,19 @@ def _written_spec(cfg: ModelConfig, model: nn.Module) -> AlignmentSpec:
         spec = custom_spec(cfg.spec, model)
     except ValueError as exc:
         raise FusionctlError(str(exc)) from exc
-    try:
-        spec.check_fits(model)
-    except ValueError as exc:
-        raise FusionctlError(f"model.spec={cfg.spec} does not fit {describe(cfg)}: {str(exc).splitlines()[0]}; "
-                             "compare it with the model's state_dict() and named_modules()") from exc
+    check_spec_fits(spec, model, f"model.spec={cfg.spec}", describe(cfg))
     sizes = spec.group_sizes(model.state_dict())
     log.info("%s: spec from %s, %d groups, %s hidden units", describe(cfg), cfg.spec, len(sizes), f"{sum(sizes.values()):,}")
     return spec
+
+
+def check_spec_fits(spec: AlignmentSpec, model: nn.Module, label: str, subject: str, state: dict | None = None) -> None:
+    """One clear line when a hand-written spec (`label`) does not fit `model` (AlignmentSpec.check_fits)."""
+    try:
+        spec.check_fits(model, state)
+    except ValueError as exc:
+        raise FusionctlError(f"{label} does not fit {subject}: {str(exc).splitlines()[0]}; "
+                             "compare it with the model's state_dict() and named_modules()") from exc
 
 
 _TRACED_SPECS: dict[tuple, AlignmentSpec] = {}  # a model is traced once per process

@@ -67,6 +67,10 @@ class AlignmentSpec:
         """How many blocks of consecutive units `group` moves in (1: any permutation)."""
         return self.heads[group][1] if group in self.heads else 1
 
+    def observer(self, group: str) -> str | None:
+        """The module observing a group of heads or packed copies (None: its units, if any)."""
+        return self.heads[group][0] if group in self.heads else None
+
     def check_covers(self, state: dict[str, torch.Tensor]) -> None:
         missing = sorted(set(state) - set(self.axes))
         extra = sorted(set(self.axes) - set(state))
@@ -85,10 +89,10 @@ class AlignmentSpec:
         named = self.group_sizes(state)
         if set(named) != set(self.groups):
             raise ValueError(f"spec.groups {list(self.groups)} differ from the groups its axes name {sorted(named)}")
+        observers = (torch.nn.MultiheadAttention, torch.nn.Linear, torch.nn.modules.conv._ConvNd)
         for group, (name, count) in self.heads.items():
             if group not in named or named[group] % count:
                 raise ValueError(f"heads of {group}: {named.get(group, 0)} units do not split into {count} heads")
-            observers = (torch.nn.MultiheadAttention, torch.nn.Linear, torch.nn.modules.conv._ConvNd)
             if name is not None and not isinstance(_module(model, name), observers):
                 raise ValueError(f"heads of {group}: {name} is neither an nn.MultiheadAttention nor a packed Linear or convolution")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):

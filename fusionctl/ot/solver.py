@@ -96,11 +96,16 @@ def solve_ot(
 def _assignment(cost: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     # Between two uniform measures of equal size an optimal plan is a permutation / n
     # (Birkhoff): the linear assignment problem is the same OT problem, solved much faster.
-    n = cost.shape[0]
-    cols = torch.as_tensor(assignment(cost.cpu().numpy(), blocks))
+    return perm_coupling(assignment(cost.cpu().numpy(), blocks), cost.device)
+
+
+def perm_coupling(perm, device="cpu") -> torch.Tensor:
+    """Coupling P/n with P[j, perm[j]] = 1: target node j takes source node perm[j]."""
+    n = len(perm)
+    index = torch.as_tensor(perm)
     plan = torch.zeros(n, n, dtype=torch.float64)
-    plan[torch.arange(n), cols] = 1.0 / n
-    return mark_permutation(plan.to(cost.device), cols)
+    plan[torch.arange(n), index] = 1.0 / n
+    return mark_permutation(plan.to(device), index)
 
 
 def assignment(cost: np.ndarray, blocks: int = 1) -> np.ndarray:
