@@ -298,3 +298,22 @@ class Untraceable(nn.Module):
         if x.sum() > 0:
             x = -x
         return self.fc(x.mean((2, 3)))
+
+
+class GroupedNet(nn.Module):
+    """A ResNeXt-style bottleneck around a residual stream: a 1x1 conv, a 3x3 conv in `groups`
+    groups, a 1x1 conv, each followed by BatchNorm. The grouped conv's inputs and outputs form one
+    group that moves in whole blocks and within each block."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, width: int = 8, inner: int = 8, groups: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.reduce = nn.Sequential(nn.Conv2d(width, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(inner, inner, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(inner), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(inner, width, 1, bias=False), nn.BatchNorm2d(width))
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.expand(self.grouped(self.reduce(x))))
+        return self.fc(x.mean((2, 3)))

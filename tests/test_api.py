@@ -85,6 +85,25 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
         assert torch.allclose(fused(x), model(x), atol=1e-4)
 
 
+def test_a_grouped_conv_net_fused_with_permuted_copies_returns_its_function():
+    """A ResNeXt-style bottleneck (tests.custom_nets.GroupedNet), its grouped channels permuted in
+    blocks and within them: every method recovers the planted permutations, K = 3 included."""
+    torch.manual_seed(0)
+    model = custom_nets.GroupedNet().eval()
+    data = batches((3, 6, 6), n=48, size=16, classes=4)
+    x = data[0][0]
+    with torch.no_grad():  # non-trivial BN statistics
+        model.train()(torch.cat([b[0] for b in data]) + 0.5)
+    model.eval()
+    other = permuted_copy(model, x)
+    assert not torch.equal(other.grouped[0].weight, model.grouped[0].weight)
+    with torch.no_grad():
+        for method in ("wb", "am", "wm"):
+            assert torch.allclose(fusionctl.fuse_models([model, other], method=method, data=data)(x), model(x), atol=1e-5), method
+        three = fusionctl.fuse_models([model, other, permuted_copy(model, x, seed=4)], data=data, post=("repair",))
+        assert torch.allclose(three(x), model(x), atol=1e-4)
+
+
 @pytest.mark.parametrize("net", ["vit", "torch-encoder", "home-made", "packed-qkv"])
 def test_a_transformer_fused_with_its_permuted_copy_returns_its_function(net):
     """torchvision's ViT, torch.nn's encoder (whose fused fast path would skip the probes' hooks),

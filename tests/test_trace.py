@@ -17,7 +17,7 @@ from fusionctl.models.trace import TraceError, derive_spec
 from tests import custom_nets
 
 TORCHVISION = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121",
-               "shufflenet_v2_x0_5", "mnasnet0_5"]
+               "shufflenet_v2_x0_5", "mnasnet0_5", "regnet_y_400mf"]
 PARTLY_FROZEN = {"densenet121": "concatenation", "shufflenet_v2_x0_5": "concatenation"}  # arch -> the first reason named
 
 
@@ -201,12 +201,42 @@ def test_a_hand_written_spec_must_split_its_heads_evenly():
         replace(spec, heads={**spec.heads, group: ("encoder.layers.0.norm1", 2)}).check_fits(model)
 
 
-def test_a_grouped_conv_freezes_its_channels():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=2), torch.nn.ReLU(),
-                                torch.nn.Conv2d(8, 6, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 2))
-    spec = derive_spec(model, torch.randn(2, 3, 10, 10))
-    assert spec.axes["2.weight"][0] is None and spec.axes["0.weight"][0] is None
-    assert "grouped conv (groups=2)" in spec.coverage.frozen
+def test_a_grouped_conv_moves_its_channels_in_whole_blocks_and_within_each():
+    """Its inputs and outputs form one group of 2 blocks; the weight's block-local input axis
+    follows each block's permutation. Swapping two blocks, or two channels inside one, keeps the
+    function; swapping channels of different blocks does not. Unequal inputs and outputs freeze."""
+    from dataclasses import replace
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
+                          nn.Conv2d(8, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    spec = derive_spec(model, x)
+    group = spec.axes["0.weight"][0].group
+    assert spec.axes["2.weight"][0] == Axis(group) and spec.axes["2.weight"][1] is None and spec.local == {"2.weight": (1, group)}
+    assert spec.heads == {group: (None, 2)} and [u.writer for u in spec.units[group]] == ["0", "2"]
+    assert spec.coverage.permutable == spec.coverage.hidden == 8 + 6, str(spec.coverage)
+    assert "(1 group of grouped-conv channels among them)" in str(spec.coverage)
+    spec.check_fits(model)
+    with pytest.raises(ValueError, match="local axis 1 of 2.weight"):
+        replace(spec, local={"2.weight": (1, spec.axes["4.weight"][0].group)}).check_fits(model)
+    assert_permutation_keeps_function(model, spec, x)
+    state = model.state_dict()
+    for perm, same in (([4, 5, 6, 7, 0, 1, 2, 3], True), ([1, 0, 2, 3, 4, 6, 7, 5], True), ([4, 1, 2, 3, 0, 5, 6, 7], False)):
+        cps = {group: torch.eye(8, dtype=torch.float64)[perm] / 8}
+        if same:
+            other = copy.deepcopy(model)
+            other.load_state_dict(transport(state, spec, cps))
+            with torch.no_grad():
+                assert torch.allclose(other(x), model(x), atol=1e-5), perm
+        else:
+            with pytest.raises(ValueError, match="moves only by whole blocks of 4 of its 8 channels"):
+                transport(state, spec, cps)
+    wider = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3, groups=2), nn.ReLU(), nn.Conv2d(16, 6, 3), nn.Flatten(), nn.Linear(96, 2))
+    spec = derive_spec(wider, x)
+    assert spec.axes["2.weight"][0] is None and spec.axes["0.weight"][0] is None and not spec.local
+    assert "grouped conv (groups=2) with 8 inputs, 16 outputs" in spec.coverage.frozen
     assert spec.axes["4.weight"][0] is not None  # the next conv opens a group of its own
 
 

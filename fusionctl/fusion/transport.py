@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fusionctl.models.spec import AlignmentSpec, apply_along
+from fusionctl.models.spec import AlignmentSpec, apply_along, blocks_gather
 from fusionctl.ot.barycenter import permutation_of
 from fusionctl.ot.solver import PERMUTATION, mark_permutation
 
@@ -55,9 +55,21 @@ def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: di
     for key, value in state.items():
         t = value
         if t.is_floating_point():
-            t = transport_tensor(t, spec.axes.get(key, ()), couplings).to(value.dtype)
+            t = transport_tensor(t, spec.axes.get(key, ()), couplings)
+            if key in spec.local and spec.local[key][1] in couplings:
+                t = grouped_inputs(t, spec, key, couplings)
+            t = t.to(value.dtype)
         out[key] = t
     return out
+
+
+def grouped_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A grouped conv's block-local input axis moved by its group's within-block permutations (spec.local)."""
+    dim, group = spec.local[key]
+    index = permutation_index(couplings[group])
+    if index is None:
+        raise ValueError(f"{key} is a grouped convolution: its group {group} must be coupled by a permutation (equal widths, exact OT)")
+    return blocks_gather(t, dim, spec.blocks(group), index)
 
 
 def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:

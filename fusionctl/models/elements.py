@@ -26,11 +26,13 @@ class Coverage:
     hidden: int = 0
     frozen: dict[str, list[str]] = field(default_factory=dict)  # reason -> modules whose units it froze
     heads: int = 0  # permutable groups of attention heads (moved as whole heads and within each)
+    grouped: int = 0  # permutable groups of a grouped conv's channels (moved as whole blocks and within each)
 
     def __str__(self) -> str:
         text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
-        if self.heads:
-            text += f" ({self.heads} group{'s' if self.heads > 1 else ''} of attention heads among them)"
+        among = [f"{n} group{'s' if n > 1 else ''} of {what}" for n, what in ((self.heads, "attention heads"), (self.grouped, "grouped-conv channels")) if n]
+        if among:
+            text += f" ({' and '.join(among)} among them)"
         if self.frozen:
             parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
             text += "; frozen: " + "; ".join(parts)

@@ -71,9 +71,16 @@ class ModuleRules:
             # depthwise: output channel c*k + j reads input channel c only, so it stays in c's group
             ref = Ref(cin.el, 1, m.out_channels // m.in_channels)
             self.units.setdefault(cin.el, []).append([where, None])
+        elif m.in_channels == m.out_channels and cin is not None and (cin.outer, cin.inner) == (1, 1):
+            # grouped: output block b reads input block b only, so inputs and outputs share one group
+            # that moves in whole blocks, and within each block as its block-local weight axis follows
+            ref = cin
+            self.els.set_heads(cin.el, m.groups, where)
+            self.units.setdefault(cin.el, []).append([where, None])
+            self.grouped[f"{where}.weight"] = (1, cin.el)
         else:
-            self.freeze_all([x], f"grouped conv (groups={m.groups})")
-            return self.fresh(out, f"grouped conv (groups={m.groups})")
+            self.freeze_all([x], f"grouped conv (groups={m.groups}) with {m.in_channels} inputs, {m.out_channels} outputs")
+            return self.fresh(out, f"grouped conv (groups={m.groups}) with {m.in_channels} inputs, {m.out_channels} outputs")
         self.link(f"{where}.weight", 0, ref, where)
         if m.bias is not None:
             self.link(f"{where}.bias", 0, ref, where)

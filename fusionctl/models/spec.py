@@ -45,13 +45,17 @@ class AlignmentSpec:
     a group of attention channels, which moves in whole heads (and within each head), or of a
     packed projection (1 head: q, k and v of one Linear, a GLU's halves). It is observed through
     the module: an nn.MultiheadAttention's q/k/v projections, or the packed projection's output;
-    with None, through its own units (q, k and v Linears)."""
+    with None, through its own units (q, k and v Linears). local: state key -> (dim, group) for
+    a grouped conv's weight, whose input axis `dim` indexes the channels of one block of `group`
+    (the block of the row's own output channel; rows are indexed by `group` too): it is moved by
+    the group's within-block permutations (blocks_gather); costs read it in each model's own order."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
     units: dict[str, tuple[Unit, ...]] = field(default_factory=dict)
     coverage: object | None = None
     heads: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    local: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
         sizes: dict[str, int] = {}
@@ -95,6 +99,10 @@ class AlignmentSpec:
                 raise ValueError(f"heads of {group}: {named.get(group, 0)} units do not split into {count} heads")
             if name is not None and not isinstance(_module(model, name), observers):
                 raise ValueError(f"heads of {group}: {name} is neither an nn.MultiheadAttention nor a packed Linear or convolution")
+        for key, (dim, group) in self.local.items():
+            rows = self.axes.get(key, (None,))[0]
+            if rows is None or rows.group != group or group not in self.heads or state[key].shape[dim] * self.blocks(group) != named[group]:
+                raise ValueError(f"local axis {dim} of {key}: needs rows indexed by {group} and {group}'s heads splitting it into blocks of that size")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
             _module(model, name)
 
@@ -139,6 +147,21 @@ def permute_nodes(t: torch.Tensor, lead: int, n: int, tail: int, perm: torch.Ten
     if tail == 1:
         return torch.gather(t.reshape(lead, n), 1, perm.expand(lead, n))
     return t.reshape(lead, n, tail).index_select(1, perm)
+
+
+def blocks_gather(t: torch.Tensor, dim: int, blocks: int, index: torch.Tensor) -> torch.Tensor:
+    """A grouped conv's weight `t` (rows already in the new order) with its block-local input axis
+    `dim` moved by the within-block permutations of `index` (source unit per target unit of a
+    group of `blocks` blocks): row r of block b reads local input j from local input index[b*d + j] mod d."""
+    n = index.numel()
+    d = n // blocks
+    source_blocks = (index.view(blocks, d) // d).to(t.device)
+    if t.shape[0] != n or t.shape[dim] != d or not torch.equal(source_blocks, source_blocks[:, :1].expand(blocks, d)):
+        raise ValueError(f"a grouped weight of shape {tuple(t.shape)} moves only by whole blocks of {d} of its {n} channels")
+    local = (index.view(blocks, d) % d).to(t.device).repeat_interleave(t.shape[0] // blocks, 0)  # (rows, d)
+    shape = [t.shape[0]] + [1] * (t.dim() - 1)
+    shape[dim] = d
+    return torch.gather(t, dim, local.view(shape).expand(t.shape))
 
 
 def node_slices(t: torch.Tensor, dim: int, ax: Axis) -> torch.Tensor:

@@ -5,7 +5,9 @@ element of a union-find (PLeaS-Merging's design): Linear/Conv/Embedding outputs 
 (a candidate group of hidden units, written by that module); element-wise binary ops (residual
 adds, gates) unify their operands' elements; norms, activations, pooling, dropout, permutes and
 reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps the channel
-element with inner = H*W; a depthwise conv keeps its input's element; pooling, resampling and
+element with inner = H*W; a depthwise conv keeps its input's element, and so does a grouped conv
+with as many outputs as inputs, whose element then moves in whole blocks and within each, its
+weight's block-local input axis following (spec.local); pooling, resampling and
 padding over space keep the channels; a matrix product unifies the axes it contracts;
 nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj, and its q/k/v
 rows form a group of heads (spec.heads: moved only in whole heads and within each); a reshape
@@ -15,10 +17,10 @@ ties every axis of one letter; a channel axis split evenly makes its pieces pack
 one group (q, k, v of one Linear; a GLU's halves). Parameters are linked to the elements of the
 axes they touch. Anything the tracer cannot vouch for — an unknown op or module, a
 concatenation, an uneven split or a slice along a channel axis, a window or pad across one, the
-indices of a max over one, a grouped conv, a GroupNorm mixing channel blocks, tied weights, a
-size mismatch, a reduction, softmax or parameter across heads — freezes the elements it touches,
-as do the model's inputs and outputs. A frozen group is left unpermuted, never permuted wrongly,
-and the coverage report names why.
+indices of a max over one, a grouped conv with unequal inputs and outputs, a GroupNorm mixing
+channel blocks, tied weights, a size mismatch, a reduction, softmax or parameter across heads —
+freezes the elements it touches, as do the model's inputs and outputs. A frozen group is left
+unpermuted, never permuted wrongly, and the coverage report names why.
 """
 
 from __future__ import annotations
@@ -121,8 +123,11 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     blocks = {els.find(e): where for e, where in tracer.attention_blocks.items()}
     blocks |= {els.find(part): els.writers[r][0] for r, (part, _) in packed.items() if els.writers[r]}  # observed at the packed projection
     heads = {names[r]: (blocks.get(r), els.heads.get(r, 1)) for r in names if r in els.heads or r in blocks}
-    coverage.heads = sum(count > 1 for _, count in heads.values())
-    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads)
+    local = {key: (dim, names[els.find(e)]) for key, (dim, e) in tracer.grouped.items() if els.find(e) in names}
+    grouped = {group for _, group in local.values()}
+    coverage.heads = sum(count > 1 and g not in grouped for g, (_, count) in heads.items())
+    coverage.grouped = len(grouped)
+    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local)
 
 
 __all__ = ["Coverage", "TraceError", "derive_spec"]

@@ -37,6 +37,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         self.units: dict[int, list[list]] = {}  # opened element -> [[writer, norm or None]]
         self.writer_node: dict[fx.Node, list] = {}  # node whose value is a writer's output (through reshapes) -> its unit
         self.attention_blocks: dict[int, str] = {}  # element of an nn.MultiheadAttention's channels -> the block
+        self.grouped: dict[str, tuple[int, int]] = {}  # a grouped conv's weight -> (its block-local input axis, the element)
         self._dims = {k: v.dim() for k, v in original.state_dict().items()}
 
     # -- plumbing -----------------------------------------------------------------------------
