@@ -1,9 +1,11 @@
 """Time to derive the alignment spec of torchvision models (target: resnet50 under 10 s on 2 cores).
 
-    .venv/bin/python scripts/bench_trace.py [--archs resnet50 densenet121] [--side 224]
+    .venv/bin/python scripts/bench_trace.py [--archs resnet50 resnext50_32x4d] [--side 224]
 
 Prints, per model, the tracing time against one plain forward pass on the same input (the
-tracer runs the model once, so the ratio is its overhead), and the coverage report.
+tracer runs the model once, so the ratio is its overhead), the coverage report, and how far a
+random permutation of every traced group (heads and grouped-conv blocks as such) moves the
+outputs, relative to their size (BatchNorm statistics randomised first, so a wrong mapping shows).
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import time
 import torch
 import torchvision
 
+from fusionctl.fusion.transport import random_couplings, transport
+from fusionctl.models import load_state
 from fusionctl.models.trace import derive_spec
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="+", default=["resnet50", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121"])
+    ap.add_argument("--archs", nargs="+", default=["resnet50", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121",
+                                                   "resnext50_32x4d", "regnet_y_400mf"])
     ap.add_argument("--side", type=int, default=224, help="input image side")
     args = ap.parse_args()
     print(f"threads={torch.get_num_threads()}  input 1x3x{args.side}x{args.side}")
@@ -33,7 +38,22 @@ def main():
         start = time.perf_counter()
         spec = derive_spec(model, x)
         seconds = time.perf_counter() - start
-        print(f"{arch:>20}: trace {seconds:6.2f}s  forward {forward:6.3f}s  ratio {seconds / forward:5.1f}  {spec.coverage}", flush=True)
+        print(f"{arch:>20}: trace {seconds:6.2f}s  forward {forward:6.3f}s  ratio {seconds / forward:5.1f}  "
+              f"permuted: {permuted_change(model, spec, x):.1e}  {spec.coverage}", flush=True)
+
+
+@torch.no_grad()
+def permuted_change(model, spec, x) -> float:
+    """max |f'(x) - f(x)| / max |f(x)| for f' = the model with every traced group permuted at random."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0, 0.1, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model(x)
+    load_state(model, transport(state, spec, random_couplings(spec, state, g)))
+    return float((model(x) - before).abs().max() / before.abs().max())
 
 
 if __name__ == "__main__":
