@@ -71,7 +71,7 @@ class ModuleRules:
             # depthwise: output channel c*k + j reads input channel c only, so it stays in c's group
             ref = Ref(cin.el, 1, m.out_channels // m.in_channels)
             self.units.setdefault(cin.el, []).append([where, None])
-        elif m.in_channels == m.out_channels and cin is not None and (cin.outer, cin.inner) == (1, 1):
+        elif m.in_channels == m.out_channels and cin is not None and (cin.outer, cin.inner, cin.part) == (1, 1, 0):
             # grouped: output block b reads input block b only, so inputs and outputs share one group
             # that moves in whole blocks, and within each block as its block-local weight axis follows
             ref = cin
