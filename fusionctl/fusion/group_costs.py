@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from fusionctl.fusion.transport import transport_tensor
+from fusionctl.fusion.transport import grouped_inputs, rows_with_aligned_inputs, transport_tensor
 from fusionctl.models.spec import AlignmentSpec, Axis, node_slices
 from fusionctl.ot.barycenter import plan_cost
 
@@ -53,7 +53,10 @@ class GroupCosts:
         for group in self.spec.groups:
             out: dict[Bucket, list[Slice]] = {}
             for s in self.slices[group]:
-                reads = tuple(sorted({a.group for d, a in enumerate(self.spec.axes[s.key]) if a is not None and d != s.dim}))
+                reads = {a.group for d, a in enumerate(self.spec.axes[s.key]) if a is not None and d != s.dim}
+                if s.key in self.spec.local:  # a grouped conv's rows read their local inputs through their own group
+                    reads.add(self.spec.local[s.key][1])
+                reads = tuple(sorted(reads))
                 out.setdefault(Bucket(reads, s.dim == 0 and not s.structure), []).append(s)
             if self.acts is not None:
                 out.setdefault(Bucket((), True), [])
@@ -73,8 +76,12 @@ class GroupCosts:
         return self.acts is not None and b == Bucket((), True)
 
     def _transport(self, i: int, key: str, skip: int | None = None) -> torch.Tensor:
-        """Model i's entry `key` in the barycenter's node order along every grouped axis but `skip`."""
-        return transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
+        """Model i's entry `key` in the barycenter's node order along every grouped axis but `skip`
+        (a grouped conv's block-local inputs too: spec.local)."""
+        t = transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
+        if key not in self.spec.local or self.spec.local[key][1] not in self.couplings[i]:
+            return t
+        return rows_with_aligned_inputs(t, self.spec, key, self.couplings[i]) if skip == 0 else grouped_inputs(t, self.spec, key, self.couplings[i])
 
     def _own_parts(self, i: int, group: str, slices: list[Slice], acts: bool) -> torch.Tensor:
         """(n_i, D): model i's nodes of `group` on `slices`, every other axis in the barycenter's order."""

@@ -12,7 +12,7 @@ theta_bar = sum_i lambda_i T_i(theta_i) the objective is
 Moves:
 - `recouple(i, g)`: model i's coupling of group g re-solved against the barycenter of the
   other models. For permutations this is the exact minimiser of J over that coupling, so it
-  never raises J; a soft or recurrent (linearised) step that would is undone.
+  never raises J; a soft or linearised (recurrent, grouped-conv) step that would is undone.
 - `forward()`: the layer-wise pass, input to output on incoming rows: anchor every model to
   model 0 (or to an initial support), then re-couple to the others; no model stays an anchor.
 - `sweep()`: K = 2, coordinate descent of model 1's groups against model 0 (weight matching);
@@ -84,6 +84,8 @@ class NetworkBarycenter(GroupCosts):
         self.group_keys = {g: list(dict.fromkeys(s.key for s in sl)) for g, sl in self.slices.items()}
         self.keys = list(dict.fromkeys(k for keys in self.group_keys.values() for k in keys))
         self.structured = alpha is not None and any(s.structure for sl in self.slices.values() for s in sl)
+        # groups whose cost reads their own coupling (a grouped conv's local inputs): a step may raise J
+        self.linearised = {g for key, (_, g) in spec.local.items() if key in self.group_keys.get(g, ())}
         self.key_weights = {k: w.get(k, 1.0) * (alpha if self.structured and self._is_structure(k) else 1.0) for k in self.keys}
         self.sizes = [spec.group_sizes(s) for s in states]
         self.theta = [{k: s[k].to(device, self.dtype) for k in self.keys} for s in states]
@@ -134,9 +136,9 @@ class NetworkBarycenter(GroupCosts):
     def recouple(self, i: int, group: str, incoming_only: bool = False, known: set[str] | None = None) -> bool:
         """Re-couple model i's `group` to the barycenter of the others; True if it changed.
 
-        Only soft couplings or linearised recurrent weights can raise J; such a step is undone.
-        Soft couplings never stop moving: a step counts as a change only if it lowers J by more
-        than tol (relative). Incoming-only steps (the greedy pass of a restart) are not checked.
+        Only soft couplings or linearised weights (recurrent, or a grouped conv's local inputs) can
+        raise J; such a step is undone. Soft couplings never stop moving: a step counts as a change
+        only if it lowers J by more than tol (relative). Incoming-only steps (the greedy pass of a restart) are not checked.
         An exact solve is skipped when nothing its cost reads has changed since the last one.
         """
         known = known if known is not None else set(self.spec.groups)
@@ -147,7 +149,7 @@ class NetworkBarycenter(GroupCosts):
         exact = self.ot.method == "exact"
         if exact and self._solved.get((i, group)) == (keys, self.version[(i, group)]):
             return False  # the same cost again: the same plan again
-        checked = not incoming_only and (not exact or self.structured)
+        checked = not incoming_only and (not exact or self.structured or group in self.linearised)
         before = self.objective(group) if checked else 0.0
         old, version, moved = self.couplings[i][group], self.version[(i, group)], {key: self.moved[i][key] for key in self.group_keys[group]}
         new = self._solve(i, group, self.cost(i, group, keys))

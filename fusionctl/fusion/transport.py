@@ -72,6 +72,21 @@ def grouped_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: di
     return blocks_gather(t, dim, spec.blocks(group), index)
 
 
+def rows_with_aligned_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A grouped conv's weight as a cost reads its rows: rows in the model's own order, the
+    block-local input axis moved by each block's current within-block permutation (spec.local),
+    as recurrent weights are read through their own group's current coupling. Unchanged while
+    that group has no permutation coupling yet."""
+    dim, group = spec.local[key]
+    index = permutation_index(couplings[group]) if group in couplings else None
+    if index is None:
+        return t
+    index = index.to(t.device)
+    out = torch.empty_like(t)
+    out[index] = blocks_gather(t.index_select(0, index), dim, spec.blocks(group), index)
+    return out
+
+
 def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """sum_i lambda_i theta_i for float entries; integer buffers (BN counters) come from the first state.
 

@@ -19,6 +19,7 @@ from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
 from fusionctl.fusion.transport import (
     identity_couplings,
+    rows_with_aligned_inputs,
     transport,
     transport_tensor,
     weighted_average,
@@ -55,6 +56,8 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
                         # included, for recurrent weights), this axis left in the source's order
                         # float32, as Git Re-Basin computes: twice float64's speed, the same assignments but for exact ties
                         b = transport_tensor(source[key].to(torch.float32), axes, couplings, skip=dim)
+                        if key in spec.local and dim == 0:  # a grouped conv's local inputs, through this group's current blocks
+                            b = rows_with_aligned_inputs(b, spec, key, couplings)
                         a = node_slices(target[key].to(torch.float32), dim, ax)
                         sim += a @ node_slices(b, dim, ax).T
             new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group)))

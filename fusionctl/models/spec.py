@@ -48,7 +48,7 @@ class AlignmentSpec:
     with None, through its own units (q, k and v Linears). local: state key -> (dim, group) for
     a grouped conv's weight, whose input axis `dim` indexes the channels of one block of `group`
     (the block of the row's own output channel; rows are indexed by `group` too): it is moved by
-    the group's within-block permutations (blocks_gather); costs read it in each model's own order."""
+    the group's within-block permutations (blocks_gather), and costs read it through them."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
