@@ -66,6 +66,20 @@ def outputs(cfg, state, x, shape, classes=4):
 # -- the objective ---------------------------------------------------------------------------------
 
 
+def assert_recouplings_never_raise_the_objective(net, k, groups):
+    """Three rounds of re-coupling every model's every group, J checked after each step."""
+    value = net.objective()
+    moves = 0
+    for _ in range(3):
+        for i in range(k):
+            for group in groups:
+                moves += net.recouple(i, group)
+                now = net.objective()
+                assert now <= value * (1 + 1e-12), (i, group)
+                value = now
+    assert moves > 0, "the test must exercise real moves"
+
+
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("cost", ["weight", "both"])
 def test_a_recoupling_step_never_raises_the_objective(k, cost):
@@ -76,16 +90,7 @@ def test_a_recoupling_step_never_raises_the_objective(k, cost):
     net = NetworkBarycenter(spec, states, [1 / k] * k, spec.group_sizes(states[0]), OTSetup("exact", 0.0, 1, 100), acts=acts,
                             act_weight=0.5 if acts else 0.0)
     net.forward(None)
-    value = net.objective()
-    moves = 0
-    for _ in range(3):
-        for i in range(k):
-            for group in spec.groups:
-                moves += net.recouple(i, group)
-                now = net.objective()
-                assert now <= value * (1 + 1e-12), (i, group)
-                value = now
-    assert moves > 0, "the test must exercise real moves"
+    assert_recouplings_never_raise_the_objective(net, k, spec.groups)
 
 
 def test_k2_sweeps_never_raise_the_objective_and_stop_when_nothing_changes():
@@ -128,16 +133,7 @@ def test_a_recoupling_of_a_grouped_conv_never_raises_the_objective_and_caches_it
     args = (spec, states, [1 / k] * k, spec.group_sizes(states[0]), OTSetup("exact", 0.0, 1, 100))
     net = NetworkBarycenter(*args)
     net.forward(None)
-    value = net.objective()
-    moves = 0
-    for _ in range(3):
-        for i in range(k):
-            for group in spec.groups:
-                moves += net.recouple(i, group)
-                now = net.objective()
-                assert now <= value * (1 + 1e-12), (i, group)
-                value = now
-    assert moves > 0, "the test must exercise real moves"
+    assert_recouplings_never_raise_the_objective(net, k, spec.groups)
     fresh = NetworkBarycenter(*args, couplings=net.result())
     for i in range(k):
         others = tuple(j for j in range(k) if j != i)
