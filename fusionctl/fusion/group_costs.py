@@ -81,7 +81,9 @@ class GroupCosts:
         t = transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
         if key not in self.spec.local or self.spec.local[key][1] not in self.couplings[i]:
             return t
-        return rows_with_aligned_inputs(t, self.spec, key, self.couplings[i]) if skip == 0 else grouped_inputs(t, self.spec, key, self.couplings[i])
+        # rows left in model i's order (a cost's slice) read their local inputs through its current blocks
+        moved = rows_with_aligned_inputs if skip == 0 else grouped_inputs
+        return moved(t, self.spec, key, self.couplings[i])
 
     def _own_parts(self, i: int, group: str, slices: list[Slice], acts: bool) -> torch.Tensor:
         """(n_i, D): model i's nodes of `group` on `slices`, every other axis in the barycenter's order."""

@@ -138,8 +138,9 @@ class NetworkBarycenter(GroupCosts):
 
         Only soft couplings or linearised weights (recurrent, or a grouped conv's local inputs) can
         raise J; such a step is undone. Soft couplings never stop moving: a step counts as a change
-        only if it lowers J by more than tol (relative). Incoming-only steps (the greedy pass of a restart) are not checked.
-        An exact solve is skipped when nothing its cost reads has changed since the last one.
+        only if it lowers J by more than tol (relative). Incoming-only steps (the greedy pass of a
+        restart) are not checked. An exact solve is skipped when nothing its cost reads has changed
+        since the last one.
         """
         known = known if known is not None else set(self.spec.groups)
         others = tuple(j for j, w in enumerate(self.weights) if j != i and w > 0)

@@ -30,7 +30,8 @@ class Coverage:
 
     def __str__(self) -> str:
         text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
-        among = [f"{n} group{'s' if n > 1 else ''} of {what}" for n, what in ((self.heads, "attention heads"), (self.grouped, "grouped-conv channels")) if n]
+        kinds = ((self.heads, "attention heads"), (self.grouped, "grouped-conv channels"))
+        among = [f"{n} group{'s' if n > 1 else ''} of {what}" for n, what in kinds if n]
         if among:
             text += f" ({' and '.join(among)} among them)"
         if self.frozen:

@@ -102,7 +102,8 @@ class AlignmentSpec:
         for key, (dim, group) in self.local.items():
             rows = self.axes.get(key, (None,))[0]
             if rows is None or rows.group != group or group not in self.heads or state[key].shape[dim] * self.blocks(group) != named[group]:
-                raise ValueError(f"local axis {dim} of {key}: needs rows indexed by {group} and {group}'s heads splitting it into blocks of that size")
+                raise ValueError(f"local axis {dim} of {key}: needs rows indexed by {group}, "
+                                 f"and {group}'s heads splitting it into blocks of that size")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
             _module(model, name)
 

@@ -123,7 +123,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     blocks = {els.find(e): where for e, where in tracer.attention_blocks.items()}
     blocks |= {els.find(part): els.writers[r][0] for r, (part, _) in packed.items() if els.writers[r]}  # observed at the packed projection
     heads = {names[r]: (blocks.get(r), els.heads.get(r, 1)) for r in names if r in els.heads or r in blocks}
-    local = {key: (dim, names[els.find(e)]) for key, (dim, e) in tracer.grouped.items() if els.find(e) in names}
+    local = {key: (dim, names[els.find(e)]) for key, (dim, e) in tracer.grouped.items()
+             if els.find(e) in names and axes[key][0] is not None}  # its rows move: so must its local inputs
     grouped = {group for _, group in local.values()}
     coverage.heads = sum(count > 1 and g not in grouped for g, (_, count) in heads.items())
     coverage.grouped = len(grouped)
