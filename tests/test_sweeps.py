@@ -108,15 +108,15 @@ def test_k2_sweeps_never_raise_the_objective_and_stop_when_nothing_changes():
     assert values[-1] < values[0], "sweeps on unrelated models must find a better alignment than the layer-wise pass"
 
 
-def grouped_states(k):
+def grouped_states(k, seeds=None, width=6, inner=8, groups=2):
     """k random ResNeXt-style nets (tests.custom_nets.GroupedNet) with their traced spec."""
     from fusionctl.models.trace import derive_spec
     from tests.custom_nets import GroupedNet
 
     states = []
-    for seed in range(k):
+    for seed in seeds or range(k):
         torch.manual_seed(seed)
-        m = GroupedNet(width=6, inner=8, groups=2)
+        m = GroupedNet(width=width, inner=inner, groups=groups)
         with torch.no_grad():
             m.train()(torch.randn(16, 3, 5, 5) + 0.3)
         states.append({key: v.detach().clone() for key, v in m.eval().state_dict().items()})

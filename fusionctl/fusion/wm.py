@@ -37,6 +37,14 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
         raise FusionctlError("solver=wm matches permutations and needs equal widths; use solver=wb for other widths")
     couplings = identity_couplings(spec, source)
     rng = np.random.default_rng(seed)
+    linearised = {g for _, g in spec.local.values()}  # their cost reads their own coupling (a grouped conv's local inputs)
+
+    def agreement(group: str, cps: dict) -> float:
+        """The part of weight matching's objective, sum <target, T(source)>, that reads `group`."""
+        keys = [k for k, axes in spec.axes.items() if any(a is not None and a.group == group for a in axes)]
+        moved = transport({k: source[k] for k in keys}, spec, cps)
+        return sum(float((target[k].double() * moved[k].double()).sum()) for k in keys)
+
     for sweep in range(sweeps):
         changed = False
         # the first sweep goes input to output, so each group sees its inputs already aligned
@@ -61,10 +69,13 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
                         a = node_slices(target[key].to(torch.float32), dim, ax)
                         sim += a @ node_slices(b, dim, ax).T
             new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group)))
-            if not torch.equal(new, couplings[group]):
-                changed = True
-                couplings[group] = new
             done.add(group)
+            if torch.equal(new, couplings[group]):
+                continue
+            if sweep > 0 and group in linearised and agreement(group, {**couplings, group: new}) < agreement(group, couplings):
+                continue  # a linearised step that would lower the objective is not taken
+            changed = True
+            couplings[group] = new
         if not changed:
             break
     return couplings
