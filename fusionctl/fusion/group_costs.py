@@ -79,7 +79,7 @@ class GroupCosts:
         """Model i's entry `key` in the barycenter's node order along every grouped axis but `skip`
         (a grouped conv's block-local inputs too: spec.local)."""
         t = transport_tensor(self.theta[i][key], self.spec.axes[key], self.couplings[i], skip)
-        if key not in self.spec.local or self.spec.local[key][1] not in self.couplings[i]:
+        if key not in self.spec.local:
             return t
         # rows left in model i's order (a cost's slice) read their local inputs through its current blocks
         moved = rows_with_aligned_inputs if skip == 0 else grouped_inputs

@@ -56,7 +56,7 @@ def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: di
         t = value
         if t.is_floating_point():
             t = transport_tensor(t, spec.axes.get(key, ()), couplings)
-            if key in spec.local and spec.local[key][1] in couplings:
+            if key in spec.local:
                 t = grouped_inputs(t, spec, key, couplings)
             t = t.to(value.dtype)
         out[key] = t
@@ -64,8 +64,11 @@ def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: di
 
 
 def grouped_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
-    """A grouped conv's block-local input axis moved by its group's within-block permutations (spec.local)."""
+    """A grouped conv's block-local input axis moved by its group's within-block permutations
+    (spec.local); unchanged while that group has no coupling, as its rows are."""
     dim, group = spec.local[key]
+    if group not in couplings:
+        return t
     index = permutation_index(couplings[group])
     if index is None:
         raise ValueError(f"{key} is a grouped convolution: its group {group} must be coupled by a permutation (equal widths, exact OT)")
