@@ -39,18 +39,50 @@ class RollNet(nn.Module):
 
 
 class ConcatNet(nn.Module):
-    """Concatenates two branches along channels (DenseNet's pattern)."""
+    """Concatenates two branches and its own input along channels (Inception's and DenseNet's
+    pattern); with flat=True a Linear also reads the joined C x H x W map flattened."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, flat: bool = False, side: int = 2):
         super().__init__()
         self.a = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.b = nn.Conv2d(in_channels, 3, 3, padding=1)
-        self.c = nn.Conv2d(7, 6, 3, padding=1)
+        self.c = nn.Conv2d(7 + in_channels, 6, 3, padding=1)
+        self.fc = nn.Linear(6, num_classes)
+        self.side = nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten(), nn.Linear((7 + in_channels) * side * side, num_classes)) if flat else None
+
+    def forward(self, x):
+        x = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x)), x], 1)
+        out = self.fc(torch.relu(self.c(x)).mean((2, 3)))
+        return out if self.side is None else out + self.side(x)
+
+
+class ConcatSumNet(ConcatNet):
+    """Adds a conv's output to a concatenation: the sum's channels are neither part's, so all freeze."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__(in_channels, num_classes)
+        self.d = nn.Conv2d(in_channels, 7 + in_channels, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x)), x], 1) + self.d(x)
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+
+class SplitConcatNet(nn.Module):
+    """YOLOv8's C2f pattern: a conv's output chunked in two, a branch grown from the second half,
+    and the halves and the branch concatenated (one group appears twice among the parts)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 8, 1)
+        self.m = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(12, 6, 1)
         self.fc = nn.Linear(6, num_classes)
 
     def forward(self, x):
-        x = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
-        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+        halves = torch.relu(self.a(x)).chunk(2, 1)
+        y = torch.cat([halves[0], halves[1], torch.relu(self.m(halves[1]))], 1)
+        return self.fc(torch.relu(self.b(y)).mean((2, 3)))
 
 
 class GatedNet(nn.Module):
@@ -317,3 +349,22 @@ class GroupedNet(nn.Module):
         x = self.stem(x)
         x = F.relu(x + self.expand(self.grouped(self.reduce(x))))
         return self.fc(x.mean((2, 3)))
+
+
+class DenseNetLike(nn.Module):
+    """DenseNet's pattern: every layer reads the concatenation of all earlier feature maps through
+    a BatchNorm, and so does the head; each layer's new channels are their own group."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, stem: int = 6, growth: int = 4, layers: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, stem, 3, padding=1, bias=False)
+        self.layers = nn.ModuleList(nn.Sequential(nn.BatchNorm2d(stem + i * growth), nn.ReLU(),
+                                                  nn.Conv2d(stem + i * growth, growth, 3, padding=1, bias=False)) for i in range(layers))
+        self.norm = nn.BatchNorm2d(stem + layers * growth)
+        self.fc = nn.Linear(stem + layers * growth, num_classes)
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        for layer in self.layers:
+            features.append(layer(torch.cat(features, 1)))
+        return self.fc(torch.relu(self.norm(torch.cat(features, 1))).mean((2, 3)))

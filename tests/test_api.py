@@ -104,6 +104,29 @@ def test_a_grouped_conv_net_fused_with_permuted_copies_returns_its_function():
         assert torch.allclose(three(x), model(x), atol=1e-4)
 
 
+@pytest.mark.parametrize("make", [custom_nets.DenseNetLike, lambda: custom_nets.ConcatNet(flat=True), custom_nets.SplitConcatNet],
+                         ids=["densenet-like", "concat", "c2f"])
+def test_a_net_with_concatenations_fused_with_permuted_copies_returns_its_function(make):
+    """Each method sees the concatenated axes split into their parts' pieces: every one recovers
+    the planted permutations, K = 3 with REPAIR included (DenseNet's bias-free convs read by a
+    BatchNorm through a concatenation have nothing REPAIR can correct: BN reset there)."""
+    torch.manual_seed(0)
+    model = make().eval()
+    data = batches((3, 6, 6), n=48, size=16, classes=4)
+    x = data[0][0]
+    with torch.no_grad():  # non-trivial BN statistics
+        model.train()(torch.cat([b[0] for b in data]) + 0.5)
+    model.eval()
+    other = permuted_copy(model, x)
+    assert not torch.equal(other.state_dict()["fc.weight"], model.state_dict()["fc.weight"])
+    with torch.no_grad():
+        for method in ("wb", "am", "wm", "ot"):
+            assert torch.allclose(fusionctl.fuse_models([model, other], method=method, data=data)(x), model(x), atol=1e-5), method
+        if isinstance(model, custom_nets.ConcatNet):
+            three = fusionctl.fuse_models([model, other, permuted_copy(model, x, seed=4)], data=data, post=("repair",))
+            assert torch.allclose(three(x), model(x), atol=1e-4)
+
+
 @pytest.mark.parametrize("net", ["vit", "torch-encoder", "home-made", "packed-qkv"])
 def test_a_transformer_fused_with_its_permuted_copy_returns_its_function(net):
     """torchvision's ViT, torch.nn's encoder (whose fused fast path would skip the probes' hooks),

@@ -4,6 +4,7 @@ the built-ins, frozen (never wrong) where the tracer cannot vouch for a permutat
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,13 +13,15 @@ from fusionctl.config import ModelConfig
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import build_model, load_state, model_spec
+from fusionctl.models.concat import join_state, split_spec, split_state
 from fusionctl.models.spec import Axis
 from fusionctl.models.trace import TraceError, derive_spec
 from tests import custom_nets
 
 TORCHVISION = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121",
-               "shufflenet_v2_x0_5", "mnasnet0_5", "regnet_y_400mf"]
-PARTLY_FROZEN = {"densenet121": "concatenation", "shufflenet_v2_x0_5": "concatenation"}  # arch -> the first reason named
+               "shufflenet_v2_x0_5", "mnasnet0_5", "regnet_y_400mf", "squeezenet1_0", "googlenet"]
+# arch -> a reason named (ShuffleNet's channel shuffle interleaves a concatenation's parts)
+PARTLY_FROZEN = {"shufflenet_v2_x0_5": "read through a concatenation that cannot move (reshape splitting or merging channel axes)"}
 
 
 def random_stats(model):
@@ -41,7 +44,8 @@ def permute_everything(model, spec, seed=1):
 
 def assert_permutation_keeps_function(model, spec, x):
     state, moved = permute_everything(model, spec)
-    touched = {a.group for k, axes in spec.axes.items() for a in axes if a is not None and not torch.equal(moved[k], state[k])}
+    touched = {a.group for k, axes in spec.axes.items() for a in axes
+               if a is not None and a.group in spec.groups and not torch.equal(moved[k], state[k])}
     assert touched == set(spec.groups), f"groups no entry of which moved: {set(spec.groups) - touched}"
     with torch.no_grad():
         before = model(x)
@@ -57,7 +61,8 @@ def test_torchvision_nets_keep_their_function_under_every_traced_permutation(arc
     import torchvision
 
     torch.manual_seed(0)
-    model = random_stats(torchvision.models.get_model(arch, weights=None, num_classes=10))
+    kwargs = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
+    model = random_stats(torchvision.models.get_model(arch, weights=None, num_classes=10, **kwargs))
     x = torch.randn(2, 3, 32, 32)
     spec = derive_spec(model, x)
     print(f"{arch}: {spec.coverage}")
@@ -93,7 +98,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
 
 @pytest.mark.parametrize("cls, reason, frozen, free", [
     (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
-    (custom_nets.ConcatNet, "concatenation", [("a.weight", 0), ("b.weight", 0), ("c.weight", 1)], [("c.weight", 0)]),
+    (custom_nets.ConcatSumNet, "concatenation combined with another tensor", [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 1)],
+     [("c.weight", 0)]),
     (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.ArgmaxNet, "indices of a max or min", [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),
@@ -115,8 +121,9 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
     assert_permutation_keeps_function(model, spec, x)
 
 
-@pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5)])
-def test_resampling_matrix_products_and_even_splits_keep_every_group_free(cls, hidden):
+@pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),
+                                         (custom_nets.SplitConcatNet, 8 + 4 + 6)])
+def test_resampling_matrix_products_even_splits_and_concatenations_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()
     x = torch.randn(4, 3, 6, 6)
@@ -238,6 +245,34 @@ def test_a_grouped_conv_moves_its_channels_in_whole_blocks_and_within_each():
     assert spec.axes["2.weight"][0] is None and spec.axes["0.weight"][0] is None and not spec.local
     assert "grouped conv (groups=2) with 8 inputs, 16 outputs" in spec.coverage.frozen
     assert spec.axes["4.weight"][0] is not None  # the next conv opens a group of its own
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_concatenation_moves_as_its_parts_do(flat):
+    """Two branches and the input joined along channels: each branch keeps its own group, the
+    joined axis (read by a conv, and with flat=True flattened C x H x W into a Linear) moves
+    piece by piece and the input's channels stay; splitting and joining are inverse."""
+    torch.manual_seed(0)
+    model = custom_nets.ConcatNet(flat=flat).eval()
+    x = torch.randn(4, 3, 6, 6)
+    spec = derive_spec(model, x)
+    a, b, c = (spec.axes[f"{m}.weight"][0].group for m in "abc")
+    assert spec.coverage.permutable == spec.coverage.hidden == 13 and len({a, b, c}) == 3
+    (name, parts), = spec.concat.items()
+    assert parts == (a, b, 3) and spec.axes["c.weight"][1] == Axis(name) and name not in spec.groups
+    assert not flat or spec.axes["side.2.weight"][1] == Axis(name, inner=4)
+    plain, state = split_spec(spec), model.state_dict()
+    pieces = split_state(spec, state)
+    assert set(pieces) == set(plain.axes) and not plain.concat
+    assert [plain.axes[f"c.weight#1:{p}"][:2] for p in range(3)] == [(Axis(c), Axis(a)), (Axis(c), Axis(b)), (Axis(c), None)]
+    assert pieces["c.weight#1:2"].shape == (6, 3, 3, 3)
+    joined = join_state(spec, pieces)
+    assert list(joined) == list(state) and all(torch.equal(joined[k], state[k]) for k in state)
+    assert_permutation_keeps_function(model, spec, x)
+    with pytest.raises(ValueError, match="its parts must be groups of the spec"):
+        replace(spec, concat={name: (a, "nowhere", 3)}).check_fits(model)
+    with pytest.raises(ValueError, match="concatenation .* has 9 channels, not 10"):
+        replace(spec, concat={name: (a, b, 2)}).check_fits(model)
 
 
 def test_a_c_h_w_flatten_expands_the_channel_axis():

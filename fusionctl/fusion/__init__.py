@@ -9,6 +9,7 @@ from fusionctl.config import SOLVERS, SolverSettings, solver_settings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.am import fuse_am
 from fusionctl.fusion.avg import fuse_avg
+from fusionctl.fusion.concat import fuse_split
 from fusionctl.fusion.engine import FusionContext, FusionResult
 from fusionctl.fusion.gwb import fuse_gwb
 from fusionctl.fusion.otfusion import fuse_ot
@@ -37,6 +38,8 @@ def fuse(method: str, spec, states, weights, target_sizes, settings: SolverSetti
     settings.check()
     if len(states) < 1:
         raise FusionctlError("fusion needs at least one base model")
+    if spec.concat:
+        return fuse_split(METHODS[method].fuse, spec, states, weights, target_sizes, settings, ctx or FusionContext())
     return METHODS[method].fuse(spec, states, weights, target_sizes, settings, ctx or FusionContext())
 
 

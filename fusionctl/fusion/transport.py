@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fusionctl.models.concat import join_state, split_spec, split_state
 from fusionctl.models.spec import AlignmentSpec, apply_along, blocks_gather
 from fusionctl.ot.barycenter import permutation_of
 from fusionctl.ot.solver import PERMUTATION, mark_permutation
@@ -49,8 +50,10 @@ def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: di
 
     couplings[g] is (target size, source size); a group without a coupling is left as is.
     With exact couplings between equal widths each map is a permutation, so the function is
-    preserved exactly.
+    preserved exactly. Entries read along a concatenation move piece by piece (models/concat.py).
     """
+    if spec.concat:
+        return join_state(spec, transport(split_state(spec, state), split_spec(spec), couplings))
     out = {}
     for key, value in state.items():
         t = value

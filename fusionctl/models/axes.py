@@ -187,18 +187,24 @@ def split_refs(els: Elements, x: list, dim: int, sizes: list, drop: bool, where:
     return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
 
 
-def cat_refs(els: Elements, descs: list, dim: int, ndim: int, where: str) -> list:
-    """A concatenation: the joined axis cannot be split between groups, so its elements freeze."""
+def cat_refs(els: Elements, descs: list, sizes: list, dim: int, ndim: int, where: str) -> list:
+    """A concatenation along `dim` (pieces of `sizes`): the joined axis carries a concatenation
+    element whose parts are the pieces' elements (None for a piece no element carries), so each
+    part keeps its own group; a piece laid out otherwise (gate blocks, a flattened map, heads)
+    freezes every piece. The other axes unify."""
     result: list[Ref | None] = [None] * ndim
     for axis in range(ndim):
-        refs = [dsc[axis] for dsc in descs if dsc is not None]
+        refs = [dsc[axis] if dsc is not None else None for dsc in descs]
         if axis == dim:
-            for r in refs:
-                if r is not None:
-                    els.freeze(r.el, "concatenation")
-        elif refs:
-            acc = refs[0]
-            for r in refs[1:]:
+            live = [r for r in refs if r is not None]
+            if live and all((r.outer, r.inner, r.part) == (1, 1, 0) for r in live):
+                result[axis] = Ref(els.concat([(None if r is None else r.el, n) for r, n in zip(refs, sizes)], where))
+            else:
+                for r in live:
+                    els.freeze(r.el, "concatenation of axes laid out otherwise")
+        elif any(dsc is not None for dsc in descs):
+            acc, *rest = [dsc[axis] for dsc in descs if dsc is not None]
+            for r in rest:
                 acc = unify(els, acc, r, where)
             result[axis] = acc
     return result

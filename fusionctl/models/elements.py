@@ -27,6 +27,7 @@ class Coverage:
     frozen: dict[str, list[str]] = field(default_factory=dict)  # reason -> modules whose units it froze
     heads: int = 0  # permutable groups of attention heads (moved as whole heads and within each)
     grouped: int = 0  # permutable groups of a grouped conv's channels (moved as whole blocks and within each)
+    concats: int = 0  # concatenations along a channel axis, moved part by part (spec.concat)
 
     def __str__(self) -> str:
         text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
@@ -34,6 +35,8 @@ class Coverage:
         among = [f"{n} group{'s' if n > 1 else ''} of {what}" for n, what in kinds if n]
         if among:
             text += f" ({' and '.join(among)} among them)"
+        if self.concats:
+            text += f"; {self.concats} concatenation{'s' if self.concats > 1 else ''} moved part by part"
         if self.frozen:
             parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
             text += "; frozen: " + "; ".join(parts)
@@ -52,6 +55,10 @@ class Elements:
         self.heads: dict[int, int] = {}  # root -> number of heads its units form (they move only within and as whole heads)
         # root -> (element, k): its units are k stacked copies of that element's (q, k, v of one Linear)
         self.packed: dict[int, tuple[int, int]] = {}
+        # root -> the parts its units concatenate, in order: (element, or None for channels no
+        # group carries, size); and the op that made it
+        self.concats: dict[int, list[tuple[int | None, int]]] = {}
+        self.concat_at: dict[int, str] = {}
 
     def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
         e = len(self.parent)
@@ -90,6 +97,14 @@ class Elements:
             self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
         if gone in self.heads:
             self.set_heads(keep, self.heads.pop(gone), where)
+        if ra in self.concats or rb in self.concats:  # one concatenation reached twice moves as one; else its layout is unknown
+            same = ra in self.concats and rb in self.concats and self.parts(ra) == self.parts(rb)
+            if not same:
+                for r in (ra, rb):
+                    self.freeze(r, f"concatenation combined with another tensor at {where}")
+            if gone in self.concats:
+                self.concats.setdefault(keep, self.concats.pop(gone))
+                self.concat_at.setdefault(keep, self.concat_at.pop(gone))
         if ra in self.packed or rb in self.packed:  # a packed projection read as a whole elsewhere: its parts cannot move alone
             for r in (ra, rb):
                 self.freeze(r, f"packed projection used whole at {where}")
@@ -108,6 +123,22 @@ class Elements:
         if known != count:
             self.freeze(root, f"packed projection split {count} and {known} ways at {where}")
         return part
+
+    def concat(self, parts: list[tuple[int | None, int]], where: str) -> int:
+        """The element of a concatenation of `parts` ((element or None, size) each, in order);
+        a part that is itself a concatenation contributes its own parts."""
+        flat: list[tuple[int | None, int]] = []
+        for el, size in parts:
+            root = self.find(el) if el is not None else None
+            flat += self.concats[root] if root in self.concats else [(el, size)]
+        e = self.new(sum(size for _, size in flat))
+        self.concats[e] = flat
+        self.concat_at[e] = where
+        return e
+
+    def parts(self, e: int) -> list[tuple[int | None, int]]:
+        """A concatenation's parts with each element replaced by its current root."""
+        return [(None if el is None else self.find(el), size) for el, size in self.concats[self.find(e)]]
 
     def set_heads(self, e: int, count: int, where: str) -> None:
         root = self.find(e)

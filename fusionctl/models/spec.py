@@ -48,7 +48,10 @@ class AlignmentSpec:
     with None, through its own units (q, k and v Linears). local: state key -> (dim, group) for
     a grouped conv's weight, whose input axis `dim` indexes the channels of one block of `group`
     (the block of the row's own output channel; rows are indexed by `group` too): it is moved by
-    the group's within-block permutations (blocks_gather), and costs read it through them."""
+    the group's within-block permutations (blocks_gather), and costs read it through them.
+    concat: name -> parts, for an axis that concatenates groups (a DenseNet's or an Inception
+    block's joined channels): each part is a group, or the number of channels no group carries.
+    Its name is not a group: it moves as its parts do (models/concat.py)."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
@@ -56,12 +59,13 @@ class AlignmentSpec:
     coverage: object | None = None
     heads: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     local: dict[str, tuple[int, str]] = field(default_factory=dict)
+    concat: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
         sizes: dict[str, int] = {}
         for key, axes in self.axes.items():
             for dim, ax in enumerate(axes):
-                if ax is not None:
+                if ax is not None and ax.group not in self.concat:
                     n = state[key].shape[dim] // (ax.outer * ax.inner)
                     if sizes.setdefault(ax.group, n) != n:
                         raise ValueError(f"{key} axis {dim}: group {ax.group} has size {n}, elsewhere {sizes[ax.group]}")
@@ -104,6 +108,15 @@ class AlignmentSpec:
             if rows is None or rows.group != group or group not in self.heads or state[key].shape[dim] * self.blocks(group) != named[group]:
                 raise ValueError(f"local axis {dim} of {key}: needs rows indexed by {group}, "
                                  f"and {group}'s heads splitting it into blocks of that size")
+        for name, parts in self.concat.items():
+            if name in self.groups or any(isinstance(p, str) and p not in named for p in parts):
+                raise ValueError(f"concatenation {name}: its parts must be groups of the spec, and it is not one itself")
+            size = sum(named[p] if isinstance(p, str) else p for p in parts)
+            for key, axes in self.axes.items():
+                for dim, ax in enumerate(axes):
+                    if ax is not None and ax.group == name and state[key].shape[dim] != ax.outer * size * ax.inner:
+                        raise ValueError(f"{key} axis {dim}: concatenation {name} has {size} channels, "
+                                         f"not {state[key].shape[dim] // (ax.outer * ax.inner)}")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
             _module(model, name)
 

@@ -14,9 +14,11 @@ rows form a group of heads (spec.heads: moved only in whole heads and within eac
 of a channel axis into (heads, d) and back marks the same in home-made attention (Ref.part);
 nn.TransformerEncoder(Layer) is traced through its plain math (plain_forwards.py); an einsum
 ties every axis of one letter; a channel axis split evenly makes its pieces packed copies of
-one group (q, k, v of one Linear; a GLU's halves). Parameters are linked to the elements of the
-axes they touch. Anything the tracer cannot vouch for — an unknown op or module, a
-concatenation, an uneven split or a slice along a channel axis, a window or pad across one, the
+one group (q, k, v of one Linear; a GLU's halves); a concatenation along a channel axis carries
+an element made of its parts' (spec.concat: it moves as they do). Parameters are linked to the
+elements of the axes they touch. Anything the tracer cannot vouch for — an unknown op or module,
+a concatenation split into heads or added to another tensor (and then its parts), an uneven
+split or a slice along a channel axis, a window or pad across one, the
 indices of a max over one, a grouped conv with unequal inputs and outputs, a GroupNorm mixing
 channel blocks, tied weights, a size mismatch, a reduction, softmax or parameter across heads —
 freezes the elements it touches, as do the model's inputs and outputs. A frozen group is left
@@ -78,8 +80,31 @@ def freeze_tied(model: nn.Module, tracer: AxisTracer) -> None:
                         tracer.els.freeze(ref.el, f"tied weights {' = '.join(names)}")
 
 
+def pin_concatenations(els) -> None:
+    """A concatenation moves only as its parts do. One split into heads or read as packed
+    copies cannot move, a part laid out as packed copies or reached as a concatenation itself
+    (by a sum) is pinned, and a frozen concatenation pins its parts (its readers see them in
+    place); repeated until nothing changes, as one pin can freeze another concatenation's part."""
+    packed = {els.find(r) for r in els.packed}
+    for r in {els.find(e) for e in els.concats}:
+        if r in els.heads or r in packed:
+            els.freeze(r, "concatenation split into heads or copies")
+    changed = True
+    while changed:
+        changed = False
+        for r in {els.find(e) for e in els.concats}:
+            for p, _ in els.parts(r):
+                if p is None or els.frozen(p):
+                    continue
+                if els.frozen(r) or p in packed or p in els.concats:
+                    reason = els.reasons[r][0].split(" at ")[0] if els.frozen(r) else "of packed copies or of a sum of concatenations"
+                    els.freeze(p, reason if reason == "model output" else f"read through a concatenation that cannot move ({reason})")
+                    changed = True
+
+
 def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     els = tracer.els
+    pin_concatenations(els)
     for r, (part, _) in list(els.packed.items()):
         if els.frozen(r):  # rows of a packed projection that cannot move: neither can its heads
             els.freeze(part, els.reasons[els.find(r)][0])
@@ -90,6 +115,11 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     for r in live:
         base = els.writers[r][0] if els.writers[r] else f"group{r}"
         names[r] = base if base not in names.values() else f"{base}#{r}"
+    cats: dict[int, str] = {}  # live concatenation -> its name (not a group: it moves as its parts do)
+    for e, where in els.concat_at.items():
+        r = els.find(e)
+        if not els.frozen(r) and any(p in names for p, _ in els.parts(r)):
+            cats[r] = f"cat:{where}"
     state = model.state_dict()
     axes: dict[str, tuple[Axis | None, ...]] = {}
     for key, value in state.items():
@@ -100,8 +130,9 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
                 part, k = packed[els.find(ref.el)]
                 ref = Ref(part, ref.outer * k, ref.inner)
             root = els.find(ref.el) if ref is not None else None
-            ok = root in names and value.shape[dim] == ref.outer * els.size[root] * ref.inner
-            row.append(Axis(names[root], ref.outer, ref.inner) if ok else None)
+            name = names.get(root, cats.get(root))
+            ok = name is not None and value.shape[dim] == ref.outer * els.size[root] * ref.inner
+            row.append(Axis(name, ref.outer, ref.inner) if ok else None)
         axes[key] = tuple(row)
     units = {}
     for e, entries in tracer.units.items():
@@ -128,7 +159,9 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     grouped = {group for _, group in local.values()}
     coverage.heads = sum(count > 1 and g not in grouped for g, (_, count) in heads.items())
     coverage.grouped = len(grouped)
-    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local)
+    coverage.concats = len(cats)
+    concat = {name: tuple(names.get(p, size) for p, size in els.parts(r)) for r, name in cats.items()}
+    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local, concat)
 
 
 __all__ = ["Coverage", "TraceError", "derive_spec"]

@@ -245,7 +245,9 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
         parts = n.args[0]  # a list of tensors, or one node holding a tuple of them (pieces of a split)
         descs = list(self.d(parts) or ()) if isinstance(parts, fx.Node) else [self.d(p) for p in parts]
-        return cat_refs(self.els, descs, dim % out.dim(), out.dim(), where)
+        values = self.val(parts) if isinstance(parts, fx.Node) else [self.val(p) for p in parts]
+        dim %= out.dim()
+        return cat_refs(self.els, descs, [v.shape[dim] for v in values], dim, out.dim(), where)
 
     def getitem(self, n, out):
         dsc, index = self.d(n.args[0]), self.fetch_args_kwargs_from_env(n)[0][1]
