@@ -24,7 +24,7 @@ from fusionctl.models.trace import derive_spec
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", nargs="+", default=["resnet50", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121",
-                                                   "resnext50_32x4d", "regnet_y_400mf"])
+                                                   "resnext50_32x4d", "regnet_y_400mf", "googlenet", "inception_v3"])
     ap.add_argument("--side", type=int, default=224, help="input image side")
     args = ap.parse_args()
     print(f"threads={torch.get_num_threads()}  input 1x3x{args.side}x{args.side}")
