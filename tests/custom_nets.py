@@ -85,6 +85,26 @@ class SplitConcatNet(nn.Module):
         return self.fc(torch.relu(self.b(y)).mean((2, 3)))
 
 
+class ConcatResidualNet(nn.Module):
+    """GhostNet's pattern: blocks whose output concatenates a conv and a depthwise conv of it, added
+    to a residual stream. The summed concatenations have different parts, so each one and every
+    part freezes (a bug once forgot all but one of them and permuted the rest)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.p = nn.ModuleList([nn.Conv2d(in_channels, 3, 1)] + [nn.Conv2d(6, 3, 1) for _ in range(2)])
+        self.d = nn.ModuleList(nn.Conv2d(3, 3, 3, padding=1, groups=3) for _ in range(3))
+        self.fc1 = nn.Linear(6, 5)
+        self.fc2 = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        for k, (p, d) in enumerate(zip(self.p, self.d)):
+            y = p(x)
+            y = torch.cat([y, d(y)], 1)
+            x = y if k == 0 else x + y
+        return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
+
+
 class GatedNet(nn.Module):
     """A gated conv (GLU: one half of the channels gates the other) and a split along space whose
     halves are added back: the halves are packed copies of one group (they move together), the

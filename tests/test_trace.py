@@ -100,6 +100,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.ConcatSumNet, "concatenation combined with another tensor", [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 1)],
      [("c.weight", 0)]),
+    (custom_nets.ConcatResidualNet, "read through a concatenation that cannot move (concatenation combined with another tensor)",
+     [(f"p.{k}.weight", 0) for k in range(3)] + [("fc1.weight", 1)], [("fc1.weight", 0)]),
     (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.ArgmaxNet, "indices of a max or min", [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),

@@ -55,10 +55,12 @@ class Elements:
         self.heads: dict[int, int] = {}  # root -> number of heads its units form (they move only within and as whole heads)
         # root -> (element, k): its units are k stacked copies of that element's (q, k, v of one Linear)
         self.packed: dict[int, tuple[int, int]] = {}
-        # root -> the parts its units concatenate, in order: (element, or None for channels no
-        # group carries, size); and the op that made it
+        # concatenation element (as made, never re-keyed) -> the parts its units concatenate, in
+        # order: (element, or None for channels no group carries, size); the op that made it; and
+        # root -> the concatenations it holds (two when one is reached twice, or when a sum froze them)
         self.concats: dict[int, list[tuple[int | None, int]]] = {}
         self.concat_at: dict[int, str] = {}
+        self.members: dict[int, list[int]] = {}
 
     def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
         e = len(self.parent)
@@ -97,14 +99,11 @@ class Elements:
             self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
         if gone in self.heads:
             self.set_heads(keep, self.heads.pop(gone), where)
-        if ra in self.concats or rb in self.concats:  # one concatenation reached twice moves as one; else its layout is unknown
-            same = ra in self.concats and rb in self.concats and self.parts(ra) == self.parts(rb)
-            if not same:
+        if ra in self.members or rb in self.members:  # one concatenation reached twice moves as one; else its layout is unknown
+            if not (ra in self.members and rb in self.members and self.parts(ra) == self.parts(rb)):
                 for r in (ra, rb):
                     self.freeze(r, f"concatenation combined with another tensor at {where}")
-            if gone in self.concats:
-                self.concats.setdefault(keep, self.concats.pop(gone))
-                self.concat_at.setdefault(keep, self.concat_at.pop(gone))
+            self.members[keep] = self.members.pop(keep, []) + self.members.pop(gone, [])
         if ra in self.packed or rb in self.packed:  # a packed projection read as a whole elsewhere: its parts cannot move alone
             for r in (ra, rb):
                 self.freeze(r, f"packed projection used whole at {where}")
@@ -130,15 +129,18 @@ class Elements:
         flat: list[tuple[int | None, int]] = []
         for el, size in parts:
             root = self.find(el) if el is not None else None
-            flat += self.concats[root] if root in self.concats else [(el, size)]
+            flat += self.concats[self.members[root][0]] if root in self.members else [(el, size)]
         e = self.new(sum(size for _, size in flat))
         self.concats[e] = flat
         self.concat_at[e] = where
+        self.members[e] = [e]
         return e
 
     def parts(self, e: int) -> list[tuple[int | None, int]]:
-        """A concatenation's parts with each element replaced by its current root."""
-        return [(None if el is None else self.find(el), size) for el, size in self.concats[self.find(e)]]
+        """The parts of concatenation `e` (or of the first one its root holds), each element
+        replaced by its current root."""
+        own = e if e in self.concats else self.members[self.find(e)][0]
+        return [(None if el is None else self.find(el), size) for el, size in self.concats[own]]
 
     def set_heads(self, e: int, count: int, where: str) -> None:
         root = self.find(e)

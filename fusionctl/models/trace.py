@@ -86,17 +86,18 @@ def pin_concatenations(els) -> None:
     (by a sum) is pinned, and a frozen concatenation pins its parts (its readers see them in
     place); repeated until nothing changes, as one pin can freeze another concatenation's part."""
     packed = {els.find(r) for r in els.packed}
-    for r in {els.find(e) for e in els.concats}:
+    for r in els.members:
         if r in els.heads or r in packed:
             els.freeze(r, "concatenation split into heads or copies")
     changed = True
     while changed:
         changed = False
-        for r in {els.find(e) for e in els.concats}:
-            for p, _ in els.parts(r):
+        for c in els.concats:
+            r = els.find(c)
+            for p, _ in els.parts(c):
                 if p is None or els.frozen(p):
                     continue
-                if els.frozen(r) or p in packed or p in els.concats:
+                if els.frozen(r) or p in packed or p in els.members:
                     reason = els.reasons[r][0].split(" at ")[0] if els.frozen(r) else "of packed copies or of a sum of concatenations"
                     els.freeze(p, reason if reason == "model output" else f"read through a concatenation that cannot move ({reason})")
                     changed = True
@@ -116,10 +117,9 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         base = els.writers[r][0] if els.writers[r] else f"group{r}"
         names[r] = base if base not in names.values() else f"{base}#{r}"
     cats: dict[int, str] = {}  # live concatenation -> its name (not a group: it moves as its parts do)
-    for e, where in els.concat_at.items():
-        r = els.find(e)
+    for r, held in els.members.items():
         if not els.frozen(r) and any(p in names for p, _ in els.parts(r)):
-            cats[r] = f"cat:{where}"
+            cats[r] = f"cat:{els.concat_at[held[0]]}"
     state = model.state_dict()
     axes: dict[str, tuple[Axis | None, ...]] = {}
     for key, value in state.items():
