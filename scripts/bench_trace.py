@@ -1,6 +1,12 @@
-"""Time to derive the alignment spec of torchvision models (target: resnet50 under 10 s on 2 cores).
+"""Time to derive the alignment spec of torchvision or timm models (target: resnet50 under 10 s on 2 cores).
 
     .venv/bin/python scripts/bench_trace.py [--archs resnet50 resnext50_32x4d] [--side 224]
+    .venv/bin/python scripts/bench_trace.py --timm --archs efficientnet_b0 densenet121 --side 64 --double
+
+--timm builds the models with timm.create_model (pip install timm; not a dependency of
+fusionctl). --double runs in float64: some randomly initialised nets are chaotic (in timm's
+efficientnetv2_rw_t a 1e-15 relative change of one weight moves the outputs by 1e-6), so float32
+rounding alone can move their outputs far; a wrong permutation moves them by O(1) either way.
 
 Prints, per model, the tracing time against one plain forward pass on the same input (the
 tracer runs the model once, so the ratio is its overhead), the coverage report, and how far a
@@ -26,11 +32,19 @@ def main():
     ap.add_argument("--archs", nargs="+", default=["resnet50", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121",
                                                    "resnext50_32x4d", "regnet_y_400mf", "googlenet", "inception_v3"])
     ap.add_argument("--side", type=int, default=224, help="input image side")
+    ap.add_argument("--timm", action="store_true", help="build the models with timm.create_model")
+    ap.add_argument("--double", action="store_true", help="run in float64")
     args = ap.parse_args()
-    print(f"threads={torch.get_num_threads()}  input 1x3x{args.side}x{args.side}")
+    dtype = torch.float64 if args.double else torch.float32
+    print(f"threads={torch.get_num_threads()}  input 1x3x{args.side}x{args.side} {dtype}")
     for arch in args.archs:
-        model = torchvision.models.get_model(arch, weights=None).eval()
-        x = torch.randn(1, 3, args.side, args.side)
+        if args.timm:
+            import timm
+
+            model = timm.create_model(arch, pretrained=False).eval().to(dtype)
+        else:
+            model = torchvision.models.get_model(arch, weights=None).eval().to(dtype)
+        x = torch.randn(1, 3, args.side, args.side, dtype=dtype)
         with torch.no_grad():
             start = time.perf_counter()
             model(x)

@@ -105,6 +105,63 @@ class ConcatResidualNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
 
 
+class _ConvSame(nn.Conv2d):
+    def forward(self, x):  # timm's Conv2dSame: pads, then the functional conv
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _StdConv(nn.Conv2d):
+    def forward(self, x):  # NFNet's weight standardisation: a weight computed in forward
+        return F.conv2d(x, self.weight - self.weight.mean((1, 2, 3), keepdim=True), self.bias, padding=1)
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    def forward(self, x):  # timm's BatchNormAct2d
+        return torch.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps))
+
+
+class _GroupNorm1(nn.GroupNorm):
+    def __init__(self, channels: int):
+        super().__init__(1, channels)
+
+    def forward(self, x):
+        return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+
+
+class _CastLinear(nn.Linear):
+    def forward(self, x):  # timm's Linear
+        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+class FunctionalNet(nn.Module):
+    """Layers written as timm writes them: torch.nn subclasses whose forward calls F.conv2d after
+    a pad, F.batch_norm then an activation, F.group_norm, F.linear through casts; a learned scale
+    on a concatenation, and ConvNeXt-V2's global response norm (torch.norm over space)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, std_conv: bool = False):
+        super().__init__()
+        self.a = _ConvSame(in_channels, 6, 3)
+        self.bn = _BatchNormAct(6)
+        self.b = _ConvSame(6, 5, 3)
+        self.gamma = nn.Parameter(torch.rand(11) + 0.5)
+        self.c = (_StdConv if std_conv else _ConvSame)(11, 8, 3)
+        self.gn = _GroupNorm1(8)
+        self.fc = nn.Sequential(_CastLinear(8, 7), nn.ReLU(), nn.Linear(7, num_classes))
+
+    def forward(self, x):
+        y = self.bn(self.a(x))
+        x = torch.cat([y, torch.relu(self.b(y))], 1) * self.gamma.view(1, -1, 1, 1)
+        x = self.gn(self.c(x))
+        gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+        x = x * gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return self.fc(x.mean((2, 3)))
+
+
+class StdConvNet(FunctionalNet):
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__(in_channels, num_classes, std_conv=True)
+
+
 class GatedNet(nn.Module):
     """A gated conv (GLU: one half of the channels gates the other) and a split along space whose
     halves are added back: the halves are packed copies of one group (they move together), the

@@ -16,8 +16,9 @@ from fusionctl.commands.report import run_report
 
 pytestmark = pytest.mark.slow
 EXE = [sys.executable, "-m", "fusionctl.cli"]
-# small batches make an epoch long enough (about a second) to be killed in the middle
-SLOW = ["model.widths=[32,16]", "train.epochs=4", "train.batch_size=8", "seeds=[3]", "threads=1"]
+# small batches make an epoch long enough (0.2 to 1 s) to be killed in the middle, and enough of
+# them are left after the kill that a fast machine cannot finish first (with 4, one did)
+SLOW = ["model.widths=[32,16]", "train.epochs=10", "train.batch_size=8", "seeds=[3]", "threads=1"]
 
 
 def start(args, cwd):
@@ -54,7 +55,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_identical_weights(tmp_path, referenc
             break
         time.sleep(0.05)
     assert history is not None, "training never wrote its epoch checkpoint"
-    time.sleep(0.3)  # now inside the next epoch
+    time.sleep(0.1)  # now inside the next epoch
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list(store.glob("mnist_small/mlp-*/seed3/final.pt")), "killed before the end"

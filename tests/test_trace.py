@@ -100,6 +100,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.ConcatSumNet, "concatenation combined with another tensor", [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 1)],
      [("c.weight", 0)]),
+    (custom_nets.StdConvNet, "conv2d with a weight computed in forward", [("c.weight", 0), ("a.weight", 0), ("fc.0.weight", 1)],
+     [("fc.0.weight", 0)]),
     (custom_nets.ConcatResidualNet, "read through a concatenation that cannot move (concatenation combined with another tensor)",
      [(f"p.{k}.weight", 0) for k in range(3)] + [("fc1.weight", 1)], [("fc1.weight", 0)]),
     (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
@@ -124,8 +126,8 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
 
 
 @pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),
-                                         (custom_nets.SplitConcatNet, 8 + 4 + 6)])
-def test_resampling_matrix_products_even_splits_and_concatenations_keep_every_group_free(cls, hidden):
+                                         (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7)])
+def test_resampling_matrix_products_splits_concatenations_and_functional_layers_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()
     x = torch.randn(4, 3, 6, 6)

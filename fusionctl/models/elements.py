@@ -92,6 +92,10 @@ class Elements:
         if self.size[ra] != self.size[rb]:
             self.freeze(ra, f"size mismatch at {where}")
             self.freeze(rb, f"size mismatch at {where}")
+        # one concatenation reached twice moves as one, and a parameter's blank axis (a scale
+        # multiplying it) follows it; anything else carries units of its own in another layout
+        clash = (ra in self.members or rb in self.members) and not self.blank(ra) and not self.blank(rb) and \
+            not (ra in self.members and rb in self.members and self.parts(ra) == self.parts(rb))
         keep, gone = (ra, rb) if ra < rb else (rb, ra)
         self.parent[gone] = keep
         self.writers[keep] += self.writers[gone]
@@ -99,10 +103,9 @@ class Elements:
             self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
         if gone in self.heads:
             self.set_heads(keep, self.heads.pop(gone), where)
-        if ra in self.members or rb in self.members:  # one concatenation reached twice moves as one; else its layout is unknown
-            if not (ra in self.members and rb in self.members and self.parts(ra) == self.parts(rb)):
-                for r in (ra, rb):
-                    self.freeze(r, f"concatenation combined with another tensor at {where}")
+        if clash:
+            self.freeze(keep, f"concatenation combined with another tensor at {where}")
+        if ra in self.members or rb in self.members:
             self.members[keep] = self.members.pop(keep, []) + self.members.pop(gone, [])
         if ra in self.packed or rb in self.packed:  # a packed projection read as a whole elsewhere: its parts cannot move alone
             for r in (ra, rb):
@@ -122,6 +125,10 @@ class Elements:
         if known != count:
             self.freeze(root, f"packed projection split {count} and {known} ways at {where}")
         return part
+
+    def blank(self, r: int) -> bool:
+        """Whether root r is a parameter's axis that nothing has tied to units yet."""
+        return not self.writers[r] and r not in self.members and r not in self.packed and r not in self.reasons
 
     def concat(self, parts: list[tuple[int | None, int]], where: str) -> int:
         """The element of a concatenation of `parts` ((element or None, size) each, in order);

@@ -9,13 +9,16 @@ import torch.fx as fx
 from torch import nn
 
 from fusionctl.models import op_kinds as ops
-from fusionctl.models.axes import spatial_axes, window_refs
+from fusionctl.models.axes import spatial_axes, unify, window_refs
 from fusionctl.models.elements import Ref
 
 
+FUNCTIONAL = {"batch_norm", "group_norm", "linear", "conv1d", "conv2d", "conv3d"}
+
+
 class ModuleRules:
-    def on_module(self, n: fx.Node, m: nn.Module, out):
-        where = str(n.target)
+    def on_module(self, n: fx.Node, m: nn.Module, out, where: str | None = None):
+        where = where or str(n.target)
         x = self.d(n.args[0]) if n.args else None
         if isinstance(m, nn.Linear):
             self.link(f"{where}.weight", 1, x[-1] if x else None, where)
@@ -60,6 +63,50 @@ class ModuleRules:
             return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
         self.freeze_all([x], f"unsupported module {type(m).__name__}")
         return self.fresh(out, f"unsupported module {type(m).__name__}")
+
+    def on_functional(self, n: fx.Node, name: str, x, out):
+        """F.batch_norm, F.group_norm, F.linear, F.conv* called inside a module's forward (timm's
+        BatchNormAct2d, Conv2dSame, Linear). A parameter read only there (through casts) is linked
+        as a module's own would be; a norm's follow the channel axis, but the norm is not marked
+        as a unit's (its module may act after it, and REPAIR would read the wrong output). A linear
+        or conv whose weight is its own module's parameter is read as that module; one whose
+        weight is computed in forward freezes."""
+        arg = lambda i, key: n.args[i] if len(n.args) > i else n.kwargs.get(key)  # noqa: E731
+        if name in ("batch_norm", "group_norm"):
+            params = [arg(i, k) for i, k in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))] \
+                if name == "batch_norm" else [arg(2, "weight"), arg(3, "bias")]
+            groups = arg(1, "num_groups") if name == "group_norm" else 1
+            channels = x[1] if x is not None else None
+            if channels is not None and groups not in (1, self.val(n.args[0]).shape[1]):
+                self.els.freeze(channels.el, f"GroupNorm with {groups} groups")
+            for p in params:
+                key = self.claim(p)
+                if key is not None:
+                    self.link(key, 0, channels, str(n.name))
+                elif isinstance(p, fx.Node) and self.d(p) is not None:
+                    unify(self.els, self.d(p)[0], channels, str(n.name))
+            return list(x) if x is not None else self.fresh(out, name)
+        weight, bias = arg(1, "weight"), arg(2, "bias")
+        keys = [self.claim(weight)] + ([self.claim(bias)] if bias is not None else [])
+        owner = keys[0].rsplit(".", 1)[0] if keys[0] is not None and keys[0].endswith(".weight") else None
+        m = self.original.get_submodule(owner) if owner else None
+        kind = nn.Linear if name == "linear" else nn.modules.conv._ConvNd
+        if not (isinstance(m, kind) and keys[1:] in ([], [f"{owner}.bias"]) and (bias is None) == (m.bias is None)
+                and (name == "linear" or arg(6, "groups") in (None, m.groups))):
+            self.freeze_all([x, *(self.d(a) for a in (weight, bias) if isinstance(a, fx.Node))], f"{name} with a weight computed in forward")
+            return self.fresh(out, f"{name} with a weight computed in forward")
+        return self.on_module(n, m, out, where=owner)
+
+    def claim(self, node) -> str | None:
+        """The state key of a parameter that `node` reads and nothing else does (through casts), its
+        get_attr links dropped so the caller links it; else None."""
+        while isinstance(node, fx.Node) and len(node.users) == 1 and node.op in ("call_method", "call_function") and node.args and \
+                str(getattr(node.target, "__name__", node.target)) in ("to", "type", "float", "half", "contiguous", "type_as"):
+            node = node.args[0]
+        if not (isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == 1 and str(node.target) in self._dims):
+            return None
+        self.links.pop(str(node.target), None)
+        return str(node.target)
 
     def conv(self, n, m, x, where, out):
         x = window_refs(self.els, x, len(x) - 2, where)  # the kernel mixes the spatial axes

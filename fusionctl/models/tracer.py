@@ -24,7 +24,7 @@ from fusionctl.models.axes import (
     window_refs,
 )
 from fusionctl.models.elements import Elements, Ref
-from fusionctl.models.module_rules import ModuleRules
+from fusionctl.models.module_rules import FUNCTIONAL, ModuleRules
 
 
 class AxisTracer(ModuleRules, fx.Interpreter):
@@ -179,6 +179,11 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return self.layer_norm(n, x, len(shape) if isinstance(shape, (tuple, list)) else 1, where, weight is not None, weight=weight, bias=bias)
         if name == "cat":
             return self.cat(n, out, where)
+        if name in FUNCTIONAL:
+            return self.on_functional(n, name, x, out)
+        if name in ("norm", "vector_norm"):  # (input, p, dim, keepdim): a reduction over dim
+            return reduce_refs(x, self.dim_arg(n, 2) if len(n.args) > 2 or "dim" in n.kwargs else None, len(x),
+                               n.kwargs.get("keepdim", n.args[3] if len(n.args) > 3 else False), out.dim())
         if name in ("getitem", "getattr"):
             return self.getitem(n, out)
         self.freeze_all([self.d(a) for a in tensors], f"unsupported op {name}")
