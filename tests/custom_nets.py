@@ -136,7 +136,8 @@ class _CastLinear(nn.Linear):
 class FunctionalNet(nn.Module):
     """Layers written as timm writes them: torch.nn subclasses whose forward calls F.conv2d after
     a pad, F.batch_norm then an activation, F.group_norm, F.linear through casts; a learned scale
-    on a concatenation, and ConvNeXt-V2's global response norm (torch.norm over space)."""
+    on a concatenation, ConvNeXt-V2's global response norm (torch.norm over space, addcmul), a
+    leaky ReLU by torch.where and a reshape_as."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, std_conv: bool = False):
         super().__init__()
@@ -146,6 +147,7 @@ class FunctionalNet(nn.Module):
         self.gamma = nn.Parameter(torch.rand(11) + 0.5)
         self.c = (_StdConv if std_conv else _ConvSame)(11, 8, 3)
         self.gn = _GroupNorm1(8)
+        self.grn = nn.Parameter(torch.rand(2, 8))
         self.fc = nn.Sequential(_CastLinear(8, 7), nn.ReLU(), nn.Linear(7, num_classes))
 
     def forward(self, x):
@@ -153,7 +155,8 @@ class FunctionalNet(nn.Module):
         x = torch.cat([y, torch.relu(self.b(y))], 1) * self.gamma.view(1, -1, 1, 1)
         x = self.gn(self.c(x))
         gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
-        x = x * gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        x = torch.addcmul(self.grn[1].view(1, -1, 1, 1), self.grn[0].view(1, -1, 1, 1), x * gx / (gx.mean(dim=1, keepdim=True) + 1e-6)) + x
+        x = torch.where(x > 0, x, 0.1 * x).flatten(2).reshape_as(x)
         return self.fc(x.mean((2, 3)))
 
 

@@ -8,13 +8,15 @@ UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hards
          "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
          "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs", "exp", "square", "sqrt",
          "softmax", "log_softmax", "identity"}  # element-wise or along one axis: every axis keeps its element
-BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum"}
+# element-wise over broadcast operands (addcmul, addcdiv, lerp and where take three)
+BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum", "addcmul", "addcdiv",
+          "lerp", "where", "gt", "lt", "ge", "le", "eq", "ne"}
 REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
 POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
         "interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}  # over every axis after (N, C)
 MATMUL = {"matmul", "mm", "bmm"}
-RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
+RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "reshape_as", "view_as"}
 PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
 SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
