@@ -34,9 +34,9 @@ class ModelConfig:
     bias: bool = False
     batch_norm: bool = False  # CNNs only
     embed: int = 0  # recurrent models on text: size of the token embedding (its units are aligned too)
-    arch: str = ""  # model=torchvision: the classifier's name in torchvision.models (resnet18, mobilenet_v3_small, ...)
+    arch: str = ""  # model=torchvision or timm: the classifier's name there (resnet18, mobilenet_v3_small, efficientnet_b0, ...)
     target: str = ""  # model=custom: import path of an nn.Module class or factory, e.g. mypkg.nets.MyNet
-    kwargs: Optional[dict] = None  # model=custom (and torchvision): keyword arguments of the constructor
+    kwargs: Optional[dict] = None  # model=custom (and torchvision, timm): keyword arguments of the constructor
     spec: str = ""  # model=custom: import path of a function returning its AlignmentSpec (instead of tracing)
 
 

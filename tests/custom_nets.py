@@ -165,6 +165,24 @@ class StdConvNet(FunctionalNet):
         super().__init__(in_channels, num_classes, std_conv=True)
 
 
+class ReusedWeightNet(nn.Module):
+    """Calls a Linear, then reads its weight again through F.linear on another branch."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Linear(in_channels, 5)
+        self.b = nn.Linear(in_channels, 5)
+        self.lin = nn.Linear(5, 5)
+        self.fc = nn.Linear(5, 6)
+        self.out = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = x.mean((2, 3))
+        h = torch.relu(self.lin(torch.relu(self.a(x))))
+        g = torch.relu(F.linear(torch.relu(self.b(x)), self.lin.weight, self.lin.bias))
+        return self.out(torch.relu(self.fc(h + g)))
+
+
 class GatedNet(nn.Module):
     """A gated conv (GLU: one half of the channels gates the other) and a split along space whose
     halves are added back: the halves are packed copies of one group (they move together), the

@@ -77,6 +77,7 @@ CASES = [
      "give example inputs of the shape the model expects"),
     (["train", "model=custom", "model.target=tests.custom_nets.Nope"], 1, "cannot import model.target=tests.custom_nets.Nope"),
     (["train", "model=torchvision", "model.arch=resnet9000"], 1, "torchvision has no classification model 'resnet9000'"),
+    (["train", "model=timm", "model.arch=resnet9000"], 1, "timm has no model 'resnet9000'"),
     (["fuse", "models=[{seed0},{custom0}]"], 1, "fuse models of one architecture"),
     (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.width=4"], 2,
      "model=custom has no setting 'width'; its settings are: target, kwargs, spec"),
@@ -127,7 +128,7 @@ def command_line(args, work, store: Path, run_dir: Path) -> list[str]:
     full = [a.format(**work) for a in args]
     if full[0] in ("train", "fuse", "landscape"):
         keys = {a.split("=", 1)[0] for a in full[1:]}
-        if any(a in full for a in ("model=custom", "model=torchvision")):
+        if any(a in full for a in ("model=custom", "model=torchvision", "model=timm")):
             keys.add("model.widths")  # traced models have no widths
         full = [full[0], *[e for e in [f"store_dir={store}", *TINY] if e.split("=", 1)[0] not in keys], *full[1:]]
         if not any(a.startswith("hydra.run.dir=") for a in full):

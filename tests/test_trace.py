@@ -4,6 +4,8 @@ the built-ins, frozen (never wrong) where the tracer cannot vouch for a permutat
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 from dataclasses import replace
 
 import pytest
@@ -74,6 +76,26 @@ def test_torchvision_nets_keep_their_function_under_every_traced_permutation(arc
     assert_permutation_keeps_function(model, spec, x)
 
 
+# timm writes layers as torch.nn subclasses calling the functional ops (BatchNormAct2d, Conv2dSame)
+TIMM = ["efficientnet_b0", "densenet121", "cspresnet50", "convnextv2_atto", "regnetx_002", "ghostnet_100"]
+TIMM_PARTLY_FROZEN = {"ghostnet_100": "concatenation combined with another tensor"}
+
+
+@pytest.mark.parametrize("arch", TIMM)
+def test_timm_nets_keep_their_function_under_every_traced_permutation(arch):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = random_stats(timm.create_model(arch, pretrained=False, num_classes=10))
+    x = torch.randn(2, 3, 32, 32)
+    spec = derive_spec(model, x)
+    print(f"{arch}: {spec.coverage}")
+    if arch in TIMM_PARTLY_FROZEN:
+        assert TIMM_PARTLY_FROZEN[arch] in str(spec.coverage) and 0 < spec.coverage.permutable < spec.coverage.hidden
+    else:
+        assert spec.coverage.permutable == spec.coverage.hidden > 0, str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
 BUILT_INS = [(ModelConfig("mlp", [10, 8, 7], True), (1, 6, 6)), (ModelConfig("mlp", [10, 8], False), (1, 6, 6)),
              (ModelConfig("vgg11", [6, 6, 8, 8, 8, 8, 8, 8, 6, 6], True, True), (3, 12, 12)),
              (ModelConfig("vgg11", [6, 6, 8, 8, 8, 8, 8, 8, 6, 6], False, False), (1, 28, 28)),
@@ -100,7 +122,9 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.ConcatSumNet, "concatenation combined with another tensor", [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 1)],
      [("c.weight", 0)]),
-    (custom_nets.StdConvNet, "conv2d with a weight computed in forward", [("c.weight", 0), ("a.weight", 0), ("fc.0.weight", 1)],
+    (custom_nets.ReusedWeightNet, "linear with a weight computed in forward or read elsewhere", [("lin.weight", 0), ("lin.weight", 1),
+     ("b.weight", 0)], [("fc.weight", 0)]),
+    (custom_nets.StdConvNet, "conv2d with a weight computed in forward or read elsewhere", [("c.weight", 0), ("a.weight", 0), ("fc.0.weight", 1)],
      [("fc.0.weight", 0)]),
     (custom_nets.ConcatResidualNet, "read through a concatenation that cannot move (concatenation combined with another tensor)",
      [(f"p.{k}.weight", 0) for k in range(3)] + [("fc1.weight", 1)], [("fc1.weight", 0)]),
@@ -295,7 +319,7 @@ def test_untraceable_models_and_wrong_inputs_are_one_clear_error():
         derive_spec(custom_nets.SmallNet(in_channels=1), torch.randn(2, 3, 12, 12))
 
 
-def test_custom_models_build_through_the_registry_with_the_dataset_sizes():
+def test_custom_models_build_through_the_registry_with_the_dataset_sizes(monkeypatch):
     cfg = ModelConfig("custom", target="tests.custom_nets.SmallNet", kwargs={"width": 6})
     model = build_model(cfg, (1, 12, 12), 7)
     assert model.head[-1].out_features == 7 and model.stem[0].in_channels == 1 and model.stem[0].out_channels == 6
@@ -304,6 +328,14 @@ def test_custom_models_build_through_the_registry_with_the_dataset_sizes():
         build_model(ModelConfig("custom", target="tests.custom_nets.Nope"), (1, 12, 12), 7)
     with pytest.raises(FusionctlError, match="cannot be traced"):
         model_spec(ModelConfig("custom", target="tests.custom_nets.Untraceable"), (3, 4, 4), 2)
+    if importlib.util.find_spec("timm"):  # model=timm: classes and input channels from the dataset, small images resized up
+        model = build_model(ModelConfig("timm", arch="resnet18"), (1, 12, 12), 7)
+        assert model(torch.randn(2, 1, 12, 12)).shape == (2, 7) and model.size == [32, 32]
+        spec = model_spec(ModelConfig("timm", arch="resnet18"), (1, 12, 12), 7)
+        assert spec.coverage.permutable == spec.coverage.hidden == 2880
+    monkeypatch.setitem(sys.modules, "timm", None)  # as where timm is not installed
+    with pytest.raises(FusionctlError, match=r"model=timm needs the timm package: .venv/bin/pip install timm"):
+        build_model(ModelConfig("timm", arch="resnet18"), (1, 12, 12), 7)
 
 
 def test_a_sum_over_heads_freezes_them():

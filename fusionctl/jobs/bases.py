@@ -62,7 +62,7 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
         other = b.model_cfg
         if (other.name, other.bias, other.arch, other.target, other.kwargs) != (first.name, first.bias, first.arch, first.target, first.kwargs):
             def named(mc):
-                return describe(mc) if mc.name in ("custom", "torchvision") else f"{describe(mc)} (bias={mc.bias})"
+                return describe(mc) if mc.name in TRACED else f"{describe(mc)} (bias={mc.bias})"
             raise FusionctlError(f"{b.path} is a {named(other)} but {bases[0].path} is a {named(first)}; fuse models of one architecture")
         if len(other.widths) != len(first.widths):
             raise FusionctlError(f"{b.path} has {len(other.widths)} hidden layers but {bases[0].path} has {len(first.widths)}; fusion is layer-wise and needs equal depth")

@@ -22,7 +22,7 @@ from fusionctl.models.cnn import (
     resnet_spec,
     vgg11_spec,
 )
-from fusionctl.models.external import TorchvisionNet, custom_model, custom_spec, example_input
+from fusionctl.models.external import TimmNet, TorchvisionNet, custom_model, custom_spec, example_input
 from fusionctl.models.mlp import MLP, mlp_spec
 from fusionctl.models.recurrent import RecurrentClassifier, recurrent_spec
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
@@ -74,6 +74,7 @@ REGISTRY: dict[str, ModelEntry] = {
     "resnet20": _resnet(RESNET20, [6, 8, 10]),
     "torchvision": ModelEntry(lambda c, shape, k, vocab: TorchvisionNet(c.arch, shape, k, c.kwargs), None, inputs="image",
                               tiny={"arch": "mobilenet_v3_small"}),
+    "timm": ModelEntry(lambda c, shape, k, vocab: TimmNet(c.arch, shape, k, c.kwargs), None, inputs="image"),
     "custom": ModelEntry(lambda c, shape, k, vocab: custom_model(c.target, shape, k, c.kwargs), None, inputs="any"),
 }
 TRACED = tuple(name for name, e in REGISTRY.items() if e.spec is None)
@@ -97,6 +98,8 @@ def _checked(cfg: ModelConfig) -> ModelConfig:
     if cfg.name in TRACED:
         if cfg.name == "torchvision" and not cfg.arch:
             raise FusionctlError("model=torchvision needs model.arch, a torchvision classifier such as resnet18 or mobilenet_v3_small")
+        if cfg.name == "timm" and not cfg.arch:
+            raise FusionctlError("model=timm needs model.arch, a timm model such as resnet18 or efficientnet_b0")
         if cfg.name == "custom" and not cfg.target:
             raise FusionctlError("model=custom needs model.target, the import path of your nn.Module class, e.g. mypkg.nets.MyNet")
         return cfg
@@ -125,7 +128,7 @@ def build_model(cfg: ModelConfig, input_shape, num_classes: int, vocab: int = 0)
 
 
 def describe(cfg: ModelConfig) -> str:
-    return {"torchvision": f"torchvision {cfg.arch}", "custom": cfg.target}.get(cfg.name, cfg.name)
+    return {"torchvision": f"torchvision {cfg.arch}", "timm": f"timm {cfg.arch}", "custom": cfg.target}.get(cfg.name, cfg.name)
 
 
 def architecture(cfg: ModelConfig) -> str:

@@ -1,9 +1,9 @@
-"""Networks fusionctl did not write: any torchvision classifier, or a user's own class by import path.
+"""Networks fusionctl did not write: any torchvision or timm classifier, or a user's own class by import path.
 
-Both are aligned through a traced spec (trace.py). Classes and input channels come from the
-dataset: a torchvision net's first convolution is rebuilt for the dataset's channels, and images
-smaller than MIN_SIDE are resized up on the way in (the ImageNet nets' strides would shrink them
-to nothing). A custom class (importable from the folder fusionctl runs in, or installed) receives
+All are aligned through a traced spec (trace.py). Classes and input channels come from the
+dataset: a torchvision net's first convolution is rebuilt for the dataset's channels (timm takes
+them as in_chans), and images smaller than MIN_SIDE are resized up on the way in (the ImageNet
+nets' strides would shrink them to nothing). A custom class (importable from the folder fusionctl runs in, or installed) receives
 `model.kwargs`, plus `num_classes`, `in_channels` and `input_shape` when its constructor takes them.
 """
 
@@ -23,20 +23,13 @@ from fusionctl.models.spec import AlignmentSpec
 MIN_SIDE = 32
 
 
-class TorchvisionNet(nn.Module):
-    """A torchvision classifier for (C, H, W) inputs of any channel count and size."""
+class ImageNetStyle(nn.Module):
+    """An ImageNet classifier (`net`) for (C, H, W) inputs of any size: smaller images are resized up on the way in."""
 
-    def __init__(self, arch: str, input_shape: tuple, num_classes: int, kwargs: dict | None = None):
+    def __init__(self, input_shape: tuple):
         super().__init__()
-        import torchvision
-
-        if arch not in torchvision.models.list_models(module=torchvision.models):
-            raise ValueError(f"torchvision has no classification model '{arch}'; see torchvision.models.list_models()")
-        self.net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **(kwargs or {}))
         if len(input_shape) != 3:
-            raise ValueError(f"torchvision models read images (C, H, W), the dataset gives shape {tuple(input_shape)}")
-        if input_shape[0] != 3:
-            _rebuild_first_conv(self.net, input_shape[0])
+            raise ValueError(f"these models read images (C, H, W), the dataset gives shape {tuple(input_shape)}")
         small = min(input_shape[1:]) < MIN_SIDE
         self.size = [max(MIN_SIDE, s) for s in input_shape[1:]] if small else None
 
@@ -44,6 +37,34 @@ class TorchvisionNet(nn.Module):
         if self.size is not None:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         return self.net(x)
+
+
+class TorchvisionNet(ImageNetStyle):
+    """A torchvision classifier for (C, H, W) inputs of any channel count and size."""
+
+    def __init__(self, arch: str, input_shape: tuple, num_classes: int, kwargs: dict | None = None):
+        super().__init__(input_shape)
+        import torchvision
+
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"torchvision has no classification model '{arch}'; see torchvision.models.list_models()")
+        self.net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **(kwargs or {}))
+        if input_shape[0] != 3:
+            _rebuild_first_conv(self.net, input_shape[0])
+
+
+class TimmNet(ImageNetStyle):
+    """A timm classifier (random init; timm is optional: pip install timm) for (C, H, W) inputs of any channel count and size."""
+
+    def __init__(self, arch: str, input_shape: tuple, num_classes: int, kwargs: dict | None = None):
+        super().__init__(input_shape)
+        try:
+            import timm
+        except ImportError as exc:
+            raise ValueError("model=timm needs the timm package: .venv/bin/pip install timm (or pip install 'fusionctl[timm]')") from exc
+        if not timm.is_model(arch):
+            raise ValueError(f"timm has no model '{arch}'; see timm.list_models()")
+        self.net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **(kwargs or {}))
 
 
 def _rebuild_first_conv(net: nn.Module, channels: int) -> None:

@@ -70,7 +70,7 @@ class ModuleRules:
         as a module's own would be; a norm's follow the channel axis, but the norm is not marked
         as a unit's (its module may act after it, and REPAIR would read the wrong output). A linear
         or conv whose weight is its own module's parameter is read as that module; one whose
-        weight is computed in forward freezes."""
+        weight is computed in forward, or read elsewhere too, freezes."""
         arg = lambda i, key: n.args[i] if len(n.args) > i else n.kwargs.get(key)  # noqa: E731
         if name in ("batch_norm", "group_norm"):
             params = [arg(i, k) for i, k in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))] \
@@ -93,20 +93,23 @@ class ModuleRules:
         kind = nn.Linear if name == "linear" else nn.modules.conv._ConvNd
         if not (isinstance(m, kind) and keys[1:] in ([], [f"{owner}.bias"]) and (bias is None) == (m.bias is None)
                 and (name == "linear" or arg(6, "groups") in (None, m.groups))):
-            self.freeze_all([x, *(self.d(a) for a in (weight, bias) if isinstance(a, fx.Node))], f"{name} with a weight computed in forward")
-            return self.fresh(out, f"{name} with a weight computed in forward")
+            reason = f"{name} with a weight computed in forward or read elsewhere"
+            self.freeze_all([x, *(self.d(a) for a in (weight, bias) if isinstance(a, fx.Node))], reason)
+            return self.fresh(out, reason)
         return self.on_module(n, m, out, where=owner)
 
     def claim(self, node) -> str | None:
-        """The state key of a parameter that `node` reads and nothing else does (through casts), its
+        """The state key of a parameter that `node` reads and nothing else has (through casts), its
         get_attr links dropped so the caller links it; else None."""
         while isinstance(node, fx.Node) and len(node.users) == 1 and node.op in ("call_method", "call_function") and node.args and \
                 str(getattr(node.target, "__name__", node.target)) in ("to", "type", "float", "half", "contiguous", "type_as"):
             node = node.args[0]
-        if not (isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == 1 and str(node.target) in self._dims):
-            return None
-        self.links.pop(str(node.target), None)
-        return str(node.target)
+        key = str(node.target) if isinstance(node, fx.Node) and node.op == "get_attr" else None
+        if key not in self._dims or len(node.users) != 1 or self.linked_at.get(key, {key}) != {key}:
+            return None  # read elsewhere too (a module call, another op): unified with those reads instead
+        self.links.pop(key, None)
+        self.linked_at.pop(key, None)
+        return key
 
     def conv(self, n, m, x, where, out):
         x = window_refs(self.els, x, len(x) - 2, where)  # the kernel mixes the spatial axes

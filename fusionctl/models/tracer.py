@@ -34,6 +34,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         self.els = Elements()
         self.desc: dict[fx.Node, object] = {}  # node -> list[Ref | None] per axis (or a tuple of them)
         self.links: dict[str, list[Ref | None]] = {}  # state key -> per-axis element
+        self.linked_at: dict[str, set[str]] = {}  # state key -> where it was linked (its own get_attr: the key)
         self.units: dict[int, list[list]] = {}  # opened element -> [[writer, norm or None]]
         self.writer_node: dict[fx.Node, list] = {}  # node whose value is a writer's output (through reshapes) -> its unit
         self.attention_blocks: dict[int, str] = {}  # element of an nn.MultiheadAttention's channels -> the block
@@ -55,6 +56,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
 
     def link(self, key: str, dim: int, ref: Ref | None, where: str) -> None:
         """Tie axis `dim` of state entry `key` to `ref` (unifying with an earlier use of the entry)."""
+        self.linked_at.setdefault(key, set()).add(where)
         axes = self.links.setdefault(key, [None] * self.state_dims(key))
         if ref is None:
             return
