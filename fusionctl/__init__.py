@@ -2,6 +2,7 @@
 
 Python API (torch is imported on first use, so the command line starts fast):
 fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, ...), see fusionctl/api.py;
+fusionctl.alignment_report(spec, model): what a spec aligns, group by group (markdown);
 fusionctl.AlignmentSpec, Axis and Unit to write a spec by hand (fusionctl/models/spec.py).
 """
 
@@ -13,6 +14,10 @@ def __getattr__(name: str):
         from fusionctl import api
 
         return getattr(api, name)
+    if name == "alignment_report":
+        from fusionctl.models.spec_report import alignment_report
+
+        return alignment_report
     if name in ("AlignmentSpec", "Axis", "Unit"):  # for writing a spec by hand
         from fusionctl.models import spec
 

@@ -80,6 +80,8 @@ def test_train_then_fuse_end_to_end(work):
     couplings = torch.load(out / "couplings_wb.pt", weights_only=True)
     assert len(couplings["couplings"]) == 2 and couplings["couplings"][0]["h1"].shape == (24, 24)
     assert torch.load(out / "fused_wb.pt", weights_only=True)["format"] == "fusionctl.model/1"
+    report = (out / "alignment.md").read_text()  # the hand-written MLP spec: its two hidden layers
+    assert "# Alignment: 2 groups, 36 hidden units" in report and "| `h1` | 24 | any permutation | `layers.0` |" in report
     assert "wb" in again.stdout or again.returncode == 0
 
 

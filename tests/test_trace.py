@@ -17,6 +17,7 @@ from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import build_model, load_state, model_spec
 from fusionctl.models.concat import join_state, split_spec, split_state
 from fusionctl.models.spec import Axis
+from fusionctl.models.spec_report import alignment_report
 from fusionctl.models.trace import TraceError, derive_spec
 from tests import custom_nets
 
@@ -301,6 +302,18 @@ def test_a_concatenation_moves_as_its_parts_do(flat):
         replace(spec, concat={name: (a, "nowhere", 3)}).check_fits(model)
     with pytest.raises(ValueError, match="concatenation .* has 9 channels, not 10"):
         replace(spec, concat={name: (a, b, 2)}).check_fits(model)
+
+
+def test_the_alignment_report_names_every_group_concatenation_and_freeze():
+    concat, grouped, roll = custom_nets.ConcatNet().eval(), custom_nets.GroupedNet().eval(), custom_nets.RollNet().eval()
+    x = torch.randn(2, 3, 6, 6)
+    report = alignment_report(derive_spec(concat, x), concat)
+    assert "# Alignment: 3 groups, 13 hidden units" in report and "| `c` | 6 | any permutation | `c` | `c.weight`[0], `c.bias`[0], `fc.weight`[1] |" in report
+    assert "| `cat:cat` | `a` (4) + `b` (3) + 3 fixed | `c.weight`[1] |" in report
+    report = alignment_report(derive_spec(grouped, x), grouped)
+    assert "4 grouped-conv blocks: whole, and within each" in report and "`grouped.0.weight`[1 within each block]" in report
+    report = alignment_report(derive_spec(roll, x), roll)
+    assert "- unsupported op roll: `a`" in report and "Entries no group indexes (3; averaged as they are): `a.weight`, `a.bias`, `fc.bias`" in report
 
 
 def test_a_c_h_w_flatten_expands_the_channel_axis():

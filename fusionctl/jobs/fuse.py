@@ -33,7 +33,8 @@ from fusionctl.jobs.bases import (
 )
 from fusionctl.jobs.post import apply_post, check_post, post_defined, reference_source
 from fusionctl.models import TRACED, build_from_state, config_for, random_target_factory
-from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic
+from fusionctl.models.spec_report import alignment_report
+from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic, write_text_atomic
 from fusionctl.training import finetune
 from fusionctl.versions import versions
 
@@ -166,6 +167,8 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         rows.append({"role": "ensemble", "method": "ensemble", "seed": "all", "split": split_name, "post": "none", "stage": "one-shot",
                      "accuracy": float((p.argmax(1) == y).float().mean()), "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), y)), "fuse_time_s": 0.0,
                      "settings": "", "ot": "", "reg": float("nan")})
+    write_text_atomic(alignment_report(spec, bases[0].state), out_dir / "alignment.md")
+    log.info("what is aligned, group by group: %s", out_dir / "alignment.md")
     label = "+".join(b.label for b in bases)
     aligned = reference_source(bases[0].model_cfg, splits, [b.state for b in bases], spec, device)
     for method in methods:

@@ -2,7 +2,9 @@
 
 A torch.fx Interpreter runs the model on example inputs and gives every axis of every tensor an
 element of a union-find (PLeaS-Merging's design): Linear/Conv/Embedding outputs open an element
-(a candidate group of hidden units, written by that module); element-wise binary ops (residual
+(a candidate group of hidden units, written by that module), and so do F.linear / F.conv* called
+on a module's own weight inside a torch.nn subclass (timm's layers; F.batch_norm and
+F.group_norm there are read as the norms); element-wise binary ops (residual
 adds, gates) unify their operands' elements; norms, activations, pooling, dropout, permutes and
 reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps the channel
 element with inner = H*W; a depthwise conv keeps its input's element, and so does a grouped conv
