@@ -183,6 +183,38 @@ class ReusedWeightNet(nn.Module):
         return self.out(torch.relu(self.fc(h + g)))
 
 
+class SelectiveKernelNet(nn.Module):
+    """SKNet's pattern: two conv paths stacked on a new axis, weighted by a softmax over the paths and
+    summed: the stack ties the paths' channels into one group."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.paths = nn.ModuleList([nn.Conv2d(in_channels, 6, 3, padding=1), nn.Conv2d(in_channels, 6, 5, padding=2)])
+        self.select = nn.Linear(6, 2)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        paths = torch.stack([torch.relu(p(x)) for p in self.paths], 1)  # (N, 2, 6, H, W)
+        weights = self.select(paths.sum(1).mean((2, 3))).softmax(1)
+        return self.fc((paths * weights[:, :, None, None, None]).sum(1).mean((2, 3)))
+
+
+class HStackNet(nn.Module):
+    """Joins two layers' units with torch.hstack, an op the tracer does not know and that takes a list."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Linear(in_channels, 4)
+        self.b = nn.Linear(in_channels, 3)
+        self.c = nn.Linear(in_channels, 5)
+        self.fc = nn.Linear(7, num_classes)
+        self.out = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        x = x.mean((2, 3))
+        return self.fc(torch.hstack([torch.relu(self.a(x)), torch.relu(self.b(x))])) + self.out(torch.relu(self.c(x)))
+
+
 class GatedNet(nn.Module):
     """A gated conv (GLU: one half of the channels gates the other) and a split along space whose
     halves are added back: the halves are packed copies of one group (they move together), the

@@ -208,3 +208,22 @@ def cat_refs(els: Elements, descs: list, sizes: list, dim: int, ndim: int, where
                 acc = unify(els, acc, r, where)
             result[axis] = acc
     return result
+
+
+def stack_refs(els: Elements, descs: list, dim: int, ndim: int, where: str) -> list:
+    """torch.stack along a new axis `dim` of an `ndim`-axis output: the inputs' axes unify one by one
+    (a Selective Kernel's paths are summed over the new axis later), which itself carries no element."""
+    known = [dsc for dsc in descs if dsc is not None]
+    if len(known) < len(descs):  # a stacked input the tracer did not follow: its order is unknown
+        for dsc in known:
+            for r in dsc:
+                if r is not None:
+                    els.freeze(r.el, f"stacked with an unaligned tensor at {where}")
+        return [None] * ndim
+    result = []
+    for axis in range(ndim - 1):
+        acc, *rest = [dsc[axis] for dsc in known]
+        for r in rest:
+            acc = unify(els, acc, r, where)
+        result.append(acc)
+    return result[:dim] + [None] + result[dim:]

@@ -61,8 +61,14 @@ class ModuleRules:
             return window_refs(self.els, x, len(m.padding) // 2, where)
         if isinstance(m, nn.Flatten):
             return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
-        self.freeze_all([x], f"unsupported module {type(m).__name__}")
+        self.freeze_all(self.all_descs((n.args, n.kwargs)), f"unsupported module {type(m).__name__}")  # every input
         return self.fresh(out, f"unsupported module {type(m).__name__}")
+
+    def all_descs(self, args) -> list:
+        """The descriptors of every node in `args`, however nested (lists of tensors included)."""
+        found: list = []
+        fx.node.map_arg(args, lambda node: found.append(self.d(node)))
+        return found
 
     def on_functional(self, n: fx.Node, name: str, x, out):
         """F.batch_norm, F.group_norm, F.linear, F.conv* called inside a module's forward (timm's

@@ -23,7 +23,8 @@ a concatenation split into heads or added to another tensor (and then its parts)
 split or a slice along a channel axis, a window or pad across one, the
 indices of a max over one, a grouped conv with unequal inputs and outputs, a GroupNorm mixing
 channel blocks, tied weights, a size mismatch, a reduction, softmax or parameter across heads —
-freezes the elements it touches, as do the model's inputs and outputs. A frozen group is left
+freezes the elements it touches (every input of an unknown op, lists of tensors included), as do
+the model's inputs and outputs; torch.stack unifies its inputs' axes. A frozen group is left
 unpermuted, never permuted wrongly, and the coverage report names why.
 """
 

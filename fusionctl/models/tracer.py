@@ -20,6 +20,7 @@ from fusionctl.models.axes import (
     reshape_refs,
     spatial_axes,
     split_refs,
+    stack_refs,
     unify,
     window_refs,
 )
@@ -108,7 +109,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
                     self.link(key, dim, ref, key)
             return refs
         if n.op == "output":
-            self.freeze_all(_flat_descs(self, n.args), "model output")
+            self.freeze_all(self.all_descs(n.args), "model output")
             return None
         if n.op == "call_module":
             return self.on_module(n, self.original.get_submodule(str(n.target)), out)
@@ -181,6 +182,11 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return self.layer_norm(n, x, len(shape) if isinstance(shape, (tuple, list)) else 1, where, weight is not None, weight=weight, bias=bias)
         if name == "cat":
             return self.cat(n, out, where)
+        if name == "stack":
+            parts = n.args[0]
+            descs = list(self.d(parts) or ()) if isinstance(parts, fx.Node) else [self.d(p) for p in parts]
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            return stack_refs(self.els, descs, dim % out.dim(), out.dim(), where)
         if name in FUNCTIONAL:
             return self.on_functional(n, name, x, out)
         if name in ("norm", "vector_norm"):  # (input, p, dim, keepdim): a reduction over dim
@@ -188,7 +194,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
                                n.kwargs.get("keepdim", n.args[3] if len(n.args) > 3 else False), out.dim())
         if name in ("getitem", "getattr"):
             return self.getitem(n, out)
-        self.freeze_all([self.d(a) for a in tensors], f"unsupported op {name}")
+        self.freeze_all(self.all_descs((n.args, n.kwargs)), f"unsupported op {name}")  # lists of tensors too (a stack)
         return self.fresh(out, f"unsupported op {name}")
 
     def binary(self, n, out, where):
@@ -268,8 +274,3 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             self.freeze_all([dsc], "indexing a tensor")
         return basic if basic is not None else self.fresh(out, "indexing a tensor")
 
-
-def _flat_descs(tracer, args) -> list:
-    found: list = []
-    fx.node.map_arg(args, lambda node: found.append(tracer.d(node)))
-    return found
