@@ -1,14 +1,15 @@
-"""Trace one model of every timm family and check that a random permutation of every group keeps its function.
+"""Trace one model per timm name prefix and check that a random permutation of every group keeps its function.
 
     .venv/bin/pip install timm   # in the test extra
     .venv/bin/python scripts/survey_timm.py [--families 40] [--timeout 20] [--side 64]
 
-Per family (timm model names up to the first '_' and digits) it takes the smallest-named variant
+Per name prefix (a timm model name up to the first '_', trailing digits dropped: a rough family)
+it takes the smallest-named variant
 (tiny, small, nano, ... first), random init, float64 (some random-init nets are chaotic enough
 that float32 rounding alone moves their outputs), a random classifier head (timm zero-inits some),
 and 64x64 inputs unless the model needs its own size. Prints the coverage and the relative output
 change per model, flags changes above 1e-6 as WRONG, and ends with the counts and the most
-common reasons for freezing. About 5 minutes for all families on 2 cores.
+common reasons for freezing. About 5 minutes for all prefixes on 2 cores.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def check(timm, arch: str, side: int) -> tuple[float, object]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--families", type=int, default=0, help="only the first N families (0: all)")
+    ap.add_argument("--families", type=int, default=0, help="only the first N name prefixes (0: all)")
     ap.add_argument("--timeout", type=int, default=20, help="seconds per model")
     ap.add_argument("--side", type=int, default=64, help="input image side for models without a fixed size")
     args = ap.parse_args()
@@ -93,7 +94,7 @@ def main():
         counts["wrong" if verdict == "WRONG" else "fully permutable" if cov.permutable == cov.hidden else "partly frozen"] += 1
         reasons.update(r.split(" at ")[0] for r in cov.frozen)
         print(f"{arch}: change {change:.1e} {verdict}  {cov}"[:300], flush=True)
-    print(f"\n{len(archs)} families: " + ", ".join(f"{n} {k}" for k, n in counts.most_common()))
+    print(f"\n{len(archs)} name prefixes: " + ", ".join(f"{n} {k}" for k, n in counts.most_common()))
     print("most common reasons to freeze (models): " + "; ".join(f"{r} ({n})" for r, n in reasons.most_common(8)))
 
 
