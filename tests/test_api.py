@@ -85,31 +85,15 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
         assert torch.allclose(fused(x), model(x), atol=1e-4)
 
 
-def test_a_grouped_conv_net_fused_with_permuted_copies_returns_its_function():
-    """A ResNeXt-style bottleneck (tests.custom_nets.GroupedNet), its grouped channels permuted in
-    blocks and within them: every method recovers the planted permutations, K = 3 included."""
-    torch.manual_seed(0)
-    model = custom_nets.GroupedNet().eval()
-    data = batches((3, 6, 6), n=48, size=16, classes=4)
-    x = data[0][0]
-    with torch.no_grad():  # non-trivial BN statistics
-        model.train()(torch.cat([b[0] for b in data]) + 0.5)
-    model.eval()
-    other = permuted_copy(model, x)
-    assert not torch.equal(other.grouped[0].weight, model.grouped[0].weight)
-    with torch.no_grad():
-        for method in ("wb", "am", "wm"):
-            assert torch.allclose(fusionctl.fuse_models([model, other], method=method, data=data)(x), model(x), atol=1e-5), method
-        three = fusionctl.fuse_models([model, other, permuted_copy(model, x, seed=4)], data=data, post=("repair",))
-        assert torch.allclose(three(x), model(x), atol=1e-4)
-
-
-@pytest.mark.parametrize("make", [custom_nets.DenseNetLike, lambda: custom_nets.ConcatNet(flat=True), custom_nets.SplitConcatNet,
-                                  custom_nets.FunctionalNet], ids=["densenet-like", "concat", "c2f", "functional"])
-def test_a_net_with_concatenations_fused_with_permuted_copies_returns_its_function(make):
-    """Each method sees the concatenated axes split into their parts' pieces: every one recovers
-    the planted permutations, K = 3 with REPAIR included (DenseNet's bias-free convs read by a
-    BatchNorm through a concatenation have nothing REPAIR can correct: BN reset there)."""
+@pytest.mark.parametrize("make, repair", [(custom_nets.GroupedNet, True), (custom_nets.DenseNetLike, False),
+                                          (lambda: custom_nets.ConcatNet(flat=True), True), (custom_nets.SplitConcatNet, False),
+                                          (custom_nets.FunctionalNet, False)],
+                         ids=["grouped-conv", "densenet-like", "concat", "c2f", "functional"])
+def test_a_net_with_grouped_convs_or_concatenations_fused_with_permuted_copies_returns_its_function(make, repair):
+    """A ResNeXt-style bottleneck (grouped channels permuted in blocks and within them), and nets
+    whose concatenated axes every method sees split into their parts' pieces: each method recovers
+    the planted permutations, K = 3 with REPAIR included where it applies (DenseNet's bias-free
+    convs read by a BatchNorm through a concatenation have nothing REPAIR can correct: BN reset)."""
     torch.manual_seed(0)
     model = make().eval()
     data = batches((3, 6, 6), n=48, size=16, classes=4)
@@ -122,7 +106,7 @@ def test_a_net_with_concatenations_fused_with_permuted_copies_returns_its_functi
     with torch.no_grad():
         for method in ("wb", "am", "wm", "ot"):
             assert torch.allclose(fusionctl.fuse_models([model, other], method=method, data=data)(x), model(x), atol=1e-5), method
-        if isinstance(model, custom_nets.ConcatNet):
+        if repair:
             three = fusionctl.fuse_models([model, other, permuted_copy(model, x, seed=4)], data=data, post=("repair",))
             assert torch.allclose(three(x), model(x), atol=1e-4)
 
