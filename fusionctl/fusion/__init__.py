@@ -38,9 +38,10 @@ def fuse(method: str, spec, states, weights, target_sizes, settings: SolverSetti
     settings.check()
     if len(states) < 1:
         raise FusionctlError("fusion needs at least one base model")
-    if spec.concat:
-        return fuse_split(METHODS[method].fuse, spec, states, weights, target_sizes, settings, ctx or FusionContext())
-    return METHODS[method].fuse(spec, states, weights, target_sizes, settings, ctx or FusionContext())
+    fuse_fn = METHODS[method].fuse
+    if spec.concat:  # every method runs on the concatenated entries' pieces
+        return fuse_split(fuse_fn, spec, states, weights, target_sizes, settings, ctx or FusionContext())
+    return fuse_fn(spec, states, weights, target_sizes, settings, ctx or FusionContext())
 
 
 __all__ = ["METHODS", "FusionContext", "FusionResult", "fuse", "interpolate", "transport", "weighted_average"]

@@ -33,6 +33,14 @@ def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None
     return Ref(els.union(a.el, b.el, where), a.outer, a.inner, a.part)
 
 
+def unify_all(els: Elements, refs: list, where: str) -> Ref | None:
+    """Several axes that must carry the same permutation: unify them in turn."""
+    acc, *rest = refs
+    for r in rest:
+        acc = unify(els, acc, r, where)
+    return acc
+
+
 def broadcast_refs(els: Elements, operands, out_shape, where: str) -> list:
     """An element-wise op: axes aligned from the right unify, broadcast (size-1) axes do not count."""
     result: list[Ref | None] = [None] * len(out_shape)
@@ -40,10 +48,7 @@ def broadcast_refs(els: Elements, operands, out_shape, where: str) -> list:
         refs = [dsc[-axis] for dsc, shape in operands if len(shape) >= axis and shape[-axis] > 1]
         if out_shape[-axis] <= 1 or not refs:
             continue
-        acc = refs[0]
-        for r in refs[1:]:
-            acc = unify(els, acc, r, where)
-        result[-axis] = acc
+        result[-axis] = unify_all(els, refs, where)
     return result
 
 
@@ -203,10 +208,7 @@ def cat_refs(els: Elements, descs: list, sizes: list, dim: int, ndim: int, where
                 for r in live:
                     els.freeze(r.el, "concatenation of axes laid out otherwise")
         elif any(dsc is not None for dsc in descs):
-            acc, *rest = [dsc[axis] for dsc in descs if dsc is not None]
-            for r in rest:
-                acc = unify(els, acc, r, where)
-            result[axis] = acc
+            result[axis] = unify_all(els, [dsc[axis] for dsc in descs if dsc is not None], where)
     return result
 
 
@@ -220,10 +222,5 @@ def stack_refs(els: Elements, descs: list, dim: int, ndim: int, where: str) -> l
                 if r is not None:
                     els.freeze(r.el, f"stacked with an unaligned tensor at {where}")
         return [None] * ndim
-    result = []
-    for axis in range(ndim - 1):
-        acc, *rest = [dsc[axis] for dsc in known]
-        for r in rest:
-            acc = unify(els, acc, r, where)
-        result.append(acc)
+    result = [unify_all(els, [dsc[axis] for dsc in known], where) for axis in range(ndim - 1)]
     return result[:dim] + [None] + result[dim:]

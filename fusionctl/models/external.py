@@ -3,8 +3,9 @@
 All are aligned through a traced spec (trace.py). Classes and input channels come from the
 dataset: a torchvision net's first convolution is rebuilt for the dataset's channels (timm takes
 them as in_chans), and images smaller than MIN_SIDE are resized up on the way in (the ImageNet
-nets' strides would shrink them to nothing). A custom class (importable from the folder fusionctl runs in, or installed) receives
-`model.kwargs`, plus `num_classes`, `in_channels` and `input_shape` when its constructor takes them.
+nets' strides would shrink them to nothing). A custom class (importable from the folder fusionctl
+runs in, or installed) receives `model.kwargs`, plus `num_classes`, `in_channels` and
+`input_shape` when its constructor takes them.
 """
 
 from __future__ import annotations

@@ -183,10 +183,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if name == "cat":
             return self.cat(n, out, where)
         if name == "stack":
-            parts = n.args[0]
-            descs = list(self.d(parts) or ()) if isinstance(parts, fx.Node) else [self.d(p) for p in parts]
-            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-            return stack_refs(self.els, descs, dim % out.dim(), out.dim(), where)
+            descs, _, dim = self.joined(n, out)
+            return stack_refs(self.els, descs, dim, out.dim(), where)
         if name in FUNCTIONAL:
             return self.on_functional(n, name, x, out)
         if name in ("norm", "vector_norm"):  # (input, p, dim, keepdim): a reduction over dim
@@ -254,12 +252,16 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         dim = (n.args[at] if len(n.args) > at else n.kwargs.get("dim", 0)) % len(x)
         return split_refs(self.els, x, dim, [o.shape[dim] if name != "unbind" else 1 for o in out], name == "unbind", n.name)
 
-    def cat(self, n, out, where):
-        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-        parts = n.args[0]  # a list of tensors, or one node holding a tuple of them (pieces of a split)
+    def joined(self, n, out):
+        """(descriptors, values, output dim) of the tensors a cat or stack joins: a list of tensors,
+        or one node holding a tuple of them (pieces of a split)."""
+        parts = n.args[0]
         descs = list(self.d(parts) or ()) if isinstance(parts, fx.Node) else [self.d(p) for p in parts]
         values = self.val(parts) if isinstance(parts, fx.Node) else [self.val(p) for p in parts]
-        dim %= out.dim()
+        return descs, values, (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)) % out.dim()
+
+    def cat(self, n, out, where):
+        descs, values, dim = self.joined(n, out)
         return cat_refs(self.els, descs, [v.shape[dim] for v in values], dim, out.dim(), where)
 
     def getitem(self, n, out):
