@@ -38,6 +38,24 @@ class RollNet(nn.Module):
         return self.fc(torch.relu(self.b(x)).mean((2, 3)))
 
 
+class ShiftedWindowNet(nn.Module):
+    """Swin's moves on a channels-last map: pad H and W (C padded by nothing), roll and flip them;
+    none touches the channels, so every group stays free."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b = nn.Linear(6, 5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)).permute(0, 2, 3, 1)
+        side = h.shape[1]
+        h = torch.roll(F.pad(h, (0, 0, 0, 1, 0, 1)), shifts=(1, 1), dims=(1, 2))
+        h = torch.relu(self.b(h)).flip(1)[:, :side, :side]
+        return self.fc(torch.flip(h, dims=[2]).mean((1, 2)))
+
+
 class ConcatNet(nn.Module):
     """Concatenates two branches and its own input along channels (Inception's and DenseNet's
     pattern); with flat=True a Linear also reads the joined C x H x W map flattened."""
@@ -371,6 +389,47 @@ class PackedAttentionNet(nn.Module):
             q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
             t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
         return self.fc((t + self.mlp(t)).mean(1))
+
+
+class RelativeBiasAttentionNet(nn.Module):
+    """Swin's window attention: a bias per head gathered from a table by a relative-position index
+    and added to the logits of each window (the batch axis split into windows), q and k optionally
+    normalised within each head (SwinV2's cosine attention). The table moves with whole heads;
+    with shared=True two attentions read one table, so neither's heads can move. sdpa=True passes
+    the bias as scaled_dot_product_attention's attn_mask; mlp=True computes it with a Linear from
+    relative coordinates (timm's RelPosMlp), whose outputs cannot follow the heads: both freeze."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, tokens: int = 4,
+                 cosine: bool = False, shared: bool = False, sdpa: bool = False, mlp: bool = False):
+        super().__init__()
+        self.heads, self.cosine, self.shared, self.sdpa = heads, cosine, shared, sdpa
+        self.emb, self.fc = nn.Linear(in_channels, dim), nn.Linear(dim, num_classes)
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(2 if shared else 1))
+        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(2 if shared else 1))
+        self.table = nn.Parameter(torch.randn(7, heads))
+        self.rel = nn.Linear(2, heads) if mlp else None
+        self.register_buffer("coords", torch.randn(7, 2, generator=torch.Generator().manual_seed(1)))
+        self.register_buffer("index", torch.randint(0, 7, (tokens * tokens,), generator=torch.Generator().manual_seed(0)))
+
+    def attend(self, t, qkv, proj):
+        b, n, c = t.shape
+        q, k, v = qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.cosine:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        table = self.rel(self.coords) if self.rel is not None else self.table
+        bias = table[self.index].view(n, n, -1).permute(2, 0, 1)
+        if self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
+        else:
+            logits = ((q @ k.transpose(-2, -1)).view(b // 2, 2, self.heads, n, n) + bias.unsqueeze(0)).view(b, self.heads, n, n)
+            out = logits.softmax(-1) @ v
+        return t + proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x):
+        t = self.emb(x.flatten(2).transpose(1, 2))
+        for qkv, proj in zip(self.qkv, self.proj):
+            t = self.attend(t, qkv, proj)
+        return self.fc(t.mean(1))
 
 
 class TorchEncoderNet(nn.Module):

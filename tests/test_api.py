@@ -111,20 +111,21 @@ def test_a_net_with_grouped_convs_or_concatenations_fused_with_permuted_copies_r
             assert torch.allclose(three(x), model(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("net", ["vit", "torch-encoder", "home-made", "packed-qkv"])
+@pytest.mark.parametrize("net", ["vit", "torch-encoder", "home-made", "packed-qkv", "swin-like"])
 def test_a_transformer_fused_with_its_permuted_copy_returns_its_function(net):
     """torchvision's ViT, torch.nn's encoder (whose fused fast path would skip the probes' hooks),
-    and heads written by hand (q, k, v Linears, a reshape, scaled_dot_product_attention)."""
+    heads written by hand (q, k, v Linears, a reshape, scaled_dot_product_attention), and Swin's
+    window attention with its relative-position bias per head."""
     from tests.test_trace import small_vit
 
     torch.manual_seed(0)
     makers = {"vit": small_vit, "torch-encoder": custom_nets.TorchEncoderNet, "home-made": lambda: custom_nets.TinyTransformer(sdpa=True),
-              "packed-qkv": custom_nets.PackedAttentionNet}
+              "packed-qkv": custom_nets.PackedAttentionNet, "swin-like": custom_nets.RelativeBiasAttentionNet}
     vit = makers[net]().eval()
-    data = batches((3, 16, 16) if net == "vit" else (3, 4, 4), n=48, size=16, classes=4)
+    data = batches({"vit": (3, 16, 16), "swin-like": (3, 2, 2)}.get(net, (3, 4, 4)), n=48, size=16, classes=4)
     x = data[0][0]
     other = permuted_copy(vit, x)
-    key = next(k for k in vit.state_dict() if k.endswith(("out_proj.weight", "o.weight", "proj.weight")))
+    key = next(k for k in vit.state_dict() if k.endswith(("out_proj.weight", "o.weight", "proj.weight", "table")))
     assert not torch.equal(other.state_dict()[key], vit.state_dict()[key])
     with torch.no_grad():
         for method in ("wb", "am"):

@@ -120,7 +120,7 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
 
 
 @pytest.mark.parametrize("cls, reason, frozen, free", [
-    (custom_nets.RollNet, "unsupported op roll", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
+    (custom_nets.RollNet, "rolling or flipping along a channel axis", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.ConcatSumNet, "concatenation combined with another tensor", [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.HStackNet, "unsupported op hstack", [("a.weight", 0), ("b.weight", 0), ("fc.weight", 1)], [("c.weight", 0)]),
@@ -132,7 +132,7 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
      [("fc.0.weight", 0)]),
     (custom_nets.ConcatResidualNet, "read through a concatenation that cannot move (concatenation combined with another tensor)",
      [(f"p.{k}.weight", 0) for k in range(3)] + [("fc1.weight", 1)], [("fc1.weight", 0)]),
-    (custom_nets.WindowNet, "pooling, resampling or padding along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
+    (custom_nets.WindowNet, "pooling, resampling, padding, rolling or flipping along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.ArgmaxNet, "indices of a max or min", [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),
     (custom_nets.TinyTransformer, "slice along a channel axis", [("side.weight", 0)],
@@ -154,8 +154,9 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
 
 
 @pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),
-                                         (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7)])
-def test_resampling_matrix_products_splits_concatenations_and_functional_layers_keep_every_group_free(cls, hidden):
+                                         (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7),
+                                         (custom_nets.ShiftedWindowNet, 6 + 5)])
+def test_resampling_shifts_matrix_products_splits_concatenations_and_functional_layers_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()
     x = torch.randn(4, 3, 6, 6)
@@ -204,6 +205,37 @@ def test_attention_blocks_keep_their_stream_and_heads_permutable(make, side, hid
     attention = [k for k in spec.axes if k.endswith(("in_proj_weight", "k_proj_weight", "out_proj.weight"))]
     assert attention and all(all(a is not None for a in spec.axes[k]) for k in attention)
     assert_permutation_keeps_function(model, spec, x)
+
+
+@pytest.mark.parametrize("cosine, sdpa", [(False, False), (True, False), (False, True)], ids=["swin", "cosine", "sdpa-mask"])
+def test_a_bias_per_head_moves_with_whole_heads(cosine, sdpa):
+    """Swin's relative-position table: one column per head, gathered and added to the logits of
+    each window (or passed as the attention's mask). Every permutation of whole heads (and within
+    them) moves its columns along, a soft coupling averages them by its block sums; one table shared
+    by two attentions pins both, and so does a bias computed by a Linear (its units are not heads)."""
+    torch.manual_seed(0)
+    model = custom_nets.RelativeBiasAttentionNet(cosine=cosine, sdpa=sdpa).eval()
+    x = torch.randn(4, 3, 2, 2)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden == 8 + 3 * 8 and spec.per_head == {"table": (1, "qkv.0.heads")}, str(spec.coverage)
+    spec.check_fits(model)
+    assert_permutation_keeps_function(model, spec, x)
+    swap = torch.eye(8, dtype=torch.float64)[[5, 4, 7, 6, 0, 1, 3, 2]] / 8  # the two heads exchanged, and units within them
+    state, table = copy.deepcopy(model.state_dict()), model.state_dict()["table"]
+    swapped = transport(state, spec, {"qkv.0.heads": swap})
+    assert torch.equal(swapped["table"], table.flip(1))
+    with torch.no_grad():
+        before = model(x)
+        load_state(model, swapped)
+        assert torch.allclose(model(x), before, atol=1e-6)
+        load_state(model, state)
+    half = 0.5 * swap + 0.5 * torch.eye(8, dtype=torch.float64) / 8
+    assert torch.allclose(transport(model.state_dict(), spec, {"qkv.0.heads": half})["table"], table.mean(1, keepdim=True).expand(-1, 2))
+    for kwargs, reason in (({"shared": True}, "shared by two attentions"), ({"mlp": True}, "heads met a tensor split otherwise")):
+        other = custom_nets.RelativeBiasAttentionNet(sdpa=sdpa, **kwargs).eval()
+        spec = derive_spec(other, x)
+        assert not spec.per_head and any(reason in r for r in spec.coverage.frozen), str(spec.coverage)
+        assert_permutation_keeps_function(other, spec, x)
 
 
 @pytest.mark.parametrize("make, group", [(custom_nets.TorchEncoderNet, "encoder.layers.0.self_attn.heads"), (custom_nets.TinyTransformer, "q"),
@@ -316,7 +348,12 @@ def test_the_alignment_report_names_every_group_concatenation_and_freeze():
     report = alignment_report(derive_spec(grouped, x), grouped)
     assert "4 grouped-conv blocks: whole, and within each" in report and "`grouped.0.weight`[1 within each block]" in report
     report = alignment_report(derive_spec(roll, x), roll)
-    assert "- unsupported op roll: `a`" in report and "Entries no group indexes (3; averaged as they are): `a.weight`, `a.bias`, `fc.bias`" in report
+    assert "- pooling, resampling, padding, rolling or flipping along a channel axis at roll: `a`" in report
+    assert "Entries no group indexes (3; averaged as they are): `a.weight`, `a.bias`, `fc.bias`" in report
+    swin = custom_nets.RelativeBiasAttentionNet().eval()
+    report = alignment_report(derive_spec(swin, torch.randn(4, 3, 2, 2)), swin)
+    assert "2 heads: whole, and within each" in report and "`table`[1 one per head]" in report
+    assert not any("`table`" in line for line in report.splitlines() if line.startswith("Entries no group"))
 
 
 def test_a_c_h_w_flatten_expands_the_channel_axis():
@@ -366,4 +403,4 @@ def test_a_sum_over_heads_freezes_them():
             return self.o(torch.einsum("bhd->bd", self.a(x).reshape(x.shape[0], 2, 4)))
 
     spec = derive_spec(HeadSum(), torch.randn(2, 3))
-    assert spec.coverage.permutable == 0 and "a reduction over heads or their channels" in spec.coverage.frozen
+    assert spec.coverage.permutable == 0 and "a reduction over heads" in spec.coverage.frozen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fusionctl.models.concat import join_state, split_spec, split_state
-from fusionctl.models.spec import AlignmentSpec, apply_along, blocks_gather
+from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, blocks_gather
 from fusionctl.ot.barycenter import permutation_of
 from fusionctl.ot.solver import PERMUTATION, mark_permutation
 
@@ -61,6 +61,8 @@ def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: di
             t = transport_tensor(t, spec.axes.get(key, ()), couplings)
             if key in spec.local:
                 t = grouped_inputs(t, spec, key, couplings)
+            if key in spec.per_head:
+                t = per_head_entries(t, spec, key, couplings)
             t = t.to(value.dtype)
         out[key] = t
     return out
@@ -76,6 +78,21 @@ def grouped_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: di
     if index is None:
         raise ValueError(f"{key} is a grouped convolution: its group {group} must be coupled by a permutation (equal widths, exact OT)")
     return blocks_gather(t, dim, spec.blocks(group), index)
+
+
+def per_head_entries(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
+    """An entry with one value per head of its group (spec.per_head) moved with whole heads: each
+    target head takes the source head its block comes from; under a soft coupling, the mass-weighted
+    average over source heads of the coupling's block sums."""
+    dim, group = spec.per_head[key]
+    if group not in couplings:
+        return t
+    p, blocks = couplings[group], spec.blocks(group)
+    index = permutation_index(p)
+    if index is not None:
+        return t.index_select(dim, (index[:: index.numel() // blocks] // (index.numel() // blocks)).to(t.device))
+    heads = p.reshape(blocks, p.shape[0] // blocks, blocks, p.shape[1] // blocks).sum((1, 3))
+    return apply_along(t, dim, Axis(group), row_map(heads), dense=True)
 
 
 def rows_with_aligned_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from fusionctl.models.elements import Elements, Ref
 
 
@@ -26,6 +28,9 @@ def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None
                 els.freeze(r.el, f"combined with an unaligned tensor at {where}")
         return None
     if (a.outer, a.inner, a.part) != (b.outer, b.inner, b.part):
+        for heads, other in ((a, b), (b, a)):
+            if els.index_heads(heads, other, where):
+                return heads
         reason = f"layouts differ at {where}" if a.part == b.part else "heads met a tensor split otherwise (a bias per head?)"
         els.freeze(a.el, reason)
         els.freeze(b.el, reason)
@@ -85,6 +90,9 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
         i, j = i + 1, j + 1
         refs = [(k, x[k]) for k in run_in if x[k] is not None]
         sizes = [after[k] for k in run_out if after[k] > 1]
+        if len(run_in) == len(run_out) == 1:  # an axis the reshape leaves alone (heads, when a batch axis splits)
+            result.append(x[run_in[0]])
+            continue
         heads = _heads(els, refs, [before[k] for k in run_in if before[k] > 1], sizes, where)
         if heads is not None:
             result += [heads.pop(0) if after[m] > 1 else None for m in run_out]
@@ -115,6 +123,20 @@ def _heads(els: Elements, refs: list, sizes_in: list, sizes_out: list, where: st
     return None
 
 
+def gather_refs(els: Elements, x: list, index: tuple) -> list | None:
+    """x[..., t, ...] with one integer tensor t and full slices elsewhere (a relative-position bias
+    table read by its index): t's axes replace the gathered one, whose element freezes; the other
+    axes keep theirs. None for any other advanced indexing."""
+    tensors = [k for k, i in enumerate(index) if not (i is Ellipsis or i == slice(None))]
+    if len(tensors) != 1 or index.count(Ellipsis) > 1 or not isinstance(t := index[tensors[0]], torch.Tensor) or \
+            t.is_floating_point() or t.dtype == torch.bool:
+        return None
+    k = tensors[0] if Ellipsis not in index[: tensors[0]] else len(x) - (len(index) - tensors[0])
+    if x[k] is not None:
+        els.freeze(x[k].el, "gathered along a channel axis")
+    return x[:k] + [None] * t.dim() + x[k + 1:]
+
+
 def reduce_refs(x: list, dims, ndim: int, keep: bool, out_dim: int) -> list:
     """A reduction over some axes (a mean over space): the others keep their elements."""
     if dims is None:
@@ -132,12 +154,33 @@ def spatial_axes(name: str, ndim: int) -> int:
 
 
 def window_refs(els: Elements, x: list, k: int, where: str) -> list:
-    """An op over the last k axes (pooling, resampling, padding): a window or a pad mixes or shifts
-    the units of an element on those axes, so it freezes; the other axes keep their elements."""
-    for r in x[len(x) - k:]:
-        if r is not None:
-            els.freeze(r.el, f"pooling, resampling or padding along a channel axis at {where}")
-    return list(x[: len(x) - k]) + [None] * k
+    """An op over the last k axes (pooling, resampling): see along_refs."""
+    return along_refs(els, x, range(len(x) - k, len(x)), where)
+
+
+def pad_refs(els: Elements, x: list, pad, where: str) -> list:
+    """F.pad's (before, after) amounts, from the last axis back: an axis padded by nothing keeps its
+    element (Swin pads H and W of a channels-last map with (0, 0) for C)."""
+    return along_refs(els, x, [len(x) - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]], where)
+
+
+def shifted_axes(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
+    """The axes of roll(input, shifts, dims) or flip(input, dims) / x.flip(*dims); a roll without dims flattens (every axis)."""
+    if name == "flip":
+        dims = args[1:] or [kwargs["dims"]]
+    else:
+        dims = args[2:] or ([kwargs["dims"]] if kwargs.get("dims") is not None else [range(ndim)])
+    return [d for item in dims for d in (item if isinstance(item, (tuple, list, range)) else [item])]
+
+
+def along_refs(els: Elements, x: list, axes, where: str) -> list:
+    """An op that mixes, shifts or reverses positions along some axes (a window, pad, roll or flip):
+    it would move an element's units on them, so that element freezes; the other axes keep theirs."""
+    axes = {a % len(x) for a in axes}
+    for a in axes:
+        if x[a] is not None:
+            els.freeze(x[a].el, f"pooling, resampling, padding, rolling or flipping along a channel axis at {where}")
+    return [None if a in axes else r for a, r in enumerate(x)]
 
 
 def matmul_refs(els: Elements, a: list, b: list, a_shape, b_shape, out_shape, where: str) -> list:
@@ -155,7 +198,7 @@ def index_refs(els: Elements, x: list, index, shape) -> list | None:
     advanced (tensor or list) indexing, which the caller freezes whole."""
     index = index if isinstance(index, tuple) else (index,)
     if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
-        return None
+        return gather_refs(els, x, index)
     used = sum(i is not None and i is not Ellipsis for i in index)
     if Ellipsis in index:
         at = index.index(Ellipsis)

@@ -61,6 +61,7 @@ class Elements:
         self.concats: dict[int, list[tuple[int | None, int]]] = {}
         self.concat_at: dict[int, str] = {}
         self.members: dict[int, list[int]] = {}
+        self.head_of: dict[int, int] = {}  # root of a parameter's axis -> the element whose heads it indexes (a bias per head)
 
     def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
         e = len(self.parent)
@@ -105,6 +106,13 @@ class Elements:
             self.set_heads(keep, self.heads.pop(gone), where)
         if clash:
             self.freeze(keep, f"concatenation combined with another tensor at {where}")
+        if ra in self.head_of or rb in self.head_of:  # a per-head parameter read another way too: its heads cannot move
+            for r in (ra, rb):
+                for e in (r, self.head_of.get(r)):
+                    if e is not None:
+                        self.freeze(e, f"a per-head parameter combined with another tensor at {where}")
+            if gone in self.head_of:
+                self.head_of.setdefault(keep, self.head_of.pop(gone))
         if ra in self.members or rb in self.members:
             self.members[keep] = self.members.pop(keep, []) + self.members.pop(gone, [])
         if ra in self.packed or rb in self.packed:  # a packed projection read as a whole elsewhere: its parts cannot move alone
@@ -125,6 +133,19 @@ class Elements:
         if known != count:
             self.freeze(root, f"packed projection split {count} and {known} ways at {where}")
         return part
+
+    def index_heads(self, heads, other, where: str) -> bool:
+        """Whether axis `other` (a Ref) can index the heads that axis `heads` splits its element into:
+        a parameter's blank axis with one entry per head (a relative-position bias added to the
+        attention logits) moves with whole heads. Recorded in head_of."""
+        rh, ro = self.find(heads.el), self.find(other.el)
+        if (heads.part, heads.outer, heads.inner, other.part, other.outer, other.inner) != (1, 1, 1, 0, 1, 1) or \
+                not self.blank(ro) or ro in self.heads or self.size[ro] != self.heads.get(rh):
+            return False
+        if self.find(self.head_of.setdefault(ro, rh)) != rh:  # one table for two attentions: neither moves
+            self.freeze(self.head_of[ro], f"a per-head parameter shared by two attentions at {where}")
+            return False
+        return True
 
     def blank(self, r: int) -> bool:
         """Whether root r is a parameter's axis that nothing has tied to units yet."""

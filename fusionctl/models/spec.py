@@ -51,7 +51,9 @@ class AlignmentSpec:
     the group's within-block permutations (blocks_gather), and costs read it through them.
     concat: name -> parts, for an axis that concatenates groups (a DenseNet's or an Inception
     block's joined channels): each part is a group, or the number of channels no group carries.
-    Its name is not a group: it moves as its parts do (models/concat.py)."""
+    Its name is not a group: it moves as its parts do (models/concat.py). per_head: state key ->
+    (dim, group) for an axis with one entry per head of `group` (Swin's relative-position bias
+    table): it moves with whole heads (fusion/transport.py)."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
@@ -60,6 +62,7 @@ class AlignmentSpec:
     heads: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     local: dict[str, tuple[int, str]] = field(default_factory=dict)
     concat: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
+    per_head: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
         sizes: dict[str, int] = {}
@@ -108,6 +111,10 @@ class AlignmentSpec:
             if rows is None or rows.group != group or group not in self.heads or state[key].shape[dim] * self.blocks(group) != named[group]:
                 raise ValueError(f"local axis {dim} of {key}: needs rows indexed by {group}, "
                                  f"and {group}'s heads splitting it into blocks of that size")
+        for key, (dim, group) in self.per_head.items():
+            if group not in self.heads or key not in state or state[key].dim() <= dim or state[key].shape[dim] != self.blocks(group) or \
+                    self.axes[key][dim] is not None:
+                raise ValueError(f"per-head axis {dim} of {key}: needs one entry per head of {group} and no group of its own")
         for name, parts in self.concat.items():
             if name in self.groups or any(isinstance(p, str) and p not in named for p in parts):
                 raise ValueError(f"concatenation {name}: its parts must be groups of the spec, and it is not one itself")

@@ -31,12 +31,14 @@ def alignment_report(spec: AlignmentSpec, state: dict[str, torch.Tensor] | torch
     unaligned = []
     for key, axes in spec.axes.items():
         named = [(dim, ax) for dim, ax in enumerate(axes) if ax is not None]
-        if not named and state[key].is_floating_point():
+        if not named and key not in spec.per_head and state[key].is_floating_point():
             unaligned.append(f"`{key}`")
         for dim, ax in named:
             reads.setdefault(ax.group, []).append(_axis(key, dim, ax))
     for key, (dim, group) in spec.local.items():
         reads[group].append(f"`{key}`[{dim} within each block]")
+    for key, (dim, group) in spec.per_head.items():
+        reads[group].append(f"`{key}`[{dim} one per head]")
     lines = [f"# Alignment: {len(spec.groups)} group{'s' * (len(spec.groups) != 1)}, {sum(sizes.values()):,} hidden units", ""]
     if spec.coverage is not None:
         lines += [f"Traced: {spec.coverage}", ""]

@@ -125,6 +125,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
             cats[r] = f"cat:{els.concat_at[held[0]]}"
     state = model.state_dict()
     axes: dict[str, tuple[Axis | None, ...]] = {}
+    per_head: dict[str, tuple[int, str]] = {}
     for key, value in state.items():
         links = tracer.links.get(key, [None] * value.dim())
         row = []
@@ -133,6 +134,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
                 part, k = packed[els.find(ref.el)]
                 ref = Ref(part, ref.outer * k, ref.inner)
             root = els.find(ref.el) if ref is not None else None
+            if root in els.head_of and not els.frozen(root) and els.find(els.head_of[root]) in names:
+                per_head[key] = (dim, names[els.find(els.head_of[root])])  # one entry per head: moves with whole heads
             name = names.get(root, cats.get(root))
             ok = name is not None and value.shape[dim] == ref.outer * els.size[root] * ref.inner
             row.append(Axis(name, ref.outer, ref.inner) if ok else None)
@@ -164,7 +167,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     coverage.grouped = len(grouped)
     coverage.concats = len(cats)
     concat = {name: tuple(names.get(p, size) for p, size in els.parts(r)) for r, name in cats.items()}
-    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local, concat)
+    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local, concat, per_head)
 
 
 __all__ = ["Coverage", "TraceError", "derive_spec"]

@@ -10,14 +10,17 @@ from torch import nn
 
 from fusionctl.models import op_kinds as ops
 from fusionctl.models.axes import (
+    along_refs,
     broadcast_refs,
     cat_refs,
     index_refs,
     iter_refs,
     matmul_refs,
+    pad_refs,
     permute_refs,
     reduce_refs,
     reshape_refs,
+    shifted_axes,
     spatial_axes,
     split_refs,
     stack_refs,
@@ -154,7 +157,13 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             unify(self.els, q[-1], k[-1], where)
             unify(self.els, k[-2], v[-2], where)
             shapes = [self.val(a).shape for a in args[:3]]
-            return broadcast_refs(self.els, [(d[:-2], sh[:-2]) for d, sh in zip((q, k, v), shapes)], out.shape[:-2], where) + [q[-2], v[-1]]
+            batch = broadcast_refs(self.els, [(d[:-2], sh[:-2]) for d, sh in zip((q, k, v), shapes)], out.shape[:-2], where)
+            mask = args[3] if len(args) > 3 else n.kwargs.get("attn_mask")
+            if isinstance(self.val(mask), torch.Tensor):  # added to the scores q k^T (a bias per head, say): broadcast with them
+                scores = (*out.shape[:-2], shapes[0][-2], shapes[1][-2])
+                mask_desc = self.d(mask) or [None] * self.val(mask).dim()
+                batch = broadcast_refs(self.els, [(batch + [q[-2], k[-2]], scores), (mask_desc, self.val(mask).shape)], scores, where)[:-2]
+            return batch + [q[-2], v[-1]]
         if name in ops.BINARY or (name in ("max", "min") and len(tensors) == 2):  # torch.max(a, b) is element-wise
             return self.binary(n, out, where)
         if name in ops.PERMUTE:
@@ -164,8 +173,9 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if name in ops.POOL:
             return window_refs(self.els, x, spatial_axes(name, len(x)), where)
         if name == "pad":
-            pad = args[1] if len(args) > 1 else n.kwargs["pad"]
-            return window_refs(self.els, x, len(pad) // 2, where)
+            return pad_refs(self.els, x, args[1] if len(args) > 1 else n.kwargs["pad"], where)
+        if name in ("roll", "flip"):
+            return along_refs(self.els, x, shifted_axes(name, n.args, n.kwargs, len(x)), where)
         if name in ("expand", "expand_as"):  # broadcasts size-1 axes (which carry no element) and may add leading ones
             return [None] * (out.dim() - len(x)) + list(x)
         if name in ops.MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:
@@ -187,6 +197,10 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return stack_refs(self.els, descs, dim, out.dim(), where)
         if name in FUNCTIONAL:
             return self.on_functional(n, name, x, out)
+        if name == "normalize":  # (input, p, dim): x / its norm along dim, an element-wise op once that norm is
+            dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 1)
+            self.freeze_all([[r for r in [x[dim % len(x)]] if r is not None and r.part == 1]], "a reduction over heads")
+            return list(x)
         if name in ("norm", "vector_norm"):  # (input, p, dim, keepdim): a reduction over dim
             return reduce_refs(x, self.dim_arg(n, 2) if len(n.args) > 2 or "dim" in n.kwargs else None, len(x),
                                n.kwargs.get("keepdim", n.args[3] if len(n.args) > 3 else False), out.dim())
@@ -228,8 +242,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             for letter, ref, size in zip(spec, desc, self.val(a).shape):
                 if size > 1:
                     letters[letter] = unify(self.els, letters[letter], ref, where) if letter in letters else ref
-        summed = [r for letter, r in letters.items() if letter not in output and inputs.count(letter) == 1 and r is not None and r.part]
-        self.freeze_all([summed], "a reduction over heads or their channels")  # a sum over one operand's axis of heads
+        summed = [r for letter, r in letters.items() if letter not in output and inputs.count(letter) == 1 and r is not None and r.part == 1]
+        self.freeze_all([summed], "a reduction over heads")  # a sum over one operand's axis of heads (within a head: any order)
         return [letters.get(letter) if size > 1 else None for letter, size in zip(output, out.shape)]
 
     def dim_arg(self, n, at: int) -> int:
@@ -238,7 +252,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
     def reduce(self, n, x, ndim, out):
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
         reduced = range(ndim) if dims is None else [d % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
-        self.freeze_all([[x[d] for d in reduced if x[d] is not None and x[d].part]], "a reduction over heads or their channels")
+        self.freeze_all([[x[d] for d in reduced if x[d] is not None and x[d].part == 1]], "a reduction over heads")  # within each head: any order
         keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else False)
         if isinstance(out, torch.Tensor):
             return reduce_refs(x, dims, ndim, keep, out.dim())
