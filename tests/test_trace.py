@@ -78,7 +78,10 @@ def test_torchvision_nets_keep_their_function_under_every_traced_permutation(arc
 
 
 # timm writes layers as torch.nn subclasses calling the functional ops (BatchNormAct2d, Conv2dSame)
-TIMM = ["efficientnet_b0", "densenet121", "cspresnet50", "convnextv2_atto", "regnetx_002", "ghostnet_100"]
+TIMM = ["efficientnet_b0", "densenet121", "cspresnet50", "convnextv2_atto", "regnetx_002", "ghostnet_100", "swin_tiny_patch4_window7_224"]
+# a Swin small enough for 32x32: 16x16 tokens in 4x4 windows, shifted by 2, then 8x8 (heads with a relative-position bias each)
+TIMM_KWARGS = {"swin_tiny_patch4_window7_224": {"img_size": 32, "patch_size": 2, "window_size": 4, "embed_dim": 24, "depths": (2, 2),
+                                                 "num_heads": (2, 4)}}
 TIMM_PARTLY_FROZEN = {"ghostnet_100": "concatenation combined with another tensor"}
 
 
@@ -86,7 +89,7 @@ TIMM_PARTLY_FROZEN = {"ghostnet_100": "concatenation combined with another tenso
 def test_timm_nets_keep_their_function_under_every_traced_permutation(arch):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = random_stats(timm.create_model(arch, pretrained=False, num_classes=10))
+    model = random_stats(timm.create_model(arch, pretrained=False, num_classes=10, **TIMM_KWARGS.get(arch, {})))
     x = torch.randn(2, 3, 32, 32)
     spec = derive_spec(model, x)
     print(f"{arch}: {spec.coverage}")
