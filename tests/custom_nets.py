@@ -38,6 +38,25 @@ class RollNet(nn.Module):
         return self.fc(torch.relu(self.b(x)).mean((2, 3)))
 
 
+class DropPathNet(nn.Module):
+    """A residual block whose branch is dropped per sample in training, as timm's DropPath does
+    (`if self.training`, x.new_empty(...).bernoulli_): traced from train mode, the stream must
+    still be free, since alignment reads the model's eval-mode function."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        branch = self.b(h)
+        if self.training:
+            branch = branch * branch.new_empty(branch.shape[0], 1, 1, 1).bernoulli_(0.9) / 0.9
+        return self.fc(torch.relu(h + branch).mean((2, 3)))
+
+
 class ShiftedWindowNet(nn.Module):
     """Swin's moves on a channels-last map: pad H and W (C padded by nothing), roll and flip them;
     none touches the channels, so every group stays free."""

@@ -158,12 +158,14 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
 
 @pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),
                                          (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7),
-                                         (custom_nets.ShiftedWindowNet, 6 + 5)])
+                                         (custom_nets.ShiftedWindowNet, 6 + 5), (custom_nets.DropPathNet, 6)])
 def test_resampling_shifts_matrix_products_splits_concatenations_and_functional_layers_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()
     x = torch.randn(4, 3, 6, 6)
-    spec = derive_spec(model, x)
+    spec = derive_spec(model.train(), x)  # traced as the eval-mode function whatever the mode
+    assert model.training
+    model.eval()
     assert spec.coverage.permutable == spec.coverage.hidden == hidden, str(spec.coverage)
     if "proj" in spec.axes:  # h @ proj: proj's rows join the group that h carries
         assert spec.axes["proj"][0].group == spec.axes["b.weight"][0].group and spec.axes["proj"][1] is None

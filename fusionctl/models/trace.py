@@ -50,21 +50,22 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
     froze the rest. Raises TraceError when the model cannot be traced at all.
     """
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    try:
-        gm = symbolic_trace(model)
-    except Exception as exc:  # fx raises many types for control flow on tensors
-        raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                         "avoid Python control flow on tensor values in forward(), or write its spec by hand "
-                         "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from exc
-    tracer = AxisTracer(gm, model)
     was_training = model.training
-    model.eval()
+    model.eval()  # before fx records the graph: `if self.training` branches (drop path, dropout) are fixed then
     try:
-        with torch.no_grad():
-            tracer.run(*inputs)
-    except Exception as exc:
-        raise TraceError(f"running {type(model).__name__} on the example inputs failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                         "give example inputs of the shape the model expects") from exc
+        try:
+            gm = symbolic_trace(model)
+        except Exception as exc:  # fx raises many types for control flow on tensors
+            raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                             "avoid Python control flow on tensor values in forward(), or write its spec by hand "
+                             "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from exc
+        tracer = AxisTracer(gm, model)
+        try:
+            with torch.no_grad():
+                tracer.run(*inputs)
+        except Exception as exc:
+            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0]}); give example inputs of the shape the model expects") from exc
     finally:
         model.train(was_training)
     freeze_tied(model, tracer)
