@@ -57,6 +57,72 @@ class DropPathNet(nn.Module):
         return self.fc(torch.relu(h + branch).mean((2, 3)))
 
 
+class ShapeBranchNet(nn.Module):
+    """Python control flow on shapes, as timm writes same padding and window partitions: plain
+    torch.fx cannot trace it, tracing specialised to the example's shapes can."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, window: int = 4):
+        super().__init__()
+        self.window = window
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b = nn.Linear(6, 5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)).permute(0, 2, 3, 1)
+        b, height, width, c = h.shape
+        pad_h, pad_w = (self.window - height % self.window) % self.window, (self.window - width % self.window) % self.window
+        if pad_h or pad_w:
+            h = F.pad(h, (0, 0, 0, pad_w, 0, pad_h))
+        rows, cols = h.size(1) // self.window, h.size(2) // self.window
+        windows = h.view(b, rows, self.window, cols, self.window, c).permute(0, 1, 3, 2, 4, 5).reshape(b * rows * cols, -1, c)
+        out = torch.relu(self.b(windows))
+        return self.fc(out.reshape(b, len(windows) // b, -1, out.shape[-1]).mean((1, 2)))
+
+
+def windowed_linear(x, weight, bias):
+    """A library function written for eager mode (shape arithmetic, a mask built in place), kept
+    whole by torch.fx.wrap as torchvision keeps Swin's attention."""
+    _, height, width, _ = x.shape
+    pad = (2 - height % 2) % 2
+    x = F.pad(x, (0, 0, 0, pad, 0, pad))
+    mask = x.new_zeros(x.shape[1], x.shape[2])
+    mask[:height, :width] = 1.0
+    return (F.linear(x, weight, bias) * mask[..., None])[:, :height, :width]
+
+
+torch.fx.wrap("windowed_linear")
+
+
+class WrappedFunctionNet(nn.Module):
+    """Calls windowed_linear with its Linear's parameters: traced through, both groups are free."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.lin = nn.Linear(6, 5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        h = windowed_linear(torch.relu(self.a(x)).permute(0, 2, 3, 1), self.lin.weight, self.lin.bias)
+        return self.fc(torch.relu(h).mean((1, 2)))
+
+
+class SetitemNet(nn.Module):
+    """Writes one conv's output into another's in place: their channels are mixed, so both freeze."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(in_channels, 6, 3, padding=1), nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.c = nn.Conv2d(in_channels, 5, 3, padding=1)
+        self.fc = nn.Linear(11, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h[:, :, :2] = torch.relu(self.b(x))[:, :, :2]
+        return self.fc(torch.cat([h, torch.relu(self.c(x))], 1).mean((2, 3)))
+
+
 class ShiftedWindowNet(nn.Module):
     """Swin's moves on a channels-last map: pad H and W (C padded by nothing), roll and flip them;
     none touches the channels, so every group stays free."""

@@ -137,6 +137,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
      [(f"p.{k}.weight", 0) for k in range(3)] + [("fc1.weight", 1)], [("fc1.weight", 0)]),
     (custom_nets.WindowNet, "pooling, resampling, padding, rolling or flipping along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
+    (custom_nets.SetitemNet, "written into by an in-place assignment", [("a.weight", 0), ("b.weight", 0)],
+     [("c.weight", 0)]),
     (custom_nets.ArgmaxNet, "indices of a max or min", [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),
     (custom_nets.TinyTransformer, "slice along a channel axis", [("side.weight", 0)],
      [("emb.weight", 0), ("cls", 2), ("o.weight", 0), ("q.weight", 1), ("m1.weight", 0), ("head.weight", 1), ("q.weight", 0),
@@ -158,7 +160,8 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
 
 @pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),
                                          (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7),
-                                         (custom_nets.ShiftedWindowNet, 6 + 5), (custom_nets.DropPathNet, 6)])
+                                         (custom_nets.ShiftedWindowNet, 6 + 5), (custom_nets.DropPathNet, 6),
+                                         (custom_nets.ShapeBranchNet, 6 + 5), (custom_nets.WrappedFunctionNet, 6 + 5)])
 def test_resampling_shifts_matrix_products_splits_concatenations_and_functional_layers_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()
@@ -373,8 +376,9 @@ def test_untraceable_models_and_wrong_inputs_are_one_clear_error():
     with pytest.raises(TraceError, match="cannot be traced by torch.fx") as info:
         derive_spec(custom_nets.Untraceable(), torch.randn(2, 3, 4, 4))
     assert "\n" not in str(info.value)
-    with pytest.raises(TraceError, match="give example inputs of the shape the model expects"):
-        derive_spec(custom_nets.SmallNet(in_channels=1), torch.randn(2, 3, 12, 12))
+    for model in (custom_nets.SmallNet(in_channels=1), custom_nets.ShapeBranchNet(in_channels=1)):  # plain, shape-specialised
+        with pytest.raises(TraceError, match="give example inputs of the shape the model expects"):
+            derive_spec(model, torch.randn(2, 3, 12, 12))
 
 
 def test_custom_models_build_through_the_registry_with_the_dataset_sizes(monkeypatch):

@@ -31,8 +31,9 @@ unpermuted, never permuted wrongly, and the coverage report names why.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import fx, nn
 
+from fusionctl.models.concrete_trace import RunError, concrete_trace, wrapped_calls
 from fusionctl.models.elements import Coverage, Ref
 from fusionctl.models.plain_forwards import symbolic_trace
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
@@ -53,12 +54,7 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
     was_training = model.training
     model.eval()  # before fx records the graph: `if self.training` branches (drop path, dropout) are fixed then
     try:
-        try:
-            gm = symbolic_trace(model)
-        except Exception as exc:  # fx raises many types for control flow on tensors
-            raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                             "avoid Python control flow on tensor values in forward(), or write its spec by hand "
-                             "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from exc
+        gm = traced_graph(model, inputs)
         tracer = AxisTracer(gm, model)
         try:
             with torch.no_grad():
@@ -70,6 +66,31 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
         model.train(was_training)
     freeze_tied(model, tracer)
     return build(model, tracer)
+
+
+def traced_graph(model: nn.Module, inputs) -> fx.GraphModule:
+    """Plain fx tracing; where it fails on control flow, or keeps a library's function whole
+    (torch.fx.wrap), tracing specialised to the example inputs' shapes (concrete_trace.py)."""
+    try:
+        gm, error = symbolic_trace(model), None
+        if not wrapped_calls(gm):
+            return gm
+    except Exception as exc:  # fx raises many types for control flow on tensors
+        gm, error = None, exc
+    try:
+        return concrete_trace(model, inputs)
+    except RunError as exc:
+        if gm is not None:
+            return gm
+        raise TraceError(f"running {type(model).__name__} on the example inputs failed ({exc}); "
+                         "give example inputs of the shape the model expects") from exc
+    except Exception as exc:
+        if gm is not None:
+            return gm
+        error = exc
+    raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                     "avoid Python control flow on tensor values in forward(), or write its spec by hand "
+                     "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from error
 
 
 def freeze_tied(model: nn.Module, tracer: AxisTracer) -> None:

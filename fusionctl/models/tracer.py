@@ -144,6 +144,11 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         tensors = [a for a in args if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor)]
         if name in ops.SPLIT and isinstance(out, (tuple, list)) and x is not None:
             return self.split(n, name, x, out)
+        if name == "setitem":  # x[index] = value, in place: unless neither carries an element, both freeze
+            self.freeze_all([x, *self.all_descs(args[2:])], "written into by an in-place assignment")
+            return None
+        if name in ops.CREATION:
+            return [None] * out.dim()
         many = isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
         if not isinstance(out, torch.Tensor) and not many and name not in ("getitem", "getattr"):
             return None  # sizes, shapes and other plain values
