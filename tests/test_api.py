@@ -111,7 +111,15 @@ def test_a_net_with_grouped_convs_or_concatenations_fused_with_permuted_copies_r
             assert torch.allclose(three(x), model(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("net", ["vit", "torch-encoder", "home-made", "packed-qkv", "swin-like"])
+def small_swin():
+    """timm's Swin at 32x32 (its patch embedding: a conv, then a LayerNorm over a channels-last map)."""
+    from tests.test_trace import TIMM_KWARGS
+
+    timm = pytest.importorskip("timm")
+    return timm.create_model("swin_tiny_patch4_window7_224", num_classes=4, **TIMM_KWARGS["swin_tiny_patch4_window7_224"])
+
+
+@pytest.mark.parametrize("net", ["vit", "torch-encoder", "home-made", "packed-qkv", "swin-like", "timm-swin"])
 def test_a_transformer_fused_with_its_permuted_copy_returns_its_function(net):
     """torchvision's ViT, torch.nn's encoder (whose fused fast path would skip the probes' hooks),
     heads written by hand (q, k, v Linears, a reshape, scaled_dot_product_attention), and Swin's
@@ -120,9 +128,9 @@ def test_a_transformer_fused_with_its_permuted_copy_returns_its_function(net):
 
     torch.manual_seed(0)
     makers = {"vit": small_vit, "torch-encoder": custom_nets.TorchEncoderNet, "home-made": lambda: custom_nets.TinyTransformer(sdpa=True),
-              "packed-qkv": custom_nets.PackedAttentionNet, "swin-like": custom_nets.RelativeBiasAttentionNet}
+              "packed-qkv": custom_nets.PackedAttentionNet, "swin-like": custom_nets.RelativeBiasAttentionNet, "timm-swin": small_swin}
     vit = makers[net]().eval()
-    data = batches({"vit": (3, 16, 16), "swin-like": (3, 2, 2)}.get(net, (3, 4, 4)), n=48, size=16, classes=4)
+    data = batches({"vit": (3, 16, 16), "swin-like": (3, 2, 2), "timm-swin": (3, 32, 32)}.get(net, (3, 4, 4)), n=48, size=16, classes=4)
     x = data[0][0]
     other = permuted_copy(vit, x)
     key = next(k for k in vit.state_dict() if k.endswith(("out_proj.weight", "o.weight", "proj.weight", "table")))

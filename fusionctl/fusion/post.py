@@ -17,9 +17,9 @@ from fusionctl.data import Split
 from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.units import (
     capture_outputs,
-    channel_axis,
     first_output,
     output_layer,
+    point_axis,
     repair_points,
     units_first,
 )
@@ -55,7 +55,7 @@ def channel_stats(model: nn.Module, points, x: torch.Tensor) -> list[tuple[torch
     """Per-channel mean and std of each repair point's output (its norm's, or its writer's) on inputs x."""
     stats = []
     for (layer, bn), out in zip(points, capture_outputs(model, [bn or layer for layer, bn in points], x)):
-        flat = units_first(out, channel_axis(layer))
+        flat = units_first(out, point_axis(layer, bn))
         stats.append((flat.mean(1), flat.std(1)))
     return stats
 
@@ -107,7 +107,7 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
     every later point sees the statistics its predecessors were fixed to."""
 
     def hook_for(layer, bn, mu_t, sd_t):
-        axis = channel_axis(layer)
+        axis = point_axis(layer, bn)
 
         def hook(module, inputs, outputs):
             out = first_output(outputs)

@@ -23,6 +23,12 @@ def channel_axis(module: nn.Module) -> int:
     return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
 
 
+def point_axis(layer: nn.Module, norm: nn.Module | None) -> int:
+    """The units' axis of what a repair point outputs: a LayerNorm's last (after a conv, a
+    channels-last map: timm's Swin patch embedding), else its writer's channel axis."""
+    return -1 if isinstance(norm, nn.LayerNorm) else channel_axis(layer)
+
+
 def output_layer(module: nn.Module) -> nn.Module:
     """The module whose weight and bias write a writer's output: itself, or the output projection
     of an attention block (nn.MultiheadAttention keeps it in out_proj)."""
