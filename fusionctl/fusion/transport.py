@@ -90,7 +90,8 @@ def per_head_entries(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: 
     p, blocks = couplings[group], spec.blocks(group)
     index = permutation_index(p)
     if index is not None:
-        return t.index_select(dim, (index[:: index.numel() // blocks] // (index.numel() // blocks)).to(t.device))
+        d = index.numel() // blocks  # channels per head
+        return t.index_select(dim, (index[::d] // d).to(t.device))
     heads = p.reshape(blocks, p.shape[0] // blocks, blocks, p.shape[1] // blocks).sum((1, 3))
     return apply_along(t, dim, Axis(group), row_map(heads), dense=True)
 

@@ -79,14 +79,12 @@ def traced_graph(model: nn.Module, inputs) -> fx.GraphModule:
         gm, error = None, exc
     try:
         return concrete_trace(model, inputs)
-    except RunError as exc:
-        if gm is not None:
-            return gm
-        raise TraceError(f"running {type(model).__name__} on the example inputs failed ({exc}); "
-                         "give example inputs of the shape the model expects") from exc
     except Exception as exc:
-        if gm is not None:
+        if gm is not None:  # the plain graph, library functions kept whole
             return gm
+        if isinstance(exc, RunError):
+            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({exc}); "
+                             "give example inputs of the shape the model expects") from exc
         error = exc
     raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(error).__name__}: {str(error).splitlines()[0]}); "
                      "avoid Python control flow on tensor values in forward(), or write its spec by hand "

@@ -204,7 +204,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return self.on_functional(n, name, x, out)
         if name == "normalize":  # (input, p, dim): x / its norm along dim, an element-wise op once that norm is
             dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 1)
-            self.freeze_all([[r for r in [x[dim % len(x)]] if r is not None and r.part == 1]], "a reduction over heads")
+            self.freeze_reduced_heads([x[dim % len(x)]])
             return list(x)
         if name in ("norm", "vector_norm"):  # (input, p, dim, keepdim): a reduction over dim
             return reduce_refs(x, self.dim_arg(n, 2) if len(n.args) > 2 or "dim" in n.kwargs else None, len(x),
@@ -247,9 +247,12 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             for letter, ref, size in zip(spec, desc, self.val(a).shape):
                 if size > 1:
                     letters[letter] = unify(self.els, letters[letter], ref, where) if letter in letters else ref
-        summed = [r for letter, r in letters.items() if letter not in output and inputs.count(letter) == 1 and r is not None and r.part == 1]
-        self.freeze_all([summed], "a reduction over heads")  # a sum over one operand's axis of heads (within a head: any order)
+        self.freeze_reduced_heads([r for letter, r in letters.items() if letter not in output and inputs.count(letter) == 1])
         return [letters.get(letter) if size > 1 else None for letter, size in zip(output, out.shape)]
+
+    def freeze_reduced_heads(self, reduced: list) -> None:
+        """A sum or norm over heads mixes differently ordered channels (within a head, order is moot)."""
+        self.freeze_all([[r for r in reduced if r is not None and r.part == 1]], "a reduction over heads")
 
     def dim_arg(self, n, at: int) -> int:
         return n.args[at] if len(n.args) > at else n.kwargs.get("dim", -1)
@@ -257,7 +260,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
     def reduce(self, n, x, ndim, out):
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
         reduced = range(ndim) if dims is None else [d % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
-        self.freeze_all([[x[d] for d in reduced if x[d] is not None and x[d].part == 1]], "a reduction over heads")  # within each head: any order
+        self.freeze_reduced_heads([x[d] for d in reduced])
         keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 and isinstance(n.args[2], bool) else False)
         if isinstance(out, torch.Tensor):
             return reduce_refs(x, dims, ndim, keep, out.dim())
