@@ -124,20 +124,21 @@ class SetitemNet(nn.Module):
 
 
 class ShiftedWindowNet(nn.Module):
-    """Swin's moves on a channels-last map: pad H and W (C padded by nothing), roll and flip them;
-    none touches the channels, so every group stays free."""
+    """Swin's moves on a channels-last map: pad H and W (C padded by nothing, by F.pad and by a pad
+    module), roll and flip them; none touches the channels, so every group stays free."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4):
         super().__init__()
         self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
         self.b = nn.Linear(6, 5)
+        self.pad = nn.ConstantPad3d((0, 0, 1, 0, 1, 0), 0.0)
         self.fc = nn.Linear(5, num_classes)
 
     def forward(self, x):
         h = torch.relu(self.a(x)).permute(0, 2, 3, 1)
         side = h.shape[1]
         h = torch.roll(F.pad(h, (0, 0, 0, 1, 0, 1)), shifts=(1, 1), dims=(1, 2))
-        h = torch.relu(self.b(h)).flip(1)[:, :side, :side]
+        h = self.pad(torch.relu(self.b(h))).flip(1)[:, :side, :side]
         return self.fc(torch.flip(h, dims=[2]).mean((1, 2)))
 
 
