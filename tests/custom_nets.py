@@ -594,6 +594,23 @@ def branchy_spec(model: nn.Module | None = None):
     return AlignmentSpec(("a", "b"), axes, {"a": (Unit("a"),), "b": (Unit("b"),)})
 
 
+class SizeCheckNet(nn.Module):
+    """Checks its input's size with an empty message, as timm's blocks do (a Python assert, or
+    torch._assert, which plain torch.fx keeps in the graph): a wrong size is the inputs' fault."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, python_assert: bool = True):
+        super().__init__()
+        self.python_assert = python_assert
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x):
+        if self.python_assert:
+            assert x.shape[-1] % 4 == 0
+        else:
+            torch._assert(x.shape[-1] % 4 == 0, "")
+        return self.fc(x.mean((2, 3)))
+
+
 class Untraceable(nn.Module):
     """Branches on a tensor's value: torch.fx cannot trace it."""
 

@@ -379,6 +379,11 @@ def test_untraceable_models_and_wrong_inputs_are_one_clear_error():
     for model in (custom_nets.SmallNet(in_channels=1), custom_nets.ShapeBranchNet(in_channels=1)):  # plain, shape-specialised
         with pytest.raises(TraceError, match="give example inputs of the shape the model expects"):
             derive_spec(model, torch.randn(2, 3, 12, 12))
+    for python_assert in (True, False):  # an assert with no message fails on the inputs, not the tracer
+        model = custom_nets.SizeCheckNet(python_assert=python_assert)
+        assert len(derive_spec(model, torch.randn(2, 3, 8, 8)).groups) == 0
+        with pytest.raises(TraceError, match=r"running SizeCheckNet on the example inputs failed \(AssertionError[):]"):
+            derive_spec(model, torch.randn(2, 3, 6, 6))
 
 
 def test_custom_models_build_through_the_registry_with_the_dataset_sizes(monkeypatch):

@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 from torch.fx import _symbolic_trace
 
+from fusionctl.errors import first_line
 from fusionctl.models.plain_forwards import PlainTracer
 
 FACTS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"}  # metadata, not values
@@ -73,7 +74,7 @@ class ConcreteTracer(PlainTracer):
         try:
             self.values[node] = self.evaluate(node)
         except Exception as exc:
-            raise RunError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise RunError(first_line(exc)) from exc
         finally:
             self.running = False
         return node

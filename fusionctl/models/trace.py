@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from fusionctl.errors import first_line
 from fusionctl.models.concrete_trace import RunError, concrete_trace, wrapped_calls
 from fusionctl.models.elements import Coverage, Ref
 from fusionctl.models.plain_forwards import symbolic_trace
@@ -60,8 +61,8 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
             with torch.no_grad():
                 tracer.run(*inputs)
         except Exception as exc:
-            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0]}); give example inputs of the shape the model expects") from exc
+            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({first_line(exc)}); "
+                             "give example inputs of the shape the model expects") from exc
     finally:
         model.train(was_training)
     freeze_tied(model, tracer)
@@ -82,13 +83,24 @@ def traced_graph(model: nn.Module, inputs) -> fx.GraphModule:
     except Exception as exc:
         if gm is not None:  # the plain graph, library functions kept whole
             return gm
-        if isinstance(exc, RunError):
-            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({exc}); "
+        failed = exc.__cause__ if isinstance(exc, RunError) else eager_failure(model, inputs)
+        if failed is not None:  # an assert on the example's shapes, say: no tracer could succeed
+            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({first_line(failed)}); "
                              "give example inputs of the shape the model expects") from exc
         error = exc
-    raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({type(error).__name__}: {str(error).splitlines()[0]}); "
+    raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({first_line(error)}); "
                      "avoid Python control flow on tensor values in forward(), or write its spec by hand "
                      "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from error
+
+
+def eager_failure(model: nn.Module, inputs) -> Exception | None:
+    """What running the model itself on the inputs raises, if anything."""
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def freeze_tied(model: nn.Module, tracer: AxisTracer) -> None:
