@@ -142,6 +142,26 @@ class ShiftedWindowNet(nn.Module):
         return self.fc(torch.flip(h, dims=[2]).mean((1, 2)))
 
 
+class OptionalArgsNet(nn.Module):
+    """forward(x, mask=None, scale=1.0) that branches on `mask is not None` (timm's Hiera); an
+    RMSNorm module and F.rms_norm with a weight of its own, clamp and a power: every group free."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.norm = nn.RMSNorm(6)
+        self.b = nn.Linear(6, 5)
+        self.gain = nn.Parameter(torch.rand(5) + 0.5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x, mask=None, scale: float = 1.0):
+        h = torch.relu(self.a(x)).permute(0, 2, 3, 1)
+        if mask is not None:
+            h = h * mask
+        h = self.b(self.norm(h)).clamp(-1.0, 1.0) ** 2 * scale
+        return self.fc(F.rms_norm(h, (5,), self.gain).mean((1, 2)))
+
+
 class ConcatNet(nn.Module):
     """Concatenates two branches and its own input along channels (Inception's and DenseNet's
     pattern); with flat=True a Linear also reads the joined C x H x W map flattened."""

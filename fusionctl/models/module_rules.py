@@ -43,8 +43,8 @@ class ModuleRules:
                     self.link(f"{where}.{key}", 0, x[1], where)
             self.mark_norm(n, where, m.affine)
             return list(x)
-        if isinstance(m, nn.LayerNorm):
-            return self.layer_norm(n, x, len(m.normalized_shape), where, m.elementwise_affine, prefix=where)
+        if isinstance(m, ops.LAST_AXES_NORMS):
+            return self.layer_norm(n, x, len(m.normalized_shape), where, m.elementwise_affine, prefix=where, point=isinstance(m, nn.LayerNorm))
         if isinstance(m, nn.GroupNorm):
             if m.num_groups not in (1, m.num_channels):
                 self.els.freeze(x[1].el, f"GroupNorm with {m.num_groups} groups") if x[1] else None

@@ -10,7 +10,7 @@ UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hards
          "softmax", "log_softmax", "identity"}  # element-wise or along one axis: every axis keeps its element
 # element-wise over broadcast operands (addcmul, addcdiv, lerp and where take three)
 BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum", "addcmul", "addcdiv",
-          "lerp", "where", "gt", "lt", "ge", "le", "eq", "ne", "masked_fill"}
+          "lerp", "where", "gt", "lt", "ge", "le", "eq", "ne", "masked_fill", "pow", "clamp", "clip", "clamp_min", "clamp_max"}
 # new tensors that read only their input's shape, dtype and device (Swin's shifted-window mask starts as x.new_zeros)
 CREATION = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like",
             "randn_like"}
@@ -29,3 +29,4 @@ POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPo
 PAD_MODULES = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
                nn.modules.padding._CircularPadNd)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+LAST_AXES_NORMS = (nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))  # nn.RMSNorm: torch >= 2.4

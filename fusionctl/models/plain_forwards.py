@@ -11,6 +11,8 @@ whenever hooks watch a submodule (activation probes, REPAIR), so those see every
 
 from __future__ import annotations
 
+import inspect
+
 from torch import fx, nn
 
 
@@ -60,7 +62,16 @@ class PlainTracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
 
-def symbolic_trace(model: nn.Module) -> fx.GraphModule:
+def fixed_defaults(model: nn.Module, given: int) -> dict:
+    """forward()'s parameters after the `given` example inputs whose defaults are plain values
+    (None, a flag): traced at those values, so `if mask is not None:` takes the branch the model
+    runs (timm's Hiera), instead of meeting a placeholder that fx makes of every parameter."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    rest = list(inspect.signature(model.forward).parameters.values())[given:]
+    return {p.name: p.default for p in rest if p.kind in named and isinstance(p.default, (type(None), bool, int, float, str))}
+
+
+def symbolic_trace(model: nn.Module, given: int) -> fx.GraphModule:
     tracer = PlainTracer()
-    graph = tracer.trace(model)
+    graph = tracer.trace(model, concrete_args=fixed_defaults(model, given) or None)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)

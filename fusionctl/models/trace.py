@@ -73,7 +73,7 @@ def traced_graph(model: nn.Module, inputs) -> fx.GraphModule:
     """Plain fx tracing; where it fails on control flow, or keeps a library's function whole
     (torch.fx.wrap), tracing specialised to the example inputs' shapes (concrete_trace.py)."""
     try:
-        gm, error = symbolic_trace(model), None
+        gm, error = symbolic_trace(model, len(inputs)), None
         if not wrapped_calls(gm):
             return gm
     except Exception as exc:  # fx raises many types for control flow on tensors

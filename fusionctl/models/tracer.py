@@ -9,24 +9,8 @@ import torch.fx as fx
 from torch import nn
 
 from fusionctl.models import op_kinds as ops
-from fusionctl.models.axes import (
-    along_refs,
-    broadcast_refs,
-    cat_refs,
-    index_refs,
-    iter_refs,
-    matmul_refs,
-    pad_refs,
-    permute_refs,
-    reduce_refs,
-    reshape_refs,
-    shifted_axes,
-    spatial_axes,
-    split_refs,
-    stack_refs,
-    unify,
-    window_refs,
-)
+from fusionctl.models.axes import (along_refs, broadcast_refs, cat_refs, index_refs, iter_refs, matmul_refs, pad_refs, permute_refs,
+                                   reduce_refs, reshape_refs, shifted_axes, spatial_axes, split_refs, stack_refs, unify, window_refs)
 from fusionctl.models.elements import Elements, Ref
 from fusionctl.models.module_rules import FUNCTIONAL, ModuleRules
 
@@ -124,8 +108,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if unit is not None and unit[1] is None and affine:
             unit[1] = where
 
-    def layer_norm(self, n, x, k: int, where: str, affine: bool, prefix: str | None = None, weight=None, bias=None):
-        """LayerNorm over the last k axes: its statistics are symmetric in every axis it spans."""
+    def layer_norm(self, n, x, k: int, where: str, affine: bool, prefix: str | None = None, weight=None, bias=None, point: bool = True):
+        """LayerNorm or RMSNorm over the last k axes (symmetric in each); point: REPAIR corrects there (RMSNorm: no bias)."""
         if affine:
             for name, node in (("weight", weight), ("bias", bias)):
                 if prefix is not None and f"{prefix}.{name}" in self._dims:
@@ -134,7 +118,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
                 elif isinstance(node, fx.Node) and self.d(node) is not None:
                     for dim, ref in enumerate(self.d(node)):
                         unify(self.els, ref, x[len(x) - k + dim], where)
-        self.mark_norm(n, where, affine)
+        self.mark_norm(n, where, affine and point)
         return list(x)
 
     def on_function(self, n: fx.Node, name: str, out):
@@ -169,7 +153,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
                 mask_desc = self.d(mask) or [None] * self.val(mask).dim()
                 batch = broadcast_refs(self.els, [(batch + [q[-2], k[-2]], scores), (mask_desc, self.val(mask).shape)], scores, where)[:-2]
             return batch + [q[-2], v[-1]]
-        if name in ops.BINARY or (name in ("max", "min") and len(tensors) == 2):  # torch.max(a, b) is element-wise
+        if name.rstrip("_") in ops.BINARY or (name in ("max", "min") and len(tensors) == 2):  # torch.max(a, b) is element-wise
             return self.binary(n, out, where)
         if name in ops.PERMUTE:
             return self.permute(n, name, x, out)
@@ -190,11 +174,12 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return self.einsum(n, out, where)
         if name in ops.REDUCE:
             return self.reduce(n, x, self.val(args[0]).dim(), out)
-        if name == "layer_norm":
+        if name in ("layer_norm", "rms_norm"):
             shape = args[1] if len(args) > 1 else n.kwargs["normalized_shape"]
             weight = args[2] if len(args) > 2 else n.kwargs.get("weight")
-            bias = args[3] if len(args) > 3 else n.kwargs.get("bias")
-            return self.layer_norm(n, x, len(shape) if isinstance(shape, (tuple, list)) else 1, where, weight is not None, weight=weight, bias=bias)
+            bias = args[3] if len(args) > 3 and name == "layer_norm" else n.kwargs.get("bias")
+            k = len(shape) if isinstance(shape, (tuple, list)) else 1
+            return self.layer_norm(n, x, k, where, weight is not None, weight=weight, bias=bias, point=name == "layer_norm")
         if name == "cat":
             return self.cat(n, out, where)
         if name == "stack":
