@@ -162,6 +162,21 @@ class OptionalArgsNet(nn.Module):
         return self.fc(F.rms_norm(h, (5,), self.gain).mean((1, 2)))
 
 
+class UpsamplingNet(nn.Module):
+    """A decoder's upsampling: a strided conv down, a transposed conv (weight: in x out x k x k) up."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.down = nn.Conv2d(in_channels, 6, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(6, 5, 2, stride=2)
+        self.mix = nn.Conv2d(5, 7, 1)
+        self.fc = nn.Linear(7, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.up(torch.relu(self.down(x))))
+        return self.fc(torch.relu(self.mix(h)).mean((2, 3)))
+
+
 class ConcatNet(nn.Module):
     """Concatenates two branches and its own input along channels (Inception's and DenseNet's
     pattern); with flat=True a Linear also reads the joined C x H x W map flattened."""

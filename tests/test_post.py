@@ -65,6 +65,20 @@ def test_repair_sets_every_channel_to_the_target_statistics(bn):
         assert torch.allclose(sd, sd_t, rtol=1e-2, atol=1e-4)
 
 
+def test_repair_corrects_a_transposed_conv_along_its_output_channels():
+    """A transposed conv's weight is (in, out, k, k): REPAIR scales its axis 1."""
+    from fusionctl.models.trace import derive_spec
+    from tests.custom_nets import UpsamplingNet
+
+    x = splits().train.x[:64]
+    refs, merged = [UpsamplingNet().eval() for _ in range(2)], UpsamplingNet().eval()
+    spec = derive_spec(merged, x[:2])
+    targets = target_stats(refs, spec, [0.5, 0.5], x)
+    repair(merged, spec, targets, x)
+    for (mu, sd), (mu_t, sd_t) in zip(channel_stats(merged, repair_points(merged, spec), x), targets):
+        assert torch.allclose(mu, mu_t, atol=1e-4) and torch.allclose(sd, sd_t, rtol=1e-3)
+
+
 def test_repair_of_a_model_with_itself_as_reference_keeps_its_function():
     data = splits()
     cfg = ModelConfig("mlp", [16, 8], False)

@@ -121,7 +121,9 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
                 writes = output_layer(layer)
                 if writes.bias is None:
                     raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
-                writes.weight.mul_(scale.view((-1,) + (1,) * (writes.weight.dim() - 1)))
+                shape = [1] * writes.weight.dim()
+                shape[1 if isinstance(writes, nn.modules.conv._ConvTransposeNd) else 0] = -1  # the output channels' axis
+                writes.weight.mul_(scale.view(shape))
                 writes.bias.copy_((writes.bias - mu) * scale + mu_t)
             shape = [1] * out.dim()
             shape[axis] = -1

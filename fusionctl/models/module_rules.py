@@ -28,7 +28,7 @@ class ModuleRules:
                 self.link(f"{where}.bias", 0, ref, where)
             self.writer_node[n] = self.units[ref.el][0]
             return list(x[:-1]) + [ref]
-        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
+        if isinstance(m, nn.modules.conv._ConvNd) and (m.groups == 1 or not isinstance(m, nn.modules.conv._ConvTransposeNd)):
             return self.conv(n, m, x, where, out)
         if isinstance(m, nn.MultiheadAttention):
             return self.attention(n, m, where, out)
@@ -120,8 +120,9 @@ class ModuleRules:
     def conv(self, n, m, x, where, out):
         x = window_refs(self.els, x, len(x) - 2, where)  # the kernel mixes the spatial axes
         cin = x[1]
+        out_dim = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0  # a transposed conv's weight: (in, out, ...)
         if m.groups == 1:
-            self.link(f"{where}.weight", 1, cin, where)
+            self.link(f"{where}.weight", 1 - out_dim, cin, where)
             ref = self.open(m.out_channels, where)
         elif m.groups == m.in_channels and cin is not None and (cin.outer, cin.inner) == (1, 1):
             # depthwise: output channel c*k + j reads input channel c only, so it stays in c's group
@@ -137,7 +138,7 @@ class ModuleRules:
         else:
             self.freeze_all([x], f"grouped conv (groups={m.groups}) with {m.in_channels} inputs, {m.out_channels} outputs")
             return self.fresh(out, f"grouped conv (groups={m.groups}) with {m.in_channels} inputs, {m.out_channels} outputs")
-        self.link(f"{where}.weight", 0, ref, where)
+        self.link(f"{where}.weight", out_dim, ref, where)
         if m.bias is not None:
             self.link(f"{where}.bias", 0, ref, where)
         self.writer_node[n] = self.units[ref.el][-1]

@@ -1,7 +1,7 @@
 """Alignment specs traced from any torch module (torch.fx), frozen where unsure, with coverage.
 
 A torch.fx Interpreter runs the model on example inputs and gives every axis of every tensor an
-element of a union-find (PLeaS-Merging's design): Linear/Conv/Embedding outputs open an element
+element of a union-find (PLeaS-Merging's design): Linear/Conv/ConvTranspose/Embedding outputs open an element
 (a candidate group of hidden units, written by that module), and so do F.linear / F.conv* called
 on a module's own weight inside a torch.nn subclass (timm's layers; F.batch_norm and
 F.group_norm there are read as the norms); element-wise binary ops (residual
@@ -21,7 +21,7 @@ an element made of its parts' (spec.concat: it moves as they do). Parameters are
 elements of the axes they touch. Anything the tracer cannot vouch for — an unknown op or module,
 a concatenation split into heads or added to another tensor (and then its parts), an uneven
 split or a slice along a channel axis, a window or pad across one, the
-indices of a max over one, a grouped conv with unequal inputs and outputs, a GroupNorm mixing
+indices of a max over one, a grouped conv with unequal inputs and outputs (or transposed), a GroupNorm mixing
 channel blocks, tied weights, a size mismatch, a reduction, softmax or parameter across heads —
 freezes the elements it touches (every input of an unknown op, lists of tensors included), as do
 the model's inputs and outputs; torch.stack unifies its inputs' axes. A frozen group is left
