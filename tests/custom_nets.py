@@ -177,6 +177,27 @@ class UpsamplingNet(nn.Module):
         return self.fc(torch.relu(self.mix(h)).mean((2, 3)))
 
 
+class RepeatNet(nn.Module):
+    """Channels repeated whole (repeat, tile), each in place (repeat_interleave) and unfolded into
+    patches (F.unfold, nn.Unfold: im2col, as VOLO does): every copy moves with its group."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.b = nn.Conv2d(8, 5, 1)
+        self.c = nn.Conv2d(10, 6, 1)
+        self.d = nn.Linear(6 * 4, 7)
+        self.unfold = nn.Unfold(2)
+        self.fc = nn.Linear(7 * 4 * 2, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x)).repeat(1, 2, 1, 1)))
+        h = torch.relu(self.c(torch.repeat_interleave(h, 2, dim=1)))
+        h = torch.relu(self.d(F.unfold(h, 2, stride=2).transpose(1, 2)))  # (N, 9 patches, 7)
+        h = self.unfold(h.transpose(1, 2).reshape(len(x), 7, 3, 3))
+        return self.fc(h.mean(2).tile((1, 2)))
+
+
 class ConcatNet(nn.Module):
     """Concatenates two branches and its own input along channels (Inception's and DenseNet's
     pattern); with flat=True a Linear also reads the joined C x H x W map flattened."""

@@ -162,7 +162,8 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
                                          (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7),
                                          (custom_nets.ShiftedWindowNet, 6 + 5), (custom_nets.DropPathNet, 6),
                                          (custom_nets.ShapeBranchNet, 6 + 5), (custom_nets.WrappedFunctionNet, 6 + 5),
-                                         (custom_nets.OptionalArgsNet, 6 + 5), (custom_nets.UpsamplingNet, 6 + 5 + 7)])
+                                         (custom_nets.OptionalArgsNet, 6 + 5), (custom_nets.UpsamplingNet, 6 + 5 + 7),
+                                         (custom_nets.RepeatNet, 4 + 5 + 6 + 7)])
 def test_resampling_shifts_matrix_products_splits_concatenations_and_functional_layers_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()

@@ -164,6 +164,32 @@ def pad_refs(els: Elements, x: list, pad, where: str) -> list:
     return along_refs(els, x, [len(x) - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]], where)
 
 
+def repeat_refs(els: Elements, x: list, before, after, where: str, interleave: bool = False) -> list:
+    """tile / repeat (whole copies: a channel axis repeated k times keeps its element with outer*k)
+    and repeat_interleave by an int along one axis (each unit k times in a row: inner*k); leading
+    new axes carry nothing. An axis of heads repeated freezes."""
+    lead = len(after) - len(before)
+    out = [None] * lead
+    for r, b, a in zip(x, before, after[lead:]):
+        if r is not None and a != b and r.part == 0:
+            r = Ref(r.el, r.outer, r.inner * (a // b)) if interleave else Ref(r.el, r.outer * (a // b), r.inner)
+        elif r is not None and a != b:
+            els.freeze(r.el, f"repeated along a channel axis at {where}")
+            r = None
+        out.append(r)
+    return out
+
+
+def unfold_refs(els: Elements, x: list, before, after, where: str) -> list:
+    """F.unfold (im2col): (N, C, *space) -> (N, C x kernel positions, blocks); the channels keep
+    their element with inner * the kernel's size, the blocks mix space."""
+    c = x[1]
+    if c is not None and c.part != 0:
+        els.freeze(c.el, f"unfolded heads at {where}")
+        c = None
+    return [x[0], Ref(c.el, c.outer, c.inner * (after[1] // before[1])) if c is not None else None, None]
+
+
 def shifted_axes(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
     """The axes of roll(input, shifts, dims) or flip(input, dims) / x.flip(*dims); a roll without dims flattens (every axis)."""
     if name == "flip":

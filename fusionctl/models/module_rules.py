@@ -9,7 +9,7 @@ import torch.fx as fx
 from torch import nn
 
 from fusionctl.models import op_kinds as ops
-from fusionctl.models.axes import pad_refs, spatial_axes, unify, window_refs
+from fusionctl.models.axes import pad_refs, spatial_axes, unfold_refs, unify, window_refs
 from fusionctl.models.elements import Ref
 
 
@@ -59,6 +59,8 @@ class ModuleRules:
             return window_refs(self.els, x, spatial_axes(type(m).__name__, len(x)), where)
         if isinstance(m, ops.PAD_MODULES):
             return pad_refs(self.els, x, m.padding, where)  # normalised to F.pad's (before, after) pairs
+        if isinstance(m, nn.Unfold):
+            return unfold_refs(self.els, x, self.val(n.args[0]).shape, out.shape, where)
         if isinstance(m, nn.Flatten):
             return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
         self.freeze_all(self.all_descs((n.args, n.kwargs)), f"unsupported module {type(m).__name__}")  # every input

@@ -7,7 +7,8 @@ on a module's own weight inside a torch.nn subclass (timm's layers; F.batch_norm
 F.group_norm there are read as the norms); element-wise binary ops (residual
 adds, gates) unify their operands' elements; norms, activations, pooling, dropout, permutes and
 reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps the channel
-element with inner = H*W; a depthwise conv keeps its input's element, and so does a grouped conv
+element with inner = H*W (and copies made by repeat, tile, repeat_interleave or F.unfold keep
+it, with outer or inner multiplied); a depthwise conv keeps its input's element, and so does a grouped conv
 with as many outputs as inputs, whose element then moves in whole blocks and within each, its
 weight's block-local input axis following (spec.local); pooling, resampling and
 padding over space keep the channels; a matrix product unifies the axes it contracts;

@@ -10,7 +10,8 @@ from torch import nn
 
 from fusionctl.models import op_kinds as ops
 from fusionctl.models.axes import (along_refs, broadcast_refs, cat_refs, index_refs, iter_refs, matmul_refs, pad_refs, permute_refs,
-                                   reduce_refs, reshape_refs, shifted_axes, spatial_axes, split_refs, stack_refs, unify, window_refs)
+                                   reduce_refs, repeat_refs, reshape_refs, shifted_axes, spatial_axes, split_refs, stack_refs, unfold_refs, unify,
+                                   window_refs)
 from fusionctl.models.elements import Elements, Ref
 from fusionctl.models.module_rules import FUNCTIONAL, ModuleRules
 
@@ -165,6 +166,16 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return pad_refs(self.els, x, args[1] if len(args) > 1 else n.kwargs["pad"], where)
         if name in ("roll", "flip"):
             return along_refs(self.els, x, shifted_axes(name, n.args, n.kwargs, len(x)), where)
+        if name in ("tile", "repeat", "repeat_interleave") and x is not None:
+            counts = args[1] if len(args) > 1 else n.kwargs.get("repeats")  # repeat_interleave's: an int, or one per entry
+            if name == "repeat_interleave" and (len(args) < 3 and n.kwargs.get("dim") is None or isinstance(counts, fx.Node)):
+                self.freeze_all([x], f"repeated along a channel axis at {where}")  # flattened, or uneven
+                return [None] * out.dim()
+            return repeat_refs(self.els, x, self.val(args[0]).shape, out.shape, where, name == "repeat_interleave")
+        if name == "unfold" and x is not None:  # F.unfold (im2col), or Tensor.unfold(dimension, size, step): windows
+            if n.op == "call_function":
+                return unfold_refs(self.els, x, self.val(args[0]).shape, out.shape, where)
+            return along_refs(self.els, x, [n.args[1] if len(n.args) > 1 else n.kwargs["dimension"]], where) + [None]
         if name in ("expand", "expand_as"):  # broadcasts size-1 axes (which carry no element) and may add leading ones
             return [None] * (out.dim() - len(x)) + list(x)
         if name in ops.MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:
