@@ -28,8 +28,8 @@ from fusionctl.models.trace import TraceError, derive_spec
 SMALL = ("tiny", "small", "nano", "pico", "atto", "femto", "xs", "_t")
 
 
-class Timeout(Exception):
-    pass
+class Timeout(BaseException):
+    """Not an Exception: code that catches those (load_state_dict, the tracer's run) lets it through."""
 
 
 def one_per_family(names: list[str]) -> list[str]:
