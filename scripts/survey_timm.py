@@ -104,7 +104,7 @@ def main():
         verdict = "unchecked (zero output)" if change != change else "" if change <= 1e-6 else \
             f"chaotic (1e-14 noise in the weights: {noise:.1e})" if change < 100 * noise else "WRONG"
         counts["wrong" if verdict == "WRONG" else "fully permutable" if cov.permutable == cov.hidden else "partly frozen"] += 1
-        reasons.update(r.split(" at ")[0] for r in cov.frozen)
+        reasons.update({r.split(" at ")[0] for r in cov.frozen})  # once per model
         print(f"{arch}: change {change:.1e} {verdict}  {cov}"[:300], flush=True)
     print(f"\n{len(archs)} name prefixes: " + ", ".join(f"{n} {k}" for k, n in counts.most_common()))
     print("most common reasons to freeze (models): " + "; ".join(f"{r} ({n})" for r, n in reasons.most_common(8)))
