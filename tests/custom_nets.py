@@ -667,6 +667,24 @@ class SizeCheckNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class ConstantScaleNet(nn.Module):
+    """Channels scaled by tensors outside the state dict (a non-persistent buffer, a plain tensor
+    attribute): fusion never moves them, so the channels they scale cannot move either."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 5, 3, padding=1)
+        self.c = nn.Conv2d(5, 7, 3, padding=1)
+        self.fc = nn.Linear(7, num_classes)
+        self.register_buffer("scale", torch.rand(6, 1, 1) + 0.5, persistent=False)
+        self.shift = torch.rand(5, 1, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x)) * self.scale)) + self.shift
+        return self.fc(torch.relu(self.c(h)).mean((2, 3)))
+
+
 class Untraceable(nn.Module):
     """Branches on a tensor's value: torch.fx cannot trace it."""
 

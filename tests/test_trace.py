@@ -143,6 +143,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.TinyTransformer, "slice along a channel axis", [("side.weight", 0)],
      [("emb.weight", 0), ("cls", 2), ("o.weight", 0), ("q.weight", 1), ("m1.weight", 0), ("head.weight", 1), ("q.weight", 0),
       ("v.weight", 0), ("o.weight", 1)]),
+    (custom_nets.ConstantScaleNet, "combined with an unaligned tensor", [("a.weight", 0), ("b.weight", 0), ("c.weight", 1)],
+     [("c.weight", 0)]),
     (custom_nets.TiedNet, "tied weights", [("a.weight", 0), ("a.weight", 1), ("b.weight", 0), ("inp.weight", 0)], [("mid.weight", 0)]),
 ])
 def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, frozen, free):

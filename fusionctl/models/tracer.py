@@ -88,13 +88,12 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if n.op == "placeholder":
             return self.fresh(out, "model input")
         if n.op == "get_attr":
-            if not isinstance(out, torch.Tensor):
-                return None
-            refs = [Ref(self.els.new(s)) if s > 1 else None for s in out.shape]
             key = str(n.target)
-            if key in self._dims:
-                for dim, ref in enumerate(refs):
-                    self.link(key, dim, ref, key)
+            if not isinstance(out, torch.Tensor) or key not in self._dims:
+                return [None] * out.dim() if isinstance(out, torch.Tensor) else None  # a constant (a non-persistent buffer): it never moves
+            refs = [Ref(self.els.new(s)) if s > 1 else None for s in out.shape]
+            for dim, ref in enumerate(refs):
+                self.link(key, dim, ref, key)
             return refs
         if n.op == "output":
             self.freeze_all(self.all_descs(n.args), "model output")
