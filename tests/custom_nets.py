@@ -667,6 +667,63 @@ class SizeCheckNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def rotate_half(x):
+    """LLaMA's: (x1, x2) -> (-x2, x1) on each head's two halves."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], -1)
+
+
+class RotaryAttentionNet(nn.Module):
+    """Attention with rotary position embeddings as LLaMA writes them: q and k of every head
+    rotated by a fixed cos/sin table along the head's channels (a non-persistent inv_freq buffer,
+    positions from arange, torch.outer). The table fixes each channel's place in its head, so q and
+    k move only as whole heads (v with them: the attention ties them). `halves` slices the halves
+    instead of chunking them; `packed` computes q, k, v in one Linear; `qk_norm` normalises q and
+    k over each head's channels with weights shared by every head (an nn.LayerNorm, and F.rms_norm
+    with a parameter of its own, as Gemma's vision tower does), which also allows only whole heads."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, halves: bool = False, packed: bool = False,
+                 qk_norm: bool = False):
+        super().__init__()
+        self.heads, self.halves, self.packed, self.qk_norm = heads, halves, packed, qk_norm
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        if packed:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 12), nn.GELU(), nn.Linear(12, dim))
+        self.fc = nn.Linear(dim, num_classes)
+        d = dim // heads
+        if qk_norm:
+            self.q_norm, self.k_scale = nn.LayerNorm(d), nn.Parameter(torch.rand(d) + 0.5)
+        self.register_buffer("inv_freq", 1.0 / 100 ** (torch.arange(0, d, 2).float() / d), persistent=False)
+
+    def rotate(self, x, cos, sin):
+        if self.halves:
+            half = x.shape[-1] // 2
+            return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+        return x * cos + rotate_half(x) * sin
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
+        b, n, c = t.shape
+        if self.packed:
+            q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = (f(t).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        if self.qk_norm:
+            q, k = self.q_norm(q), F.rms_norm(k, (k.shape[-1],), self.k_scale)
+        angles = torch.outer(torch.arange(n, dtype=t.dtype), self.inv_freq)
+        emb = torch.cat([angles, angles], -1)
+        cos, sin = emb.cos(), emb.sin()
+        q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        att = torch.softmax(q @ k.transpose(-2, -1) / 2.0, -1) @ v
+        t = t + self.proj(att.transpose(1, 2).reshape(b, n, c))
+        t = t + self.mlp(t)
+        return self.fc(t.mean(1))
+
+
 class ConstantScaleNet(nn.Module):
     """Channels scaled by tensors outside the state dict (a non-persistent buffer, a plain tensor
     attribute): fusion never moves them, so the channels they scale cannot move either."""

@@ -54,6 +54,27 @@ def test_block_assignment_is_the_best_permutation_that_keeps_blocks_whole(blocks
         assert tuple(got) in set(whole) and np.isclose(c[np.arange(n), got].sum(), best, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_whole_block_assignment_is_the_best_permutation_of_blocks_that_keeps_every_place(blocks):
+    """within=False (rotary heads): against every permutation of the blocks, each node keeping its
+    place in its block (brute force); solve_ot under Sinkhorn gives the same permutation."""
+    import itertools
+
+    import numpy as np
+
+    from fusionctl.ot.solver import assignment
+
+    rng, n, d = np.random.default_rng(blocks), 6, 6 // blocks
+    for _ in range(10):
+        c = rng.normal(size=(n, n))
+        whole = [np.concatenate([np.arange(d) + b * d for b in order]) for order in itertools.permutations(range(blocks))]
+        best = min(c[np.arange(n), p].sum() for p in whole)
+        got = assignment(c, blocks, within=False)
+        assert any(np.array_equal(got, p) for p in whole) and np.isclose(c[np.arange(n), got].sum(), best, rtol=0, atol=1e-12)
+        plan = solve_ot(torch.from_numpy(c), "sinkhorn", reg=0.05, blocks=blocks, within=False)
+        assert np.array_equal(plan.argmax(1).numpy(), got)
+
+
 @pytest.mark.parametrize("method", ["exact", "sinkhorn"])
 def test_heads_are_recovered_as_a_permutation_of_heads_and_within_heads(method):
     """A planted permutation of 4 heads of 5 channels (and of the channels inside each) comes back

@@ -269,6 +269,30 @@ def test_heads_move_only_as_whole_heads(make, group):
             assert torch.allclose(other(x), model(x), atol=1e-5) == same, perm
 
 
+@pytest.mark.parametrize("kwargs, group", [({}, "q"), ({"halves": True}, "q"), ({"packed": True}, "qkv.heads"), ({"qk_norm": True}, "q")],
+                         ids=["chunked-halves", "sliced-halves", "packed-qkv", "qk-norm"])
+def test_rotary_embeddings_let_heads_move_only_whole(kwargs, group):
+    """A rotary table fixes each channel's place in its head: swapping two heads keeps the
+    function, swapping two units inside one head (or of different heads) does not; every group
+    stays permutable and random whole-head permutations keep the function."""
+    torch.manual_seed(0)
+    model = custom_nets.RotaryAttentionNet(**kwargs).eval()
+    x = torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert spec.whole_heads == {group} and spec.blocks(group) == 2 and not spec.within(group)
+    assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    assert "moved only as whole heads" in str(spec.coverage)
+    state = model.state_dict()
+    for perm, same in (([4, 5, 6, 7, 0, 1, 2, 3], True), ([1, 0, 2, 3, 4, 5, 6, 7], False), ([4, 1, 2, 3, 0, 5, 6, 7], False)):
+        cps = {g: torch.eye(n, dtype=torch.float64) / n for g, n in spec.group_sizes(state).items()}
+        cps[group] = torch.eye(8, dtype=torch.float64)[perm] / 8
+        other = copy.deepcopy(model)
+        other.load_state_dict(transport(state, spec, cps))
+        with torch.no_grad():
+            assert torch.allclose(other(x), model(x), atol=1e-5) == same, perm
+    assert_permutation_keeps_function(model, spec, x)
+
+
 def test_a_hand_written_spec_must_split_its_heads_evenly():
     from dataclasses import replace
 
@@ -282,6 +306,8 @@ def test_a_hand_written_spec_must_split_its_heads_evenly():
         replace(spec, heads={**spec.heads, group: ("encoder.layers.0.attn", 2)}).check_fits(model)
     with pytest.raises(ValueError, match="encoder.layers.0.norm1 is neither an nn.MultiheadAttention"):
         replace(spec, heads={**spec.heads, group: ("encoder.layers.0.norm1", 2)}).check_fits(model)
+    with pytest.raises(ValueError, match="whole heads of encoder.layers.0.linear1: .* is not a group of several heads"):
+        replace(spec, whole_heads=frozenset({"encoder.layers.0.linear1"})).check_fits(model)
 
 
 def test_a_grouped_conv_moves_its_channels_in_whole_blocks_and_within_each():
@@ -366,6 +392,8 @@ def test_the_alignment_report_names_every_group_concatenation_and_freeze():
     report = alignment_report(derive_spec(swin, torch.randn(4, 3, 2, 2)), swin)
     assert "2 heads: whole, and within each" in report and "`table`[1 one per head]" in report
     assert not any("`table`" in line for line in report.splitlines() if line.startswith("Entries no group"))
+    rotary = custom_nets.RotaryAttentionNet().eval()
+    assert "| `q` | 8 | 2 heads: whole only (rotary embeddings) |" in alignment_report(derive_spec(rotary, torch.randn(2, 3, 8, 8)), rotary)
 
 
 def test_a_c_h_w_flatten_expands_the_channel_axis():

@@ -34,5 +34,5 @@ def fuse_am(spec, states, weights, target_sizes, settings: AMSettings, ctx) -> F
     for i in range(1, len(states)):
         for group in spec.groups:
             corr = feats[0][group] @ feats[i][group].T
-            couplings[i][group] = perm_coupling(assignment(-corr.cpu().numpy(), spec.blocks(group)))
+            couplings[i][group] = perm_coupling(assignment(-corr.cpu().numpy(), spec.blocks(group), spec.within(group)))
     return fuse_with_couplings(spec, states, weights, couplings)

@@ -140,7 +140,7 @@ def barycenter_couplings(
             h0 = group_structure(init_state, spec, group).to(device)
             res = fused_gw_barycenter(ys, hs, weights, x0, h0, alpha, ot_method, reg, max_iter, inner_iter, tol, sinkhorn_iter)
         else:
-            res = free_support_barycenter(ys, weights, x0, ot_method, reg, max_iter, tol, sinkhorn_iter, spec.blocks(group))
+            res = free_support_barycenter(ys, weights, x0, ot_method, reg, max_iter, tol, sinkhorn_iter, spec.blocks(group), spec.within(group))
         for c, p in zip(couplings, res.couplings):
             c[group] = p.cpu()
         info[group] = {"iterations": res.iterations, "converged": res.converged, "cost": res.cost, "size": x0.shape[0],

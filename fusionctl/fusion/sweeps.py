@@ -129,7 +129,7 @@ class NetworkBarycenter(GroupCosts):
 
     def _solve(self, i: int, group: str, cost: torch.Tensor) -> torch.Tensor:
         warm = self.potentials.setdefault((group, i), Potentials())
-        plan = solve_ot(cost, self.ot.method, self.ot.reg, self.ot.sinkhorn_iter, warm, self.spec.blocks(group))
+        plan = solve_ot(cost, self.ot.method, self.ot.reg, self.ot.sinkhorn_iter, warm, self.spec.blocks(group), self.spec.within(group))
         self.unconverged += not warm.converged
         return plan
 

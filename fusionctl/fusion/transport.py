@@ -148,7 +148,8 @@ def random_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor], genera
             perm = torch.randperm(n, generator=generator)
         else:
             d = n // blocks
-            perm = torch.cat([b * d + torch.randperm(d, generator=generator) for b in torch.randperm(blocks, generator=generator).tolist()])
+            perm = torch.cat([b * d + (torch.randperm(d, generator=generator) if spec.within(group) else torch.arange(d))
+                              for b in torch.randperm(blocks, generator=generator).tolist()])
         out[group] = torch.eye(n, dtype=torch.float64)[perm] / n
     return out
 

@@ -68,7 +68,7 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
                             b = rows_with_aligned_inputs(b, spec, key, couplings)
                         a = node_slices(target[key].to(torch.float32), dim, ax)
                         sim += a @ node_slices(b, dim, ax).T
-            new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group)))
+            new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group), spec.within(group)))
             done.add(group)
             if torch.equal(new, couplings[group]):
                 continue

@@ -48,7 +48,7 @@ def split_spec(spec: AlignmentSpec) -> AlignmentSpec:
         if key in spec.local and _first_concat(spec, ax_tuple) is not None:
             raise ValueError(f"{key} is a grouped convolution read along a concatenation, which fusionctl cannot split")
         add(key, ax_tuple)
-    return AlignmentSpec(spec.groups, axes, spec.units, spec.coverage, spec.heads, spec.local, per_head=spec.per_head)
+    return AlignmentSpec(spec.groups, axes, spec.units, spec.coverage, spec.heads, spec.local, per_head=spec.per_head, whole_heads=spec.whole_heads)
 
 
 def split_state(spec: AlignmentSpec, state: State) -> State:

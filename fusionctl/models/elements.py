@@ -28,13 +28,14 @@ class Coverage:
     heads: int = 0  # permutable groups of attention heads (moved as whole heads and within each)
     grouped: int = 0  # permutable groups of a grouped conv's channels (moved as whole blocks and within each)
     concats: int = 0  # concatenations along a channel axis, moved part by part (spec.concat)
+    whole: int = 0  # groups of heads moved only whole (spec.whole_heads: rotary embeddings)
 
     def __str__(self) -> str:
         text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
         kinds = ((self.heads, "attention heads"), (self.grouped, "grouped-conv channels"))
         among = [f"{n} group{'s' if n > 1 else ''} of {what}" for n, what in kinds if n]
         if among:
-            text += f" ({' and '.join(among)} among them)"
+            text += f" ({' and '.join(among)} among them{f', {self.whole} moved only as whole heads' if self.whole else ''})"
         if self.concats:
             text += f"; {self.concats} concatenation{'s' if self.concats > 1 else ''} moved part by part"
         if self.frozen:
@@ -62,6 +63,7 @@ class Elements:
         self.concat_at: dict[int, str] = {}
         self.members: dict[int, list[int]] = {}
         self.head_of: dict[int, int] = {}  # root of a parameter's axis -> the element whose heads it indexes (a bias per head)
+        self.whole: set[int] = set()  # roots whose heads move only whole (rotary embeddings fix each channel's place in its head)
 
     def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
         e = len(self.parent)
@@ -104,6 +106,9 @@ class Elements:
             self.reasons.setdefault(keep, []).extend(self.reasons.pop(gone))
         if gone in self.heads:
             self.set_heads(keep, self.heads.pop(gone), where)
+        if gone in self.whole:
+            self.whole.discard(gone)
+            self.whole.add(keep)
         if clash:
             self.freeze(keep, f"concatenation combined with another tensor at {where}")
         if ra in self.head_of or rb in self.head_of:  # a per-head parameter read another way too: its heads cannot move
@@ -145,6 +150,29 @@ class Elements:
         if self.find(self.head_of.setdefault(ro, rh)) != rh:  # one table for two attentions: neither moves
             self.freeze(self.head_of[ro], f"a per-head parameter shared by two attentions at {where}")
             return False
+        return True
+
+    def keep_in_place(self, e: int) -> bool:
+        """Whether the channels within e's heads can stay where they are while whole heads move: so
+        when e is split into several heads. A within-head axis met by a tensor no group carries (a
+        rotary embedding's fixed cos/sin table) or sliced (its rotate-half) is the same op for every
+        head, so it commutes with moving whole heads; e's heads then move only whole."""
+        root = self.find(e)
+        if self.heads.get(root, 1) < 2:
+            return False
+        self.whole.add(root)
+        return True
+
+    def shared_by_heads(self, within, other) -> bool:
+        """Whether axis `other` (a Ref) is a parameter's blank axis of one entry per channel of a head,
+        the same for every head (a norm over each head's channels: Gemma's q_norm) that meets the
+        within-head axis `within` (part 2): fine while e's heads move only whole (keep_in_place);
+        the parameter then never moves."""
+        ro = self.find(other.el)
+        if (other.part, other.outer, other.inner) != (0, 1, 1) or not self.blank(ro) or \
+                self.size[ro] * self.heads.get(self.find(within.el), 0) != self.size[self.find(within.el)] or not self.keep_in_place(within.el):
+            return False
+        self.freeze(ro, "a parameter shared by every head")
         return True
 
     def blank(self, r: int) -> bool:

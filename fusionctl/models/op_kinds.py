@@ -7,13 +7,13 @@ from torch import nn
 UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu",
          "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
          "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs", "exp", "square", "sqrt",
-         "softmax", "log_softmax", "identity"}  # element-wise or along one axis: every axis keeps its element
+         "softmax", "log_softmax", "identity", "cos", "sin", "log", "rsqrt", "reciprocal", "erf"}  # element-wise or along one axis: every axis keeps its element
 # element-wise over broadcast operands (addcmul, addcdiv, lerp and where take three)
 BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum", "addcmul", "addcdiv",
           "lerp", "where", "gt", "lt", "ge", "le", "eq", "ne", "masked_fill", "pow", "clamp", "clip", "clamp_min", "clamp_max"}
 # new tensors that read only their input's shape, dtype and device (Swin's shifted-window mask starts as x.new_zeros)
 CREATION = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like",
-            "randn_like"}
+            "randn_like", "arange"}
 REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
 POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",

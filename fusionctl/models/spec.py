@@ -53,7 +53,9 @@ class AlignmentSpec:
     block's joined channels): each part is a group, or the number of channels no group carries.
     Its name is not a group: it moves as its parts do (models/concat.py). per_head: state key ->
     (dim, group) for an axis with one entry per head of `group` (Swin's relative-position bias
-    table): it moves with whole heads (fusion/transport.py)."""
+    table): it moves with whole heads (fusion/transport.py). whole_heads: groups of heads whose
+    channels keep their place within each head (rotary position embeddings rotate fixed pairs of
+    a head's channels by fixed angles): they move only as whole heads."""
 
     groups: tuple[str, ...]
     axes: dict[str, tuple[Axis | None, ...]] = field(default_factory=dict)
@@ -63,6 +65,7 @@ class AlignmentSpec:
     local: dict[str, tuple[int, str]] = field(default_factory=dict)
     concat: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
     per_head: dict[str, tuple[int, str]] = field(default_factory=dict)
+    whole_heads: frozenset[str] = frozenset()
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
         sizes: dict[str, int] = {}
@@ -77,6 +80,10 @@ class AlignmentSpec:
     def blocks(self, group: str) -> int:
         """How many blocks of consecutive units `group` moves in (1: any permutation)."""
         return self.heads[group][1] if group in self.heads else 1
+
+    def within(self, group: str) -> bool:
+        """Whether `group`'s units may move within its blocks (not so for whole_heads)."""
+        return group not in self.whole_heads
 
     def observer(self, group: str) -> str | None:
         """The module observing a group of heads or packed copies (None: its units, if any)."""
@@ -115,6 +122,9 @@ class AlignmentSpec:
             if group not in self.heads or key not in state or state[key].dim() <= dim or state[key].shape[dim] != self.blocks(group) or \
                     self.axes[key][dim] is not None:
                 raise ValueError(f"per-head axis {dim} of {key}: needs one entry per head of {group} and no group of its own")
+        for group in self.whole_heads:
+            if self.blocks(group) < 2:
+                raise ValueError(f"whole heads of {group}: {group} is not a group of several heads in spec.heads")
         for name, parts in self.concat.items():
             if name in self.groups or any(isinstance(p, str) and p not in named for p in parts):
                 raise ValueError(f"concatenation {name}: its parts must be groups of the spec, and it is not one itself")

@@ -18,7 +18,7 @@ def _moves(spec: AlignmentSpec, group: str) -> str:
     if count == 1:
         return "any permutation" if group not in spec.heads else "any permutation (its packed copies together)"
     kind = "grouped-conv blocks" if group in {g for _, g in spec.local.values()} else "heads"
-    return f"{count} {kind}: whole, and within each"
+    return f"{count} {kind}: whole, and within each" if spec.within(group) else f"{count} {kind}: whole only (rotary embeddings)"
 
 
 def alignment_report(spec: AlignmentSpec, state: dict[str, torch.Tensor] | torch.nn.Module) -> str:

@@ -200,7 +200,10 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     coverage.grouped = len(grouped)
     coverage.concats = len(cats)
     concat = {name: tuple(names.get(p, size) for p, size in els.parts(r)) for r, name in cats.items()}
-    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local, concat, per_head)
+    whole = frozenset(names[els.find(r)] for r in els.whole if els.find(r) in names and heads.get(names[els.find(r)], (None, 1))[1] > 1)
+    coverage.whole = len(whole)
+    return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local, concat, per_head,
+                         whole)
 
 
 __all__ = ["Coverage", "TraceError", "derive_spec"]

@@ -49,7 +49,9 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         axes = self.links.setdefault(key, [None] * self.state_dims(key))
         if ref is None:
             return
-        if ref.part:  # a parameter shared by every head (a per-head norm) cannot follow heads that move apart
+        if ref.part == 2 and self.els.keep_in_place(ref.el):  # shared by every head (a norm over each head): it stays, heads move whole
+            return
+        if ref.part:  # a parameter along the heads axis (talking heads) cannot follow them
             self.els.freeze(ref.el, f"a parameter read along the heads of a group at {where}")
             return
         old = axes[dim]
@@ -175,6 +177,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             if n.op == "call_function":
                 return unfold_refs(self.els, x, self.val(args[0]).shape, out.shape, where)
             return along_refs(self.els, x, [n.args[1] if len(n.args) > 1 else n.kwargs["dimension"]], where) + [None]
+        if name in ("outer", "ger"):  # a[:, None] * b[None, :] (a rotary embedding's angles)
+            return [(self.d(args[0]) or [None])[0], (self.d(args[1]) or [None])[0]]
         if name in ("expand", "expand_as"):  # broadcasts size-1 axes (which carry no element) and may add leading ones
             return [None] * (out.dim() - len(x)) + list(x)
         if name in ops.MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:

@@ -84,6 +84,7 @@ def free_support_barycenter(
     tol: float = 1e-5,
     sinkhorn_iter: int = 1000,
     blocks: int = 1,
+    within: bool = True,
 ) -> BarycenterResult:
     """Alternate OT steps and projections from `init` until the couplings stop changing.
 
@@ -93,7 +94,8 @@ def free_support_barycenter(
     weights : lambda_i, non-negative, summing to 1
     init : (m, D) initial support; m is the barycenter's size
     max_iter : cap on OT+projection rounds; max_iter=1 is a single anchored pass
-    blocks : > 1: nodes move only in whole blocks (attention heads; see solve_ot)
+    blocks, within : > 1: nodes move only in whole blocks (attention heads), and only whole if
+        not within (see solve_ot)
     tol : stop when m * max|P_i(t) - P_i(t-1)| < tol for every i (scale-free, unlike
         an absolute tolerance on the support; METHOD.md E.2-14); soft couplings also stop
         when a round changes the objective by less than tol relative (they never stop
@@ -112,7 +114,7 @@ def free_support_barycenter(
     it, total, last = 0, float("nan"), float("inf")
     for it in range(1, max_iter + 1):
         costs = [sq_distances(x, y) for y in ys]
-        couplings = [solve_ot(c, ot_method, reg, sinkhorn_iter, w, blocks) for c, w in zip(costs, warm)]
+        couplings = [solve_ot(c, ot_method, reg, sinkhorn_iter, w, blocks, within) for c, w in zip(costs, warm)]
         unconverged += sum(not w.converged for w in warm)
         total = sum(w * float((p * c).sum()) for p, c, w in zip(couplings, costs, weights))
         x = project(couplings, ys, weights)

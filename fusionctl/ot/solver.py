@@ -54,6 +54,7 @@ def solve_ot(
     sinkhorn_iter: int = 1000,
     warm: Potentials | None = None,
     blocks: int = 1,
+    within: bool = True,
 ) -> torch.Tensor:
     """Optimal coupling between uniform measures for a cost matrix.
 
@@ -71,6 +72,8 @@ def solve_ot(
     blocks : > 1 for nodes that move only as whole blocks of n / blocks (attention heads,
         permuted as heads and within each head): always an exact assignment, since a soft
         plan cannot keep the blocks apart
+    within : False: blocks move whole, each node keeping its place in its block (attention heads
+        under rotary position embeddings)
 
     Returns
     -------
@@ -83,7 +86,7 @@ def solve_ot(
     if blocks > 1:
         if n != m or n % blocks:
             raise ValueError(f"a group of {blocks} blocks (attention heads) needs the same width in every model, got {n} and {m}")
-        return _assignment(cost, blocks)
+        return _assignment(cost, blocks, within)
     if method == "exact":
         if n == m:
             return _assignment(cost)
@@ -93,10 +96,10 @@ def solve_ot(
     return _sinkhorn(cost, reg, sinkhorn_iter, warm if warm is not None else Potentials())
 
 
-def _assignment(cost: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+def _assignment(cost: torch.Tensor, blocks: int = 1, within: bool = True) -> torch.Tensor:
     # Between two uniform measures of equal size an optimal plan is a permutation / n
     # (Birkhoff): the linear assignment problem is the same OT problem, solved much faster.
-    return perm_coupling(assignment(cost.cpu().numpy(), blocks), cost.device)
+    return perm_coupling(assignment(cost.cpu().numpy(), blocks, within), cost.device)
 
 
 def perm_coupling(perm, device="cpu") -> torch.Tensor:
@@ -108,15 +111,16 @@ def perm_coupling(perm, device="cpu") -> torch.Tensor:
     return mark_permutation(plan.to(device), index)
 
 
-def assignment(cost: np.ndarray, blocks: int = 1) -> np.ndarray:
+def assignment(cost: np.ndarray, blocks: int = 1, within: bool = True) -> np.ndarray:
     """The column of each row in a minimum-cost permutation of a square cost matrix. With blocks > 1,
     the best among permutations that map each block of n / blocks consecutive rows onto one block of
-    columns: one assignment per pair of blocks, then one between blocks on their optimal costs."""
+    columns: one assignment per pair of blocks, then one between blocks on their optimal costs.
+    within=False: each row keeps its place in its block (the pair's cost is its diagonal's)."""
     if blocks == 1:
         return linear_sum_assignment(cost)[1]
     d = cost.shape[0] // blocks
     tiles = cost.reshape(blocks, d, blocks, d)
-    inner = [[linear_sum_assignment(tiles[a, :, b])[1] for b in range(blocks)] for a in range(blocks)]
+    inner = [[linear_sum_assignment(tiles[a, :, b])[1] if within else np.arange(d) for b in range(blocks)] for a in range(blocks)]
     between = np.array([[tiles[a, np.arange(d), b, inner[a][b]].sum() for b in range(blocks)] for a in range(blocks)])
     to = linear_sum_assignment(between)[1]
     return np.concatenate([to[a] * d + inner[a][to[a]] for a in range(blocks)])
