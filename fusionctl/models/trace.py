@@ -14,7 +14,9 @@ weight's block-local input axis following (spec.local); pooling, resampling and
 padding over space keep the channels; a matrix product unifies the axes it contracts;
 nn.MultiheadAttention reads its inputs' channels and writes a group in out_proj, and its q/k/v
 rows form a group of heads (spec.heads: moved only in whole heads and within each); a reshape
-of a channel axis into (heads, d) and back marks the same in home-made attention (Ref.part);
+of a channel axis into (heads, d) and back marks the same in home-made attention (Ref.part),
+and heads whose channels meet a fixed table or a weight shared by every head (rotary
+embeddings, q/k norms) move only whole (spec.whole_heads);
 nn.TransformerEncoder(Layer) is traced through its plain math (plain_forwards.py); an einsum
 ties every axis of one letter; a channel axis split evenly makes its pieces packed copies of
 one group (q, k, v of one Linear; a GLU's halves); a concatenation along a channel axis carries
