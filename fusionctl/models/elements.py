@@ -164,13 +164,13 @@ class Elements:
         return True
 
     def shared_by_heads(self, within, other) -> bool:
-        """Whether axis `other` (a Ref) is a parameter's blank axis of one entry per channel of a head,
-        the same for every head (a norm over each head's channels: Gemma's q_norm) that meets the
-        within-head axis `within` (part 2): fine while e's heads move only whole (keep_in_place);
-        the parameter then never moves."""
-        ro = self.find(other.el)
+        """Whether axis `other` (a Ref) is a parameter's blank axis with one entry per channel of a
+        head, the same for every head (a norm over each head's channels: Gemma's q_norm), meeting
+        the within-head axis `within` (part 2): fine once those heads move only whole
+        (keep_in_place); the parameter then never moves."""
+        ro, rw = self.find(other.el), self.find(within.el)
         if (other.part, other.outer, other.inner) != (0, 1, 1) or not self.blank(ro) or \
-                self.size[ro] * self.heads.get(self.find(within.el), 0) != self.size[self.find(within.el)] or not self.keep_in_place(within.el):
+                self.size[ro] * self.heads.get(rw, 0) != self.size[rw] or not self.keep_in_place(rw):
             return False
         self.freeze(ro, "a parameter shared by every head")
         return True

@@ -7,7 +7,8 @@ from torch import nn
 UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu",
          "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
          "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs", "exp", "square", "sqrt",
-         "softmax", "log_softmax", "identity", "cos", "sin", "log", "rsqrt", "reciprocal", "erf"}  # element-wise or along one axis: every axis keeps its element
+         "softmax", "log_softmax", "identity", "cos", "sin", "log", "rsqrt", "reciprocal",
+         "erf"}  # element-wise or along one axis: every axis keeps its element
 # element-wise over broadcast operands (addcmul, addcdiv, lerp and where take three)
 BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum", "addcmul", "addcdiv",
           "lerp", "where", "gt", "lt", "ge", "le", "eq", "ne", "masked_fill", "pow", "clamp", "clip", "clamp_min", "clamp_max"}

@@ -1,8 +1,8 @@
 """Alignment specs traced from any torch module (torch.fx), frozen where unsure, with coverage.
 
 A torch.fx Interpreter runs the model on example inputs and gives every axis of every tensor an
-element of a union-find (PLeaS-Merging's design): Linear/Conv/ConvTranspose/Embedding outputs open an element
-(a candidate group of hidden units, written by that module), and so do F.linear / F.conv* called
+element of a union-find (PLeaS-Merging's design): Linear/Conv/ConvTranspose/Embedding outputs
+open an element (a candidate group of hidden units, written by that module), and so do F.linear / F.conv* called
 on a module's own weight inside a torch.nn subclass (timm's layers; F.batch_norm and
 F.group_norm there are read as the norms); element-wise binary ops (residual
 adds, gates) unify their operands' elements; norms, activations, pooling, dropout, permutes and
@@ -202,7 +202,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     coverage.grouped = len(grouped)
     coverage.concats = len(cats)
     concat = {name: tuple(names.get(p, size) for p, size in els.parts(r)) for r, name in cats.items()}
-    whole = frozenset(names[els.find(r)] for r in els.whole if els.find(r) in names and heads.get(names[els.find(r)], (None, 1))[1] > 1)
+    whole = frozenset(names[r] for r in map(els.find, els.whole) if r in names and heads.get(names[r], (None, 1))[1] > 1)
     coverage.whole = len(whole)
     return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local, concat, per_head,
                          whole)

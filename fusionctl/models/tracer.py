@@ -49,7 +49,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         axes = self.links.setdefault(key, [None] * self.state_dims(key))
         if ref is None:
             return
-        if ref.part == 2 and self.els.keep_in_place(ref.el):  # shared by every head (a norm over each head): it stays, heads move whole
+        if ref.part == 2 and self.els.keep_in_place(ref.el):  # shared by every head (a norm over each): it stays, heads move whole
             return
         if ref.part:  # a parameter along the heads axis (talking heads) cannot follow them
             self.els.freeze(ref.el, f"a parameter read along the heads of a group at {where}")
@@ -91,8 +91,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return self.fresh(out, "model input")
         if n.op == "get_attr":
             key = str(n.target)
-            if not isinstance(out, torch.Tensor) or key not in self._dims:
-                return [None] * out.dim() if isinstance(out, torch.Tensor) else None  # a constant (a non-persistent buffer): it never moves
+            if not isinstance(out, torch.Tensor) or key not in self._dims:  # a constant (a non-persistent buffer): it never moves
+                return [None] * out.dim() if isinstance(out, torch.Tensor) else None
             refs = [Ref(self.els.new(s)) if s > 1 else None for s in out.shape]
             for dim, ref in enumerate(refs):
                 self.link(key, dim, ref, key)
