@@ -10,7 +10,7 @@ classifier head (timm zero-inits some), and 64x64 inputs unless the model needs 
 (or cannot run at 64: then its own size). Prints the coverage and the relative output change per
 model, flags changes above 1e-6 as WRONG (chaotic instead when 1e-14 noise in the weights moves
 the output by a hundredth of that), and ends with the counts and the most common reasons
-for freezing. About 6 minutes for all prefixes on 2 cores.
+for freezing. About 10 minutes for all prefixes on 2 cores.
 """
 
 from __future__ import annotations
