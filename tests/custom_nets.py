@@ -724,6 +724,29 @@ class RotaryAttentionNet(nn.Module):
         return self.fc(t.mean(1))
 
 
+class UnevenQKVNet(nn.Module):
+    """LeViT's attention: one Linear computes per head a key_dim q, a key_dim k and a wider v,
+    split unevenly inside each head; the values merged back are read by the output projection.
+    The split fixes each channel's place in its head, so the heads move only whole, and the
+    projection's columns move in blocks of v's width with them."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 6, heads: int = 2, key_dim: int = 2, v_dim: int = 3):
+        super().__init__()
+        self.heads, self.split = heads, [key_dim, key_dim, v_dim]
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.qkv = nn.Linear(dim, heads * (2 * key_dim + v_dim))
+        self.proj = nn.Linear(heads * v_dim, dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, _ = t.shape
+        q, k, v = self.qkv(t).view(b, n, self.heads, -1).transpose(1, 2).split(self.split, dim=3)
+        att = torch.softmax(q @ k.transpose(-2, -1), -1) @ torch.relu(v)
+        t = t + self.proj(att.transpose(1, 2).reshape(b, n, -1))
+        return self.fc(t.mean(1))
+
+
 class ConstantScaleNet(nn.Module):
     """Channels scaled by tensors outside the state dict (a non-persistent buffer, a plain tensor
     attribute): fusion never moves them, so the channels they scale cannot move either."""

@@ -263,11 +263,11 @@ def test_heads_move_only_as_whole_heads(make, group):
 
 
 def assert_swaps(model, spec, group, x, *cases):
-    """For each (permutation of `group`'s 8 units, whether it should keep the function)."""
+    """For each (permutation of `group`'s units, whether it should keep the function)."""
     state = model.state_dict()
     for perm, same in cases:
         cps = {g: torch.eye(n, dtype=torch.float64) / n for g, n in spec.group_sizes(state).items()}
-        cps[group] = torch.eye(8, dtype=torch.float64)[list(perm)] / 8
+        cps[group] = torch.eye(len(perm), dtype=torch.float64)[list(perm)] / len(perm)
         other = copy.deepcopy(model)
         other.load_state_dict(transport(state, spec, cps))
         with torch.no_grad():
@@ -289,6 +289,21 @@ def test_rotary_embeddings_let_heads_move_only_whole(kwargs, group):
     assert "moved only as whole heads" in str(spec.coverage)
     assert_swaps(model, spec, group, x, ((4, 5, 6, 7, 0, 1, 2, 3), True), ((1, 0, 2, 3, 4, 5, 6, 7), False), ((4, 1, 2, 3, 0, 5, 6, 7), False))
     assert_permutation_keeps_function(model, spec, x)
+
+
+def test_values_split_unevenly_from_q_and_k_move_with_whole_heads():
+    """LeViT's attention: q, k and a wider v split inside each head; the heads move only whole and
+    the output projection's columns move with them in blocks of v's width (spec.per_head)."""
+    torch.manual_seed(0)
+    model = custom_nets.UnevenQKVNet().eval()
+    x = torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert spec.whole_heads == {"qkv"} and spec.per_head == {"proj.weight": (1, "qkv")}, spec
+    assert spec.coverage.permutable == spec.coverage.hidden == 6 + 14, str(spec.coverage)
+    heads = tuple(range(7, 14)) + tuple(range(7))
+    assert_swaps(model, spec, "qkv", x, (heads, True), ((1, 0) + tuple(range(2, 14)), False), ((0, 1, 2, 3, 5, 4) + tuple(range(6, 14)), False))
+    assert_permutation_keeps_function(model, spec, x)
+    assert "`proj.weight`[1 3 per head]" in alignment_report(spec, model)
 
 
 def test_a_hand_written_spec_must_split_its_heads_evenly():

@@ -81,19 +81,21 @@ def grouped_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: di
 
 
 def per_head_entries(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
-    """An entry with one value per head of its group (spec.per_head) moved with whole heads: each
-    target head takes the source head its block comes from; under a soft coupling, the mass-weighted
-    average over source heads of the coupling's block sums."""
+    """An entry with one value (or one block of values) per head of its group (spec.per_head) moved
+    with whole heads: each target head takes the source head its block comes from; under a soft
+    coupling, the mass-weighted average over source heads of the coupling's block sums."""
     dim, group = spec.per_head[key]
     if group not in couplings:
         return t
     p, blocks = couplings[group], spec.blocks(group)
+    m = t.shape[dim] // blocks  # entries per head
     index = permutation_index(p)
     if index is not None:
         d = index.numel() // blocks  # channels per head
-        return t.index_select(dim, (index[::d] // d).to(t.device))
+        heads = (index[::d] // d).to(t.device)
+        return t.index_select(dim, (heads[:, None] * m + torch.arange(m, device=t.device)).flatten())
     heads = p.reshape(blocks, p.shape[0] // blocks, blocks, p.shape[1] // blocks).sum((1, 3))
-    return apply_along(t, dim, Axis(group), row_map(heads), dense=True)
+    return apply_along(t, dim, Axis(group, 1, m), row_map(heads), dense=True)
 
 
 def rows_with_aligned_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:

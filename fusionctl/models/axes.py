@@ -96,6 +96,11 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
             result.append(x[run_in[0]])
             continue
         heads = _heads(els, refs, [before[k] for k in run_in if before[k] > 1], sizes, where)
+        first = refs[0][1] if refs and refs[0][0] == run_in[0] else None
+        if heads is None and len(refs) == 1 and len(run_in) == 2 and len(sizes) == 1 and first is not None and \
+                (first.part, first.outer, first.inner) == (1, 1, 1):  # (heads, m) merged, the m channels moved by nothing
+            result.append(Ref(els.head_blocks(first.el), 1, before[run_in[1]]))
+            continue
         if heads is not None:
             result += [heads.pop(0) if after[m] > 1 else None for m in run_out]
         elif not refs:
@@ -167,9 +172,8 @@ def pad_refs(els: Elements, x: list, pad, where: str) -> list:
 
 
 def repeat_refs(els: Elements, x: list, before, after, where: str, interleave: bool = False) -> list:
-    """tile / repeat (whole copies: a channel axis repeated k times keeps its element with outer*k)
-    and repeat_interleave by an int along one axis (each unit k times in a row: inner*k); leading
-    new axes carry nothing. An axis of heads repeated freezes."""
+    """tile / repeat (k whole copies of a channel axis: outer*k) and repeat_interleave by an int (each
+    unit k times in a row: inner*k); new leading axes carry nothing, repeated heads freeze."""
     lead = len(after) - len(before)
     out = [None] * lead
     for r, b, a in zip(x, before, after[lead:]):
@@ -183,8 +187,7 @@ def repeat_refs(els: Elements, x: list, before, after, where: str, interleave: b
 
 
 def unfold_refs(els: Elements, x: list, before, after, where: str) -> list:
-    """F.unfold (im2col): (N, C, *space) -> (N, C x kernel positions, blocks); the channels keep
-    their element with inner * the kernel's size, the blocks mix space."""
+    """F.unfold (im2col): (N, C, *space) -> (N, C x kernel positions, blocks): inner * kernel size."""
     c = x[1]
     if c is not None and c.part != 0:
         els.freeze(c.el, f"unfolded heads at {where}")

@@ -152,6 +152,15 @@ class Elements:
             return False
         return True
 
+    def head_blocks(self, e: int) -> int:
+        """A new element with one unit per head of e (recorded in head_of): an axis that holds a
+        block of channels per head that no group moves (LeViT's values merged back) moves with
+        whole heads."""
+        root = self.find(e)
+        b = self.new(self.heads[root])
+        self.head_of[b] = root
+        return b
+
     def keep_in_place(self, e: int) -> bool:
         """Whether the channels within e's heads can stay where they are while whole heads move: so
         when e is split into several heads. A within-head axis met by a tensor no group carries (a
