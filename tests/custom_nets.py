@@ -747,6 +747,29 @@ class UnevenQKVNet(nn.Module):
         return self.fc(t.mean(1))
 
 
+class TalkingHeadsNet(nn.Module):
+    """Talking-heads attention (CaiT: a Linear mixes the logits across heads before the softmax;
+    EfficientFormerV2: a 1x1 conv after it): both mixers' weights and biases have one entry per
+    head on each axis, and move with the heads."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.mix_logits, self.mix_weights = nn.Linear(heads, heads), nn.Conv2d(heads, heads, 1)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        q, k, v = (f(t).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        logits = self.mix_logits((q @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        att = self.mix_weights(torch.softmax(logits, -1)) @ v
+        t = t + self.proj(att.transpose(1, 2).reshape(b, n, c))
+        return self.fc(t.mean(1))
+
+
 class ConstantScaleNet(nn.Module):
     """Channels scaled by tensors outside the state dict (a non-persistent buffer, a plain tensor
     attribute): fusion never moves them, so the channels they scale cannot move either."""

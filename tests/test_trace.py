@@ -306,6 +306,22 @@ def test_values_split_unevenly_from_q_and_k_move_with_whole_heads():
     assert "`proj.weight`[1 3 per head]" in alignment_report(spec, model)
 
 
+def test_talking_heads_mixers_move_with_the_heads():
+    """A Linear and a 1x1 conv mixing the attention across heads: each of their weights' two axes
+    (and their biases) has one entry per head (spec.per_head) and moves with the heads, which keep
+    moving within each head too."""
+    torch.manual_seed(0)
+    model = custom_nets.TalkingHeadsNet().eval()
+    x = torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden == 8 + 8, str(spec.coverage)
+    assert spec.per_head == {"mix_logits.weight": ((0, 1), "q"), "mix_logits.bias": (0, "q"), "mix_weights.weight": ((0, 1), "q"),
+                             "mix_weights.bias": (0, "q")} and spec.within("q")
+    assert_swaps(model, spec, "q", x, ((4, 5, 6, 7, 0, 1, 2, 3), True), ((1, 0, 2, 3, 4, 5, 7, 6), True), ((4, 1, 2, 3, 0, 5, 6, 7), False))
+    assert_permutation_keeps_function(model, spec, x)
+    spec.check_fits(model)
+
+
 def test_a_hand_written_spec_must_split_its_heads_evenly():
     from dataclasses import replace
 

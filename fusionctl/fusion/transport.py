@@ -61,8 +61,8 @@ def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: di
             t = transport_tensor(t, spec.axes.get(key, ()), couplings)
             if key in spec.local:
                 t = grouped_inputs(t, spec, key, couplings)
-            if key in spec.per_head:
-                t = per_head_entries(t, spec, key, couplings)
+            for dim in spec.head_dims(key) if key in spec.per_head else ():
+                t = per_head_entries(t, spec, key, dim, couplings)
             t = t.to(value.dtype)
         out[key] = t
     return out
@@ -80,11 +80,11 @@ def grouped_inputs(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: di
     return blocks_gather(t, dim, spec.blocks(group), index)
 
 
-def per_head_entries(t: torch.Tensor, spec: AlignmentSpec, key: str, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
+def per_head_entries(t: torch.Tensor, spec: AlignmentSpec, key: str, dim: int, couplings: dict[str, torch.Tensor]) -> torch.Tensor:
     """An entry with one value (or one block of values) per head of its group (spec.per_head) moved
     with whole heads: each target head takes the source head its block comes from; under a soft
     coupling, the mass-weighted average over source heads of the coupling's block sums."""
-    dim, group = spec.per_head[key]
+    group = spec.per_head[key][1]
     if group not in couplings:
         return t
     p, blocks = couplings[group], spec.blocks(group)

@@ -20,6 +20,8 @@ class ModuleRules:
     def on_module(self, n: fx.Node, m: nn.Module, out, where: str | None = None):
         where = where or str(n.target)
         x = self.d(n.args[0]) if n.args else None
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and self.mixes_heads(m, x, where):
+            return list(x)
         if isinstance(m, nn.Linear):
             self.link(f"{where}.weight", 1, x[-1] if x else None, where)
             ref = self.open(m.out_features, where)
@@ -65,6 +67,24 @@ class ModuleRules:
             return self.reshape(n, x, self.val(n.args[0]).shape, out.shape)
         self.freeze_all(self.all_descs((n.args, n.kwargs)), f"unsupported module {type(m).__name__}")  # every input
         return self.fresh(out, f"unsupported module {type(m).__name__}")
+
+    def mixes_heads(self, m: nn.Module, x, where: str) -> bool:
+        """A Linear (or 1x1 conv) from H to H reading the axis of a group's H heads (talking heads:
+        CaiT, EfficientFormerV2 mix the attention logits across heads): its output is that axis
+        again, and its weight's two axes and its bias have one entry per head, moved with them."""
+        conv = isinstance(m, nn.modules.conv._ConvNd)
+        at = x[1] if conv and x and len(x) > 1 else (x[-1] if x else None)
+        heads = self.els.heads.get(self.els.find(at.el), 0) if at is not None else 0
+        size = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
+        if at is None or at.part != 1 or (at.outer, at.inner) != (1, 1) or size != (heads, heads) or \
+                conv and (m.groups != 1 or any(k != 1 for k in m.kernel_size)):
+            return False
+        self.link(f"{where}.weight", 1, Ref(self.els.head_blocks(at.el)), where)
+        out = Ref(self.els.head_blocks(at.el))
+        self.link(f"{where}.weight", 0, out, where)
+        if m.bias is not None:
+            self.link(f"{where}.bias", 0, out, where)
+        return True
 
     def all_descs(self, args) -> list:
         """The descriptors of every node in `args`, however nested (lists of tensors included)."""

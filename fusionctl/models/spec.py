@@ -52,7 +52,7 @@ class AlignmentSpec:
     concat: name -> parts, for an axis that concatenates groups (a DenseNet's or an Inception
     block's joined channels): each part is a group, or the number of channels no group carries.
     Its name is not a group: it moves as its parts do (models/concat.py). per_head: state key ->
-    (dim, group) for an axis with one entry, or one block of entries, per head of `group` (Swin's
+    (dim, group) for an axis (dims: a tuple, for several) with one entry, or one block of entries, per head of `group` (Swin's
     relative-position bias table; the columns reading LeViT's values, whose channels no group
     carries): it moves with whole heads (fusion/transport.py). whole_heads: groups of heads whose
     channels keep their place within each head (rotary position embeddings rotate fixed pairs of
@@ -65,7 +65,7 @@ class AlignmentSpec:
     heads: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     local: dict[str, tuple[int, str]] = field(default_factory=dict)
     concat: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
-    per_head: dict[str, tuple[int, str]] = field(default_factory=dict)
+    per_head: dict[str, tuple[int | tuple[int, ...], str]] = field(default_factory=dict)
     whole_heads: frozenset[str] = frozenset()
 
     def group_sizes(self, state: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -81,6 +81,11 @@ class AlignmentSpec:
     def blocks(self, group: str) -> int:
         """How many blocks of consecutive units `group` moves in (1: any permutation)."""
         return self.heads[group][1] if group in self.heads else 1
+
+    def head_dims(self, key: str) -> tuple[int, ...]:
+        """The axes of `key` with one entry (or block) per head (spec.per_head: an int, or several)."""
+        dims = self.per_head[key][0]
+        return dims if isinstance(dims, tuple) else (dims,)
 
     def within(self, group: str) -> bool:
         """Whether `group`'s units may move within its blocks (not so for whole_heads)."""
@@ -119,10 +124,11 @@ class AlignmentSpec:
             if rows is None or rows.group != group or group not in self.heads or state[key].shape[dim] * self.blocks(group) != named[group]:
                 raise ValueError(f"local axis {dim} of {key}: needs rows indexed by {group}, "
                                  f"and {group}'s heads splitting it into blocks of that size")
-        for key, (dim, group) in self.per_head.items():
-            if group not in self.heads or key not in state or state[key].dim() <= dim or state[key].shape[dim] % self.blocks(group) or \
-                    self.axes[key][dim] is not None:
-                raise ValueError(f"per-head axis {dim} of {key}: needs one entry (or block) per head of {group} and no group of its own")
+        for key, (_, group) in self.per_head.items():
+            for dim in self.head_dims(key):
+                if group not in self.heads or key not in state or state[key].dim() <= dim or state[key].shape[dim] % self.blocks(group) or \
+                        self.axes[key][dim] is not None:
+                    raise ValueError(f"per-head axis {dim} of {key}: needs one entry (or block) per head of {group} and no group of its own")
         for group in self.whole_heads:
             if self.blocks(group) < 2:
                 raise ValueError(f"whole heads of {group}: {group} is not a group of several heads in spec.heads")

@@ -37,9 +37,10 @@ def alignment_report(spec: AlignmentSpec, state: dict[str, torch.Tensor] | torch
             reads.setdefault(ax.group, []).append(_axis(key, dim, ax))
     for key, (dim, group) in spec.local.items():
         reads[group].append(f"`{key}`[{dim} within each block]")
-    for key, (dim, group) in spec.per_head.items():
-        per = state[key].shape[dim] // spec.blocks(group)
-        reads[group].append(f"`{key}`[{dim} one per head]" if per == 1 else f"`{key}`[{dim} {per} per head]")
+    for key, (_, group) in spec.per_head.items():
+        for dim in spec.head_dims(key):
+            per = state[key].shape[dim] // spec.blocks(group)
+            reads[group].append(f"`{key}`[{dim} one per head]" if per == 1 else f"`{key}`[{dim} {per} per head]")
     lines = [f"# Alignment: {len(spec.groups)} group{'s' * (len(spec.groups) != 1)}, {sum(sizes.values()):,} hidden units", ""]
     if spec.coverage is not None:
         lines += [f"Traced: {spec.coverage}", ""]

@@ -160,7 +160,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
             cats[r] = f"cat:{els.concat_at[held[0]]}"
     state = model.state_dict()
     axes: dict[str, tuple[Axis | None, ...]] = {}
-    per_head: dict[str, tuple[int, str]] = {}
+    head_axes: dict[str, tuple[list[int], str]] = {}  # key -> its axes with one entry (or block) per head of a group
     for key, value in state.items():
         links = tracer.links.get(key, [None] * value.dim())
         row = []
@@ -170,11 +170,12 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
                 ref = Ref(part, ref.outer * k, ref.inner)
             root = els.find(ref.el) if ref is not None else None
             if root in els.head_of and not els.frozen(root) and els.find(els.head_of[root]) in names:
-                per_head[key] = (dim, names[els.find(els.head_of[root])])  # one entry per head: moves with whole heads
+                head_axes.setdefault(key, ([], names[els.find(els.head_of[root])]))[0].append(dim)  # moves with whole heads
             name = names.get(root, cats.get(root))
             ok = name is not None and value.shape[dim] == ref.outer * els.size[root] * ref.inner
             row.append(Axis(name, ref.outer, ref.inner) if ok else None)
         axes[key] = tuple(row)
+    per_head = {key: (dims[0] if len(dims) == 1 else tuple(dims), group) for key, (dims, group) in head_axes.items()}
     units = {}
     for e, entries in tracer.units.items():
         root = els.find(e)
