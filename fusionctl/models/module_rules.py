@@ -20,7 +20,7 @@ class ModuleRules:
     def on_module(self, n: fx.Node, m: nn.Module, out, where: str | None = None):
         where = where or str(n.target)
         x = self.d(n.args[0]) if n.args else None
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and self.mixes_heads(m, x, where):
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and self.mixes_heads(m, x, where, self.val(n.args[0]).shape == out.shape):
             return list(x)
         if isinstance(m, nn.Linear):
             self.link(f"{where}.weight", 1, x[-1] if x else None, where)
@@ -46,7 +46,8 @@ class ModuleRules:
             self.mark_norm(n, where, m.affine)
             return list(x)
         if isinstance(m, ops.LAST_AXES_NORMS):
-            return self.layer_norm(n, x, len(m.normalized_shape), where, m.elementwise_affine, prefix=where, point=isinstance(m, nn.LayerNorm))
+            point = isinstance(m, nn.LayerNorm)  # an RMSNorm has no bias for REPAIR's shift
+            return self.layer_norm(n, x, len(m.normalized_shape), where, m.elementwise_affine, prefix=where, point=point)
         if isinstance(m, nn.GroupNorm):
             if m.num_groups not in (1, m.num_channels):
                 self.els.freeze(x[1].el, f"GroupNorm with {m.num_groups} groups") if x[1] else None
@@ -68,15 +69,16 @@ class ModuleRules:
         self.freeze_all(self.all_descs((n.args, n.kwargs)), f"unsupported module {type(m).__name__}")  # every input
         return self.fresh(out, f"unsupported module {type(m).__name__}")
 
-    def mixes_heads(self, m: nn.Module, x, where: str) -> bool:
-        """A Linear (or 1x1 conv) from H to H reading the axis of a group's H heads (talking heads:
-        CaiT, EfficientFormerV2 mix the attention logits across heads): its output is that axis
-        again, and its weight's two axes and its bias have one entry per head, moved with them."""
+    def mixes_heads(self, m: nn.Module, x, where: str, same_shape: bool) -> bool:
+        """A Linear (or 1x1 conv, output shaped as its input) from H to H reading the axis of a
+        group's H heads (talking heads: CaiT, EfficientFormerV2 mix the attention logits across
+        heads): its output is that axis again, and its weight's two axes and its bias have one
+        entry per head, moved with them."""
         conv = isinstance(m, nn.modules.conv._ConvNd)
         at = x[1] if conv and x and len(x) > 1 else (x[-1] if x else None)
         heads = self.els.heads.get(self.els.find(at.el), 0) if at is not None else 0
         size = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
-        if at is None or at.part != 1 or (at.outer, at.inner) != (1, 1) or size != (heads, heads) or \
+        if at is None or at.part != 1 or (at.outer, at.inner) != (1, 1) or size != (heads, heads) or not same_shape or \
                 conv and (m.groups != 1 or any(k != 1 for k in m.kernel_size)):
             return False
         self.link(f"{where}.weight", 1, Ref(self.els.head_blocks(at.el)), where)

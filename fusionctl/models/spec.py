@@ -52,9 +52,10 @@ class AlignmentSpec:
     concat: name -> parts, for an axis that concatenates groups (a DenseNet's or an Inception
     block's joined channels): each part is a group, or the number of channels no group carries.
     Its name is not a group: it moves as its parts do (models/concat.py). per_head: state key ->
-    (dim, group) for an axis (dims: a tuple, for several) with one entry, or one block of entries, per head of `group` (Swin's
-    relative-position bias table; the columns reading LeViT's values, whose channels no group
-    carries): it moves with whole heads (fusion/transport.py). whole_heads: groups of heads whose
+    (dim, group) for an axis (dim: a tuple, for several) with one entry, or one block of entries,
+    per head of `group` (Swin's relative-position bias table; the columns reading LeViT's values,
+    whose channels no group carries; a talking-heads mixer's weight): it moves with whole heads
+    (fusion/transport.py). whole_heads: groups of heads whose
     channels keep their place within each head (rotary position embeddings rotate fixed pairs of
     a head's channels by fixed angles): they move only as whole heads."""
 
@@ -126,8 +127,8 @@ class AlignmentSpec:
                                  f"and {group}'s heads splitting it into blocks of that size")
         for key, (_, group) in self.per_head.items():
             for dim in self.head_dims(key):
-                if group not in self.heads or key not in state or state[key].dim() <= dim or state[key].shape[dim] % self.blocks(group) or \
-                        self.axes[key][dim] is not None:
+                if group not in self.heads or key not in state or state[key].dim() <= dim or \
+                        state[key].shape[dim] % self.blocks(group) or self.axes[key][dim] is not None:
                     raise ValueError(f"per-head axis {dim} of {key}: needs one entry (or block) per head of {group} and no group of its own")
         for group in self.whole_heads:
             if self.blocks(group) < 2:
