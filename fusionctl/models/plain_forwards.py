@@ -67,7 +67,10 @@ def fixed_defaults(model: nn.Module, given: int) -> dict:
     (None, a flag): traced at those values, so `if mask is not None:` takes the branch the model
     runs (timm's Hiera), instead of meeting a placeholder that fx makes of every parameter."""
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    rest = list(inspect.signature(model.forward).parameters.values())[given:]
+    try:
+        rest = list(inspect.signature(model.forward).parameters.values())[given:]
+    except (TypeError, ValueError):  # a forward without a Python signature: fx traces it as it can
+        return {}
     return {p.name: p.default for p in rest if p.kind in named and isinstance(p.default, (type(None), bool, int, float, str))}
 
 
