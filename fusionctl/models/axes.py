@@ -24,14 +24,14 @@ def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None
     """Two axes that must carry the same permutation (a residual sum): one element, or frozen."""
     if a is None or b is None:
         r = a if b is None else b
-        if r is not None and r.part == 2 and els.keep_in_place(r.el):  # within heads, by a fixed table: heads move whole
+        if r is not None and els.keep_in_place(r):  # within heads, by a fixed table: heads move whole
             return r
         if r is not None:
             els.freeze(r.el, f"combined with an unaligned tensor at {where}")
         return None
     if (a.outer, a.inner, a.part) != (b.outer, b.inner, b.part):
         for heads, other in ((a, b), (b, a)):
-            if els.index_heads(heads, other, where) or heads.part == 2 and els.shared_by_heads(heads, other):
+            if els.index_heads(heads, other, where) or els.shared_by_heads(heads, other):
                 return heads
         reason = f"layouts differ at {where}" if a.part == b.part else "heads met a tensor split otherwise (a bias per head?)"
         els.freeze(a.el, reason)
@@ -243,7 +243,7 @@ def index_refs(els: Elements, x: list, index, shape) -> list | None:
         if isinstance(i, slice) and range(*i.indices(shape[axis])) == range(shape[axis]):
             out.append(ref)
         else:
-            if ref is not None and not (ref.part == 2 and els.keep_in_place(ref.el)):  # a slice within each head: whole heads
+            if ref is not None and not els.keep_in_place(ref):  # a slice within each head: whole heads
                 els.freeze(ref.el, "slice along a channel axis")
             if isinstance(i, slice):
                 out.append(None)
@@ -261,7 +261,7 @@ def split_refs(els: Elements, x: list, dim: int, sizes: list, drop: bool, where:
     if ref is not None and not drop and pieces > 1 and len(set(sizes)) == 1 and (ref.outer, ref.inner, ref.part) == (1, 1, 0):
         part = Ref(els.pack(ref.el, pieces, where))
         return tuple([part if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
-    if ref is not None and not (ref.part == 2 and els.keep_in_place(ref.el)):  # pieces of every head alike: whole heads
+    if ref is not None and not els.keep_in_place(ref):  # pieces of every head alike: whole heads
         els.freeze(ref.el, "slice along a channel axis")
     return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
 

@@ -161,13 +161,14 @@ class Elements:
         self.head_of[b] = root
         return b
 
-    def keep_in_place(self, e: int) -> bool:
-        """Whether the channels within e's heads can stay where they are while whole heads move: so
-        when e is split into several heads. A within-head axis met by a tensor no group carries (a
-        rotary embedding's fixed cos/sin table) or sliced (its rotate-half) is the same op for every
-        head, so it commutes with moving whole heads; e's heads then move only whole."""
-        root = self.find(e)
-        if self.heads.get(root, 1) < 2:
+    def keep_in_place(self, within) -> bool:
+        """Whether axis `within` (a Ref) is the channels within the heads of an element split into
+        several, which can stay where they are while whole heads move. A within-head axis met by a
+        tensor no group carries (a rotary embedding's fixed cos/sin table) or sliced (its
+        rotate-half) is the same op for every head, so it commutes with moving whole heads; that
+        element's heads then move only whole."""
+        root = self.find(within.el)
+        if within.part != 2 or self.heads.get(root, 1) < 2:
             return False
         self.whole.add(root)
         return True
@@ -179,7 +180,7 @@ class Elements:
         (keep_in_place); the parameter then never moves."""
         ro, rw = self.find(other.el), self.find(within.el)
         if (other.part, other.outer, other.inner) != (0, 1, 1) or not self.blank(ro) or \
-                self.size[ro] * self.heads.get(rw, 0) != self.size[rw] or not self.keep_in_place(rw):
+                self.size[ro] * self.heads.get(rw, 0) != self.size[rw] or not self.keep_in_place(within):
             return False
         self.freeze(ro, "a parameter shared by every head")
         return True

@@ -81,11 +81,9 @@ class ModuleRules:
         if at is None or at.part != 1 or (at.outer, at.inner) != (1, 1) or size != (heads, heads) or not same_shape or \
                 conv and (m.groups != 1 or any(k != 1 for k in m.kernel_size)):
             return False
-        self.link(f"{where}.weight", 1, Ref(self.els.head_blocks(at.el)), where)
-        out = Ref(self.els.head_blocks(at.el))
-        self.link(f"{where}.weight", 0, out, where)
-        if m.bias is not None:
-            self.link(f"{where}.bias", 0, out, where)
+        per_head = Ref(self.els.head_blocks(at.el))
+        for key, dim in [("weight", 1), ("weight", 0)] + ([("bias", 0)] if m.bias is not None else []):
+            self.link(f"{where}.{key}", dim, per_head, where)
         return True
 
     def all_descs(self, args) -> list:

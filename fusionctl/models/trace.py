@@ -64,8 +64,7 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
             with torch.no_grad():
                 tracer.run(*inputs)
         except Exception as exc:
-            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({first_line(exc)}); "
-                             "give example inputs of the shape the model expects") from exc
+            raise wrong_inputs(model, exc) from exc
     finally:
         model.train(was_training)
     freeze_tied(model, tracer)
@@ -88,12 +87,16 @@ def traced_graph(model: nn.Module, inputs) -> fx.GraphModule:
             return gm
         failed = exc.__cause__ if isinstance(exc, RunError) else eager_failure(model, inputs)
         if failed is not None:  # an assert on the example's shapes, say: no tracer could succeed
-            raise TraceError(f"running {type(model).__name__} on the example inputs failed ({first_line(failed)}); "
-                             "give example inputs of the shape the model expects") from exc
+            raise wrong_inputs(model, failed) from exc
         error = exc
     raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({first_line(error)}); "
                      "avoid Python control flow on tensor values in forward(), or write its spec by hand "
                      "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from error
+
+
+def wrong_inputs(model: nn.Module, failed: BaseException) -> TraceError:
+    return TraceError(f"running {type(model).__name__} on the example inputs failed ({first_line(failed)}); "
+                      "give example inputs of the shape the model expects")
 
 
 def eager_failure(model: nn.Module, inputs) -> Exception | None:

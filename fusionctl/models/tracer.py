@@ -49,7 +49,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         axes = self.links.setdefault(key, [None] * self.state_dims(key))
         if ref is None:
             return
-        if ref.part == 2 and self.els.keep_in_place(ref.el):  # shared by every head (a norm over each): it stays, heads move whole
+        if self.els.keep_in_place(ref):  # shared by every head (a norm over each): it stays, heads move whole
             return
         if ref.part:  # a parameter along the heads axis (talking heads) cannot follow them
             self.els.freeze(ref.el, f"a parameter read along the heads of a group at {where}")
