@@ -770,6 +770,54 @@ class TalkingHeadsNet(nn.Module):
         return self.fc(t.mean(1))
 
 
+class GroupedQueryNet(nn.Module):
+    """A LLaMA-style block: RMSNorm, grouped-query attention (each key/value head serves `heads //
+    kv_heads` consecutive query heads: repeat_interleave, LLaMA's expand and reshape, or
+    scaled_dot_product_attention's enable_gqa; `tile` repeats them whole instead, so query head h
+    reads key head h mod kv_heads), optional rotary embeddings, and a SwiGLU MLP (`bias`: its Linears
+    have biases, which LLaMA's lack). The query heads move with their
+    key/value head; with rotary embeddings, only as whole heads."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 4, kv_heads: int = 2, repeat: str = "interleave",
+                 rotary: bool = False, bias: bool = False):
+        super().__init__()
+        self.heads, self.kv_heads, self.repeat, self.rotary, self.d = heads, kv_heads, repeat, rotary, dim // heads
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.norm = nn.RMSNorm(dim)
+        self.q, self.o = nn.Linear(dim, heads * self.d, bias=bias), nn.Linear(heads * self.d, dim, bias=bias)
+        self.k, self.v = nn.Linear(dim, kv_heads * self.d, bias=bias), nn.Linear(dim, kv_heads * self.d, bias=bias)
+        self.gate_up, self.down = nn.Linear(dim, 2 * 12, bias=bias), nn.Linear(12, dim, bias=bias)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def shared(self, x, n_rep: int):
+        b, h, n, d = x.shape
+        if self.repeat == "interleave":
+            return x.repeat_interleave(n_rep, dim=1)
+        if self.repeat == "tile":
+            return x.repeat(1, n_rep, 1, 1)
+        return x[:, :, None, :, :].expand(b, h, n_rep, n, d).reshape(b, h * n_rep, n, d)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        h = self.norm(t)
+        q = self.q(h).view(b, n, self.heads, self.d).transpose(1, 2)
+        k, v = (f(h).view(b, n, self.kv_heads, self.d).transpose(1, 2) for f in (self.k, self.v))
+        if self.rotary:
+            angles = torch.outer(torch.arange(n, dtype=t.dtype), 1.0 / 100 ** (torch.arange(0, self.d, 2, dtype=t.dtype) / self.d))
+            cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if self.repeat == "sdpa":
+            att = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        else:
+            k, v = self.shared(k, self.heads // self.kv_heads), self.shared(v, self.heads // self.kv_heads)
+            att = torch.softmax(q @ k.transpose(-2, -1) / 2.0, -1) @ v
+        t = t + self.o(att.transpose(1, 2).reshape(b, n, -1))
+        gate, up = self.gate_up(t).chunk(2, -1)
+        t = t + self.down(F.silu(gate) * up)
+        return self.fc(t.mean(1))
+
+
 class ConstantScaleNet(nn.Module):
     """Channels scaled by tensors outside the state dict (a non-persistent buffer, a plain tensor
     attribute): fusion never moves them, so the channels they scale cannot move either."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 
@@ -89,9 +90,11 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
                                           (lambda: custom_nets.ConcatNet(flat=True), True), (custom_nets.SplitConcatNet, False),
                                           (custom_nets.FunctionalNet, False), (custom_nets.UpsamplingNet, True),
                                           (custom_nets.RepeatNet, True), (custom_nets.RotaryAttentionNet, True),
-                                          (custom_nets.UnevenQKVNet, True), (custom_nets.TalkingHeadsNet, True)],
+                                          (custom_nets.UnevenQKVNet, True), (custom_nets.TalkingHeadsNet, True),
+                                          (custom_nets.GroupedQueryNet, False),
+                                          (functools.partial(custom_nets.GroupedQueryNet, repeat="sdpa", rotary=True, bias=True), True)],
                          ids=["grouped-conv", "densenet-like", "concat", "c2f", "functional", "transposed-conv", "repeat-unfold", "rotary",
-                              "uneven-qkv", "talking-heads"])
+                              "uneven-qkv", "talking-heads", "grouped-query", "grouped-query-rotary"])
 def test_a_net_with_grouped_convs_or_concatenations_fused_with_permuted_copies_returns_its_function(make, repair):
     """A ResNeXt-style bottleneck (grouped channels permuted in blocks and within them), and nets
     whose concatenated axes every method sees split into their parts' pieces: each method recovers

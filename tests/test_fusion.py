@@ -8,6 +8,7 @@ from fusionctl.fusion import METHODS, FusionContext, fuse
 from fusionctl.fusion.transport import transport
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import fusion_weights
+from fusionctl.models.spec import Axis, apply_along, node_slices
 from tests.helpers import mlp, outputs, permutation_couplings, settings, spec_of
 
 X = torch.randn(64, 1, 6, 6)
@@ -34,6 +35,25 @@ def test_transport_by_exact_couplings_preserves_outputs(bias):
     couplings, permuted = permutation_couplings(spec, state)
     assert not torch.allclose(permuted["layers.0.weight"], state["layers.0.weight"])
     assert torch.allclose(outputs("mlp", WIDTHS, bias, permuted, X), outputs("mlp", WIDTHS, bias, state, X), atol=1e-5)
+
+
+def test_an_axis_with_copies_per_head_moves_each_copy_as_its_block():
+    """Axis.mid: an axis laid out (heads, mid, d) over a group of (heads, d) units (grouped-query
+    attention's query rows). A soft coupling and a permutation move every copy r as the block's
+    units move, and node_slices lists the units in the group's order with the copies as features."""
+    torch.manual_seed(0)
+    t = torch.randn(2 * 3 * 2, 5)  # 2 heads, 3 copies, 2 channels per head
+    ax = Axis("g", mid=3, heads=2)
+    per_copy = t.view(2, 3, 2, 5).transpose(0, 1).reshape(3, 4, 5)  # copy r: the (heads, d) units' rows
+    soft = torch.rand(4, 4).softmax(1)
+    expected = (soft @ per_copy).reshape(3, 2, 2, 5).transpose(0, 1).reshape(12, 5)
+    assert torch.allclose(apply_along(t, 0, ax, soft, dense=True), expected, atol=1e-6)
+    perm = torch.tensor([3, 2, 0, 1])  # swap the heads and the channels of one
+    moved = apply_along(t, 0, ax, torch.eye(4)[perm])
+    assert torch.equal(moved, per_copy[:, perm].reshape(3, 2, 2, 5).transpose(0, 1).reshape(12, 5))
+    assert torch.equal(apply_along(t, 0, ax, None, perm), moved)
+    assert torch.equal(node_slices(t, 0, ax), per_copy.transpose(0, 1).reshape(4, 15))
+    assert ax.nodes(12) == 4
 
 
 def test_transport_with_a_wrong_coupling_changes_outputs():

@@ -291,6 +291,26 @@ def test_rotary_embeddings_let_heads_move_only_whole(kwargs, group):
     assert_permutation_keeps_function(model, spec, x)
 
 
+@pytest.mark.parametrize("repeat", ["interleave", "expand", "sdpa", "tile"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
+def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
+    """Grouped-query attention: the query heads that read one key/value head are copies of its
+    layout (Axis.mid, or outer when the keys are tiled), so one group holds the key and value
+    channels and moves the queries' rows and the output projection's columns with them. Swapping
+    the two key/value heads keeps the function; so does swapping two channels within one head,
+    unless rotary embeddings fix their places; swapping channels of two heads does not."""
+    torch.manual_seed(0)
+    model = custom_nets.GroupedQueryNet(repeat=repeat, rotary=rotary).eval()
+    x = torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    copies = Axis("k", 2, 1, 1, 2) if repeat == "tile" else Axis("k", 1, 1, 2, 2)
+    assert spec.axes["q.weight"][0] == spec.axes["o.weight"][1] == copies and spec.axes["v.weight"][0] == Axis("k"), spec.axes
+    assert spec.blocks("k") == 2 and spec.within("k") != rotary and spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    assert [u.writer for u in spec.units["k"]] == ["k", "v"]
+    assert_swaps(model, spec, "k", x, ((2, 3, 0, 1), True), ((1, 0, 2, 3), not rotary), ((2, 1, 0, 3), False))
+    assert_permutation_keeps_function(model, spec, x)
+
+
 def test_values_split_unevenly_from_q_and_k_move_with_whole_heads():
     """LeViT's attention: q, k and a wider v split inside each head; the heads move only whole and
     the output projection's columns move with them in blocks of v's width (spec.per_head)."""

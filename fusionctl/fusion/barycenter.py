@@ -78,7 +78,7 @@ def cost_weights(settings: BarycenterBlock, spec: AlignmentSpec, states: list[St
         touching[key] = groups
         for dim, ax in enumerate(axes):
             if ax is not None:
-                n = states[0][key].shape[dim] // (ax.outer * ax.inner)
+                n = ax.nodes(states[0][key].shape[dim])
                 norms[ax.group] += sum(float(s[key].double().pow(2).sum()) for s in states) / (len(states) * n)
     inv = {g: 1.0 / (2.0 * v) if v > 0 else 0.0 for g, v in norms.items()}
     weights = {key: (1.0 - mix) * sum(inv[g] for g in groups) / len(groups) if groups else 0.0 for key, groups in touching.items()}

@@ -14,8 +14,7 @@ from fusionctl.models.elements import Elements, Ref
 def iter_refs(dsc):
     """Every Ref in a tensor's descriptor (a list per axis) or a tuple of descriptors."""
     if isinstance(dsc, tuple):
-        for d in dsc:
-            yield from iter_refs(d)
+        yield from (r for d in dsc for r in iter_refs(d))
     elif isinstance(dsc, list):
         yield from (r for r in dsc if r is not None)
 
@@ -31,7 +30,7 @@ def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None
         return None
     if (a.outer, a.inner, a.part) != (b.outer, b.inner, b.part):
         for heads, other in ((a, b), (b, a)):
-            if els.index_heads(heads, other, where) or els.shared_by_heads(heads, other):
+            if els.index_heads(heads, other, where) or els.shared_by_heads(heads, other) or els.expand_heads(heads, other, where):
                 return heads
         reason = f"layouts differ at {where}" if a.part == b.part else "heads met a tensor split otherwise (a bias per head?)"
         els.freeze(a.el, reason)
@@ -152,14 +151,6 @@ def reduce_refs(x: list, dims, ndim: int, keep: bool, out_dim: int) -> list:
     return [None if k in dims else r for k, r in enumerate(x) if keep or k not in dims]
 
 
-def spatial_axes(name: str, ndim: int) -> int:
-    """How many trailing axes a pooling or resampling op works on: its 1d/2d/3d, else all after (N, C)."""
-    for k in (1, 2, 3):
-        if name.lower().endswith(f"{k}d"):
-            return k
-    return ndim - 2
-
-
 def window_refs(els: Elements, x: list, k: int, where: str) -> list:
     """An op over the last k axes (pooling, resampling): see along_refs."""
     return along_refs(els, x, range(len(x) - k, len(x)), where)
@@ -173,12 +164,15 @@ def pad_refs(els: Elements, x: list, pad, where: str) -> list:
 
 def repeat_refs(els: Elements, x: list, before, after, where: str, interleave: bool = False) -> list:
     """tile / repeat (k whole copies of a channel axis: outer*k) and repeat_interleave by an int (each
-    unit k times in a row: inner*k); new leading axes carry nothing, repeated heads freeze."""
+    unit k times in a row: inner*k); new leading axes carry nothing. Repeated heads: a block of
+    copies per head (grouped-query keys: Elements.expand_heads); repeated channels within heads freeze."""
     lead = len(after) - len(before)
     out = [None] * lead
     for r, b, a in zip(x, before, after[lead:]):
         if r is not None and a != b and r.part == 0:
             r = Ref(r.el, r.outer, r.inner * (a // b)) if interleave else Ref(r.el, r.outer * (a // b), r.inner)
+        elif r is not None and a != b and r.part == 1 and (r.outer, r.inner) == (1, 1):
+            r = Ref(els.head_blocks(r.el), 1, a // b) if interleave else Ref(els.head_blocks(r.el), a // b, 1)
         elif r is not None and a != b:
             els.freeze(r.el, f"repeated along a channel axis at {where}")
             r = None
@@ -195,15 +189,6 @@ def unfold_refs(els: Elements, x: list, before, after, where: str) -> list:
     return [x[0], Ref(c.el, c.outer, c.inner * (after[1] // before[1])) if c is not None else None, None]
 
 
-def shifted_axes(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
-    """The axes of roll(input, shifts, dims) or flip(input, dims) / x.flip(*dims); a roll without dims flattens (every axis)."""
-    if name == "flip":
-        dims = args[1:] or [kwargs["dims"]]
-    else:
-        dims = args[2:] or ([kwargs["dims"]] if kwargs.get("dims") is not None else [range(ndim)])
-    return [d for item in dims for d in (item if isinstance(item, (tuple, list, range)) else [item])]
-
-
 def along_refs(els: Elements, x: list, axes, where: str) -> list:
     """An op that mixes, shifts or reverses positions along some axes (a window, pad, roll or flip):
     it would move an element's units on them, so that element freezes; the other axes keep theirs."""
@@ -215,11 +200,11 @@ def along_refs(els: Elements, x: list, axes, where: str) -> list:
 
 
 def matmul_refs(els: Elements, a: list, b: list, a_shape, b_shape, out_shape, where: str) -> list:
-    """A matrix product a @ b (both at least 2-D): a permutation of the contracted axis on both
-    sides cancels, so those axes unify; the rows keep a's element, the columns b's, the leading
-    (batch) axes broadcast."""
-    unify(els, a[-1], b[-2], where)
+    """A matrix product a @ b (both at least 2-D): the leading (batch) axes broadcast (first: heads
+    there may copy the other side's), a permutation of the contracted axis on both sides cancels,
+    so those axes unify; the rows keep a's element, the columns b's."""
     batch = broadcast_refs(els, [(a[:-2], a_shape[:-2]), (b[:-2], b_shape[:-2])], out_shape[:-2], where)
+    unify(els, a[-1], b[-2], where)
     return batch + [a[-2], b[-1]]
 
 

@@ -64,6 +64,9 @@ class Elements:
         self.members: dict[int, list[int]] = {}
         self.head_of: dict[int, int] = {}  # root of a parameter's axis -> the element whose heads it indexes (a bias per head)
         self.whole: set[int] = set()  # roots whose heads move only whole (rotary embeddings fix each channel's place in its head)
+        # root -> (element, outer, mid): its heads are copies of that element's heads, laid out
+        # (outer, heads, mid, d) (the query heads sharing a key/value head: grouped-query attention)
+        self.expands: dict[int, tuple[int, int, int]] = {}
 
     def new(self, size: int, writer: str | None = None, frozen: str | None = None) -> int:
         e = len(self.parent)
@@ -92,6 +95,9 @@ class Elements:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return ra
+        for wide, narrow in ((ra, rb), (rb, ra)):  # the query heads' channels meet their key's: consistent as they are
+            if wide in self.expands and self.find(self.expands[wide][0]) == narrow:
+                return wide
         if self.size[ra] != self.size[rb]:
             self.freeze(ra, f"size mismatch at {where}")
             self.freeze(rb, f"size mismatch at {where}")
@@ -109,6 +115,8 @@ class Elements:
         if gone in self.whole:
             self.whole.discard(gone)
             self.whole.add(keep)
+        if gone in self.expands:
+            self._expand(keep, *self.expands.pop(gone), where)
         if clash:
             self.freeze(keep, f"concatenation combined with another tensor at {where}")
         if ra in self.head_of or rb in self.head_of:  # a per-head parameter read another way too: its heads cannot move
@@ -151,6 +159,30 @@ class Elements:
             self.freeze(self.head_of[ro], f"a per-head parameter shared by two attentions at {where}")
             return False
         return True
+
+    def expand_heads(self, heads, other, where: str) -> bool:
+        """Whether axis `other` (a Ref) holds copies of another element's heads (repeat_interleave, or
+        expand and reshape, of a key/value head for the query heads that share it) where axis
+        `heads` (part 1) has its own: those heads then move as copies of the key's (spec Axis.mid,
+        or outer for tiled copies) and their channels within each head as the key's do."""
+        if (heads.part, heads.outer, heads.inner, other.part) != (1, 1, 1, 0) or min(other.outer, other.inner) != 1:
+            return False
+        rh, base = self.find(heads.el), self.head_of.get(self.find(other.el))
+        copies = other.outer * other.inner
+        if base is None or copies < 2 or self.find(base) == rh:
+            return False
+        rk = self.find(base)
+        if self.heads.get(rh) != self.heads.get(rk, 0) * copies or self.size[rh] != self.size[rk] * copies:
+            return False
+        self._expand(rh, rk, other.outer, other.inner, where)
+        return True
+
+    def _expand(self, root: int, base: int, outer: int, mid: int, where: str) -> None:
+        known = self.expands.setdefault(root, (base, outer, mid))
+        if known[1:] != (outer, mid):
+            self.freeze(root, f"heads copied in two layouts at {where}")
+        elif self.find(known[0]) != self.find(base):  # the keys and the values of the same query heads: one group, as in MHA
+            self.union(known[0], base, where)
 
     def head_blocks(self, e: int) -> int:
         """A new element with one unit per head of e (recorded in head_of): an axis that holds a

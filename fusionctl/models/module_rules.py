@@ -9,7 +9,7 @@ import torch.fx as fx
 from torch import nn
 
 from fusionctl.models import op_kinds as ops
-from fusionctl.models.axes import pad_refs, spatial_axes, unfold_refs, unify, window_refs
+from fusionctl.models.axes import pad_refs, unfold_refs, unify, window_refs
 from fusionctl.models.elements import Ref
 
 
@@ -59,7 +59,7 @@ class ModuleRules:
         if isinstance(m, ops.PASS_MODULES):
             return list(x)
         if isinstance(m, ops.POOL_MODULES):
-            return window_refs(self.els, x, spatial_axes(type(m).__name__, len(x)), where)
+            return window_refs(self.els, x, ops.spatial_axes(type(m).__name__, len(x)), where)
         if isinstance(m, ops.PAD_MODULES):
             return pad_refs(self.els, x, m.padding, where)  # normalised to F.pad's (before, after) pairs
         if isinstance(m, nn.Unfold):

@@ -1,4 +1,5 @@
-"""The ops and modules the tracer (tracer.py) knows, by how they move the axes of their inputs."""
+"""The ops and modules the tracer (tracer.py) knows, by how they move the axes of their inputs, and
+which axes an op works on."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ PAD_MODULES = (nn.modules.padding._ConstantPadNd, nn.modules.padding._Reflection
                nn.modules.padding._CircularPadNd)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 LAST_AXES_NORMS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def spatial_axes(name: str, ndim: int) -> int:
+    """How many trailing axes a pooling or resampling op works on: its 1d/2d/3d, else all after (N, C)."""
+    for k in (1, 2, 3):
+        if name.lower().endswith(f"{k}d"):
+            return k
+    return ndim - 2
+
+
+def shifted_axes(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
+    """The axes of roll(input, shifts, dims) or flip(input, dims) / x.flip(*dims); a roll without dims flattens (every axis)."""
+    if name == "flip":
+        dims = args[1:] or [kwargs["dims"]]
+    else:
+        dims = args[2:] or ([kwargs["dims"]] if kwargs.get("dims") is not None else [range(ndim)])
+    return [d for item in dims for d in (item if isinstance(item, (tuple, list, range)) else [item])]

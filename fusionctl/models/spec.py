@@ -20,11 +20,20 @@ class Axis:
 
     outer > 1: gate blocks that share one coupling (LSTM's 4 gates are rows (4, n, in)).
     inner > 1: several entries per node (a linear layer reading a flattened (C, H, W) map).
+    mid > 1: the n nodes form `heads` blocks, and the axis holds mid copies of each block's layout
+    side by side, (outer, heads, mid, n / heads, inner), every copy moved as the block is
+    (grouped-query attention: the query heads that read one key/value head).
     """
 
     group: str
     outer: int = 1
     inner: int = 1
+    mid: int = 1
+    heads: int = 1
+
+    def nodes(self, length: int) -> int:
+        """The group's number of nodes, for an axis of this length."""
+        return length // (self.outer * self.inner * self.mid)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ class AlignmentSpec:
         for key, axes in self.axes.items():
             for dim, ax in enumerate(axes):
                 if ax is not None and ax.group not in self.concat:
-                    n = state[key].shape[dim] // (ax.outer * ax.inner)
+                    n = ax.nodes(state[key].shape[dim])
                     if sizes.setdefault(ax.group, n) != n:
                         raise ValueError(f"{key} axis {dim}: group {ax.group} has size {n}, elsewhere {sizes[ax.group]}")
         return sizes
@@ -130,6 +139,10 @@ class AlignmentSpec:
                 if group not in self.heads or key not in state or state[key].dim() <= dim or \
                         state[key].shape[dim] % self.blocks(group) or self.axes[key][dim] is not None:
                     raise ValueError(f"per-head axis {dim} of {key}: needs one entry (or block) per head of {group} and no group of its own")
+        for key, axes in self.axes.items():
+            for dim, ax in enumerate(axes):
+                if ax is not None and ax.mid > 1 and (ax.group in self.concat or self.blocks(ax.group) != ax.heads):
+                    raise ValueError(f"{key} axis {dim}: mid={ax.mid} copies need heads={ax.heads} to be the heads of {ax.group} in spec.heads")
         for group in self.whole_heads:
             if self.blocks(group) < 2:
                 raise ValueError(f"whole heads of {group}: {group} is not a group of several heads in spec.heads")
@@ -139,9 +152,8 @@ class AlignmentSpec:
             size = sum(named[p] if isinstance(p, str) else p for p in parts)
             for key, axes in self.axes.items():
                 for dim, ax in enumerate(axes):
-                    if ax is not None and ax.group == name and state[key].shape[dim] != ax.outer * size * ax.inner:
-                        raise ValueError(f"{key} axis {dim}: concatenation {name} has {size} channels, "
-                                         f"not {state[key].shape[dim] // (ax.outer * ax.inner)}")
+                    if ax is not None and ax.group == name and state[key].shape[dim] != ax.outer * size * ax.inner * ax.mid:
+                        raise ValueError(f"{key} axis {dim}: concatenation {name} has {size} channels, not {ax.nodes(state[key].shape[dim])}")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
             _module(model, name)
 
@@ -166,8 +178,10 @@ def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor | None
     a known permutation) skips both the check and the matrix; dense=True (known not to be one)
     skips the check.
     """
+    if ax.mid > 1:
+        matrix, index, ax = spread(ax, matrix, index, dense)
     shape = t.shape
-    n = shape[dim] // (ax.outer * ax.inner)
+    n = ax.nodes(shape[dim])
     perm = index if index is not None or dense else permutation_of(matrix)
     if perm is not None:
         return permute_nodes(t, shape[:dim].numel() * ax.outer, n, ax.inner * shape[dim + 1 :].numel(), perm.to(t.device)).reshape(shape)
@@ -175,6 +189,24 @@ def apply_along(t: torch.Tensor, dim: int, ax: Axis, matrix: torch.Tensor | None
     moved = torch.movedim(view, dim + 1, -1)
     out = torch.movedim(moved @ matrix.T.to(moved.dtype), -1, dim + 1)
     return out.reshape(*shape[:dim], ax.outer * matrix.shape[0] * ax.inner, *shape[dim + 1 :])
+
+
+def spread(ax: Axis, matrix: torch.Tensor | None, index: torch.Tensor | None, dense: bool = False) -> tuple:
+    """(matrix, index, axis) of an Axis with mid copies as a plain axis over all of its entries:
+    each copy of a head's block is moved as the block is (an index per entry, or the matrix with
+    one block per copy: M[(b, c), (b', c')] at ((b, r, c), (b', r, c')))."""
+    h, mid = ax.heads, ax.mid
+    plain = Axis(ax.group, ax.outer, ax.inner)
+    if index is None and not dense:
+        index = permutation_of(matrix)
+    if index is not None:
+        d = index.numel() // h
+        src = index.view(h, 1, d)
+        return None, ((src // d) * (mid * d) + torch.arange(mid, device=index.device).view(1, mid, 1) * d + src % d).reshape(-1), plain
+    m, n = matrix.shape
+    blocks = matrix.reshape(h, m // h, h, n // h)
+    eye = torch.eye(mid, dtype=matrix.dtype, device=matrix.device)
+    return torch.einsum("acbd,rs->arcbsd", blocks, eye).reshape(m * mid, n * mid), None, plain
 
 
 def permute_nodes(t: torch.Tensor, lead: int, n: int, tail: int, perm: torch.Tensor) -> torch.Tensor:
@@ -206,7 +238,10 @@ def blocks_gather(t: torch.Tensor, dim: int, blocks: int, index: torch.Tensor) -
 def node_slices(t: torch.Tensor, dim: int, ax: Axis) -> torch.Tensor:
     """(n, everything else) view of `t` with axis `dim`'s nodes first (gate blocks kept apart)."""
     shape = t.shape
-    n = shape[dim] // (ax.outer * ax.inner)
+    n = ax.nodes(shape[dim])
+    if ax.mid > 1:  # (outer, heads, mid, d, inner): the nodes are (heads, d)
+        view = t.reshape(*shape[:dim], ax.outer, ax.heads, ax.mid, n // ax.heads, ax.inner, *shape[dim + 1 :])
+        return torch.movedim(view, (dim + 1, dim + 3), (0, 1)).reshape(n, -1)
     view = t.reshape(*shape[:dim], ax.outer, n, ax.inner, *shape[dim + 1 :])
     return torch.movedim(view, dim + 1, 0).reshape(n, -1)
 

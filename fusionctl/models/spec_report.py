@@ -9,7 +9,7 @@ from fusionctl.models.spec import AlignmentSpec, Axis
 
 
 def _axis(key: str, dim: int, ax: Axis) -> str:
-    layout = "".join(f" {name}={n}" for name, n in (("outer", ax.outer), ("inner", ax.inner)) if n > 1)
+    layout = "".join(f" {name}={n}" for name, n in (("outer", ax.outer), ("inner", ax.inner), ("copies per head", ax.mid)) if n > 1)
     return f"`{key}`[{dim}{layout}]"
 
 

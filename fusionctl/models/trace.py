@@ -144,6 +144,21 @@ def pin_concatenations(els) -> None:
                     changed = True
 
 
+def copied_heads(els) -> dict[int, tuple[int, int, int]]:
+    """Roots of query heads that copy their key/value heads' layout (grouped-query attention) ->
+    (the keys' root, outer, mid). They move with those heads or not at all: a freeze of either
+    freezes both, and so does a parameter with one entry per query head (its layout is the query's)."""
+    expanded = {els.find(x): (els.find(k), outer, mid) for x, (k, outer, mid) in els.expands.items()}
+    per_head = {els.find(h) for h in els.head_of.values()}
+    for x, (k, _, _) in expanded.items():
+        if x in per_head:
+            els.freeze(x, "a parameter with one entry per query head of grouped-query attention")
+        for a, b in ((x, k), (k, x)):
+            if els.frozen(a) and not els.frozen(b):
+                els.freeze(b, els.reasons[a][0])
+    return {x: (els.find(k), outer, mid) for x, (k, outer, mid) in expanded.items()}
+
+
 def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     els = tracer.els
     pin_concatenations(els)
@@ -151,8 +166,9 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         if els.frozen(r):  # rows of a packed projection that cannot move: neither can its heads
             els.freeze(part, els.reasons[els.find(r)][0])
     packed = {els.find(r): p for r, p in els.packed.items()}
+    expanded = copied_heads(els)
     roots = [r for r in dict.fromkeys(els.find(e) for e in els.opened) if r not in packed]
-    live = [r for r in roots if not els.frozen(r)]
+    live = [r for r in roots if not els.frozen(r) and r not in expanded]
     names: dict[int, str] = {}
     for r in live:
         base = els.writers[r][0] if els.writers[r] else f"group{r}"
@@ -174,15 +190,21 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
             root = els.find(ref.el) if ref is not None else None
             if root in els.head_of and not els.frozen(root) and els.find(els.head_of[root]) in names:
                 head_axes.setdefault(key, ([], names[els.find(els.head_of[root])]))[0].append(dim)  # moves with whole heads
-            name = names.get(root, cats.get(root))
-            ok = name is not None and value.shape[dim] == ref.outer * els.size[root] * ref.inner
-            row.append(Axis(name, ref.outer, ref.inner) if ok else None)
+            if root in expanded:  # query heads: copies of their key/value heads' layout
+                base, outer, mid = expanded[root]
+                name, ax = names.get(base), Axis(names.get(base), ref.outer * outer, ref.inner, mid, els.heads[base])
+                ok = name is not None and value.shape[dim] == ax.outer * els.size[base] * mid * ax.inner
+            else:
+                name = names.get(root, cats.get(root))
+                ok = name is not None and value.shape[dim] == ref.outer * els.size[root] * ref.inner
+                ax = Axis(name, ref.outer, ref.inner) if ok else None
+            row.append(ax if ok else None)
         axes[key] = tuple(row)
     per_head = {key: (dims[0] if len(dims) == 1 else tuple(dims), group) for key, (dims, group) in head_axes.items()}
     units = {}
     for e, entries in tracer.units.items():
         root = els.find(e)
-        if root in names:
+        if root in names:  # not query heads that copy their keys' layout: their outputs are not the group's units
             units.setdefault(names[root], []).extend(Unit(w, nrm) for w, nrm in entries)
     coverage = Coverage()
     copies = {els.find(part): k for part, k in packed.values()}  # a packed element's units are its projection's k x n channels
@@ -206,7 +228,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     coverage.grouped = len(grouped)
     coverage.concats = len(cats)
     concat = {name: tuple(names.get(p, size) for p, size in els.parts(r)) for r, name in cats.items()}
-    whole = frozenset(names[r] for r in map(els.find, els.whole) if r in names and heads.get(names[r], (None, 1))[1] > 1)
+    whole = {expanded[r][0] if r in expanded else r for r in map(els.find, els.whole)}
+    whole = frozenset(names[r] for r in whole if r in names and heads.get(names[r], (None, 1))[1] > 1)
     coverage.whole = len(whole)
     return AlignmentSpec(tuple(names[r] for r in live), axes, {g: tuple(u) for g, u in units.items()}, coverage, heads, local, concat, per_head,
                          whole)

@@ -10,8 +10,7 @@ from torch import nn
 
 from fusionctl.models import op_kinds as ops
 from fusionctl.models.axes import (along_refs, broadcast_refs, cat_refs, index_refs, iter_refs, matmul_refs, pad_refs, permute_refs,
-                                   reduce_refs, repeat_refs, reshape_refs, shifted_axes, spatial_axes, split_refs, stack_refs, unfold_refs, unify,
-                                   window_refs)
+                                   reduce_refs, repeat_refs, reshape_refs, split_refs, stack_refs, unfold_refs, unify, window_refs)
 from fusionctl.models.elements import Elements, Ref
 from fusionctl.models.module_rules import FUNCTIONAL, ModuleRules
 
@@ -145,10 +144,12 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if name == "scaled_dot_product_attention":  # softmax(q k^T) v: as the two matrix products it is
             q, k, v = (self.d(a) for a in args[:3])
             self.freeze_all([[r for r in q[-2:] + k[-2:] + v[-2:-1] if r is not None and r.part == 1]], "attention across heads")
+            shapes = [self.val(a).shape for a in args[:3]]
+            if n.kwargs.get("enable_gqa") and shapes[0][-3] != shapes[1][-3]:  # each key/value head serves consecutive query heads
+                k, v = (repeat_refs(self.els, d, sh, (*sh[:-3], shapes[0][-3], *sh[-2:]), where, True) for d, sh in ((k, shapes[1]), (v, shapes[2])))
+            batch = broadcast_refs(self.els, [(d[:-2], sh[:-2]) for d, sh in zip((q, k, v), shapes)], out.shape[:-2], where)
             unify(self.els, q[-1], k[-1], where)
             unify(self.els, k[-2], v[-2], where)
-            shapes = [self.val(a).shape for a in args[:3]]
-            batch = broadcast_refs(self.els, [(d[:-2], sh[:-2]) for d, sh in zip((q, k, v), shapes)], out.shape[:-2], where)
             mask = args[3] if len(args) > 3 else n.kwargs.get("attn_mask")
             if isinstance(self.val(mask), torch.Tensor):  # added to the scores q k^T (a bias per head, say): broadcast with them
                 scores = (*out.shape[:-2], shapes[0][-2], shapes[1][-2])
@@ -162,11 +163,11 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if name in ops.RESHAPE:
             return self.reshape(n, x, self.val(args[0]).shape, out.shape)
         if name in ops.POOL:
-            return window_refs(self.els, x, spatial_axes(name, len(x)), where)
+            return window_refs(self.els, x, ops.spatial_axes(name, len(x)), where)
         if name == "pad":
             return pad_refs(self.els, x, args[1] if len(args) > 1 else n.kwargs["pad"], where)
         if name in ("roll", "flip"):
-            return along_refs(self.els, x, shifted_axes(name, n.args, n.kwargs, len(x)), where)
+            return along_refs(self.els, x, ops.shifted_axes(name, n.args, n.kwargs, len(x)), where)
         if name in ("tile", "repeat", "repeat_interleave") and x is not None:
             counts = args[1] if len(args) > 1 else n.kwargs.get("repeats")  # repeat_interleave's: an int, or one per entry
             if name == "repeat_interleave" and (len(args) < 3 and n.kwargs.get("dim") is None or isinstance(counts, fx.Node)):
