@@ -23,6 +23,7 @@ from fusionctl.fusion.units import (
     repair_points,
     units_first,
 )
+from fusionctl.models.op_kinds import weight_out_axis
 from fusionctl.models.spec import AlignmentSpec
 
 
@@ -122,7 +123,7 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
                 if writes.bias is None:
                     raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
                 shape = [1] * writes.weight.dim()
-                shape[1 if isinstance(writes, nn.modules.conv._ConvTransposeNd) else 0] = -1  # the output channels' axis
+                shape[weight_out_axis(writes)] = -1
                 writes.weight.mul_(scale.view(shape))
                 writes.bias.copy_((writes.bias - mu) * scale + mu_t)
             shape = [1] * out.dim()

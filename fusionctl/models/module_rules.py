@@ -142,7 +142,7 @@ class ModuleRules:
     def conv(self, n, m, x, where, out):
         x = window_refs(self.els, x, len(x) - 2, where)  # the kernel mixes the spatial axes
         cin = x[1]
-        out_dim = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0  # a transposed conv's weight: (in, out, ...)
+        out_dim = ops.weight_out_axis(m)
         if m.groups == 1:
             self.link(f"{where}.weight", 1 - out_dim, cin, where)
             ref = self.open(m.out_channels, where)

@@ -49,3 +49,8 @@ def shifted_axes(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
     else:
         dims = args[2:] or ([kwargs["dims"]] if kwargs.get("dims") is not None else [range(ndim)])
     return [d for item in dims for d in (item if isinstance(item, (tuple, list, range)) else [item])]
+
+
+def weight_out_axis(module: nn.Module) -> int:
+    """The axis of a layer's weight that indexes its outputs: 1 for a transposed conv's (in, out, ...)."""
+    return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
