@@ -775,13 +775,14 @@ class GroupedQueryNet(nn.Module):
     kv_heads` consecutive query heads: repeat_interleave, LLaMA's expand and reshape, or
     scaled_dot_product_attention's enable_gqa; `tile` repeats them whole instead, so query head h
     reads key head h mod kv_heads), optional rotary embeddings, and a SwiGLU MLP (`bias`: its Linears
-    have biases, which LLaMA's lack). The query heads move with their
-    key/value head; with rotary embeddings, only as whole heads."""
+    have biases, which LLaMA's lack; `head_bias`: a logit bias per query head). The query heads
+    move with their key/value head; with rotary embeddings, only as whole heads."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 4, kv_heads: int = 2, repeat: str = "interleave",
-                 rotary: bool = False, bias: bool = False):
+                 rotary: bool = False, bias: bool = False, head_bias: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.repeat, self.rotary, self.d = heads, kv_heads, repeat, rotary, dim // heads
+        self.head_bias = nn.Parameter(torch.randn(heads, 1, 1)) if head_bias else None  # one logit bias per query head
         self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
         self.norm = nn.RMSNorm(dim)
         self.q, self.o = nn.Linear(dim, heads * self.d, bias=bias), nn.Linear(heads * self.d, dim, bias=bias)
@@ -811,7 +812,8 @@ class GroupedQueryNet(nn.Module):
             att = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
         else:
             k, v = self.shared(k, self.heads // self.kv_heads), self.shared(v, self.heads // self.kv_heads)
-            att = torch.softmax(q @ k.transpose(-2, -1) / 2.0, -1) @ v
+            logits = q @ k.transpose(-2, -1) / 2.0
+            att = torch.softmax(logits if self.head_bias is None else logits + self.head_bias, -1) @ v
         t = t + self.o(att.transpose(1, 2).reshape(b, n, -1))
         gate, up = self.gate_up(t).chunk(2, -1)
         t = t + self.down(F.silu(gate) * up)

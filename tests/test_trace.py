@@ -311,6 +311,18 @@ def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
     assert_permutation_keeps_function(model, spec, x)
 
 
+def test_a_parameter_per_query_head_freezes_grouped_query_heads():
+    """A logit bias per query head is laid out by the query heads, which move only as copies of
+    their key/value head's: rather than move it in blocks, q, k and v freeze together."""
+    torch.manual_seed(0)
+    model = custom_nets.GroupedQueryNet(head_bias=True).eval()
+    x = torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert "k" not in spec.groups and spec.axes["q.weight"][0] is None and spec.axes["o.weight"][1] is None
+    assert "a parameter with one entry per query head" in str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
 def test_values_split_unevenly_from_q_and_k_move_with_whole_heads():
     """LeViT's attention: q, k and a wider v split inside each head; the heads move only whole and
     the output projection's columns move with them in blocks of v's width (spec.per_head)."""
