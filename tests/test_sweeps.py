@@ -19,6 +19,7 @@ from fusionctl.fusion import sweeps
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
 from fusionctl.fusion.transport import identity_couplings, random_couplings, relative_coupling, transport
 from fusionctl.jobs.activations import activation_probe
+from fusionctl.jobs.fuse import held_out_score
 from fusionctl.models import build_model, model_spec
 from tests.helpers import settings
 
@@ -322,6 +323,19 @@ def test_cost_auto_scores_once_when_both_candidates_align_the_same_way():
                FusionContext(activations=probe, score=lambda result: scored.append(result) or 0.5))
     assert len(scored) == 1 and res.sweeps["selected_cost"] == "both"
     assert all(torch.equal(res.state[k], both.state[k]) for k in res.state)
+
+
+def test_cost_auto_scores_a_traced_net_without_biases_as_fused():
+    """The held-out score corrects with REPAIR where a net has a bias or norm to put it in; a
+    LLaMA-style net has neither (bias-free Linears, RMSNorm), so its candidates are scored as
+    fused rather than refused for a post-step nobody asked for."""
+    cfg = ModelConfig("custom", target="tests.custom_nets.GroupedQueryNet")
+    splits = toy_splits((3, 8, 8))
+    spec = model_spec(cfg, splits.input_shape, splits.num_classes)
+    states = [{k: v.detach() for k, v in build_model(cfg, splits.input_shape, splits.num_classes).state_dict().items()} for _ in range(2)]
+    score = held_out_score(cfg, splits, states, spec, [0.5, 0.5], "cpu")
+    res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=activation_probe(cfg, splits), score=score))
+    assert res.sweeps["selected_cost"] in ("both", "activation") and 0.0 <= score(res) <= 1.0
 
 
 def toy_splits(shape, n=96):

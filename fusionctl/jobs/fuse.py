@@ -22,6 +22,7 @@ from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, evaluate_with_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
 from fusionctl.fusion.post import READS_REFERENCES
+from fusionctl.fusion.units import bare_writers
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import (
     Base,
@@ -71,11 +72,14 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     """How solver.cost=auto chooses: a fused model's accuracy on (up to SCORE_SAMPLES of) the
     validation split (without one, the last training inputs) after the post-step its family
     needs anyway — BatchNorm reset for BN nets (their stored statistics are averages that no longer
-    fit the units), REPAIR for other feed-forward nets — so candidates are compared as they will be used.
+    fit the units), REPAIR for other feed-forward nets that have a bias or norm to correct in — so
+    candidates are compared as they will be used.
     `references`: a reference_source to share (the fuse command's, so the bases are measured once)."""
     held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
     if any(k.endswith("running_mean") for k in bases[0]):
         step = "bn_reset"
+    elif model_cfg.name in TRACED and bare_writers(spec, bases[0]):  # no bias or norm to put REPAIR's correction in (LLaMA's Linears)
+        step = None
     else:
         step = "repair" if post_defined("repair", model_cfg.name) else None
 
