@@ -217,7 +217,8 @@ class ConcatNet(nn.Module):
 
 
 class ConcatSumNet(ConcatNet):
-    """Adds a conv's output to a concatenation: the sum's channels are neither part's, so all freeze."""
+    """Adds a conv's output to a concatenation: the conv's channels are cut as the parts are, each
+    piece moving with its part; the piece added to the input's channels, which no group carries, freezes."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4):
         super().__init__(in_channels, num_classes)
@@ -452,8 +453,8 @@ class ArgmaxNet(nn.Module):
 class TinyTransformer(nn.Module):
     """A home-made transformer block, one token per pixel: class token, attention heads
     written with Linear layers and matrix products (or F.scaled_dot_product_attention), token 0
-    read by x[:, 0], a slice of channels. The stream, the MLP and the heads (q, k, v rows and o's
-    columns, split into heads by a reshape) are permutable; the sliced layer freezes."""
+    read by x[:, 0], a strided slice of channels. The stream, the MLP and the heads (q, k, v rows and
+    o's columns, split into heads by a reshape) are permutable; the layer sliced every other channel freezes."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, sdpa: bool = False):
         super().__init__()
@@ -478,7 +479,7 @@ class TinyTransformer(nn.Module):
         att = F.scaled_dot_product_attention(q, k, v) if self.sdpa else torch.softmax(q @ k.transpose(-2, -1), -1) @ v
         t = t + self.o(att.transpose(1, 2).reshape(b, -1, t.shape[-1]))
         t = t + self.m2(torch.relu(self.m1(self.ln(t))))
-        return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., :3])
+        return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., ::2])
 
 
 class RowsNet(RollNet):
@@ -818,6 +819,66 @@ class GroupedQueryNet(nn.Module):
         gate, up = self.gate_up(t).chunk(2, -1)
         t = t + self.down(F.silu(gate) * up)
         return self.fc(t.mean(1))
+
+
+class FirstChannelsShortcutNet(nn.Module):
+    """ReXNet's shortcut: a block widens the stream and adds its input into the first channels only
+    (cat([y[:, :c] + x, y[:, c:]])). The widening conv's units are cut there: its first c channels
+    join the stream, the rest form a group of their own."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.b, self.c = nn.Conv2d(6, 10, 1), nn.Conv2d(10, 14, 1)
+        self.fc = nn.Linear(14, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        y = self.b(x)
+        y = torch.cat([y[:, :6] + x, y[:, 6:]], 1)
+        z = self.c(torch.relu(y))
+        z = torch.cat([z[:, :10] + y, z[:, 10:]], 1)
+        return self.fc(z.mean((2, 3)))
+
+
+class PartialConvNet(nn.Module):
+    """FasterNet's partial convolution: the stream split unevenly, a conv on the first piece only, the
+    pieces joined and mixed by an MLP added back to the stream; the stream's units are cut in two."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, part: int = 2, blocks: int = 2):
+        super().__init__()
+        self.split = [part, dim - part]
+        self.stem = nn.Conv2d(in_channels, dim, 3, padding=1)
+        self.partial = nn.ModuleList(nn.Conv2d(part, part, 3, padding=1) for _ in range(blocks))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), nn.BatchNorm2d(2 * dim), nn.ReLU(), nn.Conv2d(2 * dim, dim, 1))
+                                 for _ in range(blocks))
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for partial, mlp in zip(self.partial, self.mlp):
+            first, rest = torch.split(x, self.split, dim=1)
+            x = x + mlp(torch.cat((partial(first), rest), 1))
+        return self.fc(x.mean((2, 3)))
+
+
+class DualPathNet(nn.Module):
+    """DPN's dual path: one conv's output sliced into a residual piece added to the stream and a
+    dense piece concatenated to it; its units are cut between the two."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.w1, self.w2 = nn.Conv2d(8, 12, 1), nn.Conv2d(12, 12, 1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.w1(torch.relu(x))
+        x = torch.cat([x + out[:, :8], out[:, 8:]], 1)
+        out = self.w2(torch.relu(x))
+        resid, dense = x[:, :8] + out[:, :8], torch.cat([x[:, 8:], out[:, 8:]], 1)
+        return self.fc(torch.cat([resid, dense], 1).mean((2, 3)))
 
 
 class ConstantScaleNet(nn.Module):

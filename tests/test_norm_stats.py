@@ -26,7 +26,7 @@ def with_measured_variances(cfg, state, x):
     model.load_state_dict(state)
     points = repair_points(model, model_spec(cfg))
     for _ in range(len(points)):
-        for (writer, norm), out in zip(points, capture_outputs(model, [w for w, _ in points], x)):
+        for (writer, norm, _), out in zip(points, capture_outputs(model, [w for w, _, _ in points], x)):
             norm.running_var.copy_(units_first(out, channel_axis(writer)).var(1, unbiased=False))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -47,8 +47,8 @@ def permute_everything(model, spec, seed=1):
 
 def assert_permutation_keeps_function(model, spec, x):
     state, moved = permute_everything(model, spec)
-    touched = {a.group for k, axes in spec.axes.items() for a in axes
-               if a is not None and a.group in spec.groups and not torch.equal(moved[k], state[k])}
+    touched = {g for k, axes in spec.axes.items() for a in axes if a is not None and not torch.equal(moved[k], state[k])
+               for g in spec.concat.get(a.group, (a.group,)) if g in spec.groups}
     assert touched == set(spec.groups), f"groups no entry of which moved: {set(spec.groups) - touched}"
     with torch.no_grad():
         before = model(x)
@@ -124,8 +124,7 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
 
 @pytest.mark.parametrize("cls, reason, frozen, free", [
     (custom_nets.RollNet, "rolling or flipping along a channel axis", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
-    (custom_nets.ConcatSumNet, "concatenation combined with another tensor", [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 1)],
-     [("c.weight", 0)]),
+    (custom_nets.ConcatSumNet, "model input", [], [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 0)]),
     (custom_nets.HStackNet, "unsupported op hstack", [("a.weight", 0), ("b.weight", 0), ("fc.weight", 1)], [("c.weight", 0)]),
     (custom_nets.SelectiveKernelNet, "combined with an unaligned tensor", [("select.weight", 0)],
      [("paths.0.weight", 0), ("paths.1.weight", 0), ("fc.weight", 1)]),
@@ -308,6 +307,28 @@ def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
     assert spec.blocks("k") == 2 and spec.within("k") != rotary and spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
     assert [u.writer for u in spec.units["k"]] == ["k", "v"]
     assert_swaps(model, spec, "k", x, ((2, 3, 0, 1), True), ((1, 0, 2, 3), not rotary), ((2, 1, 0, 3), False))
+    assert_permutation_keeps_function(model, spec, x)
+
+
+@pytest.mark.parametrize("cls, groups, cut", [
+    (custom_nets.FirstChannelsShortcutNet, ("a", "b[6:10]", "c[10:14]"), {"b": [(0, 6), (6, 10)], "c": [(0, 6), (6, 10), (10, 14)]}),
+    (custom_nets.PartialConvNet, ("stem[0:2]", "stem[2:8]", "partial.0", "mlp.0.0", "partial.1", "mlp.1.0"),
+     {"stem": [(0, 2), (2, 8)], "mlp.0.3": [(0, 2), (2, 8)]}),
+    (custom_nets.DualPathNet, ("stem", "w1[8:12]", "w2[8:12]"), {"w1": [(0, 8), (8, 12)], "w2": [(0, 8), (8, 12)]}),
+], ids=["rexnet-shortcut", "fasternet-partial-conv", "dpn-dual-path"])
+def test_a_writer_cut_by_uneven_slices_moves_piece_by_piece(cls, groups, cut):
+    """Uneven slices or splits of a channel axis cut its writer's units there (Elements.cut): each
+    piece is a group of its own, or joins what it is added to; the writer's rows move as a
+    concatenation of its pieces, each piece observed at its channels (Unit.channels). Before,
+    the sliced units froze."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    x = torch.randn(3, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert spec.groups == groups and spec.coverage.permutable == spec.coverage.hidden, (spec.groups, str(spec.coverage))
+    for writer, pieces in cut.items():
+        assert spec.axes[f"{writer}.weight"][0].group in spec.concat
+        assert sorted(u.channels for units in spec.units.values() for u in units if u.writer == writer) == pieces
     assert_permutation_keeps_function(model, spec, x)
 
 

@@ -28,7 +28,7 @@ def predicted_running_vars(spec: AlignmentSpec, states: list[dict], weights: lis
     for group in spec.groups:
         for unit in spec.units.get(group, ()):
             key = f"{unit.norm}.running_var"
-            if unit.norm is None or key not in fused:
+            if unit.norm is None or key not in fused or unit.channels is not None:  # part of a cut writer: its variances stay averaged
                 continue
             rows = (Axis(group), None)  # (units, features), the units moved as the norm's own entries are
             total = live = 0.0

@@ -55,8 +55,8 @@ def reset_bn_stats(model: nn.Module, split: Split, batches: int = 10, batch_size
 def channel_stats(model: nn.Module, points, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-channel mean and std of each repair point's output (its norm's, or its writer's) on inputs x."""
     stats = []
-    for (layer, bn), out in zip(points, capture_outputs(model, [bn or layer for layer, bn in points], x)):
-        flat = units_first(out, point_axis(layer, bn))
+    for (layer, bn, rows), out in zip(points, capture_outputs(model, [bn or layer for layer, bn, _ in points], x)):
+        flat = units_first(out, point_axis(layer, bn))[rows]
         stats.append((flat.mean(1), flat.std(1)))
     return stats
 
@@ -107,34 +107,37 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
     folds the affine correction into the parameters and passes the corrected output on, so
     every later point sees the statistics its predecessors were fixed to."""
 
-    def hook_for(layer, bn, mu_t, sd_t):
+    def hook_for(layer, bn, rows, mu_t, sd_t):
         axis = point_axis(layer, bn)
 
         def hook(module, inputs, outputs):
             out = first_output(outputs)
-            flat = units_first(out, axis)
+            start, stop, _ = rows.indices(out.shape[axis])
+            flat = units_first(out, axis)[rows]
             mu, sd = flat.mean(1), flat.std(1)
             scale = sd_t / (sd + eps)
             if bn is not None:
-                bn.weight.mul_(scale)
-                bn.bias.copy_((bn.bias - mu) * scale + mu_t)
+                bn.weight[rows].mul_(scale)
+                bn.bias[rows] = (bn.bias[rows] - mu) * scale + mu_t
             else:
                 writes = output_layer(layer)
                 if writes.bias is None:
                     raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
                 shape = [1] * writes.weight.dim()
                 shape[weight_out_axis(writes)] = -1
-                writes.weight.mul_(scale.view(shape))
-                writes.bias.copy_((writes.bias - mu) * scale + mu_t)
+                writes.weight.narrow(weight_out_axis(writes), start, stop - start).mul_(scale.view(shape))
+                writes.bias[rows] = (writes.bias[rows] - mu) * scale + mu_t
             shape = [1] * out.dim()
             shape[axis] = -1
-            fixed = (out - mu.view(shape)) * scale.view(shape) + mu_t.view(shape)
+            fixed = out.clone()  # a writer's channels outside `rows` are another group's, corrected by its own point
+            part = out.narrow(axis, start, stop - start)
+            fixed.narrow(axis, start, stop - start).copy_((part - mu.view(shape)) * scale.view(shape) + mu_t.view(shape))
             return (fixed, *outputs[1:]) if isinstance(outputs, tuple) else fixed
 
         return hook
 
     points = repair_points(model, spec)
-    hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, mu_t, sd_t)) for (layer, bn), (mu_t, sd_t) in zip(points, targets)]
+    hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, rows, mu_t, sd_t)) for (layer, bn, rows), (mu_t, sd_t) in zip(points, targets)]
     try:
         model.eval()(x)
     finally:

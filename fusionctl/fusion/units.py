@@ -90,7 +90,7 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor, sizes
     """{writer: (n_units, observations)}: every unit writer's output (before any norm) on inputs x,
     and {group: ...} for groups observed by a module of their own (spec.observer: heads, packed
     copies). sizes: the model's group sizes, if known."""
-    names = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
+    names = list(dict.fromkeys(u.writer for g in spec.groups for u in spec.units.get(g, ())))
     modules = [model.get_submodule(w) for w in names]
     heads = [g for g in spec.groups if spec.observer(g)]
     if heads and sizes is None:
@@ -101,13 +101,14 @@ def writer_outputs(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor, sizes
 
 def group_outputs(spec: AlignmentSpec, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """writer_outputs by group: several writers of one group (a residual stream) stacked as more observations."""
-    return {g: torch.cat([outs[u.writer] for u in spec.units[g]], 1) if spec.units.get(g) else outs[g]
+    return {g: torch.cat([u.rows(outs[u.writer]) for u in spec.units[g]], 1) if spec.units.get(g) else outs[g]
             for g in spec.groups if spec.units.get(g) or spec.observer(g)}
 
 
-def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None]]:
-    """(writer, the norm after it or None) for every unit writer of every group."""
-    return [(model.get_submodule(u.writer), model.get_submodule(u.norm) if u.norm else None)
+def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None, slice]]:
+    """(writer, the norm after it or None, the channels of its outputs that are the group's) for
+    every unit writer of every group."""
+    return [(model.get_submodule(u.writer), model.get_submodule(u.norm) if u.norm else None, slice(*(u.channels or (None,))))
             for g in spec.groups for u in spec.units.get(g, ())]
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from fusionctl.models.elements import Elements, Ref
 
 
@@ -129,20 +127,6 @@ def _heads(els: Elements, refs: list, sizes_in: list, sizes_out: list, where: st
     return None
 
 
-def gather_refs(els: Elements, x: list, index: tuple) -> list | None:
-    """x[..., t, ...] with one integer tensor t and full slices elsewhere (a relative-position bias
-    table read by its index): t's axes replace the gathered one, whose element freezes; the other
-    axes keep theirs. None for any other advanced indexing."""
-    tensors = [k for k, i in enumerate(index) if not (i is Ellipsis or i == slice(None))]
-    if len(tensors) != 1 or index.count(Ellipsis) > 1 or not isinstance(t := index[tensors[0]], torch.Tensor) or \
-            t.is_floating_point() or t.dtype == torch.bool:
-        return None
-    k = tensors[0] if Ellipsis not in index[: tensors[0]] else len(x) - (len(index) - tensors[0])
-    if x[k] is not None:
-        els.freeze(x[k].el, "gathered along a channel axis")
-    return x[:k] + [None] * t.dim() + x[k + 1:]
-
-
 def reduce_refs(x: list, dims, ndim: int, keep: bool, out_dim: int) -> list:
     """A reduction over some axes (a mean over space): the others keep their elements."""
     if dims is None:
@@ -206,49 +190,6 @@ def matmul_refs(els: Elements, a: list, b: list, a_shape, b_shape, out_shape, wh
     batch = broadcast_refs(els, [(a[:-2], a_shape[:-2]), (b[:-2], b_shape[:-2])], out_shape[:-2], where)
     unify(els, a[-1], b[-2], where)
     return batch + [a[-2], b[-1]]
-
-
-def index_refs(els: Elements, x: list, index, shape) -> list | None:
-    """Basic indexing x[index] (ints, slices, None, ...): an int drops its axis, a full slice keeps
-    its element, a partial one keeps some units only and freezes it, None adds an axis. None for
-    advanced (tensor or list) indexing, which the caller freezes whole."""
-    index = index if isinstance(index, tuple) else (index,)
-    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
-        return gather_refs(els, x, index)
-    used = sum(i is not None and i is not Ellipsis for i in index)
-    if Ellipsis in index:
-        at = index.index(Ellipsis)
-        index = index[:at] + (slice(None),) * (len(x) - used) + index[at + 1:]
-    out, axis = [], 0
-    for i in index:
-        if i is None:
-            out.append(None)
-            continue
-        ref = x[axis]
-        if isinstance(i, slice) and range(*i.indices(shape[axis])) == range(shape[axis]):
-            out.append(ref)
-        else:
-            if ref is not None and not els.keep_in_place(ref):  # a slice within each head: whole heads
-                els.freeze(ref.el, "slice along a channel axis")
-            if isinstance(i, slice):
-                out.append(None)
-        axis += 1
-    return out + list(x[axis:])
-
-
-def split_refs(els: Elements, x: list, dim: int, sizes: list, drop: bool, where: str) -> tuple:
-    """A split (chunk, split, unbind) of axis `dim` into pieces of `sizes`. Equal pieces of a whole
-    axis are packed copies of one element that move together (q, k, v of one Linear; a GLU's
-    value and gate); other pieces hold some of the axis's units only, so its element freezes. The
-    other axes carry on (unbind drops the axis)."""
-    pieces = len(sizes)
-    ref = x[dim]
-    if ref is not None and not drop and pieces > 1 and len(set(sizes)) == 1 and (ref.outer, ref.inner, ref.part) == (1, 1, 0):
-        part = Ref(els.pack(ref.el, pieces, where))
-        return tuple([part if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
-    if ref is not None and not els.keep_in_place(ref):  # pieces of every head alike: whole heads
-        els.freeze(ref.el, "slice along a channel axis")
-    return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
 
 
 def cat_refs(els: Elements, descs: list, sizes: list, dim: int, ndim: int, where: str) -> list:

@@ -40,10 +40,16 @@ class Axis:
 class Unit:
     """Where a group's units can be observed: a module writing them (a Linear, a conv, one branch
     of a residual sum) and the normalisation applied right after it, if any. REPAIR corrects
-    there, BatchNorm reset and activation probes read there."""
+    there, BatchNorm reset and activation probes read there. `channels`: only some of the writer's
+    outputs (a writer whose units a split cuts into groups: DPN, ReXNet, FasterNet)."""
 
     writer: str
     norm: str | None = None
+    channels: tuple[int, int] | None = None  # (first, stop): the group's units are these of the writer's outputs only
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """This unit's rows of (writer's units, ...) `t`."""
+        return t if self.channels is None else t[self.channels[0] : self.channels[1]]
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,16 @@ class AlignmentSpec:
                     n = ax.nodes(state[key].shape[dim])
                     if sizes.setdefault(ax.group, n) != n:
                         raise ValueError(f"{key} axis {dim}: group {ax.group} has size {n}, elsewhere {sizes[ax.group]}")
+        lengths = {ax.group: ax.nodes(state[key].shape[dim]) for key, axes in self.axes.items() for dim, ax in enumerate(axes)
+                   if ax is not None and ax.group in self.concat}
+        solved = True
+        while solved:  # a group only concatenations read (part of a cut writer's units): the rest of a joined axis
+            solved = False
+            for name, length in lengths.items():
+                unknown = [p for p in self.concat[name] if isinstance(p, str) and p not in sizes]
+                if unknown and len(set(unknown)) == 1 and unknown[0] in self.groups:
+                    known = sum(sizes[p] if isinstance(p, str) else p for p in self.concat[name] if p not in unknown)
+                    sizes[unknown[0]], solved = (length - known) // len(unknown), True
         return sizes
 
     def blocks(self, group: str) -> int:

@@ -46,7 +46,8 @@ def alignment_report(spec: AlignmentSpec, state: dict[str, torch.Tensor] | torch
         lines += [f"Traced: {spec.coverage}", ""]
     lines += ["| group | units | moves as | observed at | entry axes it indexes |", "|---|---|---|---|---|"]
     for group in spec.groups:
-        observed = ", ".join(f"`{u.writer}`" + (f" → `{u.norm}`" if u.norm else "") for u in spec.units.get(group, ()))
+        observed = ", ".join(f"`{u.writer}`" + (f"[{u.channels[0]}:{u.channels[1]}]" if u.channels else "") + (f" → `{u.norm}`" if u.norm else "")
+                             for u in spec.units.get(group, ()))
         observed = observed or (f"`{spec.observer(group)}`" if spec.observer(group) else "—")
         lines.append(f"| `{group}` | {sizes[group]} | {_moves(spec, group)} | {observed} | {', '.join(reads.get(group, []))} |")
     if spec.concat:

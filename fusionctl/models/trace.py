@@ -167,11 +167,15 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
             els.freeze(part, els.reasons[els.find(r)][0])
     packed = {els.find(r): p for r, p in els.packed.items()}
     expanded = copied_heads(els)
-    roots = [r for r in dict.fromkeys(els.find(e) for e in els.opened) if r not in packed]
+    # a writer's units cut into parts (or met as a concatenation): the parts are its groups
+    roots = [r for r in dict.fromkeys(els.find(e) for e in els.opened) if r not in packed and not (r in els.members and not els.frozen(r))]
     live = [r for r in roots if not els.frozen(r) and r not in expanded]
+    labels: dict[int, str] = {}
+    for e, (w, a) in els.labels.items():  # the first cut names a group whose parts met others' since
+        labels.setdefault(els.find(e), f"{w}[{a}:{a + els.size[e]}]")
     names: dict[int, str] = {}
     for r in live:
-        base = els.writers[r][0] if els.writers[r] else f"group{r}"
+        base = els.writers[r][0] if els.writers[r] else labels.get(r, f"group{r}")
         names[r] = base if base not in names.values() else f"{base}#{r}"
     cats: dict[int, str] = {}  # live concatenation -> its name (not a group: it moves as its parts do)
     for r, held in els.members.items():
@@ -206,6 +210,12 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         root = els.find(e)
         if root in names:  # not query heads that copy their keys' layout: their outputs are not the group's units
             units.setdefault(names[root], []).extend(Unit(w, nrm) for w, nrm in entries)
+        elif root in els.members and not els.frozen(root):  # a writer cut into parts: each part observes its channels
+            at = 0
+            for part, size in els.parts(root):
+                if part in names:
+                    units.setdefault(names[part], []).extend(Unit(w, nrm, (at, at + size)) for w, nrm in entries)
+                at += size
     coverage = Coverage()
     copies = {els.find(part): k for part, k in packed.values()}  # a packed element's units are its projection's k x n channels
     for r in roots:
@@ -217,7 +227,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         reasons = [x for x in els.reasons[r] if x != "model output"]
         if reasons:
             coverage.hidden += size
-            coverage.frozen.setdefault(reasons[0], []).extend(els.writers[r])
+            coverage.frozen.setdefault(reasons[0], []).extend(els.writers[r] or [labels.get(r, f"group{r}")])
     blocks = {els.find(e): where for e, where in tracer.attention_blocks.items()}
     blocks |= {els.find(part): els.writers[r][0] for r, (part, _) in packed.items() if els.writers[r]}  # observed at the packed projection
     heads = {names[r]: (blocks.get(r), els.heads.get(r, 1)) for r in names if r in els.heads or r in blocks}

@@ -1,6 +1,5 @@
-"""The torch.fx Interpreter behind traced specs: one handler per op or module kind, each saying
-which element every axis of its output carries (see trace.py for the rules, elements.py and
-axes.py for the bookkeeping, module_rules.py for the modules' handlers)."""
+"""The torch.fx Interpreter behind traced specs: one handler per op or module kind, each saying which element every axis
+of its output carries (rules: trace.py; bookkeeping: elements.py, axes.py, slicing.py; modules: module_rules.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +8,11 @@ import torch.fx as fx
 from torch import nn
 
 from fusionctl.models import op_kinds as ops
-from fusionctl.models.axes import (along_refs, broadcast_refs, cat_refs, index_refs, iter_refs, matmul_refs, pad_refs, permute_refs,
-                                   reduce_refs, repeat_refs, reshape_refs, split_refs, stack_refs, unfold_refs, unify, window_refs)
+from fusionctl.models.axes import (along_refs, broadcast_refs, cat_refs, iter_refs, matmul_refs, pad_refs, permute_refs, reduce_refs,
+                                   repeat_refs, reshape_refs, stack_refs, unfold_refs, unify, window_refs)
 from fusionctl.models.elements import Elements, Ref
 from fusionctl.models.module_rules import FUNCTIONAL, ModuleRules
+from fusionctl.models.slicing import index_refs, split_refs
 
 
 class AxisTracer(ModuleRules, fx.Interpreter):
@@ -293,7 +293,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return dsc[index] if isinstance(index, (int, slice)) else dsc[fields.index(index)] if index in fields else None
         if not isinstance(out, torch.Tensor):
             return None
-        basic = index_refs(self.els, dsc, index, self.val(n.args[0]).shape) if isinstance(dsc, list) else None
+        basic = index_refs(self.els, dsc, index, self.val(n.args[0]).shape, n.name) if isinstance(dsc, list) else None
         if basic is None:  # advanced indexing, or a value the tracer did not follow (dsc None)
             self.freeze_all([dsc], "indexing a tensor")
         return basic if basic is not None else self.fresh(out, "indexing a tensor")
