@@ -332,6 +332,30 @@ def test_a_writer_cut_by_uneven_slices_moves_piece_by_piece(cls, groups, cut):
     assert_permutation_keeps_function(model, spec, x)
 
 
+class ReorderedPieces(torch.nn.Module):
+    """A conv's output cut in three and joined back in another order: no entry reads a piece alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 5, 1), torch.nn.Linear(5, 4)
+
+    def forward(self, x):
+        first, second, third = self.a(x).split([2, 3, 3], 1)
+        return self.fc(self.b(torch.relu(torch.cat([second, first, third], 1))).mean((2, 3)))
+
+
+def test_pieces_read_only_through_concatenations_have_their_sizes():
+    """Every entry reads the three pieces together (dpn68's blocks did): their sizes come from the
+    channels each is observed at, not from an entry of their own, and permuting them keeps the function."""
+    torch.manual_seed(0)
+    model = ReorderedPieces().eval()
+    x = torch.randn(3, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert spec.group_sizes(model.state_dict()) == {"a[0:2]": 2, "a[2:5]": 3, "a[5:8]": 3, "b": 5}
+    assert spec.concat[spec.axes["b.weight"][1].group] == ("a[2:5]", "a[0:2]", "a[5:8]")
+    assert_permutation_keeps_function(model, spec, x)
+
+
 def test_a_parameter_per_query_head_freezes_grouped_query_heads():
     """A logit bias per query head is laid out by the query heads, which move only as copies of
     their key/value head's: rather than move it in blocks, q, k and v freeze together."""

@@ -167,8 +167,9 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
             els.freeze(part, els.reasons[els.find(r)][0])
     packed = {els.find(r): p for r, p in els.packed.items()}
     expanded = copied_heads(els)
-    # a writer's units cut into parts (or met as a concatenation): the parts are its groups
-    roots = [r for r in dict.fromkeys(els.find(e) for e in els.opened) if r not in packed and not (r in els.members and not els.frozen(r))]
+    # a writer's units cut into parts (Elements.cut, its parts opened in turn): the parts are its groups
+    cut = {els.find(c) for c in els.cuts}
+    roots = [r for r in dict.fromkeys(els.find(e) for e in els.opened) if r not in packed and not (r in els.members and (r in cut or not els.frozen(r)))]
     live = [r for r in roots if not els.frozen(r) and r not in expanded]
     labels: dict[int, str] = {}
     for e, (w, a) in els.labels.items():  # the first cut names a group whose parts met others' since
