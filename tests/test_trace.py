@@ -302,7 +302,7 @@ def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
     model = custom_nets.GroupedQueryNet(repeat=repeat, rotary=rotary).eval()
     x = torch.randn(3, 3, 8, 8)
     spec = derive_spec(model, x)
-    copies = Axis("k", 2, 1, 1, 2) if repeat == "tile" else Axis("k", 1, 1, 2, 2)
+    copies = Axis("k", outer=2) if repeat == "tile" else Axis("k", mid=2, heads=2)
     assert spec.axes["q.weight"][0] == spec.axes["o.weight"][1] == copies and spec.axes["v.weight"][0] == Axis("k"), spec.axes
     assert spec.blocks("k") == 2 and spec.within("k") != rotary and spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
     assert [u.writer for u in spec.units["k"]] == ["k", "v"]

@@ -64,9 +64,7 @@ class Elements:
         self.members: dict[int, list[int]] = {}
         self.head_of: dict[int, int] = {}  # root of a parameter's axis -> the element whose heads it indexes (a bias per head)
         self.whole: set[int] = set()  # roots whose heads move only whole (rotary embeddings fix each channel's place in its head)
-        # root -> (element, outer, mid): its heads are copies of that element's heads, laid out
-        # (outer, heads, mid, d) (the query heads sharing a key/value head: grouped-query attention)
-        self.expands: dict[int, tuple[int, int, int]] = {}
+        self.expands: dict[int, tuple[int, int, int]] = {}  # root -> (element, outer, mid): query heads copying a key's (GQA)
         self.cuts: set[int] = set()  # concatenations made by cutting an element's units (as made, never re-keyed)
         self.labels: dict[int, tuple[str, int]] = {}  # a cut's part -> (writer, first unit): "writer[a:b]" names it
 
@@ -107,7 +105,10 @@ class Elements:
             if cat in self.members and plain not in self.members and self.size[cat] == self.size[plain] and not self.blank(plain) and \
                     (pieces := self.cut(plain, [n for _, n in self.parts(cat)], where)) is not None:
                 for (p, _), q in zip(self.parts(cat), pieces):
-                    self.union(p, q, where) if p is not None else self.freeze(q, f"combined with channels no group carries at {where}")
+                    if p is None:
+                        self.freeze(q, f"combined with channels no group carries at {where}")
+                    else:
+                        self.union(p, q, where)
                 return self.union(cat, plain, where)
         # one concatenation reached twice moves as one, and a parameter's blank axis (a scale
         # multiplying it) follows it; anything else carries units of its own in another layout

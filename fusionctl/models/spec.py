@@ -93,8 +93,8 @@ class AlignmentSpec:
                     if sizes.setdefault(ax.group, n) != n:
                         raise ValueError(f"{key} axis {dim}: group {ax.group} has size {n}, elsewhere {sizes[ax.group]}")
         for g in self.groups:  # a cut writer's part that only concatenations read: as many units as channels it observes
-            spans = [u.channels for u in self.units.get(g, ()) if u.channels and g not in sizes]
-            if spans:
+            spans = [u.channels for u in self.units.get(g, ()) if u.channels]
+            if g not in sizes and spans:
                 sizes[g] = spans[0][1] - spans[0][0]
         lengths = {ax.group: ax.nodes(state[key].shape[dim]) for key, axes in self.axes.items() for dim, ax in enumerate(axes)
                    if ax is not None and ax.group in self.concat}
