@@ -881,6 +881,24 @@ class DualPathNet(nn.Module):
         return self.fc(torch.cat([resid, dense], 1).mean((2, 3)))
 
 
+class MixedConvNet(nn.Module):
+    """MixNet's mixed convs: channels split evenly, a conv per piece, the pieces joined, and the join
+    split again at the same seams; each split of the concatenation gives its parts back."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.pw = nn.ModuleList(nn.Conv2d(4, 6, 1) for _ in range(2))
+        self.dw = nn.ModuleList(nn.Conv2d(6, 6, k, padding=k // 2, groups=6) for k in (3, 5))
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        x = torch.cat([conv(p) for conv, p in zip(self.pw, x.split([4, 4], 1))], 1)
+        x = torch.cat([conv(torch.relu(p)) for conv, p in zip(self.dw, x.split([6, 6], 1))], 1)
+        return self.fc(x.mean((2, 3)))
+
+
 class ConstantScaleNet(nn.Module):
     """Channels scaled by tensors outside the state dict (a non-persistent buffer, a plain tensor
     attribute): fusion never moves them, so the channels they scale cannot move either."""

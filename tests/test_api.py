@@ -94,10 +94,10 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
                                           (custom_nets.GroupedQueryNet, False),
                                           (functools.partial(custom_nets.GroupedQueryNet, repeat="sdpa", rotary=True, bias=True), True),
                                           (custom_nets.FirstChannelsShortcutNet, True), (custom_nets.PartialConvNet, True),
-                                          (custom_nets.DualPathNet, True)],
+                                          (custom_nets.DualPathNet, True), (custom_nets.MixedConvNet, True)],
                          ids=["grouped-conv", "densenet-like", "concat", "c2f", "functional", "transposed-conv", "repeat-unfold", "rotary",
                               "uneven-qkv", "talking-heads", "grouped-query", "grouped-query-rotary", "rexnet-shortcut", "partial-conv",
-                              "dual-path"])
+                              "dual-path", "mixed-conv"])
 def test_a_net_with_grouped_convs_or_concatenations_fused_with_permuted_copies_returns_its_function(make, repair):
     """A ResNeXt-style bottleneck (grouped channels permuted in blocks and within them), and nets
     whose concatenated axes every method sees split into their parts' pieces: each method recovers

@@ -315,12 +315,13 @@ def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
     (custom_nets.PartialConvNet, ("stem[0:2]", "stem[2:8]", "partial.0", "mlp.0.0", "partial.1", "mlp.1.0"),
      {"stem": [(0, 2), (2, 8)], "mlp.0.3": [(0, 2), (2, 8)]}),
     (custom_nets.DualPathNet, ("stem", "w1[8:12]", "w2[8:12]"), {"w1": [(0, 8), (8, 12)], "w2": [(0, 8), (8, 12)]}),
-], ids=["rexnet-shortcut", "fasternet-partial-conv", "dpn-dual-path"])
+    (custom_nets.MixedConvNet, ("a.parts", "pw.0", "pw.1"), {}),
+], ids=["rexnet-shortcut", "fasternet-partial-conv", "dpn-dual-path", "mixnet-split-at-seams"])
 def test_a_writer_cut_by_uneven_slices_moves_piece_by_piece(cls, groups, cut):
     """Uneven slices or splits of a channel axis cut its writer's units there (Elements.cut): each
     piece is a group of its own, or joins what it is added to; the writer's rows move as a
-    concatenation of its pieces, each piece observed at its channels (Unit.channels). Before,
-    the sliced units froze."""
+    concatenation of its pieces, each piece observed at its channels (Unit.channels). A
+    concatenation split at its seams gives its parts back. Before, all of these froze."""
     torch.manual_seed(0)
     model = cls().eval()
     x = torch.randn(3, 3, 6, 6)

@@ -68,18 +68,20 @@ def cut_piece(els: Elements, ref: Ref | None, kept: range, size: int, where: str
 
 
 def split_refs(els: Elements, x: list, dim: int, sizes: list, drop: bool, where: str) -> tuple:
-    """A split (chunk, split, unbind) of axis `dim` into pieces of `sizes`. Equal pieces of a whole
-    axis are packed copies of one element that move together (q, k, v of one Linear; a GLU's
-    value and gate); uneven pieces cut its element (Elements.cut), each piece moving on its own, or
-    else hold some of its units only, so it freezes. The other axes carry on (unbind drops the axis)."""
+    """A split (chunk, split, unbind) of axis `dim` into pieces of `sizes`. Uneven pieces, or pieces
+    at a concatenation's seams, cut its element (Elements.cut), each piece moving on its own; other
+    equal pieces of a whole axis are packed copies of one element that move together (q, k, v of
+    one Linear; a GLU's value and gate); anything else holds some of its units only, so it freezes.
+    The other axes carry on (unbind drops the axis)."""
     pieces = len(sizes)
     ref = x[dim]
-    if ref is not None and not drop and pieces > 1 and len(set(sizes)) == 1 and (ref.outer, ref.inner, ref.part) == (1, 1, 0):
+    whole = ref is not None and not drop and pieces > 1 and (ref.outer, ref.inner, ref.part) == (1, 1, 0)
+    # uneven pieces, or a concatenation split at its parts' seams (MixNet's mixed convs): cut there
+    if whole and (len(set(sizes)) > 1 or els.find(ref.el) in els.members) and (cut := els.cut(ref.el, list(sizes), where)) is not None:
+        return tuple([(Ref(p) if p is not None else None) if k == dim else r for k, r in enumerate(x)] for p in cut)
+    if whole and len(set(sizes)) == 1:
         part = Ref(els.pack(ref.el, pieces, where))
         return tuple([part if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
-    if ref is not None and not drop and pieces > 1 and (ref.outer, ref.inner, ref.part) == (1, 1, 0) and \
-            (cut := els.cut(ref.el, list(sizes), where)) is not None:
-        return tuple([(Ref(p) if p is not None else None) if k == dim else r for k, r in enumerate(x)] for p in cut)
     if ref is not None and not els.keep_in_place(ref):  # pieces of every head alike: whole heads
         els.freeze(ref.el, "slice along a channel axis")
     return tuple([r for k, r in enumerate(x) if k != dim] if drop else [None if k == dim else r for k, r in enumerate(x)] for _ in range(pieces))
