@@ -247,14 +247,16 @@ class SplitConcatNet(nn.Module):
 
 
 class ConcatResidualNet(nn.Module):
-    """GhostNet's pattern: blocks whose output concatenates a conv and a depthwise conv of it, added
-    to a residual stream. The summed concatenations have different parts, so each one and every
-    part freezes (a bug once forgot all but one of them and permuted the rest)."""
+    """GhostNet's pattern: blocks whose output concatenates a conv and a conv of it, added to a
+    residual stream: the summed concatenations meet part by part (a bug once forgot all but one of
+    them and permuted the rest). `seams`: the later blocks' (primary, cheap) widths; where they
+    differ from the first block's (3, 3), every concatenation is cut at both's seams."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, seams: tuple[int, int] = (3, 3)):
         super().__init__()
-        self.p = nn.ModuleList([nn.Conv2d(in_channels, 3, 1)] + [nn.Conv2d(6, 3, 1) for _ in range(2)])
-        self.d = nn.ModuleList(nn.Conv2d(3, 3, 3, padding=1, groups=3) for _ in range(3))
+        a, b = seams
+        self.p = nn.ModuleList([nn.Conv2d(in_channels, 3, 1)] + [nn.Conv2d(6, a, 1) for _ in range(2)])
+        self.d = nn.ModuleList([nn.Conv2d(3, 3, 3, padding=1, groups=3)] + [nn.Conv2d(a, b, 3, padding=1) for _ in range(2)])
         self.fc1 = nn.Linear(6, 5)
         self.fc2 = nn.Linear(5, num_classes)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fusionctl.models.cuts import Cuts
+
 
 @dataclass(frozen=True)
 class Ref:
@@ -44,7 +46,7 @@ class Coverage:
         return text
 
 
-class Elements:
+class Elements(Cuts):
     """Union-find over candidate groups of units: size, the modules that open them, and freezes."""
 
     def __init__(self):
@@ -101,15 +103,8 @@ class Elements:
         if self.size[ra] != self.size[rb]:
             self.freeze(ra, f"size mismatch at {where}")
             self.freeze(rb, f"size mismatch at {where}")
-        for cat, plain in ((ra, rb), (rb, ra)):  # a concatenation met by plain units: cut them alike, part meets part
-            if cat in self.members and plain not in self.members and self.size[cat] == self.size[plain] and not self.blank(plain) and \
-                    (pieces := self.cut(plain, [n for _, n in self.parts(cat)], where)) is not None:
-                for (p, _), q in zip(self.parts(cat), pieces):
-                    if p is None:
-                        self.freeze(q, f"combined with channels no group carries at {where}")
-                    else:
-                        self.union(p, q, where)
-                return self.union(cat, plain, where)
+        if (joined := self.meet_concatenation(ra, rb, where)) is not None:
+            return joined
         # one concatenation reached twice moves as one, and a parameter's blank axis (a scale
         # multiplying it) follows it; anything else carries units of its own in another layout
         clash = (ra in self.members or rb in self.members) and not self.blank(ra) and not self.blank(rb) and \
@@ -243,37 +238,6 @@ class Elements:
         self.members[e] = [e]
         return e
 
-    def cut(self, e: int, sizes: list[int], where: str) -> list[int | None] | None:
-        """One element per piece of `sizes` (in order) that e's units are cut into at fixed places (an
-        uneven split or a slice of a channel axis: DPN, ReXNet, FasterNet): e becomes a concatenation of
-        new elements, one per piece, each free to move on its own. A concatenation already cut at those
-        places gives its parts (None: channels no group carries; a new concatenation for a piece of
-        several). None where e cannot be cut: frozen, heads, packed copies, or cut elsewhere."""
-        r = self.find(e)
-        if r in self.members:
-            have, want = _bounds(n for _, n in self.parts(r)), _bounds(sizes)
-            if not want <= have or self.frozen(r):
-                return None
-            pieces, parts = [], iter(self.parts(r))
-            for n in sizes:
-                run = [next(parts)]
-                while sum(size for _, size in run) < n:
-                    run.append(next(parts))
-                pieces.append(run[0][0] if len(run) == 1 else self.concat(run, where))
-            return pieces
-        if self.frozen(r) or self.blank(r) or r in self.heads or r in self.packed or r in self.head_of or r in self.expands or \
-                r in {self.find(p) for p, _ in self.packed.values()}:
-            return None
-        parts = [self.new(n) for n in sizes]
-        writer, offset = (self.writers[r][0], 0) if self.writers[r] else self.labels[r]
-        for p, a in zip(parts, _bounds(sizes, start=True)):
-            self.opened.append(p)
-            self.labels[p] = (writer, offset + a)
-        c = self.concat([(p, n) for p, n in zip(parts, sizes)], where)
-        self.parent[r], self.writers[c] = c, list(self.writers[r])
-        self.cuts.add(c)
-        return parts
-
     def parts(self, e: int) -> list[tuple[int | None, int]]:
         """The parts of concatenation `e` (or of the first one its root holds), each element
         replaced by its current root."""
@@ -288,12 +252,3 @@ class Elements:
         root = self.find(e)
         if self.heads.setdefault(root, count) != count:
             self.freeze(root, f"split into {count} and into {self.heads[root]} heads at {where}")
-
-
-def _bounds(sizes, start: bool = False):
-    """The places between consecutive pieces of `sizes` (a set); start=True: each piece's first index, in order."""
-    at, out = 0, []
-    for n in sizes:
-        out.append(at)
-        at += n
-    return out if start else set(out[1:])

@@ -181,7 +181,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     cats: dict[int, str] = {}  # live concatenation -> its name (not a group: it moves as its parts do)
     for r, held in els.members.items():
         if not els.frozen(r) and any(p in names for p, _ in els.parts(r)):
-            cats[r] = f"cat:{els.concat_at[held[0]]}"
+            name = f"cat:{els.concat_at[held[0]]}"
+            cats[r] = name if name not in cats.values() else f"{name}#{r}"  # one op may cut several writers
     state = model.state_dict()
     axes: dict[str, tuple[Axis | None, ...]] = {}
     head_axes: dict[str, tuple[list[int], str]] = {}  # key -> its axes with one entry (or block) per head of a group
