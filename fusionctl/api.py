@@ -132,15 +132,16 @@ def _scorer(template, spec, states, lambdas, batches):
     if not labelled:
         return None
     inputs = [b[0] for b in labelled]
-    step = "bn_reset" if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules()) else "repair"
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules()):
+        step = "bn_reset"
+    else:  # REPAIR where a bias or norm can take its correction, else the plain fusion (as held_out_score does)
+        step = None if bare_writers(spec, states[0]) else "repair"
     references = _references(template, spec, states, inputs) if step in READS_REFERENCES else None
 
     def score(result) -> float:
         model = _module(template, result.state)
-        try:
+        if step:
             _apply(step, model, spec, references, result, lambdas, inputs)
-        except FusionctlError:
-            pass  # no place to put REPAIR's correction: score the plain fusion
         with torch.no_grad():
             hits = sum(int((model(x).argmax(-1) == y).sum()) for x, y, *_ in labelled)
         return hits / sum(len(b[1]) for b in labelled)

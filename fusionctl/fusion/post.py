@@ -129,9 +129,9 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
                 writes.bias[rows] = (writes.bias[rows] - mu) * scale + mu_t
             shape = [1] * out.dim()
             shape[axis] = -1
-            fixed = out.clone()  # a writer's channels outside `rows` are another group's, corrected by its own point
-            part = out.narrow(axis, start, stop - start)
-            fixed.narrow(axis, start, stop - start).copy_((part - mu.view(shape)) * scale.view(shape) + mu_t.view(shape))
+            fixed = (out.narrow(axis, start, stop - start) - mu.view(shape)) * scale.view(shape) + mu_t.view(shape)
+            if stop - start < out.shape[axis]:  # a writer's other channels are another group's, corrected by their own point
+                fixed = torch.cat([out.narrow(axis, 0, start), fixed, out.narrow(axis, stop, out.shape[axis] - stop)], axis)
             return (fixed, *outputs[1:]) if isinstance(outputs, tuple) else fixed
 
         return hook

@@ -96,16 +96,6 @@ class AlignmentSpec:
             spans = [u.channels for u in self.units.get(g, ()) if u.channels]
             if g not in sizes and spans:
                 sizes[g] = spans[0][1] - spans[0][0]
-        lengths = {ax.group: ax.nodes(state[key].shape[dim]) for key, axes in self.axes.items() for dim, ax in enumerate(axes)
-                   if ax is not None and ax.group in self.concat}
-        solved = True
-        while solved:  # a group only concatenations read (part of a cut writer's units): the rest of a joined axis
-            solved = False
-            for name, length in lengths.items():
-                unknown = [p for p in self.concat[name] if isinstance(p, str) and p not in sizes]
-                if unknown and len(set(unknown)) == 1 and unknown[0] in self.groups:
-                    known = sum(sizes[p] if isinstance(p, str) else p for p in self.concat[name] if p not in unknown)
-                    sizes[unknown[0]], solved = (length - known) // len(unknown), True
         return sizes
 
     def blocks(self, group: str) -> int:

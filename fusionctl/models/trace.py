@@ -198,7 +198,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
                 head_axes.setdefault(key, ([], names[els.find(els.head_of[root])]))[0].append(dim)  # moves with whole heads
             if root in expanded:  # query heads: copies of their key/value heads' layout
                 base, outer, mid = expanded[root]
-                name, ax = names.get(base), Axis(names.get(base), ref.outer * outer, ref.inner, mid, els.heads[base] if mid > 1 else 1)
+                name = names.get(base)
+                ax = Axis(name, ref.outer * outer, ref.inner, mid, els.heads[base] if mid > 1 else 1)
                 ok = name is not None and value.shape[dim] == ax.outer * els.size[base] * mid * ax.inner
             else:
                 name = names.get(root, cats.get(root))
