@@ -778,18 +778,24 @@ class GroupedQueryNet(nn.Module):
     kv_heads` consecutive query heads: repeat_interleave, LLaMA's expand and reshape, or
     scaled_dot_product_attention's enable_gqa; `tile` repeats them whole instead, so query head h
     reads key head h mod kv_heads), optional rotary embeddings, and a SwiGLU MLP (`bias`: its Linears
-    have biases, which LLaMA's lack; `head_bias`: a logit bias per query head). The query heads
-    move with their key/value head; with rotary embeddings, only as whole heads."""
+    have biases, which LLaMA's lack; `head_bias`: a logit bias per query head; `packed="split"`:
+    one qkv Linear split into sizes (H·d, K·d, K·d), as Phi-3 writes it; `packed="grouped"`: one
+    viewed as K groups of H/K queries, a key and a value, Falcon's layout). The query heads move with
+    their key/value head; with rotary embeddings, only as whole heads."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 4, kv_heads: int = 2, repeat: str = "interleave",
-                 rotary: bool = False, bias: bool = False, head_bias: bool = False):
+                 rotary: bool = False, bias: bool = False, head_bias: bool = False, packed: str | None = None):
         super().__init__()
         self.heads, self.kv_heads, self.repeat, self.rotary, self.d = heads, kv_heads, repeat, rotary, dim // heads
         self.head_bias = nn.Parameter(torch.randn(heads, 1, 1)) if head_bias else None  # one logit bias per query head
         self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
         self.norm = nn.RMSNorm(dim)
-        self.q, self.o = nn.Linear(dim, heads * self.d, bias=bias), nn.Linear(heads * self.d, dim, bias=bias)
-        self.k, self.v = nn.Linear(dim, kv_heads * self.d, bias=bias), nn.Linear(dim, kv_heads * self.d, bias=bias)
+        self.packed, self.o = packed, nn.Linear(heads * self.d, dim, bias=bias)
+        if packed:
+            self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * self.d, bias=bias)
+        else:
+            self.q, self.k = nn.Linear(dim, heads * self.d, bias=bias), nn.Linear(dim, kv_heads * self.d, bias=bias)
+            self.v = nn.Linear(dim, kv_heads * self.d, bias=bias)
         self.gate_up, self.down = nn.Linear(dim, 2 * 12, bias=bias), nn.Linear(12, dim, bias=bias)
         self.fc = nn.Linear(dim, num_classes)
 
@@ -804,9 +810,7 @@ class GroupedQueryNet(nn.Module):
     def forward(self, x):
         t = self.embed(x).flatten(2).transpose(1, 2)
         b, n, c = t.shape
-        h = self.norm(t)
-        q = self.q(h).view(b, n, self.heads, self.d).transpose(1, 2)
-        k, v = (f(h).view(b, n, self.kv_heads, self.d).transpose(1, 2) for f in (self.k, self.v))
+        q, k, v = self.project(self.norm(t))
         if self.rotary:
             angles = torch.outer(torch.arange(n, dtype=t.dtype), 1.0 / 100 ** (torch.arange(0, self.d, 2, dtype=t.dtype) / self.d))
             cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
@@ -821,6 +825,18 @@ class GroupedQueryNet(nn.Module):
         gate, up = self.gate_up(t).chunk(2, -1)
         t = t + self.down(F.silu(gate) * up)
         return self.fc(t.mean(1))
+
+    def project(self, h):
+        """q as (b, heads, n, d); k and v as (b, kv_heads, n, d)."""
+        (b, n, _), heads, kv, d = h.shape, self.heads, self.kv_heads, self.d
+        if self.packed == "grouped":
+            q, k, v = self.qkv(h).view(b, n, kv, heads // kv + 2, d).split([heads // kv, 1, 1], 3)
+            q, k, v = (z.reshape(b, n, -1, d) for z in (q, k, v))
+        elif self.packed:
+            q, k, v = (z.view(b, n, -1, d) for z in self.qkv(h).split([heads * d, kv * d, kv * d], -1))
+        else:
+            q, k, v = self.q(h).view(b, n, heads, d), self.k(h).view(b, n, kv, d), self.v(h).view(b, n, kv, d)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
 class FirstChannelsShortcutNet(nn.Module):

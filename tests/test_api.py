@@ -91,12 +91,12 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
                                           (custom_nets.FunctionalNet, False), (custom_nets.UpsamplingNet, True),
                                           (custom_nets.RepeatNet, True), (custom_nets.RotaryAttentionNet, True),
                                           (custom_nets.UnevenQKVNet, True), (custom_nets.TalkingHeadsNet, True),
-                                          (custom_nets.GroupedQueryNet, False),
+                                          (functools.partial(custom_nets.GroupedQueryNet, packed="split"), False),
                                           (functools.partial(custom_nets.GroupedQueryNet, repeat="sdpa", rotary=True, bias=True), True),
                                           (custom_nets.FirstChannelsShortcutNet, True), (custom_nets.PartialConvNet, True),
                                           (custom_nets.DualPathNet, True), (custom_nets.MixedConvNet, True)],
                          ids=["grouped-conv", "densenet-like", "concat", "c2f", "functional", "transposed-conv", "repeat-unfold", "rotary",
-                              "uneven-qkv", "talking-heads", "grouped-query", "grouped-query-rotary", "rexnet-shortcut", "partial-conv",
+                              "uneven-qkv", "talking-heads", "grouped-query-packed", "grouped-query-rotary", "rexnet-shortcut", "partial-conv",
                               "dual-path", "mixed-conv"])
 def test_a_net_with_grouped_convs_or_concatenations_fused_with_permuted_copies_returns_its_function(make, repair):
     """A ResNeXt-style bottleneck (grouped channels permuted in blocks and within them), and nets

@@ -305,6 +305,34 @@ def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
     assert_permutation_keeps_function(model, spec, x)
 
 
+@pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
+def test_a_packed_grouped_query_projection_moves_its_query_rows_as_copies(rotary):
+    """One qkv Linear split into (H·d, K·d, K·d) (Phi-3): its rows are a concatenation whose key
+    and value pieces are the group and whose query piece moves as copies of its layout (a part that
+    is an Axis with mid copies). Before, the query rows stayed in place while the heads moved (the
+    function changed by 3 % relative). Viewed as K groups of queries, a key and a value (Falcon's
+    layout), the projection slices its heads and freezes."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 8, 8)
+    model = custom_nets.GroupedQueryNet(packed="split", rotary=rotary).eval()
+    spec = derive_spec(model, x)
+    copies = Axis("qkv[8:12]", mid=2, heads=2)
+    assert spec.concat[spec.axes["qkv.weight"][0].group] == (copies, "qkv[8:12]", "qkv[8:12]") and spec.axes["o.weight"][1] == copies
+    assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    assert_swaps(model, spec, "qkv[8:12]", x, ((2, 3, 0, 1), True), ((1, 0, 2, 3), not rotary), ((2, 1, 0, 3), False))
+    assert_permutation_keeps_function(model, spec, x)
+    assert "`qkv[8:12]` (8: copies per head=2) + `qkv[8:12]` (4) + `qkv[8:12]` (4)" in alignment_report(spec, model)
+    name = spec.axes["qkv.weight"][0].group
+    with pytest.raises(ValueError, match="a part with mid copies needs its heads"):
+        replace(spec, concat={name: (Axis("qkv[8:12]", mid=2, heads=4), "qkv[8:12]", "qkv[8:12]")}).check_fits(model)
+    with pytest.raises(ValueError, match="concatenation .* has 12 channels, not 16"):
+        replace(spec, concat={name: (Axis("qkv[8:12]"), "qkv[8:12]", "qkv[8:12]")}).check_fits(model)
+    model = custom_nets.GroupedQueryNet(packed="grouped", rotary=rotary).eval()
+    spec = derive_spec(model, x)
+    assert spec.axes["qkv.weight"][0] is None and spec.axes["o.weight"][1] is None and "slice along a channel axis" in str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
 @pytest.mark.parametrize("cls, groups, cut", [
     (custom_nets.FirstChannelsShortcutNet, ("a", "b[6:10]", "c[10:14]"), {"b": [(0, 6), (6, 10)], "c": [(0, 6), (6, 10), (10, 14)]}),
     (custom_nets.PartialConvNet, ("stem[0:2]", "stem[2:8]", "partial.0", "mlp.0.0", "partial.1", "mlp.1.0"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from fusionctl.models.spec import AlignmentSpec, Axis
+from fusionctl.models.spec import AlignmentSpec, Axis, part_size
 
 State = dict[str, torch.Tensor]
 
@@ -22,13 +22,17 @@ def _first_concat(spec: AlignmentSpec, axes) -> int | None:
     return next((d for d, ax in enumerate(axes) if ax is not None and ax.group in spec.concat), None)
 
 
-def _piece_axes(axes, dim: int, part: str | int) -> tuple:
+def _piece_axes(axes, dim: int, part: str | int | Axis) -> tuple:
     ax = axes[dim]
-    return axes[:dim] + ((Axis(part, ax.outer, ax.inner) if isinstance(part, str) else None),) + axes[dim + 1 :]
+    if isinstance(part, Axis):  # a group laid out as copies (grouped-query heads): its layout inside the joined one
+        piece = Axis(part.group, ax.outer * part.outer, part.inner * ax.inner, part.mid, part.heads)
+    else:
+        piece = Axis(part, ax.outer, ax.inner) if isinstance(part, str) else None
+    return axes[:dim] + (piece,) + axes[dim + 1 :]
 
 
 def _piece_sizes(spec: AlignmentSpec, group: str, sizes: dict[str, int]) -> list[int]:
-    return [sizes[p] if isinstance(p, str) else p for p in spec.concat[group]]
+    return [part_size(p, sizes) for p in spec.concat[group]]
 
 
 def split_spec(spec: AlignmentSpec) -> AlignmentSpec:

@@ -65,7 +65,8 @@ class AlignmentSpec:
     (the block of the row's own output channel; rows are indexed by `group` too): it is moved by
     the group's within-block permutations (blocks_gather), and costs read it through them.
     concat: name -> parts, for an axis that concatenates groups (a DenseNet's or an Inception
-    block's joined channels): each part is a group, or the number of channels no group carries.
+    block's joined channels): each part is a group, an Axis (a group laid out as copies: the
+    query rows of a packed grouped-query projection), or the number of channels no group carries.
     Its name is not a group: it moves as its parts do (models/concat.py). per_head: state key ->
     (dim, group) for an axis (dim: a tuple, for several) with one entry, or one block of entries,
     per head of `group` (Swin's relative-position bias table; the columns reading LeViT's values,
@@ -80,7 +81,7 @@ class AlignmentSpec:
     coverage: object | None = None
     heads: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     local: dict[str, tuple[int, str]] = field(default_factory=dict)
-    concat: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
+    concat: dict[str, tuple[str | int | Axis, ...]] = field(default_factory=dict)
     per_head: dict[str, tuple[int | tuple[int, ...], str]] = field(default_factory=dict)
     whole_heads: frozenset[str] = frozenset()
 
@@ -157,15 +158,25 @@ class AlignmentSpec:
             if self.blocks(group) < 2:
                 raise ValueError(f"whole heads of {group}: {group} is not a group of several heads in spec.heads")
         for name, parts in self.concat.items():
-            if name in self.groups or any(isinstance(p, str) and p not in named for p in parts):
+            groups = [p.group if isinstance(p, Axis) else p for p in parts if not isinstance(p, int)]
+            if name in self.groups or any(g not in named for g in groups):
                 raise ValueError(f"concatenation {name}: its parts must be groups of the spec, and it is not one itself")
-            size = sum(named[p] if isinstance(p, str) else p for p in parts)
+            if any(isinstance(p, Axis) and p.mid > 1 and self.blocks(p.group) != p.heads for p in parts):
+                raise ValueError(f"concatenation {name}: a part with mid copies needs its heads to be the heads of its group in spec.heads")
+            size = sum(part_size(p, named) for p in parts)
             for key, axes in self.axes.items():
                 for dim, ax in enumerate(axes):
                     if ax is not None and ax.group == name and state[key].shape[dim] != ax.outer * size * ax.inner * ax.mid:
                         raise ValueError(f"{key} axis {dim}: concatenation {name} has {size} channels, not {ax.nodes(state[key].shape[dim])}")
         for name in filter(None, (name for units in self.units.values() for u in units for name in (u.writer, u.norm))):
             _module(model, name)
+
+
+def part_size(part: str | int | Axis, sizes: dict[str, int]) -> int:
+    """Channels of one part of a concatenation: a group's units, copies of them, or a fixed count."""
+    if isinstance(part, Axis):
+        return part.outer * sizes[part.group] * part.mid * part.inner
+    return sizes[part] if isinstance(part, str) else part
 
 
 def _module(model: torch.nn.Module, name: str) -> torch.nn.Module:

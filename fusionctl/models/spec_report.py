@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from fusionctl.models.spec import AlignmentSpec, Axis
+from fusionctl.models.spec import AlignmentSpec, Axis, part_size
+
+
+def _layout(ax: Axis) -> str:
+    return "".join(f" {name}={n}" for name, n in (("outer", ax.outer), ("inner", ax.inner), ("copies per head", ax.mid)) if n > 1)
 
 
 def _axis(key: str, dim: int, ax: Axis) -> str:
-    layout = "".join(f" {name}={n}" for name, n in (("outer", ax.outer), ("inner", ax.inner), ("copies per head", ax.mid)) if n > 1)
-    return f"`{key}`[{dim}{layout}]"
+    return f"`{key}`[{dim}{_layout(ax)}]"
 
 
 def _moves(spec: AlignmentSpec, group: str) -> str:
@@ -54,7 +57,8 @@ def alignment_report(spec: AlignmentSpec, state: dict[str, torch.Tensor] | torch
         lines += ["", "Concatenations (each moves as its parts do; a number is channels no group carries):", "",
                   "| concatenation | parts | entry axes that read it |", "|---|---|---|"]
         for name, parts in spec.concat.items():
-            shown = " + ".join(f"`{p}` ({sizes[p]})" if isinstance(p, str) else f"{p} fixed" for p in parts)
+            shown = " + ".join(f"`{p}` ({sizes[p]})" if isinstance(p, str) else f"{p} fixed" if isinstance(p, int) else
+                               f"`{p.group}` ({part_size(p, sizes)}:{_layout(p)})" for p in parts)
             lines.append(f"| `{name}` | {shown} | {', '.join(reads.get(name, []))} |")
     frozen = getattr(spec.coverage, "frozen", None)
     if frozen:

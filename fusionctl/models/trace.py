@@ -240,7 +240,13 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     coverage.heads = sum(count > 1 and g not in grouped for g, (_, count) in heads.items())
     coverage.grouped = len(grouped)
     coverage.concats = len(cats)
-    concat = {name: tuple(names.get(p, size) for p, size in els.parts(r)) for r, name in cats.items()}
+    def part(p, size):  # a query piece cut from a packed projection (GQA) moves as copies of its key/value heads' layout
+        if p in expanded and expanded[p][0] in names:
+            base, outer, mid = expanded[p]
+            return Axis(names[base], outer, 1, mid, els.heads[base] if mid > 1 else 1)
+        return names.get(p, size)
+
+    concat = {name: tuple(part(p, size) for p, size in els.parts(r)) for r, name in cats.items()}
     whole = {expanded[r][0] if r in expanded else r for r in map(els.find, els.whole)}
     whole = frozenset(names[r] for r in whole if r in names and heads.get(names[r], (None, 1))[1] > 1)
     coverage.whole = len(whole)
