@@ -23,6 +23,7 @@ from fusionctl.config import solver_settings
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
+from fusionctl.fusion.spec_check import verify_spec
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references
 from fusionctl.fusion.units import bare_writers, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
@@ -34,13 +35,18 @@ from fusionctl.models.trace import derive_spec as _derive_spec
 PROBE_BATCHES = 8  # batches of `data` read for activation features, BN reset, REPAIR and scoring
 
 
-def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
+def derive_spec(model: nn.Module, example_inputs, check: bool = True) -> AlignmentSpec:
     """The alignment spec traced from `model` on `example_inputs` (see models/trace.py); its
-    `coverage` says how many hidden units can be aligned and what was frozen."""
+    `coverage` says how many hidden units can be aligned and what was frozen. check: permute every
+    group at random and make sure the outputs stay the same (fusion/spec_check.py; a float64 copy
+    of the model runs three times on two examples), raising FusionctlError if they do not."""
     try:
-        return _derive_spec(model, example_inputs)
+        spec = _derive_spec(model, example_inputs)
     except TraceError as exc:
         raise FusionctlError(str(exc)) from exc
+    if check:
+        verify_spec(spec, model, example_inputs, type(model).__name__)
+    return spec
 
 
 def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None, data: Iterable | None = None,
@@ -63,6 +69,8 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     if spec is not None:
         check_spec_fits(spec, models[0], "the spec", type(models[0]).__name__, states[0])
+        if example_inputs is not None or inputs:
+            verify_spec(spec, models[0], inputs[0] if example_inputs is None else example_inputs, type(models[0]).__name__, written="the spec")
     elif example_inputs is None and not inputs:
         raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -651,6 +653,12 @@ def branchy_spec(model: nn.Module | None = None):
     a, b = Axis("a"), Axis("b")
     axes = {"a.weight": (a, None), "a.bias": (a,), "b.weight": (b, a), "b.bias": (b,), "fc.weight": (None, b), "fc.bias": (None,)}
     return AlignmentSpec(("a", "b"), axes, {"a": (Unit("a"),), "b": (Unit("b"),)})
+
+
+def wrong_branchy_spec(model: nn.Module | None = None):
+    """branchy_spec with a slip: b's columns do not move with a's units, so permuting a changes the function."""
+    spec = branchy_spec(model)
+    return dataclasses.replace(spec, axes={**spec.axes, "b.weight": (spec.axes["b.weight"][0], None)})
 
 
 class SizeCheckNet(nn.Module):

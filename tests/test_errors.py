@@ -87,6 +87,9 @@ CASES = [
      "torch.nn.Identity(...) returned a value of type Identity, not a fusionctl.AlignmentSpec"),
     (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.spec=tests.custom_nets.branchy_spec"], 1,
      "model.spec=tests.custom_nets.branchy_spec does not fit tests.custom_nets.SmallNet: alignment spec does not match the state dict"),
+    (["train", "model=custom", "model.target=tests.custom_nets.BranchyMLP", "model.kwargs={{in_features:784}}",
+      "model.spec=tests.custom_nets.wrong_branchy_spec"], 1,
+     "model.spec=tests.custom_nets.wrong_branchy_spec does not keep tests.custom_nets.BranchyMLP's function (a random permutation"),
 ]
 
 

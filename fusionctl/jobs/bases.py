@@ -11,7 +11,8 @@ import torch
 from fusionctl.config import FuseCommandConfig, ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.models import TRACED, describe, group_sizes, model_spec
+from fusionctl.fusion.spec_check import verify_spec
+from fusionctl.models import TRACED, build_model, describe, example_input, group_sizes, model_spec
 from fusionctl.store import load_checkpoint, model_dir
 
 
@@ -91,8 +92,19 @@ def fusion_weights(weights: list[float] | None, k: int) -> list[float]:
 
 
 def spec_for(cfg: ModelConfig, splits: Splits):
-    """The alignment spec of `cfg` on this dataset (a traced model's depends on the input shape)."""
-    return model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
+    """The alignment spec of `cfg` on this dataset (a traced model's depends on the input shape);
+    a traced or hand-written one is checked, once per process, to keep the model's function
+    under a random permutation of every group (fusion/spec_check.py)."""
+    spec = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
+    if cfg.name in TRACED and id(spec) not in _CHECKED:  # model_spec keeps one spec object per model and dataset
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab)
+        verify_spec(spec, model, example_input(splits.input_shape, splits.vocab), describe(cfg), written=cfg.spec and f"model.spec={cfg.spec}")
+        _CHECKED.add(id(spec))
+    return spec
+
+
+_CHECKED: set[int] = set()
 
 
 def target_config(widths: list[int] | None, base: Base) -> ModelConfig:

@@ -11,7 +11,8 @@ from fusionctl.config import TrainCommandConfig
 from fusionctl.data import client_splits, load_for
 from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
-from fusionctl.models import TRACED, entry, model_spec
+from fusionctl.jobs.bases import spec_for
+from fusionctl.models import TRACED, entry
 from fusionctl.store import model_dir, write_csv_atomic
 from fusionctl.training import train_one
 from fusionctl.versions import versions
@@ -25,7 +26,7 @@ def run_train(cfg: TrainCommandConfig, out_dir: Path) -> pd.DataFrame:
         raise FusionctlError("seeds is empty; give at least one seed, e.g. seeds=[0,1]")
     splits = load_for(cfg)
     if cfg.model.name in TRACED:  # trace before training: a model that cannot be aligned is said now, with its coverage
-        model_spec(cfg.model, splits.input_shape, splits.num_classes, splits.vocab)
+        spec_for(cfg.model, splits)
     device = resolve_device(cfg.device)
     rows = []
     for client, seed in enumerate(cfg.seeds):

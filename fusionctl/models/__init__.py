@@ -241,4 +241,4 @@ def random_target_factory(model_cfg: ModelConfig, splits, seed: int):
     return make
 
 
-__all__ = ["build_from_state", "random_target_factory", "config_for", "AlignmentSpec", "Axis", "REGISTRY", "TRACED", "Unit", "build_model", "derive_spec", "group_sizes", "model_spec"]
+__all__ = ["build_from_state", "random_target_factory", "config_for", "AlignmentSpec", "Axis", "REGISTRY", "TRACED", "Unit", "build_model", "derive_spec", "example_input", "group_sizes", "model_spec"]

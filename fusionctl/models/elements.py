@@ -31,6 +31,7 @@ class Coverage:
     grouped: int = 0  # permutable groups of a grouped conv's channels (moved as whole blocks and within each)
     concats: int = 0  # concatenations along a channel axis, moved part by part (spec.concat)
     whole: int = 0  # groups of heads moved only whole (spec.whole_heads: rotary embeddings)
+    checked: str = ""  # what the permutation self-check measured (fusion/spec_check.py), once run
 
     def __str__(self) -> str:
         text = f"permutable hidden units: {self.permutable:,} of {self.hidden:,}"
@@ -43,7 +44,7 @@ class Coverage:
         if self.frozen:
             parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
             text += "; frozen: " + "; ".join(parts)
-        return text
+        return text + (f"; checked: {self.checked}" if self.checked else "")
 
 
 class Elements(Cuts):

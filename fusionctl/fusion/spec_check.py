@@ -1,0 +1,124 @@
+"""An alignment spec's self-check: permuting every group at random must keep the model's function.
+
+The tracer freezes what it cannot vouch for, and a hand-written spec is the user's word; this
+checks both on the example inputs, the way the tests check every traced net. It runs a float64
+copy whose parameters and buffers are each scaled by a random factor near 1 and shifted (unless
+all positive), so that a BatchNorm's fresh statistics or a zero-initialised bias cannot hide a
+wrong permutation, and measures round-off
+on the same copy (1e-14 relative noise on its entries): a chaotic net at random init can move by
+1e-9 from round-off alone. A change counts as wrong above 1e-6 relative and 100 times round-off.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion.transport import random_couplings, transport
+from fusionctl.models import load_state
+from fusionctl.models.spec import AlignmentSpec
+
+TOLERANCE = 1e-6  # relative output change that counts as a wrong permutation (float64) ...
+ROUNDOFF_FACTOR = 100  # ... when also this many times the change round-off alone makes
+SAMPLES = 2  # examples the check runs on
+MAX_ENTRIES = 100_000_000  # larger models are not checked: their float64 copy would take over 800 MB
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PermutationCheck:
+    change: float  # relative output change under a random permutation of every group
+    roundoff: float  # relative output change under 1e-14 relative noise on every entry
+
+    @property
+    def wrong(self) -> bool:
+        return self.change > TOLERANCE and self.change > ROUNDOFF_FACTOR * self.roundoff
+
+    def __str__(self) -> str:
+        return f"a random permutation of every group moves the outputs by {self.change:.1e} relative (float64; round-off {self.roundoff:.1e})"
+
+
+def check_permutation(model: nn.Module, spec: AlignmentSpec, inputs, seed: int = 0) -> PermutationCheck | None:
+    """How far a random permutation of every group of `spec` moves `model`'s outputs on (the first
+    SAMPLES of) `inputs`; None where the model cannot run in float64, its outputs are not finite, or
+    it has over MAX_ENTRIES parameters and buffers."""
+    if sum(t.numel() for t in model.state_dict().values()) > MAX_ENTRIES:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    inputs = _first(inputs if isinstance(inputs, (tuple, list)) else (inputs,))
+    try:
+        m = copy.deepcopy(model).double().eval()
+        state = {k: _jitter(v, g, 0.2) for k, v in m.state_dict().items()}
+        moved = transport(state, spec, random_couplings(spec, state, g))
+        noisy = {k: _jitter(v, g, 1e-14) for k, v in state.items()}
+        outs = [_run(m, s, inputs) for s in (state, moved, noisy)]
+    except Exception:  # noqa: BLE001 - an op without float64 (MPS), a model that refuses float64 inputs: unchecked, not failed
+        return None
+    if not all(torch.isfinite(o).all() for o in outs) or not outs[0].numel():
+        return None
+    scale = float(outs[0].norm()) or 1.0
+    return PermutationCheck(float((outs[1] - outs[0]).norm()) / scale, float((outs[2] - outs[0]).norm()) / scale)
+
+
+def _jitter(t: torch.Tensor, g: torch.Generator, size: float) -> torch.Tensor:
+    """Each entry scaled by exp(size * N(0, 1)), and shifted by as much noise unless all are positive
+    (variances stay positive; zeros, such as fresh BatchNorm means, do not stay zero)."""
+    if not t.is_floating_point():
+        return t
+    noise = lambda: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)  # noqa: E731
+    out = t * torch.exp(size * noise())
+    if t.numel() and not bool((t > 0).all()):
+        finite = t[torch.isfinite(t)]
+        out = out + size * (float(finite.abs().mean()) if finite.numel() and finite.abs().sum() else 1.0) * noise()
+    return out
+
+
+def _first(inputs: tuple) -> tuple:
+    """The first SAMPLES examples (where every tensor input shares a batch axis), floating ones in float64."""
+    cut = len({x.shape[0] for x in inputs if torch.is_tensor(x) and x.dim()}) == 1
+    out = []
+    for x in inputs:
+        if torch.is_tensor(x):
+            x = x[:SAMPLES] if cut and x.dim() else x
+            x = x.double() if x.is_floating_point() else x
+        out.append(x)
+    return tuple(out)
+
+
+def _run(model: nn.Module, state: dict, inputs: tuple) -> torch.Tensor:
+    load_state(model, state)
+    with torch.no_grad():
+        return _flat(model(*inputs))
+
+
+def _flat(out) -> torch.Tensor:
+    """Every floating tensor of an output (a tensor, tuple, list or dict of them) as one vector."""
+    if torch.is_tensor(out):
+        return out.detach().reshape(-1).double() if out.is_floating_point() else torch.zeros(0, dtype=torch.float64)
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    parts = [_flat(o) for o in items]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def verify_spec(spec: AlignmentSpec, model: nn.Module, inputs, subject: str, written: str | None = None) -> PermutationCheck | None:
+    """check_permutation, logged and noted in a traced spec's coverage; one clear line (FusionctlError)
+    when the spec does not keep the function. written: how a hand-written spec was given."""
+    check = check_permutation(model, spec, inputs)
+    if check is not None and check.wrong:
+        if written:
+            raise FusionctlError(f"{written} does not keep {subject}'s function ({check}); an axis it names is missing or "
+                                 "indexed by the wrong group: compare it with the model's forward()")
+        raise FusionctlError(f"the alignment spec traced from {subject} does not keep its function ({check}): a fusionctl "
+                             "tracing bug; please report it with the model, and fuse with a spec written by hand meanwhile "
+                             "(model.spec=..., or fuse_models(spec=...))")
+    note = str(check) if check is not None else "not checked (the model did not run in float64 on the example inputs, or has over 100M entries)"
+    log.info("%s: %s", subject, note)
+    if spec.coverage is not None:
+        spec.coverage.checked = note
+    return check

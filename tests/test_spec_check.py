@@ -1,0 +1,57 @@
+"""The permutation self-check (fusion/spec_check.py): a spec that moves the function is caught,
+at random init too (BatchNorm's fresh statistics, zero biases), and a right one passes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torchvision
+
+import fusionctl
+from fusionctl.errors import FusionctlError
+from fusionctl.fusion.spec_check import check_permutation
+from fusionctl.models.trace import derive_spec
+from tests import custom_nets
+
+
+def test_right_specs_keep_the_function_to_round_off():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for model in (torchvision.models.resnet18(num_classes=10), custom_nets.GroupedQueryNet(packed="split"), custom_nets.DualPathNet()):
+        check = check_permutation(model.eval(), derive_spec(model, x), x)
+        assert not check.wrong and check.change < 1e-13 and 0 < check.roundoff < 1e-12, (type(model).__name__, check)
+
+
+def test_a_statistic_left_in_place_is_caught_at_random_init():
+    """A fresh BatchNorm's running mean is all zeros, so permuting it or not is the same: the
+    check's jitter (each entry scaled and shifted) makes it count."""
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(2, 3, 32, 32)
+    spec = derive_spec(model, x)
+    assert not model.bn1.running_mean.any()
+    unmoved = dataclasses.replace(spec, axes={**spec.axes, "bn1.running_mean": (None,)})
+    assert check_permutation(model, unmoved, x).wrong
+
+
+def test_query_rows_left_in_place_are_caught():
+    """The packed grouped-query projection as traced before a95e9e9: its query piece read as
+    channels no group carries while the heads moved (3-6 % relative change)."""
+    model, x = custom_nets.GroupedQueryNet(packed="split").eval(), torch.randn(2, 3, 8, 8)
+    spec = derive_spec(model, x)
+    name = spec.axes["qkv.weight"][0].group
+    before = dataclasses.replace(spec, concat={name: (8,) + spec.concat[name][1:]})
+    check = check_permutation(model, before, x)
+    assert check.wrong and check.change > 1e-2, check
+
+
+def test_a_wrong_traced_spec_stops_the_fusion_with_one_line(monkeypatch):
+    model, x = custom_nets.GroupedQueryNet(packed="split").eval(), torch.randn(2, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert "checked: a random permutation of every group moves the outputs by" in str(fusionctl.derive_spec(model, x).coverage)
+    name = spec.axes["qkv.weight"][0].group
+    monkeypatch.setattr(fusionctl.api, "_derive_spec", lambda m, i: dataclasses.replace(spec, concat={name: (8,) + spec.concat[name][1:]}))
+    with pytest.raises(FusionctlError, match=r"the alignment spec traced from GroupedQueryNet does not keep its function .* tracing bug") as info:
+        fusionctl.fuse_models([model, model], example_inputs=x)
+    assert "\n" not in str(info.value)
