@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -992,3 +993,31 @@ class DenseNetLike(nn.Module):
         for layer in self.layers:
             features.append(layer(torch.cat(features, 1)))
         return self.fc(torch.relu(self.norm(torch.cat(features, 1))).mean((2, 3)))
+
+
+def _passes_through(fn):
+    """A decorator taking (*args, **kwargs), as Hugging Face wraps its models' forward()."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
+class _Gelu(nn.Module):
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class DecoratedForwardNet(nn.Module):
+    """Hugging Face's ways with forward(): wrapped by a (*args, **kwargs) decorator, taking **kwargs
+    itself, and calling a stateless module made on the fly (its kernel wrappers around functions)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a, self.b = nn.Linear(in_channels, 6), nn.Linear(6, num_classes)
+
+    @_passes_through
+    def forward(self, x, scale: float = 1.0, **kwargs):
+        return self.b(_Gelu()(self.a(x.mean((2, 3)))) * scale)

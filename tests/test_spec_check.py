@@ -55,3 +55,27 @@ def test_a_wrong_traced_spec_stops_the_fusion_with_one_line(monkeypatch):
     with pytest.raises(FusionctlError, match=r"the alignment spec traced from GroupedQueryNet does not keep its function .* tracing bug") as info:
         fusionctl.fuse_models([model, model], example_inputs=x)
     assert "\n" not in str(info.value)
+
+
+class Float32NormNet(torch.nn.Module):
+    """An RMSNorm taken in float32 whatever the input's precision, as Hugging Face's LLaMA does."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(5, 64), torch.nn.Linear(64, 3)
+
+    def forward(self, x):
+        h = self.a(x).float()
+        h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+        return self.b(torch.relu(h))
+
+
+def test_round_off_is_measured_at_the_lowest_precision_the_model_computes_in():
+    """Permuting the units reorders the float32 sum inside the norm: a change of float32 round-off
+    (1e-8), far above float64's, which is not a wrong permutation."""
+    torch.manual_seed(0)
+    model, x = Float32NormNet().eval(), torch.randn(2, 5)
+    check = check_permutation(model, derive_spec(model, x), x)
+    assert check.precision == "float32" and check.roundoff > 1e-7 and not check.wrong, check
+    mlp = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert check_permutation(mlp, derive_spec(mlp, x), x).precision == "float64"

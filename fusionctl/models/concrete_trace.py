@@ -18,7 +18,7 @@ from torch import fx, nn
 from torch.fx import _symbolic_trace
 
 from fusionctl.errors import first_line
-from fusionctl.models.plain_forwards import PlainTracer, fixed_defaults
+from fusionctl.models.plain_forwards import PlainTracer, fixed_defaults, named_forward
 
 FACTS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"}  # metadata, not values
 QUERIES = {"size", "dim", "numel", "nelement", "ndimension", "is_floating_point", "is_complex", "element_size", "get_device",
@@ -126,6 +126,6 @@ def wrapped_calls(gm: fx.GraphModule) -> list[str]:
 
 def concrete_trace(model: nn.Module, inputs) -> fx.GraphModule:
     tracer = ConcreteTracer(inputs)
-    with torch.no_grad(), entering_wrapped_functions():
+    with torch.no_grad(), entering_wrapped_functions(), named_forward(model):
         graph = tracer.trace(model, concrete_args=fixed_defaults(model, len(tracer.inputs)) or None)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)

@@ -11,6 +11,7 @@ whenever hooks watch a submodule (activation probes, REPAIR), so those see every
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 from torch import fx, nn
@@ -59,7 +60,16 @@ class PlainTracer(fx.Tracer):
         plain = PLAIN.get(type(m))
         if plain is not None:
             return plain(m, *args, **kwargs)
+        if not self.installed(m) and next(iter(m.state_dict()), None) is None:
+            return forward(*args, **kwargs)  # made on the fly, holding no state (a kernel wrapper around a function): traced through
         return super().call_module(m, forward, args, kwargs)
+
+    def installed(self, m: nn.Module) -> bool:
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return False
+        return True
 
 
 def fixed_defaults(model: nn.Module, given: int) -> dict:
@@ -74,7 +84,34 @@ def fixed_defaults(model: nn.Module, given: int) -> dict:
     return {p.name: p.default for p in rest if p.kind in named and isinstance(p.default, (type(None), bool, int, float, str))}
 
 
+@contextlib.contextmanager
+def named_forward(model: nn.Module):
+    """A forward() wrapped by a decorator that takes (*args, **kwargs) (Hugging Face's models) is
+    traced through a forward with the wrapped function's named parameters, calling the decorated
+    one: fx reads the signature of the unwrapped function but patches the wrapper's code, which
+    fails ("co_varnames is too small"). The model's class is swapped for a subclass meanwhile."""
+    cls = type(model)
+    inner = inspect.unwrap(cls.forward)
+    if inner is cls.forward:
+        yield
+        return
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in list(inspect.signature(inner).parameters.values())[1:] if p.kind in kinds]
+    names = [p.name for p in params]
+    scope = {"decorated": cls.forward}
+    exec(f"def forward(self, {', '.join(names)}):\n    return decorated(self, {', '.join(f'{n}={n}' for n in names)})", scope)  # noqa: S102
+    forward = scope["forward"]
+    defaults = [p.default for p in params if p.default is not inspect.Parameter.empty]
+    forward.__defaults__ = tuple(defaults) or None
+    model.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__})
+    try:
+        yield
+    finally:
+        model.__class__ = cls
+
+
 def symbolic_trace(model: nn.Module, given: int) -> fx.GraphModule:
     tracer = PlainTracer()
-    graph = tracer.trace(model, concrete_args=fixed_defaults(model, given) or None)
+    with named_forward(model):
+        graph = tracer.trace(model, concrete_args=fixed_defaults(model, given) or None)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
