@@ -1021,3 +1021,36 @@ class DecoratedForwardNet(nn.Module):
     @_passes_through
     def forward(self, x, scale: float = 1.0, **kwargs):
         return self.b(_Gelu()(self.a(x.mean((2, 3)))) * scale)
+
+
+class ScaledEmbedding(nn.Embedding):
+    """Gemma's embedding: nn.Embedding's lookup (F.embedding on its own weight), times sqrt(dim)."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__(vocab, dim)
+        self.register_buffer("scale", torch.tensor(dim**0.5), persistent=False)
+
+    def forward(self, ids):
+        return super().forward(ids) * self.scale
+
+
+class TiedEmbeddingNet(nn.Module):
+    """A language model's tied weights: the output head reads the token embedding's matrix
+    (`head.weight = embed.weight`), both indexing the hidden stream by their second axis; the
+    embedding scales its lookup as Gemma's does. `tied_back`: a second Linear reuses `mix`'s weight
+    the other way round, so its axes disagree."""
+
+    def __init__(self, vocab: int = 11, dim: int = 6, tied_back: bool = False):
+        super().__init__()
+        self.embed, self.mix = ScaledEmbedding(vocab, dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+        self.back = nn.Linear(dim, dim, bias=False) if tied_back else None
+        if tied_back:
+            self.back.weight = self.mix.weight
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        g = torch.relu(self.mix(h))
+        h = h + (self.back(g) if self.back is not None else g)
+        return self.head(h).mean(1)

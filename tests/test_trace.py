@@ -154,6 +154,23 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
     assert_permutation_keeps_function(model, spec, x)
 
 
+def test_a_weight_tied_alike_in_every_use_moves_once():
+    """An LLM's token embedding tied to its output head: both index the hidden stream by their
+    second axis and nothing moves the vocabulary, so the stream stays permutable (before, any tied
+    weight froze it; GPT-2, OPT, Gemma). The embedding is Gemma's, an nn.Embedding subclass calling
+    F.embedding on its own weight (before, an unsupported op). A weight reused the other way round
+    still freezes."""
+    ids = torch.randint(0, 11, (3, 5))
+    model = custom_nets.TiedEmbeddingNet().eval()
+    spec = derive_spec(model, ids)
+    assert spec.axes["embed.weight"] == spec.axes["head.weight"] == (None, Axis("embed")) and spec.coverage.permutable == spec.coverage.hidden
+    assert_permutation_keeps_function(model, spec, ids)
+    model = custom_nets.TiedEmbeddingNet(tied_back=True).eval()
+    spec = derive_spec(model, ids)
+    assert spec.axes["mix.weight"] == spec.axes["back.weight"] == (None, None) and "tied weights mix.weight = back.weight" in str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, ids)
+
+
 @pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),
                                          (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7),
                                          (custom_nets.ShiftedWindowNet, 6 + 5), (custom_nets.DropPathNet, 6),

@@ -13,7 +13,7 @@ from fusionctl.models.axes import pad_refs, unfold_refs, unify, window_refs
 from fusionctl.models.elements import Ref
 
 
-FUNCTIONAL = {"batch_norm", "group_norm", "linear", "conv1d", "conv2d", "conv3d"}
+FUNCTIONAL = {"batch_norm", "group_norm", "linear", "conv1d", "conv2d", "conv3d", "embedding"}
 
 
 class ModuleRules:
@@ -93,8 +93,8 @@ class ModuleRules:
         return found
 
     def on_functional(self, n: fx.Node, name: str, x, out):
-        """F.batch_norm, F.group_norm, F.linear, F.conv* called inside a module's forward (timm's
-        BatchNormAct2d, Conv2dSame, Linear). A parameter read only there (through casts) is linked
+        """F.batch_norm, F.group_norm, F.linear, F.conv*, F.embedding called inside a module's forward
+        (timm's BatchNormAct2d, Conv2dSame, Linear; Gemma's scaled embedding). A parameter read only there (through casts) is linked
         as a module's own would be; a norm's follow the channel axis, but the norm is not marked
         as a unit's (its module may act after it, and REPAIR would read the wrong output). A linear
         or conv whose weight is its own module's parameter is read as that module; one whose
@@ -114,13 +114,13 @@ class ModuleRules:
                 elif isinstance(p, fx.Node) and self.d(p) is not None:
                     unify(self.els, self.d(p)[0], channels, str(n.name))
             return list(x) if x is not None else self.fresh(out, name)
-        weight, bias = arg(1, "weight"), arg(2, "bias")
+        weight, bias = arg(1, "weight"), (arg(2, "bias") if name != "embedding" else None)  # F.embedding's third: padding_idx
         keys = [self.claim(weight)] + ([self.claim(bias)] if bias is not None else [])
         owner = keys[0].rsplit(".", 1)[0] if keys[0] is not None and keys[0].endswith(".weight") else None
         m = self.original.get_submodule(owner) if owner else None
-        kind = nn.Linear if name == "linear" else nn.modules.conv._ConvNd
-        if not (isinstance(m, kind) and keys[1:] in ([], [f"{owner}.bias"]) and (bias is None) == (m.bias is None)
-                and (name == "linear" or arg(6, "groups") in (None, m.groups))):
+        kind = {"linear": nn.Linear, "embedding": nn.Embedding}.get(name, nn.modules.conv._ConvNd)
+        if not (isinstance(m, kind) and keys[1:] in ([], [f"{owner}.bias"]) and (bias is None) == (getattr(m, "bias", None) is None)
+                and (name in ("linear", "embedding") or arg(6, "groups") in (None, m.groups))):
             reason = f"{name} with a weight computed in forward or read elsewhere"
             self.freeze_all([x, *(self.d(a) for a in (weight, bias) if isinstance(a, fx.Node))], reason)
             return self.fresh(out, reason)

@@ -110,15 +110,24 @@ def eager_failure(model: nn.Module, inputs) -> Exception | None:
 
 
 def freeze_tied(model: nn.Module, tracer: AxisTracer) -> None:
+    """A weight tied under several names (an LLM's embedding and output head) moves once: fine where
+    every use lays each axis out alike (the hidden axis of both), or where no use moves it (the
+    vocabulary: the head's output stays in place); otherwise its axes freeze."""
+    els = tracer.els
     owners: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(name)
     for names in owners.values():
-        if len(names) > 1:
-            for name in names:
-                for ref in tracer.links.get(name, []):
-                    if ref is not None:
-                        tracer.els.freeze(ref.el, f"tied weights {' = '.join(names)}")
+        uses = [tracer.links.get(name) for name in names]
+        if len(names) < 2 or all(u is None for u in uses):
+            continue
+        refs = [r for u in uses if u is not None for r in u if r is not None]
+        agree = None not in uses and all(
+            len({(els.find(r.el), r.outer, r.inner, r.part) if r is not None else None for r in axis}) == 1 or
+            all(r is None or els.frozen(els.find(r.el)) or els.blank(els.find(r.el)) for r in axis) for axis in zip(*uses))
+        if not agree:
+            for ref in refs:
+                els.freeze(ref.el, f"tied weights {' = '.join(names)}")
 
 
 def pin_concatenations(els) -> None:
