@@ -613,7 +613,8 @@ class Seq2SeqNet(nn.Module):
 
 
 class TiedNet(nn.Module):
-    """Two layers sharing one weight matrix (tied weights): one tensor cannot take two permutations."""
+    """Two layers sharing one weight matrix (tied weights): one tensor takes one permutation, so the
+    groups it reads and writes become one."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4):
         super().__init__()
@@ -1045,6 +1046,7 @@ class TiedEmbeddingNet(nn.Module):
         self.embed, self.mix = ScaledEmbedding(vocab, dim), nn.Linear(dim, dim)
         self.head = nn.Linear(dim, vocab, bias=False)
         self.head.weight = self.embed.weight
+        self.mix_bias = self.mix.bias  # a second name forward never reads (Hugging Face's lm_head.bias = lm_head.decoder.bias)
         self.back = nn.Linear(dim, dim, bias=False) if tied_back else None
         if tied_back:
             self.back.weight = self.mix.weight

@@ -139,7 +139,6 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
       ("v.weight", 0), ("o.weight", 1)]),
     (custom_nets.ConstantScaleNet, "combined with an unaligned tensor", [("a.weight", 0), ("b.weight", 0), ("c.weight", 1)],
      [("c.weight", 0)]),
-    (custom_nets.TiedNet, "tied weights", [("a.weight", 0), ("a.weight", 1), ("b.weight", 0), ("inp.weight", 0)], [("mid.weight", 0)]),
 ])
 def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, frozen, free):
     torch.manual_seed(0)
@@ -154,21 +153,25 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
     assert_permutation_keeps_function(model, spec, x)
 
 
-def test_a_weight_tied_alike_in_every_use_moves_once():
+def test_a_tied_weight_carries_one_permutation_in_every_use():
     """An LLM's token embedding tied to its output head: both index the hidden stream by their
     second axis and nothing moves the vocabulary, so the stream stays permutable (before, any tied
-    weight froze it; GPT-2, OPT, Gemma). The embedding is Gemma's, an nn.Embedding subclass calling
-    F.embedding on its own weight (before, an unsupported op). A weight reused the other way round
-    still freezes."""
+    weight froze what it touched; GPT-2, OPT, Gemma). The embedding is Gemma's, an nn.Embedding
+    subclass calling F.embedding on its own weight (before, an unsupported op). A weight reused
+    the other way round (mix and back) or along a chain (TiedNet: inp -> a -> b with a = b) ties
+    the groups it reads and writes into one: each axis of the one tensor takes one permutation."""
     ids = torch.randint(0, 11, (3, 5))
-    model = custom_nets.TiedEmbeddingNet().eval()
-    spec = derive_spec(model, ids)
-    assert spec.axes["embed.weight"] == spec.axes["head.weight"] == (None, Axis("embed")) and spec.coverage.permutable == spec.coverage.hidden
-    assert_permutation_keeps_function(model, spec, ids)
-    model = custom_nets.TiedEmbeddingNet(tied_back=True).eval()
-    spec = derive_spec(model, ids)
-    assert spec.axes["mix.weight"] == spec.axes["back.weight"] == (None, None) and "tied weights mix.weight = back.weight" in str(spec.coverage)
-    assert_permutation_keeps_function(model, spec, ids)
+    for tied_back in (False, True):
+        model = custom_nets.TiedEmbeddingNet(tied_back=tied_back).eval()
+        spec = derive_spec(model, ids)
+        assert spec.axes["embed.weight"] == spec.axes["head.weight"] == (None, Axis("embed")) and spec.groups == ("embed",)
+        assert spec.axes["mix.weight"] == (Axis("embed"), Axis("embed")) and spec.coverage.permutable == spec.coverage.hidden == 6
+        assert spec.axes["mix_bias"] == spec.axes["mix.bias"] == (Axis("embed"),)  # the state dict holds both names
+        assert_permutation_keeps_function(model, spec, ids)
+    model, x = custom_nets.TiedNet().eval(), torch.randn(3, 3, 4, 4)
+    spec = derive_spec(model, x)
+    assert spec.axes["a.weight"] == spec.axes["b.weight"] == (Axis("inp"), Axis("inp")) and spec.groups == ("inp", "mid")
+    assert_permutation_keeps_function(model, spec, x)
 
 
 @pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),

@@ -38,6 +38,7 @@ from torch import fx, nn
 
 from fusionctl.errors import first_line
 from fusionctl.models.concrete_trace import RunError, concrete_trace, wrapped_calls
+from fusionctl.models.axes import unify_all
 from fusionctl.models.elements import Coverage, Ref
 from fusionctl.models.plain_forwards import symbolic_trace
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
@@ -67,7 +68,7 @@ def derive_spec(model: nn.Module, example_inputs) -> AlignmentSpec:
             raise wrong_inputs(model, exc) from exc
     finally:
         model.train(was_training)
-    freeze_tied(model, tracer)
+    tie_weights(model, tracer)
     return build(model, tracer)
 
 
@@ -109,25 +110,24 @@ def eager_failure(model: nn.Module, inputs) -> Exception | None:
     return None
 
 
-def freeze_tied(model: nn.Module, tracer: AxisTracer) -> None:
-    """A weight tied under several names (an LLM's embedding and output head) moves once: fine where
-    every use lays each axis out alike (the hidden axis of both), or where no use moves it (the
-    vocabulary: the head's output stays in place); otherwise its axes freeze."""
-    els = tracer.els
+def tie_weights(model: nn.Module, tracer: AxisTracer) -> None:
+    """A weight tied under several names (an LLM's embedding and output head, a layer reused) is one
+    tensor, so each of its axes carries one permutation in every use: they are unified, as a
+    residual sum's operands are (an axis no group carries in one use freezes it in the others). A
+    name the trace never read (a bias tied to another module's) takes the links of one it did,
+    since the state dict holds the tensor under every name."""
     owners: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(name)
     for names in owners.values():
-        uses = [tracer.links.get(name) for name in names]
-        if len(names) < 2 or all(u is None for u in uses):
+        read = [tracer.links[name] for name in names if name in tracer.links]
+        if len(names) < 2 or not read:
             continue
-        refs = [r for u in uses if u is not None for r in u if r is not None]
-        agree = None not in uses and all(
-            len({(els.find(r.el), r.outer, r.inner, r.part) if r is not None else None for r in axis}) == 1 or
-            all(r is None or els.frozen(els.find(r.el)) or els.blank(els.find(r.el)) for r in axis) for axis in zip(*uses))
-        if not agree:
-            for ref in refs:
-                els.freeze(ref.el, f"tied weights {' = '.join(names)}")
+        for axis in zip(*read):
+            if any(r is not None and not tracer.els.frozen(r.el) for r in axis):  # else nothing moves it (the vocabulary)
+                unify_all(tracer.els, list(axis), f"tied weights {' = '.join(names)}")
+        for name in names:
+            tracer.links.setdefault(name, list(read[0]))
 
 
 def pin_concatenations(els) -> None:
