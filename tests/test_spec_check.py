@@ -79,3 +79,25 @@ def test_round_off_is_measured_at_the_lowest_precision_the_model_computes_in():
     assert check.precision == "float32" and check.roundoff > 1e-7 and not check.wrong, check
     mlp = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     assert check_permutation(mlp, derive_spec(mlp, x), x).precision == "float64"
+
+
+class NoDoubleNet(torch.nn.Module):
+    """An op without float64 (torch's grouped matmul for mixtures of experts refuses it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(5, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        if self.a.weight.dtype == torch.float64:
+            raise RuntimeError("Expected mat_a to be Float32, BFloat16 or Float16 matrix, got Double")
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_model_without_float64_is_checked_in_its_own_precision():
+    torch.manual_seed(0)
+    model, x = NoDoubleNet().eval(), torch.randn(2, 5)
+    spec = derive_spec(model, x)
+    check = check_permutation(model, spec, x)
+    assert check.precision == "float32" and not check.wrong, check
+    assert check_permutation(model, dataclasses.replace(spec, axes={**spec.axes, "b.weight": (None, None)}), x).wrong

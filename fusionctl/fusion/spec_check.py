@@ -2,7 +2,7 @@
 
 The tracer freezes what it cannot vouch for, and a hand-written spec is the user's word; this
 checks both on the example inputs, the way the tests check every traced net. It runs a float64
-copy whose parameters and buffers are each scaled by a random factor near 1 and shifted (unless
+copy (in the model's own precision where an op has no float64) whose parameters and buffers are each scaled by a random factor near 1 and shifted (unless
 all positive), so that a BatchNorm's fresh statistics or a zero-initialised bias cannot hide a
 wrong permutation. Round-off is measured on the same copy, with noise of 50 round-off units on its
 entries at the lowest precision the model computes in (Hugging Face's attention takes its softmax
@@ -50,28 +50,38 @@ class PermutationCheck:
 
 def check_permutation(model: nn.Module, spec: AlignmentSpec, inputs, seed: int = 0) -> PermutationCheck | None:
     """How far a random permutation of every group of `spec` moves `model`'s outputs on (the first
-    SAMPLES of) `inputs`; None where the model cannot run in float64, its outputs are not finite, or
-    it has over MAX_ENTRIES parameters and buffers."""
+    SAMPLES of) `inputs`, in float64 where the model runs in it; None where it does not run on them,
+    its outputs are not finite, or it has over MAX_ENTRIES parameters and buffers."""
     if sum(t.numel() for t in model.state_dict().values()) > MAX_ENTRIES:
         return None
-    g = torch.Generator().manual_seed(seed)
-    inputs = _first(inputs if isinstance(inputs, (tuple, list)) else (inputs,))
-    try:
-        m = copy.deepcopy(model).double().eval()
-        state = {k: _jitter(v, g, 0.2) for k, v in m.state_dict().items()}
-        moved = transport(state, spec, random_couplings(spec, state, g))
-        with _Precisions() as seen:
-            base = _run(m, state, inputs)
-        # round-off at the lowest precision the model computes in (a float32 softmax inside a float64 model)
-        eps = max(torch.finfo(d).eps for d in seen.dtypes | {torch.float64})
-        outs = [base, _run(m, moved, inputs), _run(m, {k: _jitter(v, g, 50 * eps) for k, v in state.items()}, inputs)]
-    except Exception:  # noqa: BLE001 - an op without float64 (MPS), a model that refuses float64 inputs: unchecked, not failed
+    given = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    for double in (True, False):  # in its own precision where an op has no float64 (grouped matmuls of mixtures of experts)
+        try:
+            outs, seen = _outputs(model, spec, _first(given, double), double, seed)
+            break
+        except Exception:  # noqa: BLE001 - no float64 (MPS), a model that refuses the inputs: unchecked, not failed
+            outs = None
+    if outs is None:
         return None
     if not all(torch.isfinite(o).all() for o in outs) or not outs[0].numel():
         return None
     scale = float(outs[0].norm()) or 1.0
     return PermutationCheck(float((outs[1] - outs[0]).norm()) / scale, float((outs[2] - outs[0]).norm()) / scale,
                             str(min(seen.dtypes | {torch.float64}, key=lambda d: torch.finfo(d).bits)).replace("torch.", ""))
+
+
+def _outputs(model: nn.Module, spec: AlignmentSpec, inputs: tuple, double: bool, seed: int):
+    """The outputs of a jittered copy, of it permuted and of it with round-off noise; the dtypes it computed in."""
+    g = torch.Generator().manual_seed(seed)
+    m = copy.deepcopy(model).eval()
+    m = m.double() if double else m
+    state = {k: _jitter(v, g, 0.2) for k, v in m.state_dict().items()}
+    moved = transport(state, spec, random_couplings(spec, state, g))
+    with _Precisions() as seen:
+        base = _run(m, state, inputs)
+    # round-off at the lowest precision the model computes in (a float32 softmax inside a float64 model)
+    eps = max(torch.finfo(d).eps for d in seen.dtypes | {torch.float64})
+    return [base, _run(m, moved, inputs), _run(m, {k: _jitter(v, g, 50 * eps) for k, v in state.items()}, inputs)], seen
 
 
 class _Precisions(TorchDispatchMode):
@@ -100,14 +110,14 @@ def _jitter(t: torch.Tensor, g: torch.Generator, size: float) -> torch.Tensor:
     return out
 
 
-def _first(inputs: tuple) -> tuple:
-    """The first SAMPLES examples (where every tensor input shares a batch axis), floating ones in float64."""
+def _first(inputs: tuple, double: bool = True) -> tuple:
+    """The first SAMPLES examples (where every tensor input shares a batch axis), floating ones in float64 if `double`."""
     cut = len({x.shape[0] for x in inputs if torch.is_tensor(x) and x.dim()}) == 1
     out = []
     for x in inputs:
         if torch.is_tensor(x):
             x = x[:SAMPLES] if cut and x.dim() else x
-            x = x.double() if x.is_floating_point() else x
+            x = x.double() if double and x.is_floating_point() else x
         out.append(x)
     return tuple(out)
 
@@ -138,7 +148,7 @@ def verify_spec(spec: AlignmentSpec, model: nn.Module, inputs, subject: str, wri
         raise FusionctlError(f"the alignment spec traced from {subject} does not keep its function ({check}): a fusionctl "
                              "tracing bug; please report it with the model, and fuse with a spec written by hand meanwhile "
                              "(model.spec=..., or fuse_models(spec=...))")
-    note = str(check) if check is not None else "not checked (the model did not run in float64 on the example inputs, or has over 100M entries)"
+    note = str(check) if check is not None else "not checked (the model did not run on the example inputs, or has over 100M entries)"
     log.info("%s: %s", subject, note)
     if spec.coverage is not None:
         spec.coverage.checked = note
