@@ -101,3 +101,17 @@ def test_a_model_without_float64_is_checked_in_its_own_precision():
     check = check_permutation(model, spec, x)
     assert check.precision == "float32" and not check.wrong, check
     assert check_permutation(model, dataclasses.replace(spec, axes={**spec.axes, "b.weight": (None, None)}), x).wrong
+
+
+def test_the_check_moves_every_group():
+    """Two heads that move only whole stay in place half the time under a random permutation; the
+    check draws again until every group moves, so a slip in such a group cannot pass unseen."""
+    from fusionctl.fusion.spec_check import _moving_couplings
+
+    model, x = custom_nets.RotaryAttentionNet().eval(), torch.randn(2, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert spec.blocks("q") == 2 and not spec.within("q")
+    state = model.state_dict()
+    for seed in range(8):
+        p = _moving_couplings(spec, state, torch.Generator().manual_seed(seed))["q"]
+        assert not torch.equal(p, torch.diag(torch.diagonal(p)))

@@ -76,12 +76,25 @@ def _outputs(model: nn.Module, spec: AlignmentSpec, inputs: tuple, double: bool,
     m = copy.deepcopy(model).eval()
     m = m.double() if double else m
     state = {k: _jitter(v, g, 0.2) for k, v in m.state_dict().items()}
-    moved = transport(state, spec, random_couplings(spec, state, g))
+    moved = transport(state, spec, _moving_couplings(spec, state, g))
     with _Precisions() as seen:
         base = _run(m, state, inputs)
     # round-off at the lowest precision the model computes in (a float32 softmax inside a float64 model)
     eps = max(torch.finfo(d).eps for d in seen.dtypes | {torch.float64})
     return [base, _run(m, moved, inputs), _run(m, {k: _jitter(v, g, 50 * eps) for k, v in state.items()}, inputs)], seen
+
+
+def _moving_couplings(spec: AlignmentSpec, state: dict, g: torch.Generator) -> dict:
+    """random_couplings, each group's drawn again while it is the identity (two heads that move only
+    whole stay in place half the time, which would let a slip pass unseen)."""
+    couplings = random_couplings(spec, state, g)
+    for group, p in couplings.items():
+        for _ in range(20):
+            if not torch.equal(p, torch.diag(torch.diagonal(p))):
+                break
+            p = random_couplings(spec, state, g)[group]
+        couplings[group] = p
+    return couplings
 
 
 class _Precisions(TorchDispatchMode):
