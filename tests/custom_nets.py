@@ -789,7 +789,7 @@ class GroupedQueryNet(nn.Module):
     scaled_dot_product_attention's enable_gqa; `tile` repeats them whole instead, so query head h
     reads key head h mod kv_heads), optional rotary embeddings, and a SwiGLU MLP (`bias`: its Linears
     have biases, which LLaMA's lack; `head_bias`: a logit bias per query head; `packed="split"`:
-    one qkv Linear split into sizes (H·d, K·d, K·d), as Phi-3 writes it; `packed="grouped"`: one
+    one qkv Linear split into sizes (H·d, K·d, K·d); `packed="grouped"`: one
     viewed as K groups of H/K queries, a key and a value, Falcon's layout). The query heads move with
     their key/value head; with rotary embeddings, only as whole heads."""
 

@@ -337,7 +337,7 @@ def test_a_decorated_forward_and_modules_made_on_the_fly_are_traced_through():
 
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
 def test_a_packed_grouped_query_projection_moves_its_query_rows_as_copies(rotary):
-    """One qkv Linear split into (H·d, K·d, K·d) (Phi-3): its rows are a concatenation whose key
+    """One qkv Linear split into (H·d, K·d, K·d): its rows are a concatenation whose key
     and value pieces are the group and whose query piece moves as copies of its layout (a part that
     is an Axis with mid copies). Before, the query rows stayed in place while the heads moved (the
     function changed by 3 % relative). Viewed as K groups of queries, a key and a value (Falcon's
