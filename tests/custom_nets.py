@@ -790,7 +790,8 @@ class GroupedQueryNet(nn.Module):
     reads key head h mod kv_heads), optional rotary embeddings, and a SwiGLU MLP (`bias`: its Linears
     have biases, which LLaMA's lack; `head_bias`: a logit bias per query head; `packed="split"`:
     one qkv Linear split into sizes (H·d, K·d, K·d); `packed="grouped"`: one
-    viewed as K groups of H/K queries, a key and a value, Falcon's layout). The query heads move with
+    viewed as K groups of H/K queries, a key and a value, Falcon's layout; `packed="gated"`: per head
+    a query and a gate of the attention's output from one Linear, Qwen3-Next's). The query heads move with
     their key/value head; with rotary embeddings, only as whole heads."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 4, kv_heads: int = 2, repeat: str = "interleave",
@@ -801,7 +802,10 @@ class GroupedQueryNet(nn.Module):
         self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
         self.norm = nn.RMSNorm(dim)
         self.packed, self.o = packed, nn.Linear(heads * self.d, dim, bias=bias)
-        if packed:
+        if packed == "gated":  # per head a query and a gate from one Linear (Qwen3-Next's gated attention)
+            self.qg = nn.Linear(dim, 2 * heads * self.d, bias=bias)
+            self.k, self.v = nn.Linear(dim, kv_heads * self.d, bias=bias), nn.Linear(dim, kv_heads * self.d, bias=bias)
+        elif packed:
             self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * self.d, bias=bias)
         else:
             self.q, self.k = nn.Linear(dim, heads * self.d, bias=bias), nn.Linear(dim, kv_heads * self.d, bias=bias)
@@ -820,7 +824,7 @@ class GroupedQueryNet(nn.Module):
     def forward(self, x):
         t = self.embed(x).flatten(2).transpose(1, 2)
         b, n, c = t.shape
-        q, k, v = self.project(self.norm(t))
+        q, k, v, gate = self.project(self.norm(t))
         if self.rotary:
             angles = torch.outer(torch.arange(n, dtype=t.dtype), 1.0 / 100 ** (torch.arange(0, self.d, 2, dtype=t.dtype) / self.d))
             cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
@@ -831,14 +835,19 @@ class GroupedQueryNet(nn.Module):
             k, v = self.shared(k, self.heads // self.kv_heads), self.shared(v, self.heads // self.kv_heads)
             logits = q @ k.transpose(-2, -1) / 2.0
             att = torch.softmax(logits if self.head_bias is None else logits + self.head_bias, -1) @ v
-        t = t + self.o(att.transpose(1, 2).reshape(b, n, -1))
+        att = att.transpose(1, 2).reshape(b, n, -1)
+        t = t + self.o(att if gate is None else att * gate.sigmoid())
         gate, up = self.gate_up(t).chunk(2, -1)
         t = t + self.down(F.silu(gate) * up)
         return self.fc(t.mean(1))
 
     def project(self, h):
-        """q as (b, heads, n, d); k and v as (b, kv_heads, n, d)."""
+        """q as (b, heads, n, d); k and v as (b, kv_heads, n, d); the gate of the attention's output, or None."""
         (b, n, _), heads, kv, d = h.shape, self.heads, self.kv_heads, self.d
+        if self.packed == "gated":
+            q, gate = self.qg(h).view(b, n, heads, 2 * d).chunk(2, -1)
+            k, v = self.k(h).view(b, n, kv, d), self.v(h).view(b, n, kv, d)
+            return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), gate.reshape(b, n, -1)
         if self.packed == "grouped":
             q, k, v = self.qkv(h).view(b, n, kv, heads // kv + 2, d).split([heads // kv, 1, 1], 3)
             q, k, v = (z.reshape(b, n, -1, d) for z in (q, k, v))
@@ -846,7 +855,7 @@ class GroupedQueryNet(nn.Module):
             q, k, v = (z.view(b, n, -1, d) for z in self.qkv(h).split([heads * d, kv * d, kv * d], -1))
         else:
             q, k, v = self.q(h).view(b, n, heads, d), self.k(h).view(b, n, kv, d), self.v(h).view(b, n, kv, d)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None
 
 
 class FirstChannelsShortcutNet(nn.Module):

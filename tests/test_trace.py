@@ -363,6 +363,18 @@ def test_a_packed_grouped_query_projection_moves_its_query_rows_as_copies(rotary
     assert_permutation_keeps_function(model, spec, x)
 
 
+def test_gated_grouped_query_heads_freeze_with_their_keys():
+    """Per head a query and a gate from one Linear (Qwen3-Next, MiniCPM5-MoE): the queries' heads
+    cannot copy the keys' layout (each head holds a gate too), so they freeze, and so must the
+    keys' heads they meet. Before, the keys stayed free (the axis of copied key heads froze, not
+    the heads it copies): swapping them moved the function by 2e-2 to 0.1 relative, which the
+    self-check caught in the Hugging Face survey."""
+    model, x = custom_nets.GroupedQueryNet(packed="gated").eval(), torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert all(spec.axes[f"{m}.weight"][0] is None for m in ("qg", "k", "v")) and "heads met a tensor split otherwise" in str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
 @pytest.mark.parametrize("cls, groups, cut", [
     (custom_nets.FirstChannelsShortcutNet, ("a", "b[6:10]", "c[10:14]"), {"b": [(0, 6), (6, 10)], "c": [(0, 6), (6, 10), (10, 14)]}),
     (custom_nets.PartialConvNet, ("stem[0:2]", "stem[2:8]", "partial.0", "mlp.0.0", "partial.1", "mlp.1.0"),

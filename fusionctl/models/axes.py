@@ -31,8 +31,10 @@ def unify(els: Elements, a: Ref | None, b: Ref | None, where: str) -> Ref | None
             if els.index_heads(heads, other, where) or els.shared_by_heads(heads, other) or els.expand_heads(heads, other, where):
                 return heads
         reason = f"layouts differ at {where}" if a.part == b.part else "heads met a tensor split otherwise (a bias per head?)"
-        els.freeze(a.el, reason)
-        els.freeze(b.el, reason)
+        for r in (a, b):  # an axis of one entry per head (copies of a key's, a table) freezes the heads it indexes too
+            els.freeze(r.el, reason)
+            if (owner := els.head_of.get(els.find(r.el))) is not None:
+                els.freeze(owner, reason)
         return a
     return Ref(els.union(a.el, b.el, where), a.outer, a.inner, a.part)
 
