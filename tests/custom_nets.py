@@ -1065,3 +1065,40 @@ class TiedEmbeddingNet(nn.Module):
         g = torch.relu(self.mix(h))
         h = h + (self.back(g) if self.back is not None else g)
         return self.head(h).mean(1)
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's Conv1D (GPT-2's layers): a Linear whose weight is stored (in, out), applied by torch.addmm."""
+
+    def __init__(self, nf: int, nx: int):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * nx**-0.5)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+class GPT2StyleNet(nn.Module):
+    """GPT-2's block as Hugging Face writes it: Conv1D layers, one c_attn split into q, k and v,
+    scores cast back with `.type(dtype)`, LayerNorms before attention and MLP."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.c_attn, self.c_proj = Conv1D(3 * dim, dim), Conv1D(dim, dim)
+        self.c_fc, self.mlp_proj = Conv1D(4 * dim, dim), Conv1D(dim, 4 * dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        q, k, v = (z.view(b, n, self.heads, -1).transpose(1, 2) for z in self.c_attn(self.ln_1(t)).split(c, dim=2))
+        scores = torch.softmax((q @ k.transpose(-1, -2)).float() / 2.0, -1).type(v.dtype)
+        t = t + self.c_proj((scores @ v).transpose(1, 2).reshape(b, n, c))
+        t = t + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(t))))
+        return self.fc(t.mean(1))

@@ -65,13 +65,16 @@ def test_repair_sets_every_channel_to_the_target_statistics(bn):
         assert torch.allclose(sd, sd_t, rtol=1e-2, atol=1e-4)
 
 
-def test_repair_corrects_a_transposed_conv_along_its_output_channels():
-    """A transposed conv's weight is (in, out, k, k): REPAIR scales its axis 1."""
+@pytest.mark.parametrize("net", ["UpsamplingNet", "GPT2StyleNet"])
+def test_repair_corrects_a_transposed_weight_along_its_output_channels(net):
+    """A transposed conv's weight is (in, out, k, k), Hugging Face's Conv1D's (in, out): REPAIR scales their axis 1."""
     from fusionctl.models.trace import derive_spec
-    from tests.custom_nets import UpsamplingNet
+    from tests import custom_nets
 
+    torch.manual_seed(0)
     x = splits().train.x[:64]
-    refs, merged = [UpsamplingNet().eval() for _ in range(2)], UpsamplingNet().eval()
+    make = getattr(custom_nets, net)
+    refs, merged = [make().eval() for _ in range(2)], make().eval()
     spec = derive_spec(merged, x[:2])
     targets = target_stats(refs, spec, [0.5, 0.5], x)
     repair(merged, spec, targets, x)

@@ -153,6 +153,18 @@ def test_what_the_tracer_cannot_vouch_for_is_frozen_and_reported(cls, reason, fr
     assert_permutation_keeps_function(model, spec, x)
 
 
+def test_gpt2_conv1d_layers_are_linears_stored_transposed():
+    """Hugging Face's Conv1D applies torch.addmm(bias, x, weight) with its weight stored (in, out):
+    read as a Linear whose output axis is the weight's second (before, an unsupported op froze
+    all of GPT-2); `.type(dtype)` is a cast."""
+    model, x = custom_nets.GPT2StyleNet().eval(), torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    assert spec.axes["c_fc.weight"] == (Axis("embed"), Axis("c_fc")) and spec.axes["c_fc.bias"] == (Axis("c_fc"),)
+    assert spec.axes["mlp_proj.weight"] == (Axis("c_fc"), Axis("embed"))
+    assert_permutation_keeps_function(model, spec, x)
+
+
 def test_a_tied_weight_carries_one_permutation_in_every_use():
     """An LLM's token embedding tied to its output head: both index the hidden stream by their
     second axis and nothing moves the vocabulary, so the stream stays permutable (before, any tied

@@ -13,7 +13,7 @@ from fusionctl.models.axes import pad_refs, unfold_refs, unify, window_refs
 from fusionctl.models.elements import Ref
 
 
-FUNCTIONAL = {"batch_norm", "group_norm", "linear", "conv1d", "conv2d", "conv3d", "embedding"}
+FUNCTIONAL = {"batch_norm", "group_norm", "linear", "conv1d", "conv2d", "conv3d", "embedding", "addmm"}
 
 
 class ModuleRules:
@@ -114,6 +114,8 @@ class ModuleRules:
                 elif isinstance(p, fx.Node) and self.d(p) is not None:
                     unify(self.els, self.d(p)[0], channels, str(n.name))
             return list(x) if x is not None else self.fresh(out, name)
+        if name == "addmm":
+            return self.addmm(n, out)
         weight, bias = arg(1, "weight"), (arg(2, "bias") if name != "embedding" else None)  # F.embedding's third: padding_idx
         keys = [self.claim(weight)] + ([self.claim(bias)] if bias is not None else [])
         owner = keys[0].rsplit(".", 1)[0] if keys[0] is not None and keys[0].endswith(".weight") else None
@@ -125,6 +127,25 @@ class ModuleRules:
             self.freeze_all([x, *(self.d(a) for a in (weight, bias) if isinstance(a, fx.Node))], reason)
             return self.fresh(out, reason)
         return self.on_module(n, m, out, where=owner)
+
+    def addmm(self, n: fx.Node, out):
+        """torch.addmm(bias, x, weight) on a module's own bias and (in, out) weight: Hugging Face's Conv1D
+        (GPT-2's layers), a Linear whose weight is stored transposed (op_kinds.weight_out_axis)."""
+        bias, x, weight = (n.args + (None,) * 3)[:3]
+        keys = [self.claim(weight), self.claim(bias)]
+        owner = keys[0].rsplit(".", 1)[0] if keys[0] is not None and keys[0].endswith(".weight") else None
+        m = self.original.get_submodule(owner) if owner else None
+        if m is None or keys[1] != f"{owner}.bias" or not ops.transposed_linear(m):
+            reason = "addmm with a weight computed in forward or read elsewhere"
+            self.freeze_all(self.all_descs(n.args), reason)
+            return self.fresh(out, reason)
+        xd = self.d(x)
+        self.link(keys[0], 0, xd[-1], owner)
+        ref = self.open(m.weight.shape[1], owner)
+        self.link(keys[0], 1, ref, owner)
+        self.link(keys[1], 0, ref, owner)
+        self.writer_node[n] = self.units[ref.el][0]
+        return list(xd[:-1]) + [ref]
 
     def claim(self, node) -> str | None:
         """The state key of a parameter that `node` reads and nothing else has (through casts), its

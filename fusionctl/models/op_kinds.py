@@ -9,7 +9,7 @@ UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hards
          "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
          "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs", "exp", "square", "sqrt",
          "softmax", "log_softmax", "identity", "cos", "sin", "log", "rsqrt", "reciprocal",
-         "erf"}  # element-wise or along one axis: every axis keeps its element
+         "erf", "type"}  # element-wise or along one axis (x.type(dtype) casts): every axis keeps its element
 # element-wise over broadcast operands (addcmul, addcdiv, lerp and where take three)
 BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum", "addcmul", "addcdiv",
           "lerp", "where", "gt", "lt", "ge", "le", "eq", "ne", "masked_fill", "pow", "clamp", "clip", "clamp_min", "clamp_max"}
@@ -51,6 +51,14 @@ def shifted_axes(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
     return [d for item in dims for d in (item if isinstance(item, (tuple, list, range)) else [item])]
 
 
+def transposed_linear(module: nn.Module) -> bool:
+    """Hugging Face's Conv1D (GPT-2): a Linear whose weight is stored (in, out), applied by torch.addmm."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    return type(module).__name__ == "Conv1D" and not isinstance(module, nn.Conv1d) and isinstance(weight, nn.Parameter) and \
+        weight.dim() == 2 and isinstance(bias, nn.Parameter) and bias.shape == weight.shape[1:]
+
+
 def weight_out_axis(module: nn.Module) -> int:
-    """The axis of a layer's weight that indexes its outputs: 1 for a transposed conv's (in, out, ...)."""
-    return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+    """The axis of a layer's weight that indexes its outputs: 1 for a transposed conv's (in, out, ...)
+    and for Hugging Face's Conv1D's (in, out)."""
+    return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) or transposed_linear(module) else 0
