@@ -8,6 +8,8 @@
 activation costs, BatchNorm reset and REPAIR; with labels, solver.cost=auto compares its two
 candidate alignments on them (without labels it aligns on weights). Methods and their settings
 are the command line's (`wb`, `gwb`, `ot`, `wm`, `am`, `avg`; e.g. sweeps=0, cost="weight").
+Every spec, traced or given, is first checked to keep the model's function under a random
+permutation of every group (fusion/spec_check.py); one that does not stops with one line.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from fusionctl.config import solver_settings
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.spec_check import verify_spec
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references
+from fusionctl.fusion.spec_check import verify_spec
 from fusionctl.fusion.units import bare_writers, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
 from fusionctl.models import check_spec_fits, load_state

@@ -2,12 +2,13 @@
 
 The tracer freezes what it cannot vouch for, and a hand-written spec is the user's word; this
 checks both on the example inputs, the way the tests check every traced net. It runs a float64
-copy (in the model's own precision where an op has no float64) whose parameters and buffers are each scaled by a random factor near 1 and shifted (unless
-all positive), so that a BatchNorm's fresh statistics or a zero-initialised bias cannot hide a
-wrong permutation. Round-off is measured on the same copy, with noise of 50 round-off units on its
-entries at the lowest precision the model computes in (Hugging Face's attention takes its softmax
-in float32 whatever the input): a chaotic net at random init moves by 1e-9 and more from round-off
-alone. A change counts as wrong above 1e-9 relative and 100 times that round-off.
+copy (in the model's own precision where an op has no float64) whose parameters and buffers are
+each scaled by a random factor near 1 and shifted (unless all positive), so that a BatchNorm's
+fresh statistics or a zero-initialised bias cannot hide a wrong permutation, and it moves every
+group. Round-off is measured on the same copy, with noise of 50 round-off units on its entries at
+the lowest precision the model computes in (Hugging Face's attention takes its softmax in float32
+whatever the input): a chaotic net at random init moves by 1e-9 and more from round-off alone. A
+change counts as wrong above 1e-9 relative and 100 times that round-off.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 A torch.fx Interpreter runs the model on example inputs and gives every axis of every tensor an
 element of a union-find (PLeaS-Merging's design): Linear/Conv/ConvTranspose/Embedding outputs
-open an element (a candidate group of hidden units, written by that module), and so do F.linear / F.conv* called
-on a module's own weight inside a torch.nn subclass (timm's layers; F.batch_norm and
-F.group_norm there are read as the norms); element-wise binary ops (residual
+open an element (a candidate group of hidden units, written by that module), and so do F.linear /
+F.conv* / F.embedding called on a module's own weight inside a torch.nn subclass (timm's layers,
+Gemma's embedding; F.batch_norm and F.group_norm there are read as the norms) and torch.addmm on
+Hugging Face's Conv1D (GPT-2); element-wise binary ops (residual
 adds, gates) unify their operands' elements; norms, activations, pooling, dropout, permutes and
 reshapes of trailing axes carry them on; a C x H x W flatten into a Linear keeps the channel
 element with inner = H*W (and copies made by repeat, tile, repeat_interleave or F.unfold keep
@@ -25,7 +26,7 @@ elements of the axes they touch. Anything the tracer cannot vouch for — an unk
 a concatenation split into heads or added to another tensor (and then its parts), an uneven
 split or a slice along a channel axis, a window or pad across one, the
 indices of a max over one, a grouped conv with unequal inputs and outputs (or transposed), a GroupNorm mixing
-channel blocks, tied weights, a size mismatch, a reduction, softmax or parameter across heads —
+channel blocks, a tied weight laid out otherwise in its uses (else its uses unify), a size mismatch, a reduction, softmax or parameter across heads —
 freezes the elements it touches (every input of an unknown op, lists of tensors included), as do
 the model's inputs and outputs; torch.stack unifies its inputs' axes. A frozen group is left
 unpermuted, never permuted wrongly, and the coverage report names why.
@@ -37,8 +38,8 @@ import torch
 from torch import fx, nn
 
 from fusionctl.errors import first_line
-from fusionctl.models.concrete_trace import RunError, concrete_trace, wrapped_calls
 from fusionctl.models.axes import unify_all
+from fusionctl.models.concrete_trace import RunError, concrete_trace, wrapped_calls
 from fusionctl.models.elements import Coverage, Ref
 from fusionctl.models.plain_forwards import symbolic_trace
 from fusionctl.models.spec import AlignmentSpec, Axis, Unit
