@@ -8,8 +8,9 @@ hidden size 32, 4 heads (2 key/value heads), vocabulary 128, random init, eager 
 cache; traced on two sequences of 8 token ids, then fusionctl's permutation self-check
 (fusion/spec_check.py: a float64 copy, every group permuted at random; round-off measured at the
 lowest precision the model computes in). Prints the coverage and the check per model, WRONG where
-the check fails, and the counts at the end. A config that cannot be shrunk or built this way is
-counted apart ("not built"): that is this script's limit, not the tracer's.
+the check fails, and the counts at the end. A config that cannot be shrunk, built or run on the
+inputs this way is counted apart ("not built or not run"): that is this script's limit, not the
+tracer's.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def main():
         signal.alarm(args.timeout)
         try:
             model = tiny_model(arch)
+            with torch.no_grad():
+                model(ids)
         except (Exception, Timeout) as exc:  # noqa: BLE001 - this script's shrinking, not the tracer
             signal.alarm(0)
-            counts["not built"] += 1
-            print(f"{arch:24s} not built: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}", flush=True)
+            counts["not built or not run"] += 1
+            print(f"{arch:24s} not built or not run: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}", flush=True)
             continue
         try:
             spec = derive_spec(model, ids)
