@@ -1020,17 +1020,34 @@ class _Gelu(nn.Module):
         return F.gelu(x)
 
 
+class _Head(nn.Module):
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.b = nn.Linear(6, num_classes)
+
+    def forward(self, h, scale: float = 1.0, **kwargs):
+        return self.b(h * scale)
+
+
 class DecoratedForwardNet(nn.Module):
     """Hugging Face's ways with forward(): wrapped by a (*args, **kwargs) decorator, taking **kwargs
-    itself, and calling a stateless module made on the fly (its kernel wrappers around functions)."""
+    and passing them on, and calling a stateless module made on the fly (its kernel wrappers)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4):
         super().__init__()
-        self.a, self.b = nn.Linear(in_channels, 6), nn.Linear(6, num_classes)
+        self.a, self.head = nn.Linear(in_channels, 6), _Head(num_classes)
 
     @_passes_through
     def forward(self, x, scale: float = 1.0, **kwargs):
-        return self.b(_Gelu()(self.a(x.mean((2, 3)))) * scale)
+        return self.head(_Gelu()(self.a(x.mean((2, 3)))), scale=scale, **kwargs)
+
+
+class KwargsForwardNet(DecoratedForwardNet):
+    """DecoratedForwardNet undecorated: fx gives its **kwargs a placeholder that the call passing
+    them on cannot unpack (XLNet's forward)."""
+
+    def forward(self, x, scale: float = 1.0, **kwargs):
+        return self.head(_Gelu()(self.a(x.mean((2, 3)))), scale=scale, **kwargs)
 
 
 class ScaledEmbedding(nn.Embedding):

@@ -337,11 +337,13 @@ def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
     assert_permutation_keeps_function(model, spec, x)
 
 
-def test_a_decorated_forward_and_modules_made_on_the_fly_are_traced_through():
+@pytest.mark.parametrize("cls", [custom_nets.DecoratedForwardNet, custom_nets.KwargsForwardNet])
+def test_a_decorated_forward_and_modules_made_on_the_fly_are_traced_through(cls):
     """Hugging Face's models: fx read the unwrapped forward's signature but patched the
-    (*args, **kwargs) wrapper's code ("co_varnames is too small"), and a module made inside
-    forward is not installed in the model ("module is not installed as a submodule")."""
-    model, x = custom_nets.DecoratedForwardNet().eval(), torch.randn(3, 3, 4, 4)
+    (*args, **kwargs) wrapper's code ("co_varnames is too small"), gave **kwargs a placeholder that
+    a call passing them on could not unpack, and a module made inside forward is not installed in
+    the model ("module is not installed as a submodule")."""
+    model, x = cls().eval(), torch.randn(3, 3, 4, 4)
     spec = derive_spec(model, x)
     assert spec.groups == ("a",) and spec.coverage.permutable == spec.coverage.hidden == 6
     assert_permutation_keeps_function(model, spec, x)

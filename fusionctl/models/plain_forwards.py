@@ -86,17 +86,23 @@ def fixed_defaults(model: nn.Module, given: int) -> dict:
 
 @contextlib.contextmanager
 def named_forward(model: nn.Module):
-    """A forward() wrapped by a decorator that takes (*args, **kwargs) (Hugging Face's models) is
-    traced through a forward with the wrapped function's named parameters, calling the decorated
-    one: fx reads the signature of the unwrapped function but patches the wrapper's code, which
-    fails ("co_varnames is too small"). The model's class is swapped for a subclass meanwhile."""
+    """A forward() wrapped by a decorator that takes (*args, **kwargs) (Hugging Face's models), or
+    taking *args or **kwargs itself, is traced through a forward with only its named parameters,
+    calling the original: fx reads the signature of the unwrapped function but patches the
+    wrapper's code, which fails ("co_varnames is too small"), and it gives **kwargs a placeholder
+    that a call unpacking it cannot take (XLM). The model's class is swapped for a subclass meanwhile."""
     cls = type(model)
     inner = inspect.unwrap(cls.forward)
-    if inner is cls.forward:
+    try:
+        signature = list(inspect.signature(inner).parameters.values())[1:]
+    except (TypeError, ValueError):  # no Python signature: fx traces it as it can
+        signature = []
+    packed = any(p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in signature)
+    if inner is cls.forward and not packed:
         yield
         return
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = [p for p in list(inspect.signature(inner).parameters.values())[1:] if p.kind in kinds]
+    params = [p for p in signature if p.kind in kinds]
     names = [p.name for p in params]
     scope = {"decorated": cls.forward}
     exec(f"def forward(self, {', '.join(names)}):\n    return decorated(self, {', '.join(f'{n}={n}' for n in names)})", scope)  # noqa: S102
