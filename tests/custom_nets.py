@@ -1119,3 +1119,15 @@ class GPT2StyleNet(nn.Module):
         t = t + self.c_proj((scores @ v).transpose(1, 2).reshape(b, n, c))
         t = t + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(t))))
         return self.fc(t.mean(1))
+
+
+class EmptyReshapeNet(nn.Module):
+    """Reshapes an empty tensor (DeepSeek-V4 unsqueezes one made by new_zeros): it holds no units."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4):
+        super().__init__()
+        self.a, self.b = nn.Linear(in_channels, 6), nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x.mean((2, 3))))
+        return self.b(h) + h.new_zeros(h.shape[0], 0).unsqueeze(1).sum()

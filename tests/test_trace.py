@@ -191,7 +191,7 @@ def test_a_tied_weight_carries_one_permutation_in_every_use():
                                          (custom_nets.ShiftedWindowNet, 6 + 5), (custom_nets.DropPathNet, 6),
                                          (custom_nets.ShapeBranchNet, 6 + 5), (custom_nets.WrappedFunctionNet, 6 + 5),
                                          (custom_nets.OptionalArgsNet, 6 + 5), (custom_nets.UpsamplingNet, 6 + 5 + 7),
-                                         (custom_nets.RepeatNet, 4 + 5 + 6 + 7)])
+                                         (custom_nets.RepeatNet, 4 + 5 + 6 + 7), (custom_nets.EmptyReshapeNet, 6)])
 def test_resampling_shifts_matrix_products_splits_concatenations_and_functional_layers_keep_every_group_free(cls, hidden):
     torch.manual_seed(0)
     model = cls().eval()

@@ -74,6 +74,8 @@ def permute_refs(x: list, name: str, args: list) -> list:
 def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) -> list:
     """Match runs of merged or split axes; a run may carry one element, which keeps the axes
     merged before it as `outer` and after it as `inner` (a C x H x W flatten: inner = H*W)."""
+    if 0 in before or 0 in after:  # an empty tensor holds no units (DeepSeek-V4 reshapes one)
+        return [None] * len(after)
     result: list[Ref | None] = []
     i = j = 0
     while i < len(before) and j < len(after):
