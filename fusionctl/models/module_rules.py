@@ -94,7 +94,8 @@ class ModuleRules:
 
     def on_functional(self, n: fx.Node, name: str, x, out):
         """F.batch_norm, F.group_norm, F.linear, F.conv*, F.embedding called inside a module's forward
-        (timm's BatchNormAct2d, Conv2dSame, Linear; Gemma's scaled embedding). A parameter read only there (through casts) is linked
+        (timm's BatchNormAct2d, Conv2dSame, Linear; Gemma's scaled embedding), and torch.addmm (HF's
+        Conv1D). A parameter read only there (through casts) is linked
         as a module's own would be; a norm's follow the channel axis, but the norm is not marked
         as a unit's (its module may act after it, and REPAIR would read the wrong output). A linear
         or conv whose weight is its own module's parameter is read as that module; one whose
