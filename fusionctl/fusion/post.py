@@ -123,9 +123,9 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
                 writes = output_layer(layer)
                 if writes.bias is None:
                     raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
-                shape = [1] * writes.weight.dim()
-                shape[weight_out_axis(writes)] = -1
-                writes.weight.narrow(weight_out_axis(writes), start, stop - start).mul_(scale.view(shape))
+                shape, out_axis = [1] * writes.weight.dim(), weight_out_axis(writes)
+                shape[out_axis] = -1
+                writes.weight.narrow(out_axis, start, stop - start).mul_(scale.view(shape))
                 writes.bias[rows] = (writes.bias[rows] - mu) * scale + mu_t
             shape = [1] * out.dim()
             shape[axis] = -1

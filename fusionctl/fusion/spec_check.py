@@ -58,7 +58,7 @@ def check_permutation(model: nn.Module, spec: AlignmentSpec, inputs, seed: int =
     given = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     for double in (True, False):  # in its own precision where an op has no float64 (grouped matmuls of mixtures of experts)
         try:
-            outs, seen = _outputs(model, spec, _first(given, double), double, seed)
+            outs, lowest = _outputs(model, spec, _first(given, double), double, seed)
             break
         except Exception:  # noqa: BLE001 - no float64 (MPS), a model that refuses the inputs: unchecked, not failed
             outs = None
@@ -68,11 +68,11 @@ def check_permutation(model: nn.Module, spec: AlignmentSpec, inputs, seed: int =
         return None
     scale = float(outs[0].norm()) or 1.0
     return PermutationCheck(float((outs[1] - outs[0]).norm()) / scale, float((outs[2] - outs[0]).norm()) / scale,
-                            str(min(seen.dtypes | {torch.float64}, key=lambda d: torch.finfo(d).bits)).replace("torch.", ""))
+                            str(lowest).replace("torch.", ""))
 
 
 def _outputs(model: nn.Module, spec: AlignmentSpec, inputs: tuple, double: bool, seed: int):
-    """The outputs of a jittered copy, of it permuted and of it with round-off noise; the dtypes it computed in."""
+    """The outputs of a jittered copy, of it permuted and of it with round-off noise; the lowest precision it computed in."""
     g = torch.Generator().manual_seed(seed)
     m = copy.deepcopy(model).eval()
     m = m.double() if double else m
@@ -81,8 +81,9 @@ def _outputs(model: nn.Module, spec: AlignmentSpec, inputs: tuple, double: bool,
     with _Precisions() as seen:
         base = _run(m, state, inputs)
     # round-off at the lowest precision the model computes in (a float32 softmax inside a float64 model)
-    eps = max(torch.finfo(d).eps for d in seen.dtypes | {torch.float64})
-    return [base, _run(m, moved, inputs), _run(m, {k: _jitter(v, g, 50 * eps) for k, v in state.items()}, inputs)], seen
+    lowest = max(seen.dtypes | {torch.float64}, key=lambda d: torch.finfo(d).eps)
+    eps = torch.finfo(lowest).eps
+    return [base, _run(m, moved, inputs), _run(m, {k: _jitter(v, g, 50 * eps) for k, v in state.items()}, inputs)], lowest
 
 
 def _moving_couplings(spec: AlignmentSpec, state: dict, g: torch.Generator) -> dict:

@@ -108,7 +108,7 @@ def group_outputs(spec: AlignmentSpec, outs: dict[str, torch.Tensor]) -> dict[st
 def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module, nn.Module | None, slice]]:
     """(writer, the norm after it or None, the channels of its outputs that are the group's) for
     every unit writer of every group."""
-    return [(model.get_submodule(u.writer), model.get_submodule(u.norm) if u.norm else None, slice(*(u.channels or (None,))))
+    return [(model.get_submodule(u.writer), model.get_submodule(u.norm) if u.norm else None, u.span)
             for g in spec.groups for u in spec.units.get(g, ())]
 
 

@@ -119,8 +119,7 @@ class ModuleRules:
             return self.addmm(n, out)
         weight, bias = arg(1, "weight"), (arg(2, "bias") if name != "embedding" else None)  # F.embedding's third: padding_idx
         keys = [self.claim(weight)] + ([self.claim(bias)] if bias is not None else [])
-        owner = keys[0].rsplit(".", 1)[0] if keys[0] is not None and keys[0].endswith(".weight") else None
-        m = self.original.get_submodule(owner) if owner else None
+        owner, m = self.owner(keys[0])
         kind = {"linear": nn.Linear, "embedding": nn.Embedding}.get(name, nn.modules.conv._ConvNd)
         if not (isinstance(m, kind) and keys[1:] in ([], [f"{owner}.bias"]) and (bias is None) == (getattr(m, "bias", None) is None)
                 and (name in ("linear", "embedding") or arg(6, "groups") in (None, m.groups))):
@@ -134,8 +133,7 @@ class ModuleRules:
         (GPT-2's layers), a Linear whose weight is stored transposed (op_kinds.weight_out_axis)."""
         bias, x, weight = (n.args + (None,) * 3)[:3]
         keys = [self.claim(weight), self.claim(bias)]
-        owner = keys[0].rsplit(".", 1)[0] if keys[0] is not None and keys[0].endswith(".weight") else None
-        m = self.original.get_submodule(owner) if owner else None
+        owner, m = self.owner(keys[0])
         if m is None or keys[1] != f"{owner}.bias" or not ops.transposed_linear(m):
             reason = "addmm with a weight computed in forward or read elsewhere"
             self.freeze_all(self.all_descs(n.args), reason)
@@ -147,6 +145,13 @@ class ModuleRules:
         self.link(keys[1], 0, ref, owner)
         self.writer_node[n] = self.units[ref.el][0]
         return list(xd[:-1]) + [ref]
+
+    def owner(self, key: str | None) -> tuple[str | None, nn.Module | None]:
+        """The module whose `weight` the state key `key` is, and its name; (None, None) otherwise."""
+        if key is None or not key.endswith(".weight"):
+            return None, None
+        name = key.rsplit(".", 1)[0]
+        return name, self.original.get_submodule(name)
 
     def claim(self, node) -> str | None:
         """The state key of a parameter that `node` reads and nothing else has (through casts), its

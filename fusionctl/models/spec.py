@@ -47,9 +47,14 @@ class Unit:
     norm: str | None = None
     channels: tuple[int, int] | None = None  # (first, stop): the group's units are these of the writer's outputs only
 
+    @property
+    def span(self) -> slice:
+        """The writer's outputs that are this unit's (all of them without `channels`)."""
+        return slice(*self.channels) if self.channels else slice(None)
+
     def rows(self, t: torch.Tensor) -> torch.Tensor:
         """This unit's rows of (writer's units, ...) `t`."""
-        return t if self.channels is None else t[self.channels[0] : self.channels[1]]
+        return t[self.span]
 
 
 @dataclass(frozen=True)
