@@ -53,13 +53,14 @@ def derive_spec(model: nn.Module, example_inputs, check: bool = True) -> Alignme
 
 def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None, data: Iterable | None = None,
                 weights: list[float] | None = None, post: tuple[str, ...] = (), return_couplings: bool = False,
-                spec: AlignmentSpec | None = None, **settings):
+                spec: AlignmentSpec | None = None, check: bool = True, **settings):
     """Fuse K modules of one architecture into one; returns the fused module (and the couplings,
     per model {group: (target, source)}, with return_couplings=True).
 
     example_inputs: a batch the models accept (default: the first batch of `data`), for tracing.
     weights: lambda per model (default uniform). post: "bn_reset" and/or "repair", in order.
     spec: an AlignmentSpec written by hand (for a model torch.fx cannot trace) instead of the traced one.
+    check: permute every group of the spec (traced or given) at random first and require the same outputs.
     settings: the method's settings (`fusionctl fuse solver=<method> solver.<key>=...`).
     """
     models = list(models)
@@ -71,12 +72,12 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     if spec is not None:
         check_spec_fits(spec, models[0], "the spec", type(models[0]).__name__, states[0])
-        if example_inputs is not None or inputs:
+        if check and (example_inputs is not None or inputs):
             verify_spec(spec, models[0], inputs[0] if example_inputs is None else example_inputs, type(models[0]).__name__, written="the spec")
     elif example_inputs is None and not inputs:
         raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
     else:
-        spec = derive_spec(models[0], inputs[0] if example_inputs is None else example_inputs)
+        spec = derive_spec(models[0], inputs[0] if example_inputs is None else example_inputs, check)
     lambdas = fusion_weights(weights, len(models))
     for step in post:
         if step not in POST_STEPS:

@@ -237,6 +237,7 @@ class CommonConfig:
     data_dir: str = "data"
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 leaves torch's default
+    spec_check: bool = True  # permute a traced or given spec's groups at random and require the same outputs (fusion/spec_check.py)
 
 
 @dataclass

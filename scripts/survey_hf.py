@@ -102,12 +102,12 @@ def main():
         full = cov.permutable == cov.hidden and cov.hidden > 0
         counts["traced"] += 1
         counts["fully permutable" if full else "partly" if cov.permutable else "nothing permutable"] += 1
-        counts["checked" if check is not None else "unchecked"] += 1
-        if check is not None and check.wrong:
+        counts["unchecked" if check.skipped else "checked"] += 1
+        if check.wrong:
             counts["WRONG"] += 1
         reasons.update(set(cov.frozen))
-        verdict = "WRONG " if check is not None and check.wrong else ""
-        print(f"{arch:24s} {time.perf_counter() - start:5.1f}s {cov.permutable:,} of {cov.hidden:,}; {verdict}{check or 'unchecked'}"
+        verdict = "WRONG " if check.wrong else ""
+        print(f"{arch:24s} {time.perf_counter() - start:5.1f}s {cov.permutable:,} of {cov.hidden:,}; {verdict}{check}"
               + (f"; frozen: {'; '.join(cov.frozen)}" if cov.frozen else ""), flush=True)
     print("\n" + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     print("most common reasons to freeze (models):", "; ".join(f"{r} ({n})" for r, n in reasons.most_common(8)))

@@ -175,6 +175,7 @@ def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
     assert "\n" not in str(info.value)
     with pytest.raises(FusionctlError, match=r"the spec does not keep BranchyMLP's function \(a random permutation of every group moves"):
         fusionctl.fuse_models([model, other], data=data, spec=custom_nets.wrong_branchy_spec())  # b's columns left in place
+    fusionctl.fuse_models([model, other], data=data, spec=custom_nets.wrong_branchy_spec(), check=False)  # the user's call
     extra = custom_nets.branchy_spec()
     with pytest.raises(FusionctlError, match=r"spec.groups \['a', 'b', 'c'\] differ from the groups its axes name"):
         fusionctl.fuse_models([model, other], data=data, spec=type(extra)(("a", "b", "c"), extra.axes, extra.units))

@@ -200,3 +200,13 @@ if __name__ == "__main__":  # regenerate docs/errors.md from the real messages
         (ROOT / "docs" / "errors.md").write_text("\n".join(rows))
         print(f"wrote docs/errors.md with {len(CASES)} rows")
     sys.exit(0)
+
+
+def test_spec_check_false_skips_the_self_check(work):
+    """The escape hatch named by the check's message: the same wrong spec as the case above trains."""
+    tmp = work["tmp"]
+    args = ["train", "model=custom", "model.target=tests.custom_nets.BranchyMLP", "model.kwargs={{in_features:784}}",
+            "model.spec=tests.custom_nets.wrong_branchy_spec", "spec_check=false"]
+    rc, err = call(command_line(args, work, tmp / "store", tmp / "runs" / "unchecked"))
+    assert rc == 0, err
+    assert "not checked (spec_check=false)" in (tmp / "runs" / "unchecked" / "train.log").read_text()

@@ -115,3 +115,28 @@ def test_the_check_moves_every_group():
     for seed in range(8):
         p = _moving_couplings(spec, state, torch.Generator().manual_seed(seed))["q"]
         assert not torch.equal(p, torch.diag(torch.diagonal(p)))
+
+
+class NoisyNet(torch.nn.Module):
+    """Random in eval mode too (noise injected at inference, MC dropout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(5, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.dropout(torch.relu(self.a(x)), 0.5, training=True))
+
+
+def test_a_forward_random_in_eval_mode_is_not_checked_and_the_callers_random_state_is_kept():
+    """Two runs of it differ as much as a wrong permutation would: the check says it cannot judge
+    it instead of stopping it as a tracing bug."""
+    model, x = NoisyNet().eval(), torch.randn(2, 5)
+    spec = derive_spec(model, x)
+    torch.manual_seed(3)
+    check = check_permutation(model, spec, x)
+    after = torch.rand(3)
+    assert check.skipped.startswith("two runs on the same inputs differ") and not check.wrong, check
+    assert str(check).startswith("not checked: two runs") and torch.equal(after, torch.manual_seed(3) and torch.rand(3))
+    assert "not checked: two runs" in str(fusionctl.derive_spec(model, x).coverage)
+    assert check_permutation(NoDoubleNet(), derive_spec(model, x), torch.randn(2, 7)).skipped.startswith("the model did not run")

@@ -60,7 +60,7 @@ def prepare(cfg: FuseCommandConfig):
         raise FusionctlError(f"finetune.epochs must be >= 0, got {cfg.finetune.epochs}")
     splits = load_for(cfg)
     bases = load_bases(cfg, splits)
-    spec = spec_for(bases[0].model_cfg, splits)
+    spec = spec_for(bases[0].model_cfg, splits, cfg.spec_check)
     lambdas = fusion_weights(cfg.weights, len(bases))
     target = target_config(cfg.target.widths, bases[0])
     return splits, bases, spec, lambdas, target

@@ -26,7 +26,7 @@ def run_train(cfg: TrainCommandConfig, out_dir: Path) -> pd.DataFrame:
         raise FusionctlError("seeds is empty; give at least one seed, e.g. seeds=[0,1]")
     splits = load_for(cfg)
     if cfg.model.name in TRACED:  # trace before training: a model that cannot be aligned is said now, with its coverage
-        spec_for(cfg.model, splits)
+        spec_for(cfg.model, splits, cfg.spec_check)
     device = resolve_device(cfg.device)
     rows = []
     for client, seed in enumerate(cfg.seeds):
