@@ -1131,3 +1131,39 @@ class EmptyReshapeNet(nn.Module):
     def forward(self, x):
         h = torch.relu(self.a(x.mean((2, 3))))
         return self.b(h) + h.new_zeros(h.shape[0], 0).unsqueeze(1).sum()
+
+
+class StackedExpertsNet(nn.Module):
+    """A mixture of experts with weights stacked per expert, (experts, out, in), as Hugging Face
+    stores them, each token routed to its top expert. grouped_mm: tokens sorted by expert through
+    torch's grouped matmul (Hugging Face's default); else a loop over the experts, F.linear on
+    weight[e]. Each expert is a GLU: its gate and up halves in one stacked weight."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, hidden: int = 8, experts: int = 3,
+                 grouped_mm: bool = True):
+        super().__init__()
+        self.experts, self.grouped_mm = experts, grouped_mm
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.norm = nn.LayerNorm(dim)
+        self.router = nn.Linear(dim, experts, bias=False)
+        self.gate_up_proj = nn.Parameter(torch.randn(experts, 2 * hidden, dim) / dim**0.5)
+        self.down_proj = nn.Parameter(torch.randn(experts, dim, hidden) / hidden**0.5)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        h = self.norm(t).reshape(b * n, c)
+        weight, expert = torch.softmax(self.router(h), -1).max(-1)
+        if self.grouped_mm:
+            order = torch.argsort(expert)
+            offs = torch.cumsum(torch.bincount(expert, minlength=self.experts), 0).to(torch.int32)
+            gate, up = F.grouped_mm(h[order], self.gate_up_proj.transpose(1, 2), offs=offs).chunk(2, -1)
+            y = F.grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=offs)[torch.argsort(order)]
+        else:
+            y = torch.zeros_like(h)
+            for e in range(self.experts):
+                gate, up = F.linear(h, self.gate_up_proj[e]).chunk(2, -1)
+                y = y + (expert == e).unsqueeze(-1) * F.linear(F.silu(gate) * up, self.down_proj[e])
+        t = t + (y * weight.unsqueeze(-1)).reshape(b, n, c)
+        return self.fc(t.mean(1))

@@ -82,7 +82,7 @@ def test_round_off_is_measured_at_the_lowest_precision_the_model_computes_in():
 
 
 class NoDoubleNet(torch.nn.Module):
-    """An op without float64 (torch's grouped matmul for mixtures of experts refuses it)."""
+    """An op without float64 (a custom kernel; torch's grouped matmul had none before the check computed it)."""
 
     def __init__(self):
         super().__init__()
@@ -140,3 +140,14 @@ def test_a_forward_random_in_eval_mode_is_not_checked_and_the_callers_random_sta
     assert str(check).startswith("not checked: two runs") and torch.equal(after, torch.manual_seed(3) and torch.rand(3))
     assert "not checked: two runs" in str(fusionctl.derive_spec(model, x).coverage)
     assert check_permutation(NoDoubleNet(), derive_spec(model, x), torch.randn(2, 7)).skipped.startswith("the model did not run")
+
+
+def test_grouped_matmuls_of_stacked_experts_are_checked_in_float64():
+    """torch's grouped matmul has no float64 kernel; the check computes it by its definition, so a
+    mixture of experts is checked to float64 round-off, and an expert's units left in place are caught."""
+    model, x = custom_nets.StackedExpertsNet().eval(), torch.randn(2, 3, 8, 8)
+    spec = derive_spec(model, x)
+    check = check_permutation(model, spec, x)
+    assert check.precision == "float64" and check.change < 1e-13 and not check.wrong, check
+    down = spec.axes["down_proj"]
+    assert check_permutation(model, dataclasses.replace(spec, axes={**spec.axes, "down_proj": (None, down[1], None)}), x).wrong

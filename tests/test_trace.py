@@ -125,8 +125,6 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.HStackNet, "unsupported op hstack", [("a.weight", 0), ("b.weight", 0), ("fc.weight", 1)], [("c.weight", 0)]),
     (custom_nets.SelectiveKernelNet, "combined with an unaligned tensor", [("select.weight", 0)],
      [("paths.0.weight", 0), ("paths.1.weight", 0), ("fc.weight", 1)]),
-    (custom_nets.ReusedWeightNet, "linear with a weight computed in forward or read elsewhere", [("lin.weight", 0), ("lin.weight", 1),
-     ("b.weight", 0)], [("fc.weight", 0)]),
     (custom_nets.StdConvNet, "conv2d with a weight computed in forward or read elsewhere", [("c.weight", 0), ("a.weight", 0), ("fc.0.weight", 1)],
      [("fc.0.weight", 0)]),
     (custom_nets.WindowNet, "pooling, resampling, padding, rolling or flipping along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
@@ -162,6 +160,33 @@ def test_gpt2_conv1d_layers_are_linears_stored_transposed():
     assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
     assert spec.axes["c_fc.weight"] == (Axis("embed"), Axis("c_fc")) and spec.axes["c_fc.bias"] == (Axis("c_fc"),)
     assert spec.axes["mlp_proj.weight"] == (Axis("c_fc"), Axis("embed"))
+    assert_permutation_keeps_function(model, spec, x)
+
+
+@pytest.mark.parametrize("grouped_mm", [True, False])
+def test_stacked_expert_weights_leave_the_stream_and_their_units_permutable(grouped_mm):
+    """A mixture of experts with weights stacked per expert, (experts, out, in), as Hugging Face
+    stores them (before, the weight computed in forward froze the whole residual stream): through
+    torch's grouped matmul or F.linear on weight[e], the stream and the experts' hidden units (one
+    permutation for every expert, gate and up halves alike) move; the experts do not, and the
+    router's outputs, whose top one picks the expert, freeze."""
+    model, x = custom_nets.StackedExpertsNet(grouped_mm=grouped_mm).eval(), torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    groups = lambda key: tuple(a and a.group for a in spec.axes[key])  # noqa: E731
+    assert groups("gate_up_proj") == (None, "gate_up_proj.parts[0:8]", "embed") and spec.axes["gate_up_proj"][1].outer == 2
+    assert groups("down_proj") == (None, "embed", "gate_up_proj.parts[0:8]") and groups("router.weight") == (None, "embed")
+    assert spec.coverage.permutable == 16 and spec.coverage.frozen == {"indices of a max or min": ["router"]}, str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+def test_a_weight_read_again_through_f_linear_carries_one_permutation_in_both_reads():
+    """ReusedWeightNet calls a Linear and reads its weight again through F.linear on another branch:
+    like a tied weight, both reads carry one permutation per axis (a's and b's units move together);
+    before, the second read froze all three groups."""
+    model, x = custom_nets.ReusedWeightNet().eval(), torch.randn(4, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden == 16, str(spec.coverage)
+    assert spec.axes["a.weight"][0] == spec.axes["b.weight"][0] == spec.axes["lin.weight"][1] is not None
     assert_permutation_keeps_function(model, spec, x)
 
 

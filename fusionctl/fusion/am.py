@@ -1,18 +1,25 @@
 """`solver=am`: activation matching (Git Re-Basin; REPAIR's correlation matching).
 
 Each group's units are matched to model 0's by one linear assignment on the correlation of
-their pre-activations over act_samples training inputs; groups are independent.
+their pre-activations over act_samples training inputs; groups are independent. A group no
+module outputs (stacked expert weights) is matched afterwards on its weights, the other groups'
+couplings applied, as weight matching would.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from fusionctl.config import AMSettings
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.engine import FusionResult, fuse_with_couplings
+from fusionctl.fusion.engine import FusionResult, fuse_with_couplings, group_features
 from fusionctl.fusion.transport import identity_couplings
+from fusionctl.fusion.units import unobserved
 from fusionctl.ot.solver import assignment, perm_coupling
+
+log = logging.getLogger(__name__)
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -31,8 +38,14 @@ def fuse_am(spec, states, weights, target_sizes, settings: AMSettings, ctx) -> F
         raise FusionctlError("solver=am needs training data to probe activations")
     feats = ctx.activations(states, settings.act_samples)  # z-scored: inner products are correlations
     couplings = [identity_couplings(spec, s) for s in states]
+    unseen = unobserved(spec)
+    if unseen:
+        log.info("am: %s show their units in no module's output; matched on their weights", ", ".join(unseen))
     for i in range(1, len(states)):
-        for group in spec.groups:
-            corr = feats[0][group] @ feats[i][group].T
-            couplings[i][group] = perm_coupling(assignment(-corr.cpu().numpy(), spec.blocks(group), spec.within(group)))
+        for group in [g for g in spec.groups if g not in unseen] + unseen:
+            if group in unseen:
+                sim = group_features(states[0], spec, group, couplings[0]) @ group_features(states[i], spec, group, couplings[i]).T
+            else:
+                sim = feats[0][group] @ feats[i][group].T
+            couplings[i][group] = perm_coupling(assignment(-sim.cpu().numpy(), spec.blocks(group), spec.within(group)))
     return fuse_with_couplings(spec, states, weights, couplings)

@@ -25,6 +25,7 @@ from fusionctl.fusion.engine import (
 )
 from fusionctl.fusion.norm_stats import predicted_running_vars
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
+from fusionctl.fusion.units import unobserved
 from fusionctl.models.spec import AlignmentSpec
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ def activation_features(settings: BarycenterBlock, ctx: FusionContext, spec: Ali
         return None, None, None
     if ctx.activations is None:
         raise FusionctlError(f"solver.cost={settings.cost} needs training data to probe activations")
+    if settings.cost == "activation" and (unseen := unobserved(spec)):
+        log.info("cost=activation: %s show their units in no module's output, so nothing aligns them (cost=both does, "
+                 "on weights)", ", ".join(unseen))
     writers = shared_norm_writers(spec, states[0]) if settings.norm_stats == "predict" else ()
     probed = ctx.activations(states + ([init_state] if init_state is not None else []), settings.act_samples, writers)
     probed, apart = probed if writers else (probed, None)

@@ -53,7 +53,9 @@ class FusionResult:
 
 def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dict[str, torch.Tensor] | None,
                    key_weights: dict[str, float] | None = None, known: Collection[str] | None = None) -> torch.Tensor:
-    """(n, D) node features of `group`: the rows of every entry whose axis 0 is the group.
+    """(n, D) node features of `group`: the rows of every entry whose axis 0 is the group (where
+    none is, the slices of every entry along its axis in the group: stacked expert weights keep
+    their units behind the experts axis).
 
     couplings=None means the state is already in the barycenter's basis. Entries with an
     input axis in the group itself (recurrent weights) are structure, not features; entries
@@ -62,13 +64,22 @@ def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dic
     layout (a residual stream's rows read later groups). key_weights scale each entry's squared
     distance (entries of weight 0 are left out).
     """
+    feats = _slices(state, spec, group, couplings, key_weights, known, True) or _slices(state, spec, group, couplings, key_weights, known, False)
+    if not feats:
+        if key_weights is None:
+            raise ValueError(f"group {group} has no parameter whose rows it indexes")
+        return torch.zeros(spec.group_sizes(state)[group], 0, dtype=torch.float64)
+    return torch.cat(feats, 1)
+
+
+def _slices(state, spec, group, couplings, key_weights, known, rows: bool) -> list[torch.Tensor]:
+    """group_features' pieces: of the entries whose axis 0 is the group (rows), or else whose one axis in it is another."""
     feats = []
     for key, axes in spec.axes.items():
-        if not axes or axes[0] is None or axes[0].group != group:
+        at = [dim for dim, ax in enumerate(axes) if ax is not None and ax.group == group]
+        if len(at) != 1 or (at[0] == 0) != rows:  # recurrent weights (the group on two axes) are structure
             continue
-        inputs = [ax for ax in axes[1:] if ax is not None]
-        if any(ax.group == group for ax in inputs):
-            continue
+        inputs = [ax for dim, ax in enumerate(axes) if ax is not None and dim != at[0]]
         solved = couplings if couplings is not None else known
         if solved is not None and any(ax.group not in solved for ax in inputs):
             continue
@@ -77,15 +88,11 @@ def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dic
             continue
         t = state[key].to(torch.float64) * (w**0.5 if w != 1.0 else 1.0)
         if couplings is not None:
-            for dim, ax in enumerate(axes[1:], start=1):
-                if ax is not None:
+            for dim, ax in enumerate(axes):
+                if ax is not None and dim != at[0]:
                     t = apply_along(t, dim, ax, col_map(couplings[ax.group]))
-        feats.append(node_rows(t, axes[0]))
-    if not feats:
-        if key_weights is None:
-            raise ValueError(f"group {group} has no parameter whose rows it indexes")
-        return torch.zeros(spec.group_sizes(state)[group], 0, dtype=torch.float64)
-    return torch.cat(feats, 1)
+        feats.append(node_rows(t.movedim(at[0], 0), axes[at[0]]))
+    return feats
 
 
 def group_structure(state: State, spec: AlignmentSpec, group: str) -> torch.Tensor | None:

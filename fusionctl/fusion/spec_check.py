@@ -66,7 +66,7 @@ def check_permutation(model: nn.Module, spec: AlignmentSpec, inputs, seed: int =
     given = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     error = None
     with torch.random.fork_rng(devices=[]):
-        for double in (True, False):  # in its own precision where an op has no float64 (grouped matmuls of mixtures of experts)
+        for double in (True, False):  # in its own precision where an op has no float64 kernel
             try:
                 outs, lowest = _outputs(model, spec, _first(given, double), double, seed)
                 break
@@ -92,13 +92,13 @@ def _outputs(model: nn.Module, spec: AlignmentSpec, inputs: tuple, double: bool,
     m = m.double() if double else m
     state = {k: _jitter(v, g, 0.2) for k, v in m.state_dict().items()}
     moved = transport(state, spec, _moving_couplings(spec, state, g))
-    with _Precisions() as seen:
+    with _CheckMode() as seen:
         base = _run(m, state, inputs)
-    # round-off at the lowest precision the model computes in (a float32 softmax inside a float64 model)
-    lowest = max(seen.dtypes | {torch.float64}, key=lambda d: torch.finfo(d).eps)
-    eps = torch.finfo(lowest).eps
-    noisy = _run(m, {k: _jitter(v, g, 50 * eps) for k, v in state.items()}, inputs)
-    return [base, _run(m, moved, inputs), noisy, _run(m, state, inputs)], lowest
+        # round-off at the lowest precision the model computes in (a float32 softmax inside a float64 model)
+        lowest = max(seen.dtypes | {torch.float64}, key=lambda d: torch.finfo(d).eps)
+        eps = torch.finfo(lowest).eps
+        noisy = _run(m, {k: _jitter(v, g, 50 * eps) for k, v in state.items()}, inputs)
+        return [base, _run(m, moved, inputs), noisy, _run(m, state, inputs)], lowest
 
 
 def _moving_couplings(spec: AlignmentSpec, state: dict, g: torch.Generator) -> dict:
@@ -114,15 +114,25 @@ def _moving_couplings(spec: AlignmentSpec, state: dict, g: torch.Generator) -> d
     return couplings
 
 
-class _Precisions(TorchDispatchMode):
-    """The floating dtypes of every tensor the ops compute while active."""
+class _CheckMode(TorchDispatchMode):
+    """The floating dtypes of every tensor the ops compute while active; a grouped matmul of float64
+    tokens sorted by expert with stacked expert weights (no float64 kernel) computed by its definition."""
 
     def __init__(self):
         super().__init__()
         self.dtypes: set[torch.dtype] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        offs = args[2] if len(args) > 2 else kwargs.get("offs")
+        if func is torch.ops.aten._grouped_mm.default and args[0].dtype == torch.float64 and args[0].dim() == 2 \
+                and args[1].dim() == 3 and offs is not None and len(args) <= 3 and set(kwargs) <= {"offs"}:
+            out = args[0].new_zeros(args[0].shape[0], args[1].shape[-1])
+            for expert, (start, end) in enumerate(zip([0, *offs.tolist()], offs.tolist())):
+                out[start:end] = args[0][start:end] @ args[1][expert]
+            self.dtypes.add(out.dtype)
+            return out
+        out = func(*args, **kwargs)
         self.dtypes.update(t.dtype for t in pytree.tree_leaves(out) if torch.is_tensor(t) and t.is_floating_point())
         return out
 

@@ -112,6 +112,11 @@ def repair_points(model: nn.Module, spec: AlignmentSpec) -> list[tuple[nn.Module
             for g in spec.groups for u in spec.units.get(g, ())]
 
 
+def unobserved(spec: AlignmentSpec) -> list[str]:
+    """Groups no module's output shows (a mixture of experts' stacked weights): activations cannot align them."""
+    return [g for g in spec.groups if not spec.units.get(g) and not spec.observer(g)]
+
+
 def bare_writers(spec: AlignmentSpec, state: dict) -> list[str]:
     """Writers with neither a norm after them nor a bias in `state`: where REPAIR has no place to put its correction."""
     return [u.writer for g in spec.groups for u in spec.units.get(g, ())

@@ -147,6 +147,8 @@ class Elements(Cuts):
         if root not in self.packed:
             name = f"{self.writers[root][0]}.{suffix}" if self.writers[root] else None
             self.packed[root] = (self.new(self.size[root] // count, name), count)
+            if root in self.labels and root in self.opened:  # stacked experts' gate and up halves
+                self.open_unobserved(self.packed[root][0], f"{self.labels[root][0]}.{suffix}")
         part, known = self.packed[root]
         if known != count:
             self.freeze(root, f"packed projection split {count} and {known} ways at {where}")
@@ -221,6 +223,14 @@ class Elements(Cuts):
             return False
         self.freeze(ro, "a parameter shared by every head")
         return True
+
+    def open_unobserved(self, e: int, name: str) -> None:
+        """Make e's units a candidate group, named name[a:b], though no module outputs them (a mixture
+        of experts' stacked weights): aligned on its weights, never observed."""
+        r = self.find(e)
+        if not self.writers[r] and r not in self.labels:
+            self.opened.append(r)
+            self.labels[r] = (name, 0)
 
     def blank(self, r: int) -> bool:
         """Whether root r is a parameter's axis that nothing has tied to units yet."""

@@ -98,8 +98,9 @@ class ModuleRules:
         Conv1D). A parameter read only there (through casts) is linked
         as a module's own would be; a norm's follow the channel axis, but the norm is not marked
         as a unit's (its module may act after it, and REPAIR would read the wrong output). A linear
-        or conv whose weight is its own module's parameter is read as that module; one whose
-        weight is computed in forward, or read elsewhere too, freezes."""
+        or conv whose weight is its own module's parameter is read as that module; a linear on a
+        weight the trace follows otherwise (read elsewhere too, or indexed: stacked experts) as
+        x @ W.T (traced_linear); anything else freezes."""
         arg = lambda i, key: n.args[i] if len(n.args) > i else n.kwargs.get(key)  # noqa: E731
         if name in ("batch_norm", "group_norm"):
             params = [arg(i, k) for i, k in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))] \
@@ -123,10 +124,54 @@ class ModuleRules:
         kind = {"linear": nn.Linear, "embedding": nn.Embedding}.get(name, nn.modules.conv._ConvNd)
         if not (isinstance(m, kind) and keys[1:] in ([], [f"{owner}.bias"]) and (bias is None) == (getattr(m, "bias", None) is None)
                 and (name in ("linear", "embedding") or arg(6, "groups") in (None, m.groups))):
+            if name == "linear" and (traced := self.traced_linear(n, x, weight, bias, keys)) is not None:
+                return traced
             reason = f"{name} with a weight computed in forward or read elsewhere"
             self.freeze_all([x, *(self.d(a) for a in (weight, bias) if isinstance(a, fx.Node))], reason)
             return self.fresh(out, reason)
         return self.on_module(n, m, out, where=owner)
+
+    def traced_linear(self, n: fx.Node, x, weight, bias, keys: list):
+        """F.linear(x, W, b) with a weight whose axes the trace follows though no module owns it: a
+        mixture of experts' stacked weights indexed by expert (gate_up_proj[e]). As in x @ W.T + b,
+        W's columns carry x's last axis and its rows the output's, which b's entries follow. The
+        output's units have no writer module, so they are aligned on weights only. None if W's or
+        x's axes are not followed."""
+        w = self.d(weight)
+        if x is None or not isinstance(w, list) or len(w) != 2 or (bias is not None and not isinstance(self.d(bias), list)):
+            return None
+        where = str(n.name)
+        unify(self.els, x[-1], w[1], where)
+        if bias is not None:
+            unify(self.els, self.d(bias)[0], w[0], where)
+        for key, refs in zip(keys, (w, self.d(bias))):  # a parameter claimed above (a router's own weight) links here
+            for dim, ref in enumerate(refs if key is not None else ()):
+                self.link(key, dim, ref, where)
+        if keys[0] is None and w[0] is not None and (source := self.parameter_behind(weight)):  # an expert's rows
+            self.els.open_unobserved(w[0].el, source)
+        return list(x[:-1]) + [w[0]]
+
+    def grouped_mm(self, args, where: str) -> list | None:
+        """torch's grouped matmul of tokens sorted by expert (S, in) with stacked expert weights
+        (E, in, out), Hugging Face's mixtures of experts: a matrix product per expert. The experts
+        never move (the router picks them); the output axis is a group aligned on weights (no
+        module outputs it). None if the shapes or axes are not these."""
+        a, b = (self.d(x) for x in args[:2]) if len(args) > 1 else (None, None)
+        if a is None or b is None or len(a) != 2 or len(b) != 3:
+            return None
+        if b[0] is not None:
+            self.els.freeze(b[0].el, "the experts axis of stacked expert weights")
+        unify(self.els, a[-1], b[-2], where)
+        if b[-1] is not None and (source := self.parameter_behind(args[1])):
+            self.els.open_unobserved(b[-1].el, source)
+        return [a[0], b[-1]]
+
+    def parameter_behind(self, node) -> str | None:
+        """The state key a weight is read from through indexing, transposes and casts (gate_up_proj[e].T)."""
+        while isinstance(node, fx.Node) and node.op in ("call_method", "call_function") and node.args and \
+                str(getattr(node.target, "__name__", node.target)) in ops.PERMUTE | {"getitem", "t", "to", "type", "float", "contiguous"}:
+            node = node.args[0]
+        return str(node.target) if isinstance(node, fx.Node) and node.op == "get_attr" else None
 
     def addmm(self, n: fx.Node, out):
         """torch.addmm(bias, x, weight) on a module's own bias and (in, out) weight: Hugging Face's Conv1D

@@ -16,11 +16,14 @@ BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "d
 # new tensors that read only their input's shape, dtype and device (Swin's shifted-window mask starts as x.new_zeros)
 CREATION = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like",
             "randn_like", "arange"}
+# of those, the ones constant along every axis: any permutation leaves them as they are
+CONSTANT = {"new_zeros", "new_ones", "new_full", "zeros_like", "ones_like", "full_like"}
 REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
 POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
         "interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}  # over every axis after (N, C)
 MATMUL = {"matmul", "mm", "bmm"}
+GROUPED_MM = {"_grouped_mm", "grouped_mm"}  # torch's per-expert matmul (Hugging Face's mixtures of experts)
 RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "reshape_as", "view_as"}
 PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
 SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}

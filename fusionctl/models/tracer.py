@@ -132,8 +132,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if name == "setitem":  # x[index] = value, in place: unless neither carries an element, both freeze
             self.freeze_all([x, *self.all_descs(args[2:])], "written into by an in-place assignment")
             return None
-        if name in ops.CREATION:
-            return [None] * out.dim()
+        if name in ops.CREATION:  # a constant one (an accumulator sums take the layout of) may carry any element
+            return [Ref(self.els.new(s)) if name in ops.CONSTANT and s > 1 and i > 0 else None for i, s in enumerate(out.shape)]
         many = isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
         if not isinstance(out, torch.Tensor) and not many and name not in ("getitem", "getattr"):
             return None  # sizes, shapes and other plain values
@@ -185,6 +185,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         if name in ops.MATMUL and len(tensors) == 2 and min(self.val(a).dim() for a in tensors) >= 2:
             a, b = tensors
             return matmul_refs(self.els, self.d(a), self.d(b), self.val(a).shape, self.val(b).shape, out.shape, where)
+        if name in ops.GROUPED_MM and (refs := self.grouped_mm(args, where)) is not None:
+            return refs
         if name == "einsum":
             return self.einsum(n, out, where)
         if name in ops.REDUCE:
@@ -196,7 +198,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             k = len(shape) if isinstance(shape, (tuple, list)) else 1
             return self.layer_norm(n, x, k, where, weight is not None, weight=weight, bias=bias, point=name == "layer_norm")
         if name == "cat":
-            return self.cat(n, out, where)
+            descs, values, dim = self.joined(n, out)
+            return cat_refs(self.els, descs, [v.shape[dim] for v in values], dim, out.dim(), where)
         if name == "stack":
             descs, _, dim = self.joined(n, out)
             return stack_refs(self.els, descs, dim, out.dim(), where)
@@ -281,10 +284,6 @@ class AxisTracer(ModuleRules, fx.Interpreter):
         descs = list(self.d(parts) or ()) if isinstance(parts, fx.Node) else [self.d(p) for p in parts]
         values = self.val(parts) if isinstance(parts, fx.Node) else [self.val(p) for p in parts]
         return descs, values, (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)) % out.dim()
-
-    def cat(self, n, out, where):
-        descs, values, dim = self.joined(n, out)
-        return cat_refs(self.els, descs, [v.shape[dim] for v in values], dim, out.dim(), where)
 
     def getitem(self, n, out):
         dsc, index = self.d(n.args[0]), self.fetch_args_kwargs_from_env(n)[0][1]
