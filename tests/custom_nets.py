@@ -1140,10 +1140,10 @@ class StackedExpertsNet(nn.Module):
     weight[e]. Each expert is a GLU: its gate and up halves in one stacked weight."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, hidden: int = 8, experts: int = 3,
-                 grouped_mm: bool = True):
+                 grouped_mm: bool = True, patch: int = 2):
         super().__init__()
         self.experts, self.grouped_mm = experts, grouped_mm
-        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.norm = nn.LayerNorm(dim)
         self.router = nn.Linear(dim, experts, bias=False)
         self.gate_up_proj = nn.Parameter(torch.randn(experts, 2 * hidden, dim) / dim**0.5)

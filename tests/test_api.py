@@ -153,9 +153,9 @@ def test_a_transformer_fused_with_its_permuted_copy_returns_its_function(net):
 
 @pytest.mark.parametrize("grouped_mm", [True, False])
 def test_a_mixture_of_experts_with_stacked_weights_fused_with_its_permuted_copy_returns_its_function(grouped_mm, caplog):
-    """The experts' hidden units show in no module's output: the paper's layer-wise pass reads their
-    slices of the stacked weights (behind the experts axis), activation matching matches them on
-    their weights, and cost=activation says it cannot align them."""
+    """The experts' hidden units show in no module's output: the layer-wise passes (the paper's, the
+    sweeps' first) read their slices of the stacked weights (behind the experts axis), activation
+    matching matches them on their weights, and cost=activation says it cannot align them."""
     torch.manual_seed(0)
     model = custom_nets.StackedExpertsNet(grouped_mm=grouped_mm).eval()
     data = batches((3, 8, 8), n=64, size=16, classes=4)
@@ -163,7 +163,7 @@ def test_a_mixture_of_experts_with_stacked_weights_fused_with_its_permuted_copy_
     other = permuted_copy(model, x)
     assert not torch.equal(other.gate_up_proj, model.gate_up_proj)
     with torch.no_grad():
-        for method, settings in (("wb", {}), ("wb", {"sweeps": 0, "cost": "weight"}), ("wm", {}), ("am", {})):
+        for method, settings in (("wb", {}), ("wb", {"cost": "weight"}), ("wb", {"sweeps": 0, "cost": "weight"}), ("wm", {}), ("am", {})):
             fused = fusionctl.fuse_models([model, other], method=method, data=data, **settings)
             assert torch.allclose(fused(x), model(x), atol=1e-5), (method, settings)
     with caplog.at_level("INFO"):

@@ -33,7 +33,7 @@ class Slice:
 @dataclass(frozen=True)
 class Bucket:
     reads: tuple[str, ...]  # the groups of its slices' other axes
-    incoming: bool  # incoming rows (dim 0, not recurrent): what a layer-wise pass may use
+    incoming: bool  # incoming rows (dim 0, not recurrent; any slice if no row): what a layer-wise pass may use
 
 
 class GroupCosts:
@@ -52,12 +52,14 @@ class GroupCosts:
         self.buckets: dict[str, dict[Bucket, list[Slice]]] = {}
         for group in self.spec.groups:
             out: dict[Bucket, list[Slice]] = {}
+            # no entry's rows index the group (stacked experts keep them behind the experts axis): every slice counts
+            rows = any(s.dim == 0 and not s.structure for s in self.slices[group])
             for s in self.slices[group]:
                 reads = {a.group for d, a in enumerate(self.spec.axes[s.key]) if a is not None and d != s.dim}
                 if s.key in self.spec.local:  # a grouped conv's rows read their local inputs through their own group
                     reads.add(self.spec.local[s.key][1])
                 reads = tuple(sorted(reads))
-                out.setdefault(Bucket(reads, s.dim == 0 and not s.structure), []).append(s)
+                out.setdefault(Bucket(reads, (s.dim == 0 or not rows) and not s.structure), []).append(s)
             if self.acts is not None:
                 out.setdefault(Bucket((), True), [])
             self.buckets[group] = out
