@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import re
 from pathlib import Path
@@ -169,6 +170,36 @@ def test_a_mixture_of_experts_with_stacked_weights_fused_with_its_permuted_copy_
     with caplog.at_level("INFO"):
         fusionctl.fuse_models([model, other], data=data, cost="activation")
     assert "cost=activation: gate_up_proj.parts[0:8] show their units in no module's output" in caplog.text
+
+
+def with_experts(spec, router: str, stacked: tuple[str, ...]):
+    """docs/tracing.md's example: the traced spec plus a group of the experts (axis 0 of the router's
+    weight and of the stacked weights), observed at the router's output, after the stream it reads."""
+    axes = dict(spec.axes)
+    for key in (f"{router}.weight", *stacked):
+        axes[key] = (fusionctl.Axis("experts"),) + axes[key][1:]
+    return dataclasses.replace(spec, groups=(spec.groups[0], "experts", *spec.groups[1:]), axes=axes,
+                               units={**spec.units, "experts": (fusionctl.Unit(router),)})
+
+
+def test_experts_added_by_hand_to_a_traced_spec_move_with_their_router_rows():
+    """The tracer leaves experts in place (which expert a token takes flows through integer indices);
+    the group written by hand passes the self-check, moves the router's rows with the experts, and
+    every method fuses a model with a copy whose experts were permuted too back into its function."""
+    torch.manual_seed(0)
+    model = custom_nets.StackedExpertsNet(experts=4).eval()
+    data = batches((3, 8, 8), n=64, size=16, classes=4)
+    x = data[0][0]
+    spec = with_experts(fusionctl.derive_spec(model, x), "router", ("gate_up_proj", "down_proj"))
+    assert spec.groups == ("embed", "experts", "gate_up_proj.parts[0:8]")
+    couplings = random_couplings(spec, model.state_dict(), torch.Generator().manual_seed(5))
+    assert not torch.equal(couplings["experts"], torch.diag(torch.diagonal(couplings["experts"])))  # the experts move
+    other = copy.deepcopy(model)
+    other.load_state_dict(transport(model.state_dict(), spec, couplings))
+    with torch.no_grad():
+        for method in ("wb", "wm", "am", "ot"):
+            fused = fusionctl.fuse_models([model, other], method=method, data=data, spec=spec)
+            assert torch.allclose(fused(x), model(x), atol=1e-5), method
 
 
 def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
