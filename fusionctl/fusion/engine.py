@@ -64,22 +64,26 @@ def group_features(state: State, spec: AlignmentSpec, group: str, couplings: dic
     layout (a residual stream's rows read later groups). key_weights scale each entry's squared
     distance (entries of weight 0 are left out).
     """
-    feats = _slices(state, spec, group, couplings, key_weights, known, True) or _slices(state, spec, group, couplings, key_weights, known, False)
+    feats = _slices(state, spec, group, couplings, key_weights, known)
     if not feats:
         if key_weights is None:
-            raise ValueError(f"group {group} has no parameter whose rows it indexes")
+            raise ValueError(f"group {group} has no parameter whose rows it indexes, or they all read groups after it "
+                             "(a spec lists its groups from input to output)")
         return torch.zeros(spec.group_sizes(state)[group], 0, dtype=torch.float64)
     return torch.cat(feats, 1)
 
 
-def _slices(state, spec, group, couplings, key_weights, known, rows: bool) -> list[torch.Tensor]:
-    """group_features' pieces: of the entries whose axis 0 is the group (rows), or else whose one axis in it is another."""
+def _slices(state, spec, group, couplings, key_weights, known) -> list[torch.Tensor]:
+    """group_features' pieces: the rows of the entries whose axis 0 is the group, or, if no entry's
+    is, the slices of every entry along its one axis in the group."""
+    at = {key: [dim for dim, ax in enumerate(axes) if ax is not None and ax.group == group] for key, axes in spec.axes.items()}
+    rows = any(dims == [0] for dims in at.values())  # the group on two axes (recurrent weights) is structure
     feats = []
     for key, axes in spec.axes.items():
-        at = [dim for dim, ax in enumerate(axes) if ax is not None and ax.group == group]
-        if len(at) != 1 or (at[0] == 0) != rows:  # recurrent weights (the group on two axes) are structure
+        if len(at[key]) != 1 or rows and at[key] != [0]:
             continue
-        inputs = [ax for dim, ax in enumerate(axes) if ax is not None and dim != at[0]]
+        at0 = at[key][0]
+        inputs = [ax for dim, ax in enumerate(axes) if ax is not None and dim != at0]
         solved = couplings if couplings is not None else known
         if solved is not None and any(ax.group not in solved for ax in inputs):
             continue
@@ -89,9 +93,9 @@ def _slices(state, spec, group, couplings, key_weights, known, rows: bool) -> li
         t = state[key].to(torch.float64) * (w**0.5 if w != 1.0 else 1.0)
         if couplings is not None:
             for dim, ax in enumerate(axes):
-                if ax is not None and dim != at[0]:
+                if ax is not None and dim != at0:
                     t = apply_along(t, dim, ax, col_map(couplings[ax.group]))
-        feats.append(node_rows(t.movedim(at[0], 0), axes[at[0]]))
+        feats.append(node_rows(t.movedim(at0, 0), axes[at0]))
     return feats
 
 

@@ -132,8 +132,9 @@ class ModuleRules:
         return self.on_module(n, m, out, where=owner)
 
     def traced_linear(self, n: fx.Node, x, weight, bias, keys: list):
-        """F.linear(x, W, b) with a weight whose axes the trace follows though no module owns it: a
-        mixture of experts' stacked weights indexed by expert (gate_up_proj[e]). As in x @ W.T + b,
+        """F.linear(x, W, b) with a weight whose axes the trace follows though no module call owns it: a
+        weight read a second time, a router's own, a mixture of experts' stacked weights indexed by
+        expert (gate_up_proj[e]; the output is opened as a group). As in x @ W.T + b,
         W's columns carry x's last axis and its rows the output's, which b's entries follow. The
         output's units have no writer module, so they are aligned on weights only. None if W's or
         x's axes are not followed."""
