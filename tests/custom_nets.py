@@ -281,6 +281,17 @@ class _StdConv(nn.Conv2d):
         return F.conv2d(x, self.weight - self.weight.mean((1, 2, 3), keepdim=True), self.bias, padding=1)
 
 
+class _ScaledStdConv(nn.Conv2d):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3, padding=1)
+        self.gain = nn.Parameter(torch.rand(out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):  # timm's ScaledStdConv2d (NFNet): the weight flattened per output channel, standardised, restored
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, weight=(self.gain * 0.5).view(-1),
+                         training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, padding=1)
+
+
 class _BatchNormAct(nn.BatchNorm2d):
     def forward(self, x):  # timm's BatchNormAct2d
         return torch.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps))
@@ -327,8 +338,11 @@ class FunctionalNet(nn.Module):
 
 
 class StdConvNet(FunctionalNet):
+    """Weights standardised in forward: by their mean (c) and as NFNet does (b)."""
+
     def __init__(self, in_channels: int = 3, num_classes: int = 4):
         super().__init__(in_channels, num_classes, std_conv=True)
+        self.b = _ScaledStdConv(6, 5)
 
 
 class ReusedWeightNet(nn.Module):
@@ -1167,3 +1181,22 @@ class StackedExpertsNet(nn.Module):
                 y = y + (expert == e).unsqueeze(-1) * F.linear(F.silu(gate) * up, self.down_proj[e])
         t = t + (y * weight.unsqueeze(-1)).reshape(b, n, c)
         return self.fc(t.mean(1))
+
+
+class BlurNet(nn.Module):
+    """timm's anti-aliasing BlurPool: F.conv2d with a fixed kernel (a non-persistent buffer), one per
+    channel. same_kernel=False gives each channel its own fixed kernel, which pins the channels."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, same_kernel: bool = True):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(in_channels, 6, 3, padding=1), nn.Conv2d(6, 5, 3, padding=1)
+        blur = torch.tensor([1.0, 2.0, 1.0])
+        filt = (blur[:, None] * blur[None, :] / 16).expand(6, 1, 3, 3).clone()
+        if not same_kernel:
+            filt = filt * torch.arange(1.0, 7.0).view(6, 1, 1, 1)
+        self.register_buffer("filt", filt, persistent=False)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        x = F.conv2d(F.pad(torch.relu(self.a(x)), (1, 1, 1, 1), mode="reflect"), self.filt, stride=2, groups=6)
+        return self.fc(torch.relu(self.b(x)).mean((2, 3)))

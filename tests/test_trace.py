@@ -78,8 +78,10 @@ def test_torchvision_nets_keep_their_function_under_every_traced_permutation(arc
     assert_permutation_keeps_function(model, spec, x)
 
 
-# timm writes layers as torch.nn subclasses calling the functional ops (BatchNormAct2d, Conv2dSame)
-TIMM = ["efficientnet_b0", "densenet121", "cspresnet50", "convnextv2_atto", "regnetx_002", "ghostnet_100", "swin_tiny_patch4_window7_224"]
+# timm writes layers as torch.nn subclasses calling the functional ops (BatchNormAct2d, Conv2dSame, NFNet's
+# ScaledStdConv2d, BlurPool2d)
+TIMM = ["efficientnet_b0", "densenet121", "cspresnet50", "convnextv2_atto", "regnetx_002", "ghostnet_100", "swin_tiny_patch4_window7_224",
+        "nf_resnet26", "resnetblur18"]
 # a Swin small enough for 32x32: 16x16 tokens in 4x4 windows, shifted by 2, then 8x8 (heads with a relative-position bias each)
 TIMM_KWARGS = {"swin_tiny_patch4_window7_224": {"img_size": 32, "patch_size": 2, "window_size": 4, "embed_dim": 24, "depths": (2, 2),
                                                  "num_heads": (2, 4)}}
@@ -125,8 +127,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.HStackNet, "unsupported op hstack", [("a.weight", 0), ("b.weight", 0), ("fc.weight", 1)], [("c.weight", 0)]),
     (custom_nets.SelectiveKernelNet, "combined with an unaligned tensor", [("select.weight", 0)],
      [("paths.0.weight", 0), ("paths.1.weight", 0), ("fc.weight", 1)]),
-    (custom_nets.StdConvNet, "conv2d with a weight computed in forward or read elsewhere", [("c.weight", 0), ("a.weight", 0), ("fc.0.weight", 1)],
-     [("fc.0.weight", 0)]),
+    (functools.partial(custom_nets.BlurNet, same_kernel=False), "conv2d with a weight computed in forward or read elsewhere",
+     [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.WindowNet, "pooling, resampling, padding, rolling or flipping along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.SetitemNet, "written into by an in-place assignment", [("a.weight", 0), ("b.weight", 0)],
@@ -176,6 +178,22 @@ def test_stacked_expert_weights_leave_the_stream_and_their_units_permutable(grou
     assert groups("gate_up_proj") == (None, "gate_up_proj.parts[0:8]", "embed") and spec.axes["gate_up_proj"][1].outer == 2
     assert groups("down_proj") == (None, "embed", "gate_up_proj.parts[0:8]") and groups("router.weight") == (None, "embed")
     assert spec.coverage.permutable == 16 and spec.coverage.frozen == {"indices of a max or min": ["router"]}, str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+@pytest.mark.parametrize("cls", [custom_nets.StdConvNet, custom_nets.BlurNet])
+def test_standardised_conv_weights_and_blur_kernels_keep_their_channels_permutable(cls):
+    """NFNet's and BiT's convs standardise their own weight in forward: the output is the conv's units,
+    as its own weight would make them. An anti-aliasing blur is one fixed kernel for every channel:
+    the channels pass through (one fixed kernel per channel would pin them: see the frozen cases)."""
+    model, x = cls().eval(), torch.randn(4, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    if cls is custom_nets.StdConvNet:
+        assert spec.axes["c.weight"][0] == Axis("c") and spec.units["c"][0].writer == "c"
+        assert spec.axes["b.weight"][:2] == (Axis("b"), Axis("a")) and spec.axes["b.gain"][0] == Axis("b")
+    else:
+        assert spec.axes["b.weight"][1] == Axis("a")
     assert_permutation_keeps_function(model, spec, x)
 
 

@@ -111,11 +111,23 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
             outer = math.prod(before[m] for m in run_in if m < k) * ref.outer
             inner = math.prod(before[m] for m in run_in if m > k) * ref.inner
             result += [Ref(ref.el, outer, inner) if after[m] > 1 else None for m in run_out]
+        elif len(refs) == 1 and len(run_in) == 1 and (unflat := _unflatten(els, refs[0][1], [after[m] for m in run_out])):
+            result += unflat
         else:
             for _, r in refs:
                 els.freeze(r.el, f"reshape splitting or merging channel axes at {where}")
             result += [None] * len(run_out)
     return result + [None] * (len(after) - len(result))
+
+
+def _unflatten(els: Elements, ref: Ref, sizes: list) -> list | None:
+    """An axis of units times `inner` split back into the units' axis and axes of `inner` entries
+    (a conv weight flattened to standardise it, restored: reshape_as), else None."""
+    lead = next((k for k, s in enumerate(sizes) if s > 1), None)
+    if lead is None or ref.part or ref.outer != 1 or ref.inner == 1 or sizes[lead] != els.size[els.find(ref.el)] or \
+            math.prod(sizes[lead + 1:]) != ref.inner:
+        return None
+    return [Ref(ref.el) if k == lead else None for k in range(len(sizes))]
 
 
 def _heads(els: Elements, refs: list, sizes_in: list, sizes_out: list, where: str) -> list | None:

@@ -126,6 +126,8 @@ class ModuleRules:
                 and (name in ("linear", "embedding") or arg(6, "groups") in (None, m.groups))):
             if name == "linear" and (traced := self.traced_linear(n, x, weight, bias, keys)) is not None:
                 return traced
+            if name.startswith("conv") and (traced := self.traced_conv(n, x, weight, bias, keys, arg(6, "groups") or 1, out)) is not None:
+                return traced
             reason = f"{name} with a weight computed in forward or read elsewhere"
             self.freeze_all([x, *(self.d(a) for a in (weight, bias) if isinstance(a, fx.Node))], reason)
             return self.fresh(out, reason)
@@ -152,6 +154,26 @@ class ModuleRules:
             self.els.open_unobserved(w[0].el, source)
         return list(x[:-1]) + [w[0]]
 
+    def traced_conv(self, n: fx.Node, x, weight, bias, keys: list, groups: int, out):
+        """F.conv* on a weight no module call owns: one computed from a conv's own weight, each of
+        whose channel axes still carries the weight's own (NFNet's and BiT's standardised weights),
+        read as that conv; or one fixed kernel for every channel, a channel each (an anti-aliasing
+        blur), which passes the channels through. None otherwise."""
+        w, value = self.d(weight), self.val(weight)
+        if x is None or not isinstance(w, list) or len(w) != len(x) or not isinstance(value, torch.Tensor):
+            return None
+        if groups == value.shape[0] == self.val(n.args[0]).shape[1] and value.shape[1] == 1 and bias is None \
+                and all(r is None for r in w) and torch.equal(value, value[:1].expand_as(value)):
+            return window_refs(self.els, x, len(x) - 2, str(n.name))  # the kernel mixes the spatial axes only
+        source = self.parameter_behind(weight)
+        owner, m = self.owner(source)
+        own = self.links.get(source, [])
+        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups != groups or keys[1:] not in ([], [f"{owner}.bias"]) \
+                or len(own) < 2 or any((r is None) != (a is None) or r is not None and self.els.find(r.el) != self.els.find(a.el)
+                                       for r, a in zip(w[:2], own[:2])):
+            return None
+        return self.on_module(n, m, out, where=owner)
+
     def grouped_mm(self, args, where: str) -> list | None:
         """torch's grouped matmul of tokens sorted by expert (S, in) with stacked expert weights
         (E, in, out), Hugging Face's mixtures of experts: a matrix product per expert. The experts
@@ -170,7 +192,7 @@ class ModuleRules:
     def parameter_behind(self, node) -> str | None:
         """The state key a weight is read from through indexing, transposes and casts (gate_up_proj[e].T)."""
         while isinstance(node, fx.Node) and node.op in ("call_method", "call_function") and node.args and \
-                str(getattr(node.target, "__name__", node.target)) in ops.PERMUTE | {"getitem", "t", "to", "type", "float", "contiguous"}:
+                str(getattr(node.target, "__name__", node.target)) in ops.PERMUTE | ops.RESHAPE | ops.WEIGHT_STEPS:
             node = node.args[0]
         return str(node.target) if isinstance(node, fx.Node) and node.op == "get_attr" else None
 
@@ -191,6 +213,11 @@ class ModuleRules:
         self.link(keys[1], 0, ref, owner)
         self.writer_node[n] = self.units[ref.el][0]
         return list(xd[:-1]) + [ref]
+
+    def channel_axes(self, key: str) -> int:
+        """How many leading axes of state entry `key` may carry units: a conv's weight's kernel axes never do."""
+        owner, m = self.owner(key)
+        return 2 if isinstance(m, nn.modules.conv._ConvNd) else self.state_dims(key)
 
     def owner(self, key: str | None) -> tuple[str | None, nn.Module | None]:
         """The module whose `weight` the state key `key` is, and its name; (None, None) otherwise."""

@@ -26,6 +26,8 @@ MATMUL = {"matmul", "mm", "bmm"}
 GROUPED_MM = {"_grouped_mm", "grouped_mm"}  # torch's per-expert matmul (Hugging Face's mixtures of experts)
 RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "reshape_as", "view_as"}
 PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
+# steps from a parameter to the weight an op uses, through which its first argument is that parameter
+WEIGHT_STEPS = {"getitem", "t", "to", "type", "float", "contiguous", "sub", "mul", "batch_norm", "reshape_as"}
 SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
                 nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax)

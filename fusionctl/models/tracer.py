@@ -92,7 +92,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             key = str(n.target)
             if not isinstance(out, torch.Tensor) or key not in self._dims:  # a constant (a non-persistent buffer): it never moves
                 return [None] * out.dim() if isinstance(out, torch.Tensor) else None
-            refs = [Ref(self.els.new(s)) if s > 1 else None for s in out.shape]
+            refs = [Ref(self.els.new(s)) if s > 1 and dim < self.channel_axes(key) else None for dim, s in enumerate(out.shape)]
             for dim, ref in enumerate(refs):
                 self.link(key, dim, ref, key)
             return refs
