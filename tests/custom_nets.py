@@ -1200,3 +1200,24 @@ class BlurNet(nn.Module):
     def forward(self, x):
         x = F.conv2d(F.pad(torch.relu(self.a(x)), (1, 1, 1, 1), mode="reflect"), self.filt, stride=2, groups=6)
         return self.fc(torch.relu(self.b(x)).mean((2, 3)))
+
+
+class ElementwiseZooNet(nn.Module):
+    """Element-wise activations beyond the common ones (SELU, CELU and softsign modules, Apertus's
+    expm1, log1p, log_sigmoid, hardshrink), a cumulative sum along the spatial axis (the channels
+    keep their units) and `unflatten`. along_channels=True sums along the channels instead,
+    which ties each one to those before it: they freeze."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, along_channels: bool = False):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(in_channels, 6, 3, padding=1), nn.Linear(6, 8), nn.Linear(8, 5)
+        self.acts = nn.Sequential(nn.SELU(), nn.CELU(), nn.Softsign())
+        self.fc = nn.Linear(5, num_classes)
+        self.along_channels = along_channels
+
+    def forward(self, x):
+        x = self.acts(self.a(x)).flatten(2)  # (N, 6, H*W)
+        x = torch.cumsum(x, dim=1 if self.along_channels else 2) / x.shape[2]
+        x = x.unflatten(2, (-1, 2)).mean((2, 3))
+        x = torch.expm1(F.hardshrink(self.b(x), 0.1)) + torch.log1p(self.b(x).abs())
+        return self.fc(F.logsigmoid(self.c(x)))

@@ -122,14 +122,14 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
 
 
 @pytest.mark.parametrize("cls, reason, frozen, free", [
-    (custom_nets.RollNet, "rolling or flipping along a channel axis", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
+    (custom_nets.RollNet, "rolling, flipping or a cumulative sum along a channel axis", [("a.weight", 0), ("a.bias", 0), ("b.weight", 1)], [("b.weight", 0)]),
     (custom_nets.ConcatSumNet, "model input", [], [("a.weight", 0), ("b.weight", 0), ("d.weight", 0), ("c.weight", 0)]),
     (custom_nets.HStackNet, "unsupported op hstack", [("a.weight", 0), ("b.weight", 0), ("fc.weight", 1)], [("c.weight", 0)]),
     (custom_nets.SelectiveKernelNet, "combined with an unaligned tensor", [("select.weight", 0)],
      [("paths.0.weight", 0), ("paths.1.weight", 0), ("fc.weight", 1)]),
     (functools.partial(custom_nets.BlurNet, same_kernel=False), "conv2d with a weight computed in forward or read elsewhere",
      [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0)]),
-    (custom_nets.WindowNet, "pooling, resampling, padding, rolling or flipping along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
+    (custom_nets.WindowNet, "pooling, resampling, padding, rolling, flipping or a cumulative sum along a channel axis", [("a.weight", 0), ("b.weight", 0), ("b.weight", 1)],
      [("c.weight", 0)]),
     (custom_nets.SetitemNet, "written into by an in-place assignment", [("a.weight", 0), ("b.weight", 0)],
      [("c.weight", 0)]),
@@ -137,6 +137,8 @@ def test_traced_spec_equals_the_hand_written_spec(cfg, shape):
     (custom_nets.TinyTransformer, "slice along a channel axis", [("side.weight", 0)],
      [("emb.weight", 0), ("cls", 2), ("o.weight", 0), ("q.weight", 1), ("m1.weight", 0), ("head.weight", 1), ("q.weight", 0),
       ("v.weight", 0), ("o.weight", 1)]),
+    (functools.partial(custom_nets.ElementwiseZooNet, along_channels=True), "a cumulative sum along a channel axis",
+     [("a.weight", 0), ("b.weight", 1)], [("b.weight", 0), ("c.weight", 0)]),
     (custom_nets.ConstantScaleNet, "combined with an unaligned tensor", [("a.weight", 0), ("b.weight", 0), ("c.weight", 1)],
      [("c.weight", 0)]),
 ])
@@ -178,6 +180,16 @@ def test_stacked_expert_weights_leave_the_stream_and_their_units_permutable(grou
     assert groups("gate_up_proj") == (None, "gate_up_proj.parts[0:8]", "embed") and spec.axes["gate_up_proj"][1].outer == 2
     assert groups("down_proj") == (None, "embed", "gate_up_proj.parts[0:8]") and groups("router.weight") == (None, "embed")
     assert spec.coverage.permutable == 16 and spec.coverage.frozen == {"indices of a max or min": ["router"]}, str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+def test_less_common_element_wise_ops_and_a_cumulative_sum_along_positions_keep_the_units():
+    """SELU, CELU, softsign, expm1 (Apertus's xIELU), log1p, log_sigmoid, hardshrink act on each
+    entry alone, `unflatten` is a reshape, and a cumsum along the positions leaves every channel
+    its units (along the channels it freezes them: see the frozen cases)."""
+    model, x = custom_nets.ElementwiseZooNet().eval(), torch.randn(4, 3, 6, 6)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden == 19, str(spec.coverage)
     assert_permutation_keeps_function(model, spec, x)
 
 
@@ -619,7 +631,7 @@ def test_the_alignment_report_names_every_group_concatenation_and_freeze():
     report = alignment_report(derive_spec(grouped, x), grouped)
     assert "4 grouped-conv blocks: whole, and within each" in report and "`grouped.0.weight`[1 within each block]" in report
     report = alignment_report(derive_spec(roll, x), roll)
-    assert "- pooling, resampling, padding, rolling or flipping along a channel axis at roll: `a`" in report
+    assert "- pooling, resampling, padding, rolling, flipping or a cumulative sum along a channel axis at roll: `a`" in report
     assert "Entries no group indexes (3; averaged as they are): `a.weight`, `a.bias`, `fc.bias`" in report
     swin = custom_nets.RelativeBiasAttentionNet().eval()
     report = alignment_report(derive_spec(swin, torch.randn(4, 3, 2, 2)), swin)

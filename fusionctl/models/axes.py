@@ -190,12 +190,12 @@ def unfold_refs(els: Elements, x: list, before, after, where: str) -> list:
 
 
 def along_refs(els: Elements, x: list, axes, where: str) -> list:
-    """An op that mixes, shifts or reverses positions along some axes (a window, pad, roll or flip):
+    """An op that mixes, shifts or reverses positions along some axes (a window, pad, roll, flip or cumsum):
     it would move an element's units on them, so that element freezes; the other axes keep theirs."""
     axes = {a % len(x) for a in axes}
     for a in axes:
         if x[a] is not None:
-            els.freeze(x[a].el, f"pooling, resampling, padding, rolling or flipping along a channel axis at {where}")
+            els.freeze(x[a].el, f"pooling, resampling, padding, rolling, flipping or a cumulative sum along a channel axis at {where}")
     return [None if a in axes else r for a, r in enumerate(x)]
 
 

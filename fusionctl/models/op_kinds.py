@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from torch import nn
 
-UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu",
-         "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "stochastic_depth",
-         "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs", "exp", "square", "sqrt",
-         "softmax", "log_softmax", "identity", "cos", "sin", "log", "rsqrt", "reciprocal",
-         "erf", "type"}  # element-wise or along one axis (x.type(dtype) casts): every axis keeps its element
+UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu",
+         "celu", "softplus", "mish", "relu6", "hardtanh", "dropout", "dropout1d", "dropout2d", "alpha_dropout",
+         "stochastic_depth", "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as", "neg", "abs",
+         "exp", "square", "sqrt", "softmax", "log_softmax", "identity", "cos", "sin", "log", "rsqrt", "reciprocal", "erf",
+         "type", "expm1", "log1p", "log2", "log10", "exp2", "sign", "tan", "atan", "sinh", "cosh", "asinh", "erfc",
+         "logsigmoid", "log_sigmoid", "softsign", "tanhshrink", "hardshrink", "softshrink", "threshold", "_threshold",
+         "rrelu", "nan_to_num", "special_expm1", "special_erfc", "floor", "ceil", "round", "trunc"}
+# ^ element-wise or along one axis (x.type(dtype) casts): every axis keeps its element
 # element-wise over broadcast operands (addcmul, addcdiv, lerp and where take three)
 BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "maximum", "minimum", "addcmul", "addcdiv",
           "lerp", "where", "gt", "lt", "ge", "le", "eq", "ne", "masked_fill", "pow", "clamp", "clip", "clamp_min", "clamp_max"}
@@ -24,13 +27,16 @@ POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "a
         "interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}  # over every axis after (N, C)
 MATMUL = {"matmul", "mm", "bmm"}
 GROUPED_MM = {"_grouped_mm", "grouped_mm"}  # torch's per-expert matmul (Hugging Face's mixtures of experts)
-RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "reshape_as", "view_as"}
+RESHAPE = {"flatten", "unflatten", "ravel", "view", "reshape", "squeeze", "unsqueeze", "reshape_as", "view_as"}
+# along one axis, the positions before each one accumulate (cumsum); like a roll, they mix that axis's entries
+CUMULATIVE = {"cumsum", "cumprod", "logcumsumexp"}
 PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
 # steps from a parameter to the weight an op uses, through which its first argument is that parameter
 WEIGHT_STEPS = {"getitem", "t", "to", "type", "float", "contiguous", "sub", "mul", "batch_norm", "reshape_as"}
 SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}
 PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
-                nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax)
+                nn.Mish, nn.Softplus, nn.SELU, nn.CELU, nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Hardshrink,
+                nn.Softshrink, nn.Threshold, nn.RReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax)
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                 nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample)
 PAD_MODULES = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
@@ -48,7 +54,10 @@ def spatial_axes(name: str, ndim: int) -> int:
 
 
 def shifted_axes(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
-    """The axes of roll(input, shifts, dims) or flip(input, dims) / x.flip(*dims); a roll without dims flattens (every axis)."""
+    """The axes of roll(input, shifts, dims), flip(input, dims) / x.flip(*dims) or cumsum(input, dim); a roll without
+    dims flattens (every axis)."""
+    if name in CUMULATIVE:
+        return [args[1] if len(args) > 1 else kwargs["dim"]]
     if name == "flip":
         dims = args[1:] or [kwargs["dims"]]
     else:

@@ -166,7 +166,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return window_refs(self.els, x, ops.spatial_axes(name, len(x)), where)
         if name == "pad":
             return pad_refs(self.els, x, args[1] if len(args) > 1 else n.kwargs["pad"], where)
-        if name in ("roll", "flip"):
+        if name in ("roll", "flip") or name in ops.CUMULATIVE:
             return along_refs(self.els, x, ops.shifted_axes(name, n.args, n.kwargs, len(x)), where)
         if name in ("tile", "repeat", "repeat_interleave") and x is not None:
             counts = args[1] if len(args) > 1 else n.kwargs.get("repeats")  # repeat_interleave's: an int, or one per entry
