@@ -25,6 +25,7 @@ from fusionctl.fusion.engine import (
 )
 from fusionctl.fusion.norm_stats import predicted_running_vars
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
+from fusionctl.fusion.transport import permutation_index
 from fusionctl.fusion.units import unobserved
 from fusionctl.models.spec import AlignmentSpec
 
@@ -77,10 +78,10 @@ def cost_weights(settings: BarycenterBlock, spec: AlignmentSpec, states: list[St
     for key, axes in spec.axes.items():
         groups = list(dict.fromkeys(a.group for a in axes if a is not None))
         touching[key] = groups
+        square = sum(float(torch.dot(v := s[key].reshape(-1).double(), v)) for s in states) / len(states) if groups else 0.0
         for dim, ax in enumerate(axes):
             if ax is not None:
-                n = ax.nodes(states[0][key].shape[dim])
-                norms[ax.group] += sum(float(s[key].double().pow(2).sum()) for s in states) / (len(states) * n)
+                norms[ax.group] += square / ax.nodes(states[0][key].shape[dim])
     inv = {g: 1.0 / (2.0 * v) if v > 0 else 0.0 for g, v in norms.items()}
     weights = {key: (1.0 - mix) * sum(inv[g] for g in groups) / len(groups) if groups else 0.0 for key, groups in touching.items()}
     return weights, mix / 2.0
@@ -105,7 +106,12 @@ def activation_features(settings: BarycenterBlock, ctx: FusionContext, spec: Ali
 
 def same_couplings(a: list[dict], b: list[dict]) -> bool:
     """Whether two alignments couple every model's every group identically (so they fuse to one model)."""
-    return all(p.keys() == q.keys() and all(torch.equal(p[g], q[g]) for g in p) for p, q in zip(a, b))
+    return all(p.keys() == q.keys() and all(_same(p[g], q[g]) for g in p) for p, q in zip(a, b))
+
+
+def _same(p: torch.Tensor, q: torch.Tensor) -> bool:
+    i, j = permutation_index(p), permutation_index(q)  # cached on permutations: n entries to compare, not n^2
+    return torch.equal(i, j) if i is not None and j is not None else torch.equal(p, q)
 
 
 def shared_norm_writers(spec: AlignmentSpec, state: State) -> tuple[str, ...]:
