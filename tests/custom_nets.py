@@ -803,7 +803,7 @@ class GroupedQueryNet(nn.Module):
     scaled_dot_product_attention's enable_gqa; `tile` repeats them whole instead, so query head h
     reads key head h mod kv_heads), optional rotary embeddings, and a SwiGLU MLP (`bias`: its Linears
     have biases, which LLaMA's lack; `head_bias`: a logit bias per query head; `packed="split"`:
-    one qkv Linear split into sizes (H·d, K·d, K·d); `packed="grouped"`: one
+    one qkv Linear split into sizes (H·d, K·d, K·d), or `"sliced"` into them by three slices, Phi-3's way; `packed="grouped"`: one
     viewed as K groups of H/K queries, a key and a value, Falcon's layout; `packed="gated"`: per head
     a query and a gate of the attention's output from one Linear, Qwen3-Next's). The query heads move with
     their key/value head; with rotary embeddings, only as whole heads."""
@@ -842,7 +842,11 @@ class GroupedQueryNet(nn.Module):
         if self.rotary:
             angles = torch.outer(torch.arange(n, dtype=t.dtype), 1.0 / 100 ** (torch.arange(0, self.d, 2, dtype=t.dtype) / self.d))
             cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+            if self.packed == "sliced":  # Phi-3's form: rotate the first channels, append the rest (none here)
+                (q, q_pass), (k, k_pass) = ((z[..., :self.d], z[..., self.d:]) for z in (q, k))
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            if self.packed == "sliced":
+                q, k = torch.cat([q, q_pass], -1), torch.cat([k, k_pass], -1)
         if self.repeat == "sdpa":
             att = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
         else:
@@ -865,6 +869,9 @@ class GroupedQueryNet(nn.Module):
         if self.packed == "grouped":
             q, k, v = self.qkv(h).view(b, n, kv, heads // kv + 2, d).split([heads // kv, 1, 1], 3)
             q, k, v = (z.reshape(b, n, -1, d) for z in (q, k, v))
+        elif self.packed == "sliced":  # each slice cuts the pieces the one before left
+            qkv, at = self.qkv(h), heads * d
+            q, k, v = (z.view(b, n, -1, d) for z in (qkv[..., :at], qkv[..., at:at + kv * d], qkv[..., at + kv * d:]))
         elif self.packed:
             q, k, v = (z.view(b, n, -1, d) for z in self.qkv(h).split([heads * d, kv * d, kv * d], -1))
         else:

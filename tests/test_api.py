@@ -92,7 +92,7 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
                                           (custom_nets.FunctionalNet, False), (custom_nets.UpsamplingNet, True),
                                           (custom_nets.RepeatNet, True), (custom_nets.RotaryAttentionNet, True),
                                           (custom_nets.UnevenQKVNet, True), (custom_nets.TalkingHeadsNet, True),
-                                          (functools.partial(custom_nets.GroupedQueryNet, packed="split"), False),
+                                          (functools.partial(custom_nets.GroupedQueryNet, packed="sliced"), False),
                                           (functools.partial(custom_nets.GroupedQueryNet, repeat="sdpa", rotary=True, bias=True), True),
                                           (custom_nets.FirstChannelsShortcutNet, True), (custom_nets.PartialConvNet, True),
                                           (custom_nets.DualPathNet, True), (custom_nets.MixedConvNet, True), (custom_nets.GPT2StyleNet, True)],

@@ -404,20 +404,22 @@ def test_a_decorated_forward_and_modules_made_on_the_fly_are_traced_through(cls)
     assert_permutation_keeps_function(model, spec, x)
 
 
+@pytest.mark.parametrize("packed", ["split", "sliced"])
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
-def test_a_packed_grouped_query_projection_moves_its_query_rows_as_copies(rotary):
+def test_a_packed_grouped_query_projection_moves_its_query_rows_as_copies(rotary, packed):
     """One qkv Linear split into (H·d, K·d, K·d): its rows are a concatenation whose key
     and value pieces are the group and whose query piece moves as copies of its layout (a part that
     is an Axis with mid copies). Before, the query rows stayed in place while the heads moved (the
-    function changed by 3 % relative). Viewed as K groups of queries, a key and a value (Falcon's
-    layout), the projection slices its heads and freezes."""
+    function changed by 3 % relative). Phi-3's three slices give the same spec: the second cuts
+    the piece the first left (before, that froze the attention). Viewed as K groups of queries, a
+    key and a value (Falcon's layout), the projection slices its heads and freezes."""
     torch.manual_seed(0)
     x = torch.randn(3, 3, 8, 8)
-    model = custom_nets.GroupedQueryNet(packed="split", rotary=rotary).eval()
+    model = custom_nets.GroupedQueryNet(packed=packed, rotary=rotary).eval()
     spec = derive_spec(model, x)
     copies = Axis("qkv[8:12]", mid=2, heads=2)
     assert spec.concat[spec.axes["qkv.weight"][0].group] == (copies, "qkv[8:12]", "qkv[8:12]") and spec.axes["o.weight"][1] == copies
-    assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    assert spec.coverage.permutable == spec.coverage.hidden and spec.coverage.concats == 1, str(spec.coverage)
     assert_swaps(model, spec, "qkv[8:12]", x, ((2, 3, 0, 1), True), ((1, 0, 2, 3), not rotary), ((2, 1, 0, 3), False))
     assert_permutation_keeps_function(model, spec, x)
     assert "`qkv[8:12]` (8: copies per head=2) + `qkv[8:12]` (4) + `qkv[8:12]` (4)" in alignment_report(spec, model)

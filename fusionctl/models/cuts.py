@@ -44,7 +44,7 @@ class Cuts:
         r = self.find(e)
         if r in self.members:
             have, want = _bounds(n for _, n in self.parts(r)), _bounds(sizes)
-            if not want <= have or self.frozen(r):
+            if self.frozen(r) or not want <= have and not self._refine(r, want, where):  # sliced again elsewhere: cut the parts too
                 return None
             pieces, parts = [], iter(self.parts(r))
             for n in sizes:

@@ -43,6 +43,8 @@ def index_refs(els: Elements, x: list, index, shape, where: str = "") -> list | 
         ref, kept = x[axis], range(*i.indices(shape[axis])) if isinstance(i, slice) else None
         if kept == range(shape[axis]):
             out.append(ref)
+        elif kept is not None and not len(kept):  # nothing kept: no units to move
+            out.append(None)
         elif kept is not None and kept.step == 1 and len(kept) and (piece := cut_piece(els, ref, kept, shape[axis], where)) is not False:
             out.append(piece)
         else:

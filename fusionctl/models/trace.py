@@ -249,6 +249,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     grouped = {group for _, group in local.values()}
     coverage.heads = sum(count > 1 and g not in grouped for g, (_, count) in heads.items())
     coverage.grouped = len(grouped)
+    used = {ax.group for row in axes.values() for ax in row if ax is not None}
+    cats = {r: name for r, name in cats.items() if name in used}  # not a piece cut again in place (Phi-3's q|k|v slices)
     coverage.concats = len(cats)
     def part(p, size):  # a query piece cut from a packed projection (GQA) moves as copies of its key/value heads' layout
         if p in expanded and expanded[p][0] in names:
