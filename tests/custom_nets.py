@@ -1228,3 +1228,23 @@ class ElementwiseZooNet(nn.Module):
         x = x.unflatten(2, (-1, 2)).mean((2, 3))
         x = torch.expm1(F.hardshrink(self.b(x), 0.1)) + torch.log1p(self.b(x).abs())
         return self.fc(F.logsigmoid(self.c(x)))
+
+
+class BatchHeadsAttentionNet(nn.Module):
+    """Attention as fairseq-style code (XGLM, TrOCR) writes it: batch and heads merged into one axis
+    for torch.bmm, (b x heads, n, d), and split again after."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads, self.d = heads, dim // heads
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        q, k, v = (p(t).view(b, n, self.heads, self.d).transpose(1, 2).reshape(b * self.heads, n, self.d) for p in (self.q, self.k, self.v))
+        att = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
+        t = t + self.o(att.view(b, self.heads, n, self.d).transpose(1, 2).reshape(b, n, c))
+        return self.fc(t.mean(1))

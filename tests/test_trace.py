@@ -355,6 +355,21 @@ def assert_swaps(model, spec, group, x, *cases):
             assert torch.allclose(other(x), model(x), atol=1e-5) == same, perm
 
 
+def test_batch_and_heads_merged_for_a_bmm_leave_the_heads_permutable():
+    """fairseq-style attention (XGLM, TrOCR) merges batch and heads, (b x heads, n, d), for torch.bmm
+    and splits them after: the heads keep their element through both (before, the merge froze q, k,
+    v and o). q, k and v are one group of heads, as in unmerged attention: heads move whole, and
+    units within every head alike."""
+    torch.manual_seed(0)
+    model, x = custom_nets.BatchHeadsAttentionNet().eval(), torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+    assert {spec.axes[f"{p}.weight"][0] for p in "qkv"} == {spec.axes["o.weight"][1]} == {Axis("q")} and spec.heads["q"][1] == 2
+    assert_swaps(model, spec, "q", x, ((4, 5, 6, 7, 0, 1, 2, 3), True), ((1, 0, 2, 3, 4, 5, 6, 7), True),
+                 ((4, 1, 2, 3, 0, 5, 6, 7), False))
+    assert_permutation_keeps_function(model, spec, x)
+
+
 @pytest.mark.parametrize("kwargs, group", [({}, "q"), ({"halves": True}, "q"), ({"packed": True}, "qkv.heads"), ({"qk_norm": True}, "q")],
                          ids=["chunked-halves", "sliced-halves", "packed-qkv", "qk-norm"])
 def test_rotary_embeddings_let_heads_move_only_whole(kwargs, group):

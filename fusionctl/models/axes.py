@@ -106,12 +106,12 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
             result += [heads.pop(0) if after[m] > 1 else None for m in run_out]
         elif not refs:
             result += [None] * len(run_out)
-        elif len(refs) == 1 and len(sizes) == 1 and refs[0][1].part == 0:
+        elif len(refs) == 1 and len(sizes) == 1:  # merged with axes that carry nothing (XGLM's batch x heads for a bmm)
             k, ref = refs[0]
             outer = math.prod(before[m] for m in run_in if m < k) * ref.outer
             inner = math.prod(before[m] for m in run_in if m > k) * ref.inner
-            result += [Ref(ref.el, outer, inner) if after[m] > 1 else None for m in run_out]
-        elif len(refs) == 1 and len(run_in) == 1 and (unflat := _unflatten(els, refs[0][1], [after[m] for m in run_out])):
+            result += [Ref(ref.el, outer, inner, ref.part) if after[m] > 1 else None for m in run_out]
+        elif len(refs) == 1 and len(run_in) == 1 and (unflat := _unflatten(refs[0][1], before[run_in[0]], [after[m] for m in run_out])):
             result += unflat
         else:
             for _, r in refs:
@@ -120,14 +120,17 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
     return result + [None] * (len(after) - len(result))
 
 
-def _unflatten(els: Elements, ref: Ref, sizes: list) -> list | None:
-    """An axis of units times `inner` split back into the units' axis and axes of `inner` entries
-    (a conv weight flattened to standardise it, restored: reshape_as), else None."""
-    lead = next((k for k, s in enumerate(sizes) if s > 1), None)
-    if lead is None or ref.part or ref.outer != 1 or ref.inner == 1 or sizes[lead] != els.size[els.find(ref.el)] or \
-            math.prod(sizes[lead + 1:]) != ref.inner:
+def _unflatten(ref: Ref, length: int, sizes: list) -> list | None:
+    """An axis of `length` entries, laid out as (outer, own, inner), split back into the axes merged
+    into it and the axis of its own entries (a conv weight flattened to standardise it, restored by
+    reshape_as; batch and heads merged for a bmm, split again), else None."""
+    own = length // (ref.outer * ref.inner)
+    if (ref.outer, ref.inner) == (1, 1) or own == 1:
         return None
-    return [Ref(ref.el) if k == lead else None for k in range(len(sizes))]
+    for lead, size in enumerate(sizes):
+        if size == own and math.prod(sizes[:lead]) == ref.outer and math.prod(sizes[lead + 1:]) == ref.inner:
+            return [Ref(ref.el, part=ref.part) if k == lead else None for k in range(len(sizes))]
+    return None
 
 
 def _heads(els: Elements, refs: list, sizes_in: list, sizes_out: list, where: str) -> list | None:
