@@ -512,15 +512,23 @@ def test_pieces_read_only_through_concatenations_have_their_sizes():
     assert_permutation_keeps_function(model, spec, x)
 
 
-def test_a_parameter_per_query_head_freezes_grouped_query_heads():
-    """A logit bias per query head is laid out by the query heads, which move only as copies of
-    their key/value head's: rather than move it in blocks, q, k and v freeze together."""
+@pytest.mark.parametrize("repeat", ["interleave", "expand", "tile"])
+def test_a_parameter_per_query_head_moves_in_blocks_of_a_key_heads_copies(repeat):
+    """A logit bias per query head (attention sinks: gpt-oss, Granite-SWA) is laid out by the query
+    heads, which move only as copies of their key/value head's: where each key's query heads are
+    consecutive it moves in blocks of those copies (spec.per_head of the key/value group); tiled
+    copies (query head h reads key h mod K) would scatter a block, so q, k and v freeze (as every
+    layout did before)."""
     torch.manual_seed(0)
-    model = custom_nets.GroupedQueryNet(head_bias=True).eval()
+    model = custom_nets.GroupedQueryNet(head_bias=True, repeat=repeat).eval()
     x = torch.randn(3, 3, 8, 8)
     spec = derive_spec(model, x)
-    assert "k" not in spec.groups and spec.axes["q.weight"][0] is None and spec.axes["o.weight"][1] is None
-    assert "a parameter with one entry per query head" in str(spec.coverage)
+    if repeat == "tile":
+        assert "k" not in spec.groups and spec.axes["q.weight"][0] is None and spec.axes["o.weight"][1] is None
+        assert "a parameter with one entry per query head of grouped-query attention whose heads are tiled" in str(spec.coverage)
+    else:
+        assert spec.per_head == {"head_bias": (0, "k")} and spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
+        assert_swaps(model, spec, "k", x, ((2, 3, 0, 1), True), ((1, 0, 2, 3), True), ((2, 1, 0, 3), False))
     assert_permutation_keeps_function(model, spec, x)
 
 

@@ -157,12 +157,13 @@ def pin_concatenations(els) -> None:
 def copied_heads(els) -> dict[int, tuple[int, int, int]]:
     """Roots of query heads that copy their key/value heads' layout (grouped-query attention) ->
     (the keys' root, outer, mid). They move with those heads or not at all: a freeze of either
-    freezes both, and so does a parameter with one entry per query head (its layout is the query's)."""
+    freezes both. A parameter with one entry per query head (attention sinks, a logit bias) moves
+    in blocks of a key's copies when each key's query heads are consecutive (mid); tiled, it freezes them."""
     expanded = {els.find(x): (els.find(k), outer, mid) for x, (k, outer, mid) in els.expands.items()}
     per_head = {els.find(h) for h in els.head_of.values()}
-    for x, (k, _, _) in expanded.items():
-        if x in per_head:
-            els.freeze(x, "a parameter with one entry per query head of grouped-query attention")
+    for x, (k, outer, _) in expanded.items():
+        if x in per_head and outer > 1:
+            els.freeze(x, "a parameter with one entry per query head of grouped-query attention whose heads are tiled")
         for a, b in ((x, k), (k, x)):
             if els.frozen(a) and not els.frozen(b):
                 els.freeze(b, els.reasons[a][0])
@@ -204,8 +205,10 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
                 part, k = packed[els.find(ref.el)]
                 ref = Ref(part, ref.outer * k, ref.inner)
             root = els.find(ref.el) if ref is not None else None
-            if root in els.head_of and not els.frozen(root) and els.find(els.head_of[root]) in names:
-                head_axes.setdefault(key, ([], names[els.find(els.head_of[root])]))[0].append(dim)  # moves with whole heads
+            owner = els.find(els.head_of[root]) if root in els.head_of else None
+            owner = expanded[owner][0] if owner in expanded else owner  # a query head's entry: with its key's copies
+            if owner in names and not els.frozen(root):
+                head_axes.setdefault(key, ([], names[owner]))[0].append(dim)  # moves with whole heads
             if root in expanded:  # query heads: copies of their key/value heads' layout
                 base, outer, mid = expanded[root]
                 name = names.get(base)
