@@ -473,7 +473,8 @@ class TinyTransformer(nn.Module):
     """A home-made transformer block, one token per pixel: class token, attention heads
     written with Linear layers and matrix products (or F.scaled_dot_product_attention), token 0
     read by x[:, 0], a strided slice of channels. The stream, the MLP and the heads (q, k, v rows and
-    o's columns, split into heads by a reshape) are permutable; the layer sliced every other channel freezes."""
+    o's columns, split into heads by a reshape) are permutable; the layer read at every other channel
+    from the second on, 3 of its 7, freezes (through the whole axis, [..., 1::2] of 6, it would move in pairs)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, sdpa: bool = False):
         super().__init__()
@@ -483,7 +484,7 @@ class TinyTransformer(nn.Module):
         self.ln = nn.LayerNorm(dim)
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.m1, self.m2 = nn.Linear(dim, 16), nn.Linear(16, dim)
-        self.side = nn.Linear(dim, 6)
+        self.side = nn.Linear(dim, 7)
         self.head, self.side_head = nn.Linear(dim, num_classes), nn.Linear(3, num_classes)
 
     def forward(self, x):
@@ -498,7 +499,7 @@ class TinyTransformer(nn.Module):
         att = F.scaled_dot_product_attention(q, k, v) if self.sdpa else torch.softmax(q @ k.transpose(-2, -1), -1) @ v
         t = t + self.o(att.transpose(1, 2).reshape(b, -1, t.shape[-1]))
         t = t + self.m2(torch.relu(self.m1(self.ln(t))))
-        return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., ::2])
+        return self.head(t[:, 0]) + self.side_head(torch.relu(self.side(t[:, 0]))[..., 1::2])
 
 
 class RowsNet(RollNet):
@@ -1248,3 +1249,21 @@ class BatchHeadsAttentionNet(nn.Module):
         att = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
         t = t + self.o(att.view(b, self.heads, n, self.d).transpose(1, 2).reshape(b, n, c))
         return self.fc(t.mean(1))
+
+
+class InterleavedGLUNet(nn.Module):
+    """A GLU MLP whose gate and up halves are interleaved unit by unit in one Linear's output, read
+    as x[..., ::2] and x[..., 1::2] (gpt-oss's experts). mixed=True reads the gate as the first half
+    instead, which no permutation of units in pairs keeps: the units freeze."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, hidden: int = 6, mixed: bool = False):
+        super().__init__()
+        self.embed, self.hidden, self.mixed = nn.Conv2d(in_channels, dim, 2, stride=2), hidden, mixed
+        self.gate_up, self.down = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        h = self.gate_up(t)
+        gate, up = h[..., : self.hidden] if self.mixed else h[..., ::2], h[..., 1::2]
+        return self.fc((t + self.down(F.silu(gate) * (up + 1))).mean(1))

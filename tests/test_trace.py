@@ -15,6 +15,7 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.transport import random_couplings, transport
+from fusionctl.fusion.units import unobserved
 from fusionctl.models import build_model, load_state, model_spec
 from fusionctl.models.concat import join_state, split_spec, split_state
 from fusionctl.models.spec import Axis
@@ -190,6 +191,22 @@ def test_less_common_element_wise_ops_and_a_cumulative_sum_along_positions_keep_
     model, x = custom_nets.ElementwiseZooNet().eval(), torch.randn(4, 3, 6, 6)
     spec = derive_spec(model, x)
     assert spec.coverage.permutable == spec.coverage.hidden == 19, str(spec.coverage)
+    assert_permutation_keeps_function(model, spec, x)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_halves_interleaved_unit_by_unit_are_packed_copies(mixed):
+    """x[..., ::2] and x[..., 1::2] of one Linear's output (gpt-oss's gate and up) read its units as
+    two copies interleaved: the rows move in pairs (Axis inner=2) and the halves' units are one group,
+    aligned on weights (no module outputs them apart). Read once as pairs and once as halves, they freeze."""
+    torch.manual_seed(0)
+    model, x = custom_nets.InterleavedGLUNet(mixed=mixed).eval(), torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    if mixed:
+        assert spec.axes["gate_up.weight"][0] is None and spec.axes["down.weight"][1] is None
+    else:
+        assert spec.axes["gate_up.weight"][0] == Axis("gate_up.parts", inner=2) and spec.axes["down.weight"][1] == Axis("gate_up.parts")
+        assert spec.coverage.permutable == spec.coverage.hidden and unobserved(spec) == ["gate_up.parts"], str(spec.coverage)
     assert_permutation_keeps_function(model, spec, x)
 
 

@@ -54,7 +54,7 @@ class Cuts:
                 pieces.append(run[0][0] if len(run) == 1 else self.concat(run, where))
             return pieces
         if self.frozen(r) or self.blank(r) or r in self.heads or r in self.packed or r in self.head_of or r in self.expands or \
-                r in {self.find(p) for p, _ in self.packed.values()}:
+                r in {self.find(p) for p, *_ in self.packed.values()}:
             return None
         parts = [self.new(n) for n in sizes]
         writer, offset = (self.writers[r][0], 0) if self.writers[r] else self.labels[r]

@@ -57,8 +57,9 @@ class Elements(Cuts):
         self.reasons: dict[int, list[str]] = {}  # root -> why it is frozen
         self.opened: list[int] = []  # elements opened by a module, in creation order
         self.heads: dict[int, int] = {}  # root -> number of heads its units form (they move only within and as whole heads)
-        # root -> (element, k): its units are k stacked copies of that element's (q, k, v of one Linear)
-        self.packed: dict[int, tuple[int, int]] = {}
+        # root -> (element, k, interleaved): its units are k copies of that element's, stacked (q, k, v of
+        # one Linear) or interleaved unit by unit (gpt-oss's gate and up: x[..., ::2], x[..., 1::2])
+        self.packed: dict[int, tuple[int, int, bool]] = {}
         # concatenation element (as made, never re-keyed) -> the parts its units concatenate, in
         # order: (element, or None for channels no group carries, size); the op that made it; and
         # root -> the concatenations it holds (two when one is reached twice, or when a sum froze them)
@@ -140,18 +141,18 @@ class Elements(Cuts):
                 self.packed.setdefault(keep, self.packed.pop(gone))
         return keep
 
-    def pack(self, e: int, count: int, where: str, suffix: str = "parts") -> int:
-        """The element of which e's units are `count` stacked copies (a packed q/k/v projection, a
-        GLU's halves), made once: the copies move together."""
+    def pack(self, e: int, count: int, where: str, suffix: str = "parts", interleaved: bool = False) -> int:
+        """The element of which e's units are `count` stacked (or interleaved) copies (a packed q/k/v
+        projection, a GLU's halves), made once: the copies move together."""
         root = self.find(e)
         if root not in self.packed:
             name = f"{self.writers[root][0]}.{suffix}" if self.writers[root] else None
-            self.packed[root] = (self.new(self.size[root] // count, name), count)
+            self.packed[root] = (self.new(self.size[root] // count, name), count, interleaved)
             if root in self.labels and root in self.opened:  # stacked experts' gate and up halves
                 self.open_unobserved(self.packed[root][0], f"{self.labels[root][0]}.{suffix}")
-        part, known = self.packed[root]
-        if known != count:
-            self.freeze(root, f"packed projection split {count} and {known} ways at {where}")
+        part, known, layout = self.packed[root]
+        if (known, layout) != (count, interleaved):
+            self.freeze(root, f"packed projection split {count} and {known} ways, or stacked and interleaved, at {where}")
         return part
 
     def index_heads(self, heads, other, where: str) -> bool:

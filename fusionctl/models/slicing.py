@@ -25,8 +25,9 @@ def gather_refs(els: Elements, x: list, index: tuple) -> list | None:
 
 def index_refs(els: Elements, x: list, index, shape, where: str = "") -> list | None:
     """Basic indexing x[index] (ints, slices, None, ...): an int drops its axis, a full slice keeps
-    its element, a partial one (step 1) cuts it there (Elements.cut) and keeps the piece's, or else
-    freezes it, None adds an axis. None for advanced (tensor or list) indexing, which the caller
+    its element, a partial one (step 1) cuts it there (Elements.cut) and keeps the piece's, one of
+    step k through the whole axis (x[..., ::2], x[..., 1::2]) reads interleaved copies (Elements.pack),
+    anything else freezes it, None adds an axis. None for advanced (tensor or list) indexing, which the caller
     freezes whole."""
     index = index if isinstance(index, tuple) else (index,)
     if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
@@ -47,6 +48,9 @@ def index_refs(els: Elements, x: list, index, shape, where: str = "") -> list | 
             out.append(None)
         elif kept is not None and kept.step == 1 and len(kept) and (piece := cut_piece(els, ref, kept, shape[axis], where)) is not False:
             out.append(piece)
+        elif kept is not None and kept.step > 1 and kept.step * len(kept) == shape[axis] and ref is not None and \
+                (ref.outer, ref.inner, ref.part) == (1, 1, 0):  # every k-th unit from one of the first k: interleaved copies
+            out.append(Ref(els.pack(ref.el, kept.step, where, interleaved=True)))
         else:
             if ref is not None and not els.keep_in_place(ref):  # a slice within each head: whole heads
                 els.freeze(ref.el, "slice along a channel axis")

@@ -173,7 +173,7 @@ def copied_heads(els) -> dict[int, tuple[int, int, int]]:
 def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     els = tracer.els
     pin_concatenations(els)
-    for r, (part, _) in list(els.packed.items()):
+    for r, (part, *_) in list(els.packed.items()):
         if els.frozen(r):  # rows of a packed projection that cannot move: neither can its heads
             els.freeze(part, els.reasons[els.find(r)][0])
     packed = {els.find(r): p for r, p in els.packed.items()}
@@ -202,8 +202,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         row = []
         for dim, ref in enumerate(links):
             if ref is not None and els.find(ref.el) in packed:  # a packed q/k/v axis: k copies of its heads' element
-                part, k = packed[els.find(ref.el)]
-                ref = Ref(part, ref.outer * k, ref.inner)
+                part, k, interleaved = packed[els.find(ref.el)]
+                ref = Ref(part, ref.outer, ref.inner * k) if interleaved else Ref(part, ref.outer * k, ref.inner)
             root = els.find(ref.el) if ref is not None else None
             owner = els.find(els.head_of[root]) if root in els.head_of else None
             owner = expanded[owner][0] if owner in expanded else owner  # a query head's entry: with its key's copies
@@ -233,7 +233,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
                     units.setdefault(names[part], []).extend(Unit(w, nrm, (at, at + size)) for w, nrm in entries)
                 at += size
     coverage = Coverage()
-    copies = {els.find(part): k for part, k in packed.values()}  # a packed element's units are its projection's k x n channels
+    copies = {els.find(part): k for part, k, _ in packed.values()}  # a packed element's units are its projection's k x n channels
     for r in roots:
         size = els.size[r] * (copies.get(r, 1) if len(els.writers[r]) == 1 else 1)
         if not els.frozen(r):
@@ -245,7 +245,8 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
             coverage.hidden += size
             coverage.frozen.setdefault(reasons[0], []).extend(els.writers[r] or [labels.get(r, f"group{r}")])
     blocks = {els.find(e): where for e, where in tracer.attention_blocks.items()}
-    blocks |= {els.find(part): els.writers[r][0] for r, (part, _) in packed.items() if els.writers[r]}  # observed at the packed projection
+    # observed at the packed projection (copies stacked: interleaved ones are aligned on their weights)
+    blocks |= {els.find(part): els.writers[r][0] for r, (part, _, interleaved) in packed.items() if els.writers[r] and not interleaved}
     heads = {names[r]: (blocks.get(r), els.heads.get(r, 1)) for r in names if r in els.heads or r in blocks}
     local = {key: (dim, names[els.find(e)]) for key, (dim, e) in tracer.grouped.items()
              if els.find(e) in names and axes[key][0] is not None}  # its rows move: so must its local inputs
