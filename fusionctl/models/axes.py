@@ -215,7 +215,8 @@ def cat_refs(els: Elements, descs: list, sizes: list, dim: int, ndim: int, where
     """A concatenation along `dim` (pieces of `sizes`): the joined axis carries a concatenation
     element whose parts are the pieces' elements (None for a piece no element carries), so each
     part keeps its own group; a piece laid out otherwise (gate blocks, a flattened map, heads)
-    freezes every piece. Empty pieces (Phi-3's rotary leaves no channels to pass) add nothing. The other axes unify."""
+    freezes every piece. Empty pieces (Phi-3's rotary leaves no channels to pass) add nothing. The
+    other axes unify."""
     descs, sizes = [d for d, n in zip(descs, sizes) if n] or descs, [n for n in sizes if n] or sizes
     if len(descs) == 1:
         return list(descs[0]) if descs[0] is not None else [None] * ndim

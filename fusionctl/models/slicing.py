@@ -26,9 +26,9 @@ def gather_refs(els: Elements, x: list, index: tuple) -> list | None:
 def index_refs(els: Elements, x: list, index, shape, where: str = "") -> list | None:
     """Basic indexing x[index] (ints, slices, None, ...): an int drops its axis, a full slice keeps
     its element, a partial one (step 1) cuts it there (Elements.cut) and keeps the piece's, one of
-    step k through the whole axis (x[..., ::2], x[..., 1::2]) reads interleaved copies (Elements.pack),
-    anything else freezes it, None adds an axis. None for advanced (tensor or list) indexing, which the caller
-    freezes whole."""
+    step k through the whole axis (x[..., ::2], x[..., 1::2]) reads interleaved copies
+    (Elements.pack), anything else freezes it, None adds an axis. None for advanced (tensor or
+    list) indexing, which the caller freezes whole."""
     index = index if isinstance(index, tuple) else (index,)
     if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
         return gather_refs(els, x, index)
