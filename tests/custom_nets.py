@@ -708,12 +708,13 @@ class RotaryAttentionNet(nn.Module):
     k move only as whole heads (v with them: the attention ties them). `halves` slices the halves
     instead of chunking them; `packed` computes q, k, v in one Linear; `qk_norm` normalises q and
     k over each head's channels with weights shared by every head (an nn.LayerNorm, and F.rms_norm
-    with a parameter of its own, as Gemma's vision tower does), which also allows only whole heads."""
+    with a parameter of its own, as Gemma's vision tower does), which also allows only whole heads;
+    `complex_pairs` rotates adjacent channel pairs as complex numbers, as Llama 4 does."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, halves: bool = False, packed: bool = False,
-                 qk_norm: bool = False):
+                 qk_norm: bool = False, complex_pairs: bool = False):
         super().__init__()
-        self.heads, self.halves, self.packed, self.qk_norm = heads, halves, packed, qk_norm
+        self.heads, self.halves, self.packed, self.qk_norm, self.complex_pairs = heads, halves, packed, qk_norm, complex_pairs
         self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
         if packed:
             self.qkv = nn.Linear(dim, 3 * dim)
@@ -728,6 +729,9 @@ class RotaryAttentionNet(nn.Module):
         self.register_buffer("inv_freq", 1.0 / 100 ** (torch.arange(0, d, 2).float() / d), persistent=False)
 
     def rotate(self, x, cos, sin):
+        if self.complex_pairs:  # (..., d) as d/2 complex numbers, each turned by its position's angle
+            turn = torch.polar(torch.ones_like(cos[:, : cos.shape[1] // 2]), torch.atan2(sin, cos)[:, : cos.shape[1] // 2])
+            return torch.view_as_real(torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2)) * turn).flatten(-2)
         if self.halves:
             half = x.shape[-1] // 2
             return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin

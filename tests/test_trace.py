@@ -387,8 +387,9 @@ def test_batch_and_heads_merged_for_a_bmm_leave_the_heads_permutable():
     assert_permutation_keeps_function(model, spec, x)
 
 
-@pytest.mark.parametrize("kwargs, group", [({}, "q"), ({"halves": True}, "q"), ({"packed": True}, "qkv.heads"), ({"qk_norm": True}, "q")],
-                         ids=["chunked-halves", "sliced-halves", "packed-qkv", "qk-norm"])
+@pytest.mark.parametrize("kwargs, group", [({}, "q"), ({"halves": True}, "q"), ({"packed": True}, "qkv.heads"), ({"qk_norm": True}, "q"),
+                                           ({"complex_pairs": True}, "q")],
+                         ids=["chunked-halves", "sliced-halves", "packed-qkv", "qk-norm", "complex-pairs"])
 def test_rotary_embeddings_let_heads_move_only_whole(kwargs, group):
     """A rotary table fixes each channel's place in its head: swapping two heads keeps the
     function, swapping two units inside one head (or of different heads) does not; every group

@@ -113,11 +113,23 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
             result += [Ref(ref.el, outer, inner, ref.part) if after[m] > 1 else None for m in run_out]
         elif len(refs) == 1 and len(run_in) == 1 and (unflat := _unflatten(refs[0][1], before[run_in[0]], [after[m] for m in run_out])):
             result += unflat
+        elif all(r.part == 2 and (r.outer, r.inner) == (1, 1) for _, r in refs) and all(els.keep_in_place(r) for _, r in refs):
+            result += [None] * len(run_out)  # channels within heads regrouped alike in every head (Llama 4's complex pairs)
         else:
             for _, r in refs:
                 els.freeze(r.el, f"reshape splitting or merging channel axes at {where}")
             result += [None] * len(run_out)
     return result + [None] * (len(after) - len(result))
+
+
+def complex_refs(els: Elements, x: list, name: str, where: str) -> list:
+    """view_as_complex pairs the last axis's two entries into one complex number (the axis goes),
+    view_as_real splits each number into a new last axis of two."""
+    if name == "view_as_real":
+        return list(x) + [None]
+    if x[-1] is not None:
+        els.freeze(x[-1].el, f"complex pairs across a channel axis at {where}")
+    return list(x[:-1])
 
 
 def _unflatten(ref: Ref, length: int, sizes: list) -> list | None:

@@ -31,6 +31,7 @@ RESHAPE = {"flatten", "unflatten", "ravel", "view", "reshape", "squeeze", "unsqu
 # along one axis, the positions before each one accumulate (cumsum); like a roll, they mix that axis's entries
 CUMULATIVE = {"cumsum", "cumprod", "logcumsumexp"}
 PERMUTE = {"permute", "transpose", "movedim", "swapaxes"}
+COMPLEX_VIEWS = {"view_as_complex", "view_as_real"}  # a last axis of two reals as one complex number, and back
 # steps from a parameter to the weight an op uses, through which its first argument is that parameter
 WEIGHT_STEPS = {"getitem", "t", "to", "type", "float", "contiguous", "sub", "mul", "batch_norm", "reshape_as"}
 SPLIT = {"chunk", "split", "tensor_split", "split_with_sizes", "unbind"}

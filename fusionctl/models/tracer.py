@@ -8,8 +8,8 @@ import torch.fx as fx
 from torch import nn
 
 from fusionctl.models import op_kinds as ops
-from fusionctl.models.axes import (along_refs, broadcast_refs, cat_refs, iter_refs, matmul_refs, pad_refs, permute_refs, reduce_refs,
-                                   repeat_refs, reshape_refs, stack_refs, unfold_refs, unify, window_refs)
+from fusionctl.models.axes import (along_refs, broadcast_refs, cat_refs, complex_refs, iter_refs, matmul_refs, pad_refs, permute_refs,
+                                   reduce_refs, repeat_refs, reshape_refs, stack_refs, unfold_refs, unify, window_refs)
 from fusionctl.models.elements import Elements, Ref
 from fusionctl.models.module_rules import FUNCTIONAL, ModuleRules
 from fusionctl.models.slicing import index_refs, split_refs
@@ -160,8 +160,8 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return self.binary(n, out, where)
         if name in ops.PERMUTE:
             return self.permute(n, name, x, out)
-        if name in ops.RESHAPE:
-            return self.reshape(n, x, self.val(args[0]).shape, out.shape)
+        if name in ops.RESHAPE | ops.COMPLEX_VIEWS:
+            return self.reshape(n, x, self.val(args[0]).shape, out.shape) if name in ops.RESHAPE else complex_refs(self.els, x, name, n.name)
         if name in ops.POOL:
             return window_refs(self.els, x, ops.spatial_axes(name, len(x)), where)
         if name == "pad":
