@@ -113,8 +113,8 @@ def reshape_refs(els: Elements, x: list, before: list, after: list, where: str) 
             result += [Ref(ref.el, outer, inner, ref.part) if after[m] > 1 else None for m in run_out]
         elif len(refs) == 1 and len(run_in) == 1 and (unflat := _unflatten(refs[0][1], before[run_in[0]], [after[m] for m in run_out])):
             result += unflat
-        elif all(r.part == 2 and (r.outer, r.inner) == (1, 1) for _, r in refs) and all(els.keep_in_place(r) for _, r in refs):
-            result += [None] * len(run_out)  # channels within heads regrouped alike in every head (Llama 4's complex pairs)
+        elif len(run_in) == 1 and (r := refs[0][1]).part == 2 and (r.outer, r.inner) == (1, 1) and els.keep_in_place(r):
+            result += [None] * len(run_out)  # the channels within each head split alike in every head (Llama 4's complex pairs)
         else:
             for _, r in refs:
                 els.freeze(r.el, f"reshape splitting or merging channel axes at {where}")
