@@ -25,9 +25,9 @@ from fusionctl.fusion.engine import (
 )
 from fusionctl.fusion.norm_stats import predicted_running_vars
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
-from fusionctl.fusion.transport import permutation_index
 from fusionctl.fusion.units import unobserved
 from fusionctl.models.spec import AlignmentSpec
+from fusionctl.ot.barycenter import coupling_change
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,7 @@ def activation_features(settings: BarycenterBlock, ctx: FusionContext, spec: Ali
 
 def same_couplings(a: list[dict], b: list[dict]) -> bool:
     """Whether two alignments couple every model's every group identically (so they fuse to one model)."""
-    return all(p.keys() == q.keys() and all(_same(p[g], q[g]) for g in p) for p, q in zip(a, b))
-
-
-def _same(p: torch.Tensor, q: torch.Tensor) -> bool:
-    i, j = permutation_index(p), permutation_index(q)  # cached on permutations: n entries to compare, not n^2
-    return torch.equal(i, j) if i is not None and j is not None else torch.equal(p, q)
+    return all(p.keys() == q.keys() and all(coupling_change([p[g]], [q[g]]) == 0 for g in p) for p, q in zip(a, b))
 
 
 def shared_norm_writers(spec: AlignmentSpec, state: State) -> tuple[str, ...]:
