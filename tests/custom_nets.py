@@ -560,7 +560,7 @@ class RelativeBiasAttentionNet(nn.Module):
     normalised within each head (SwinV2's cosine attention). The table moves with whole heads;
     with shared=True two attentions read one table, so neither's heads can move. sdpa=True passes
     the bias as scaled_dot_product_attention's attn_mask; mlp=True computes it with a Linear from
-    relative coordinates (timm's RelPosMlp), whose outputs cannot follow the heads: both freeze."""
+    relative coordinates (timm's RelPosMlp), whose rows then move with the heads."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 2, tokens: int = 4,
                  cosine: bool = False, shared: bool = False, sdpa: bool = False, mlp: bool = False):
@@ -1271,3 +1271,30 @@ class InterleavedGLUNet(nn.Module):
         h = self.gate_up(t)
         gate, up = h[..., : self.hidden] if self.mixed else h[..., ::2], h[..., 1::2]
         return self.fc((t + self.down(F.silu(gate) * (up + 1))).mean(1))
+
+
+class HeadGateNet(nn.Module):
+    """Attention whose heads are scaled by values that Linears compute from the input, one per head:
+    an output gate (Laguna's g_proj) and a decay -exp(A_log) * softplus(a + dt_bias) on the queries
+    (the gated linear attention of Qwen3.5 and OLMo-hybrid). shared=True: the same gates also scale
+    a second attention's heads, which no permutation of either attention's heads keeps alone."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, heads: int = 4, shared: bool = False):
+        super().__init__()
+        self.heads, self.d = heads, dim // heads
+        self.embed = nn.Conv2d(in_channels, dim, 2, stride=2)
+        self.attentions = nn.ModuleList(nn.ModuleList(nn.Linear(dim, dim) for _ in range(4)) for _ in range(1 + shared))
+        self.g_proj, self.a_proj = nn.Linear(dim, heads), nn.Linear(dim, heads, bias=False)
+        self.dt_bias, self.A_log = nn.Parameter(torch.randn(heads)), nn.Parameter(torch.randn(heads))
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        gate = torch.sigmoid(self.g_proj(t))
+        decay = -self.A_log.exp() * F.softplus(self.a_proj(t) + self.dt_bias)
+        for q, k, v, o in self.attentions:
+            q, k, v = (p(t).view(b, n, self.heads, self.d) for p in (q, k, v))
+            att = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q * decay.unsqueeze(-1), k), -1)
+            t = t + o((torch.einsum("bhnm,bmhd->bnhd", att, v) * gate.unsqueeze(-1)).reshape(b, n, c))
+        return self.fc(t.mean(1))

@@ -95,12 +95,12 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
                                           (functools.partial(custom_nets.GroupedQueryNet, packed="sliced"), False),
                                           (functools.partial(custom_nets.GroupedQueryNet, repeat="sdpa", rotary=True, bias=True), True),
                                           (functools.partial(custom_nets.GroupedQueryNet, head_bias=True), False),
-                                          (custom_nets.InterleavedGLUNet, True),
+                                          (custom_nets.InterleavedGLUNet, True), (custom_nets.HeadGateNet, True),
                                           (custom_nets.FirstChannelsShortcutNet, True), (custom_nets.PartialConvNet, True),
                                           (custom_nets.DualPathNet, True), (custom_nets.MixedConvNet, True), (custom_nets.GPT2StyleNet, True)],
                          ids=["grouped-conv", "densenet-like", "concat", "c2f", "functional", "transposed-conv", "repeat-unfold", "rotary",
                               "uneven-qkv", "talking-heads", "grouped-query-packed", "grouped-query-rotary", "grouped-query-sinks",
-                              "interleaved-glu", "rexnet-shortcut", "partial-conv", "dual-path", "mixed-conv", "gpt2-conv1d"])
+                              "interleaved-glu", "head-gates", "rexnet-shortcut", "partial-conv", "dual-path", "mixed-conv", "gpt2-conv1d"])
 def test_a_net_with_grouped_convs_or_concatenations_fused_with_permuted_copies_returns_its_function(make, repair):
     """A ResNeXt-style bottleneck (grouped channels permuted in blocks and within them), and nets
     whose concatenated axes every method sees split into their parts' pieces: each method recovers

@@ -322,7 +322,7 @@ def test_a_bias_per_head_moves_with_whole_heads(cosine, sdpa):
     """Swin's relative-position table: one column per head, gathered and added to the logits of
     each window (or passed as the attention's mask). Every permutation of whole heads (and within
     them) moves its columns along, a soft coupling averages them by its block sums; one table shared
-    by two attentions pins both, and so does a bias computed by a Linear (its units are not heads)."""
+    by two attentions pins both; a bias computed by a Linear moves with them (its rows, one per head)."""
     torch.manual_seed(0)
     model = custom_nets.RelativeBiasAttentionNet(cosine=cosine, sdpa=sdpa).eval()
     x = torch.randn(4, 3, 2, 2)
@@ -341,10 +341,14 @@ def test_a_bias_per_head_moves_with_whole_heads(cosine, sdpa):
         load_state(model, state)
     half = 0.5 * swap + 0.5 * torch.eye(8, dtype=torch.float64) / 8
     assert torch.allclose(transport(model.state_dict(), spec, {"qkv.0.heads": half})["table"], table.mean(1, keepdim=True).expand(-1, 2))
-    for kwargs, reason in (({"shared": True}, "shared by two attentions"), ({"mlp": True}, "heads met a tensor split otherwise")):
+    for kwargs in ({"shared": True}, {"mlp": True}):
         other = custom_nets.RelativeBiasAttentionNet(sdpa=sdpa, **kwargs).eval()
         spec = derive_spec(other, x)
-        assert not spec.per_head and any(reason in r for r in spec.coverage.frozen), str(spec.coverage)
+        if "shared" in kwargs:
+            assert not spec.per_head and any("shared by two attentions" in r for r in spec.coverage.frozen), str(spec.coverage)
+        else:
+            assert spec.per_head == {"rel.weight": (0, "qkv.0.heads"), "rel.bias": (0, "qkv.0.heads")}, str(spec.coverage)
+            assert spec.coverage.permutable == spec.coverage.hidden, str(spec.coverage)
         assert_permutation_keeps_function(other, spec, x)
 
 
@@ -384,6 +388,27 @@ def test_batch_and_heads_merged_for_a_bmm_leave_the_heads_permutable():
     assert {spec.axes[f"{p}.weight"][0] for p in "qkv"} == {spec.axes["o.weight"][1]} == {Axis("q")} and spec.heads["q"][1] == 2
     assert_swaps(model, spec, "q", x, ((4, 5, 6, 7, 0, 1, 2, 3), True), ((1, 0, 2, 3, 4, 5, 6, 7), True),
                  ((4, 1, 2, 3, 0, 5, 6, 7), False))
+    assert_permutation_keeps_function(model, spec, x)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_values_a_module_computes_per_head_move_with_whole_heads(shared):
+    """A gate or decay per head that a Linear computes (Laguna's g_proj; the a and b projections of
+    gated linear attention) meets the heads it scales: its rows, and the per-head parameters it
+    meets, move with whole heads (spec.per_head), and the heads stay permutable (before, any such
+    gate froze them: "heads met a tensor split otherwise"). The same gates scaling the heads of two
+    attentions freeze both, as no permutation of one attention's heads alone keeps them."""
+    torch.manual_seed(0)
+    model, x = custom_nets.HeadGateNet(shared=shared).eval(), torch.randn(3, 3, 8, 8)
+    spec = derive_spec(model, x)
+    if shared:
+        assert spec.groups == ("embed",) and not spec.per_head, str(spec.coverage)
+    else:
+        assert spec.coverage.permutable == spec.coverage.hidden and spec.groups == ("embed", "attentions.0.0"), str(spec.coverage)
+        assert {key: group for key, (dim, group) in spec.per_head.items() if dim == 0} == \
+            dict.fromkeys(["dt_bias", "A_log", "g_proj.weight", "g_proj.bias", "a_proj.weight"], "attentions.0.0")
+        assert_swaps(model, spec, "attentions.0.0", x, ((4, 5, 2, 3, 0, 1, 6, 7), True), ((1, 0, 2, 3, 4, 5, 6, 7), True),
+                     ((2, 1, 0, 3, 4, 5, 6, 7), False))
     assert_permutation_keeps_function(model, spec, x)
 
 

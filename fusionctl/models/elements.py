@@ -158,10 +158,11 @@ class Elements(Cuts):
     def index_heads(self, heads, other, where: str) -> bool:
         """Whether axis `other` (a Ref) can index the heads that axis `heads` splits its element into:
         a parameter's blank axis with one entry per head (a relative-position bias added to the
-        attention logits) moves with whole heads. Recorded in head_of."""
+        attention logits), or the outputs of one module that computes a value per head (a gate or
+        decay of linear attention), moves with whole heads. Recorded in head_of."""
         rh, ro = self.find(heads.el), self.find(other.el)
         if (heads.part, heads.outer, heads.inner, other.part, other.outer, other.inner) != (1, 1, 1, 0, 1, 1) or \
-                not self.blank(ro) or ro in self.heads or self.size[ro] != self.heads.get(rh):
+                not (self.blank(ro) or self.per_head_writer(ro)) or ro in self.heads or self.size[ro] != self.heads.get(rh):
             return False
         if self.find(self.head_of.setdefault(ro, rh)) != rh:  # one table for two attentions: neither moves
             self.freeze(self.head_of[ro], f"a per-head parameter shared by two attentions at {where}")
@@ -232,6 +233,12 @@ class Elements(Cuts):
         if not self.writers[r] and r not in self.labels:
             self.opened.append(r)
             self.labels[r] = (name, 0)
+
+    def per_head_writer(self, r: int) -> bool:
+        """Whether root r is one module's outputs and nothing else yet (no heads, parts or copies of
+        its own), which can take one value per head of another element."""
+        return len(self.writers[r]) == 1 and r not in self.members and r not in self.packed and r not in self.reasons and \
+            r not in self.labels and r not in self.expands
 
     def blank(self, r: int) -> bool:
         """Whether root r is a parameter's axis that nothing has tied to units yet."""

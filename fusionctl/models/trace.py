@@ -177,11 +177,18 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
         if els.frozen(r):  # rows of a packed projection that cannot move: neither can its heads
             els.freeze(part, els.reasons[els.find(r)][0])
     packed = {els.find(r): p for r, p in els.packed.items()}
+    gates = {r: els.find(h) for r, h in els.head_of.items() if els.writers[r]}  # a module's values per head: they move with the heads
+    for r, h in gates.items():
+        if els.frozen(r):
+            els.freeze(h, els.reasons[r][0])
     expanded = copied_heads(els)
+    for r, h in gates.items():
+        if els.frozen(h):
+            els.freeze(r, els.reasons[els.find(h)][0])
     # a writer's units cut into parts (Elements.cut, its parts opened in turn): the parts are its groups
     cut = {els.find(c) for c in els.cuts}
     roots = [r for r in dict.fromkeys(els.find(e) for e in els.opened) if r not in packed and not (r in els.members and (r in cut or not els.frozen(r)))]
-    live = [r for r in roots if not els.frozen(r) and r not in expanded]
+    live = [r for r in roots if not els.frozen(r) and r not in expanded and r not in gates]
     labels: dict[int, str] = {}
     for e, (w, a) in els.labels.items():  # the first cut names a group whose parts met others' since
         labels.setdefault(els.find(e), f"{w}[{a}:{a + els.size[e]}]")
