@@ -180,7 +180,7 @@ def build(model: nn.Module, tracer: AxisTracer) -> AlignmentSpec:
     gates = {r: els.find(h) for r, h in els.head_of.items() if els.writers[r]}  # a module's values per head: they move with the heads
     for r, h in gates.items():
         if els.frozen(r):
-            els.freeze(h, els.reasons[r][0])
+            els.freeze(h, els.reasons[els.find(r)][0])
     expanded = copied_heads(els)
     for r, h in gates.items():
         if els.frozen(h):
