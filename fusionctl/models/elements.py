@@ -237,12 +237,15 @@ class Elements(Cuts):
     def per_head_writer(self, r: int) -> bool:
         """Whether root r is one module's outputs and nothing else yet (no heads, parts or copies of
         its own), which can take one value per head of another element."""
-        return len(self.writers[r]) == 1 and r not in self.members and r not in self.packed and r not in self.reasons and \
-            r not in self.labels and r not in self.expands
+        return len(self.writers[r]) == 1 and r not in self.expands and self._untied(r)
 
     def blank(self, r: int) -> bool:
         """Whether root r is a parameter's axis that nothing has tied to units yet."""
-        return not self.writers[r] and r not in self.members and r not in self.packed and r not in self.reasons and r not in self.labels
+        return not self.writers[r] and self._untied(r)
+
+    def _untied(self, r: int) -> bool:
+        """Root r is no concatenation, packed projection or named part (a cut, stacked experts), and not frozen."""
+        return r not in self.members and r not in self.packed and r not in self.reasons and r not in self.labels
 
     def concat(self, parts: list[tuple[int | None, int]], where: str) -> int:
         """The element of a concatenation of `parts` ((element or None, size) each, in order);
