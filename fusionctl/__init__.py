@@ -3,7 +3,8 @@
 Python API (torch is imported on first use, so the command line starts fast):
 fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, ...), see fusionctl/api.py;
 fusionctl.alignment_report(spec, model): what a spec aligns, group by group (markdown);
-fusionctl.AlignmentSpec, Axis and Unit to write a spec by hand (fusionctl/models/spec.py).
+fusionctl.AlignmentSpec, Axis and Unit to write a spec by hand (fusionctl/models/spec.py);
+fusionctl.Permutation: how an exact coupling between equal widths is held (fusionctl/ot/permutation.py).
 """
 
 __version__ = "0.1.0"
@@ -22,4 +23,8 @@ def __getattr__(name: str):
         from fusionctl.models import spec
 
         return getattr(spec, name)
+    if name == "Permutation":
+        from fusionctl.ot.permutation import Permutation
+
+        return Permutation
     raise AttributeError(f"module 'fusionctl' has no attribute {name!r}")

@@ -55,7 +55,9 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
                 weights: list[float] | None = None, post: tuple[str, ...] = (), return_couplings: bool = False,
                 spec: AlignmentSpec | None = None, check: bool = True, **settings):
     """Fuse K modules of one architecture into one; returns the fused module (and the couplings,
-    per model {group: (target, source)}, with return_couplings=True).
+    per model {group: (target, source)}, with return_couplings=True: a fusionctl.Permutation
+    for an exact coupling between equal widths, `.index` the source unit of each target unit and
+    `.dense()` its matrix; otherwise a tensor).
 
     example_inputs: a batch the models accept (default: the first batch of `data`), for tracing.
     weights: lambda per model (default uniform). post: "bn_reset" and/or "repair", in order.

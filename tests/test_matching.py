@@ -8,6 +8,7 @@ from fusionctl.fusion.am import correlation
 from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.models import REGISTRY, build_model, entry, model_spec, tiny_config
+from fusionctl.ot.permutation import same
 from tests.helpers import settings
 
 # a tiny instance of every architecture with a hand-written spec (traced ones: tests/test_trace.py)
@@ -50,7 +51,7 @@ def test_matching_recovers_a_planted_permutation_exactly(cfg, method):
     res = fuse(method, spec, [state, permuted], [0.5, 0.5], spec.group_sizes(state), settings(name=method), ctx)
     for group in spec.groups:
         # permuted = P state, so the coupling that undoes it is P^T
-        assert torch.equal(res.couplings[1][group] > 0, cps[group].T > 0), group
+        assert same(res.couplings[1][group], cps[group].T), group
     back = transport(permuted, spec, res.couplings[1])
     for key in state:
         assert torch.allclose(back[key], state[key], atol=1e-6), key

@@ -3,6 +3,7 @@ import torch
 
 from fusionctl.ot import free_support_barycenter, solve_ot, sq_distances
 from fusionctl.ot.barycenter import coupling_change, plan_cost
+from fusionctl.ot.permutation import Permutation, dense, inner, same
 from fusionctl.ot.solver import SINKHORN_TOL
 
 
@@ -16,7 +17,9 @@ def planted(n=12, d=5, seed=0):
 def test_exact_ot_recovers_planted_permutation():
     x, perm = planted(30)
     y = x[perm]  # y[k] = x[perm[k]]
-    p = solve_ot(sq_distances(x, y), "exact")
+    plan = solve_ot(sq_distances(x, y), "exact")
+    assert isinstance(plan, Permutation), "between equal sizes an exact plan is held as its index"
+    p = plan.dense()
     assert torch.allclose(p.sum(1), torch.full((30,), 1 / 30, dtype=torch.float64))
     assert ((p > 0).sum(1) == 1).all(), "exact OT between equal uniform measures must be a permutation"
     matched = p.argmax(1)  # x[j] is coupled to y[matched[j]]
@@ -72,7 +75,7 @@ def test_whole_block_assignment_is_the_best_permutation_of_blocks_that_keeps_eve
         got = assignment(c, blocks, within=False)
         assert any(np.array_equal(got, p) for p in whole) and np.isclose(c[np.arange(n), got].sum(), best, rtol=0, atol=1e-12)
         plan = solve_ot(torch.from_numpy(c), "sinkhorn", reg=0.05, blocks=blocks, within=False)
-        assert np.array_equal(plan.argmax(1).numpy(), got)
+        assert np.array_equal(dense(plan).argmax(1).numpy(), got)
 
 
 @pytest.mark.parametrize("method", ["exact", "sinkhorn"])
@@ -84,7 +87,7 @@ def test_heads_are_recovered_as_a_permutation_of_heads_and_within_heads(method):
     perm = torch.cat([h * d + torch.randperm(d, generator=g) for h in torch.randperm(heads, generator=g).tolist()])
     x = torch.randn(heads * d, 3, generator=g, dtype=torch.float64)
     y = x[perm] + 0.01 * torch.randn(heads * d, 3, generator=g, dtype=torch.float64)
-    p = solve_ot(sq_distances(x, y), method, reg=0.05, blocks=heads)
+    p = dense(solve_ot(sq_distances(x, y), method, reg=0.05, blocks=heads))
     assert torch.equal(perm[p.argmax(1)], torch.arange(heads * d)) and ((p > 0).sum(1) == 1).all()
     with pytest.raises(ValueError, match="needs the same width"):
         solve_ot(torch.rand(20, 24, dtype=torch.float64), blocks=4)
@@ -96,7 +99,8 @@ def test_exact_ot_is_optimal_against_scipy_assignment():
     c = torch.rand(25, 25, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     p = solve_ot(c, "exact")
     rows, cols = linear_sum_assignment(c.numpy())
-    assert float((p * c).sum()) == pytest.approx(float(c[rows, cols].sum()) / 25, rel=1e-12)
+    assert float((p.dense() * c).sum()) == pytest.approx(float(c[rows, cols].sum()) / 25, rel=1e-12)
+    assert inner(p, c) == pytest.approx(float((p.dense() * c).sum()), rel=1e-12)
 
 
 def test_sinkhorn_with_zero_cost_is_uniform_not_nan():
@@ -131,7 +135,7 @@ def test_barycenter_of_permuted_copies_recovers_permutations():
     res = free_support_barycenter(ys, [1 / 3] * 3, init=ys[0])
     assert torch.allclose(res.support, ys[0])
     for y, p in zip(ys, res.couplings):
-        assert torch.allclose(15 * p @ y, ys[0])
+        assert torch.allclose(15 * dense(p) @ y, ys[0])
 
 
 def test_barycenter_is_mean_for_two_point_clouds_in_order():
@@ -167,7 +171,7 @@ def test_aligned_cost_differs_from_tlp_cost_by_a_per_column_constant():
     ours = sq_distances(xbar, mapped) / m_prev
     diff = tlp - ours
     assert torch.allclose(diff - diff[0:1], torch.zeros_like(diff), atol=1e-10)
-    assert torch.equal(solve_ot(tlp, "exact").argmax(1), solve_ot(ours, "exact").argmax(1))
+    assert same(solve_ot(tlp, "exact"), solve_ot(ours, "exact"))
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (9, 14)])
@@ -177,7 +181,7 @@ def test_exact_plan_on_inner_products_is_optimal_for_squared_distances(shape):
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(shape[0], 6, generator=g, dtype=torch.float64), torch.randn(shape[1], 6, generator=g, dtype=torch.float64)
     c = sq_distances(x, y)
-    p, q = solve_ot(plan_cost(x, y, "exact"), "exact"), solve_ot(c, "exact")
+    p, q = dense(solve_ot(plan_cost(x, y, "exact"), "exact")), dense(solve_ot(c, "exact"))
     assert float((p * c).sum()) == pytest.approx(float((q * c).sum()), rel=1e-12)
     assert torch.equal(plan_cost(x, y, "sinkhorn"), c), "Sinkhorn's blur depends on the cost's scale: it keeps squared distances"
 
@@ -197,9 +201,9 @@ def test_sinkhorn_agrees_with_pot_log_domain():
 def test_known_permutations_change_like_dense_plans():
     g = torch.Generator().manual_seed(5)
     a, b = (solve_ot(torch.rand(8, 8, generator=g, dtype=torch.float64), "exact") for _ in range(2))
-    assert not torch.equal(a, b)
-    for p, q in ((a, b), (a, a), (a, a.clone())):  # a clone carries no mark: the dense path
-        assert coupling_change([p], [q]) == float((p - q).abs().max()) * 8
+    assert not same(a, b) and same(a, a.dense()) and a.T.dense().equal(a.dense().T)
+    for p, q in ((a, b), (a, a), (a, a.dense()), (a.dense(), b.dense())):  # index vectors, and the dense path
+        assert coupling_change([p], [q]) == float((dense(p) - dense(q)).abs().max()) * 8
 
 
 # -c for two copies of a 6-unit layer against it (an inner-product cost): POT's network simplex

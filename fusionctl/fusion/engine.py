@@ -43,7 +43,7 @@ class FusionContext:
 @dataclass
 class FusionResult:
     state: State
-    couplings: list[dict[str, torch.Tensor]]  # per base model: group -> (target n, base n)
+    couplings: list[dict]  # per base model: group -> (target n, base n) tensor, or a Permutation (ot/permutation.py)
     info: dict[str, dict] = field(default_factory=dict)  # per group of the layer-wise pass: iterations, converged, cost
     sweeps: dict = field(default_factory=dict)  # whole-network sweeps: count, converged, objective before and after
     # the bases in the target's node order, kept when a coupling is not a permutation: REPAIR's
@@ -94,7 +94,9 @@ def _slices(state, spec, group, couplings, key_weights, known) -> list[torch.Ten
         if couplings is not None:
             for dim, ax in enumerate(axes):
                 if ax is not None and dim != at0:
-                    t = apply_along(t, dim, ax, col_map(couplings[ax.group]))
+                    p = couplings[ax.group]
+                    index = permutation_index(p)
+                    t = apply_along(t, dim, ax, col_map(p) if index is None else None, index, dense=True)
         feats.append(node_rows(t.movedim(at0, 0), axes[at0]))
     return feats
 

@@ -107,7 +107,7 @@ def _moving_couplings(spec: AlignmentSpec, state: dict, g: torch.Generator) -> d
     couplings = random_couplings(spec, state, g)
     for group, p in couplings.items():
         for _ in range(20):
-            if not torch.equal(p, torch.diag(torch.diagonal(p))):
+            if not torch.equal(p.index, torch.arange(len(p.index))):
                 break
             p = random_couplings(spec, state, g)[group]
         couplings[group] = p

@@ -39,6 +39,7 @@ from fusionctl.fusion.group_costs import GroupCosts, Slice
 from fusionctl.fusion.transport import identity_coupling
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.ot.barycenter import coupling_change, plan_cost
+from fusionctl.ot.permutation import same
 from fusionctl.ot.solver import Potentials, solve_ot
 
 State = dict[str, torch.Tensor]
@@ -72,7 +73,7 @@ class NetworkBarycenter(GroupCosts):
         # order and scale (Sinkhorn iterates in float64 inside; the objective sums in float64)
         self.dtype = torch.float32
         self.target_sizes = dict(target_sizes)
-        self.couplings = [{g: p.to(torch.float64).to(device) for g, p in c.items()} for c in couplings or [{} for _ in states]]
+        self.couplings = [{g: p.to(device) for g, p in c.items()} for c in couplings or [{} for _ in states]]
         w = key_weights or {}
         self.slices: dict[str, list[Slice]] = {g: [] for g in spec.groups}
         for key, axes in spec.axes.items():
@@ -121,13 +122,13 @@ class NetworkBarycenter(GroupCosts):
 
     # -- moves -------------------------------------------------------------------------------
 
-    def _set(self, i: int, group: str, coupling: torch.Tensor) -> None:
+    def _set(self, i: int, group: str, coupling) -> None:
         self.couplings[i][group] = coupling
         self.version[(i, group)] = next(self._clock)
         for key in self.group_keys[group]:
             self.moved[i][key] = self._transport(i, key)
 
-    def _solve(self, i: int, group: str, cost: torch.Tensor) -> torch.Tensor:
+    def _solve(self, i: int, group: str, cost: torch.Tensor):
         warm = self.potentials.setdefault((group, i), Potentials())
         plan = solve_ot(cost, self.ot.method, self.ot.reg, self.ot.sinkhorn_iter, warm, self.spec.blocks(group), self.spec.within(group))
         self.unconverged += not warm.converged
@@ -220,7 +221,7 @@ class NetworkBarycenter(GroupCosts):
         else:
             for i in self.rng.permutation(k):
                 self.restart(int(i))
-        return sum(int(c[g] is not s[g] and not torch.equal(c[g], s[g])) for c, s in zip(self.couplings, start[0]) for g in self.spec.groups)
+        return sum(int(c[g] is not s[g] and not same(c[g], s[g])) for c, s in zip(self.couplings, start[0]) for g in self.spec.groups)
 
     def separable(self) -> bool:
         """True when no group's cost reads another group's coupling (activations only): then with
@@ -235,5 +236,5 @@ class NetworkBarycenter(GroupCosts):
         self.couplings, self.moved = [dict(c) for c in snap[0]], [dict(mv) for mv in snap[1]]
         self.version = dict(snap[2])
 
-    def result(self) -> list[dict[str, torch.Tensor]]:
+    def result(self) -> list[dict]:
         return [{g: p.cpu() for g, p in c.items()} for c in self.couplings]

@@ -7,7 +7,10 @@ import torch
 from fusionctl.models.concat import join_state, split_spec, split_state
 from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, blocks_gather
 from fusionctl.ot.barycenter import permutation_of
-from fusionctl.ot.solver import PERMUTATION, mark_permutation
+from fusionctl.ot.permutation import Permutation, dense
+
+# a dense coupling found to be a permutation / n carries its index under this attribute
+PERMUTATION = "_fusionctl_perm"
 
 
 def row_map(coupling: torch.Tensor) -> torch.Tensor:
@@ -21,10 +24,13 @@ def col_map(coupling: torch.Tensor) -> torch.Tensor:
     return coupling / coupling.sum(0, keepdim=True)
 
 
-def permutation_index(coupling: torch.Tensor) -> torch.Tensor | None:
+def permutation_index(coupling) -> torch.Tensor | None:
     """Source node per target node if `coupling` is a permutation / n, else None.
 
-    Cached on the coupling tensor: a coupling is applied to many entries, many times."""
+    A dense one (given by hand, or a soft solver's that happens to be one) is checked once and
+    the answer cached on the tensor: a coupling is applied to many entries, many times."""
+    if isinstance(coupling, Permutation):
+        return coupling.index
     cached = getattr(coupling, PERMUTATION, False)
     if cached is False:
         cached = permutation_of(row_map(coupling))
@@ -140,7 +146,7 @@ def identity_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor]) -> d
     return {g: identity_coupling(n) for g, n in spec.group_sizes(state).items()}
 
 
-def random_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, Permutation]:
     """A random permutation / n of every group, heads as whole heads (spec.heads): transporting a
     model by them gives another parametrisation of the same function (the tests' planted alignments)."""
     out = {}
@@ -152,19 +158,24 @@ def random_couplings(spec: AlignmentSpec, state: dict[str, torch.Tensor], genera
             d = n // blocks
             perm = torch.cat([b * d + (torch.randperm(d, generator=generator) if spec.within(group) else torch.arange(d))
                               for b in torch.randperm(blocks, generator=generator).tolist()])
-        out[group] = torch.eye(n, dtype=torch.float64)[perm] / n
+        out[group] = Permutation(perm)
     return out
 
 
-def identity_coupling(n: int, device="cpu") -> torch.Tensor:
-    return mark_permutation(torch.eye(n, dtype=torch.float64, device=device) / n, torch.arange(n, device=device))
+def identity_coupling(n: int, device="cpu") -> Permutation:
+    return Permutation(torch.arange(n, device=device))
 
 
-def relative_coupling(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def relative_coupling(ref, other):
     """Coupling between a reference model's nodes and another model's, through the barycenter.
 
     ref (m, n_ref) and other (m, n_other) couple the same m barycenter nodes; the result
     ref^T diag(1 / ref 1) other is (n_ref, n_other) with marginals 1/n_ref and 1/n_other.
     For permutations it is the permutation taking the other model into the reference's order.
     """
+    if isinstance(ref, Permutation) and isinstance(other, Permutation):
+        index = torch.empty_like(ref.index)
+        index[ref.index] = other.index.to(ref.device)  # reference node ref[j] meets other's node other[j]
+        return Permutation(index)
+    ref, other = dense(ref), dense(other)
     return ref.T @ (other / ref.sum(1, keepdim=True))

@@ -25,12 +25,13 @@ from fusionctl.fusion.transport import (
     weighted_average,
 )
 from fusionctl.models.spec import AlignmentSpec, node_slices
+from fusionctl.ot.permutation import same
 from fusionctl.ot.solver import assignment, perm_coupling
 
 log = logging.getLogger(__name__)
 
 
-def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
+def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, seed: int = 0) -> dict:
     """Couplings (permutations) that bring `source` closest to `target` in weight space."""
     sizes = spec.group_sizes(source)
     if sizes != spec.group_sizes(target):
@@ -70,7 +71,7 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
                         sim += a @ node_slices(b, dim, ax).T
             new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group), spec.within(group)))
             done.add(group)
-            if torch.equal(new, couplings[group]):
+            if same(new, couplings[group]):
                 continue
             if sweep > 0 and group in linearised and agreement(group, {**couplings, group: new}) < agreement(group, couplings):
                 continue  # a linearised step that would lower the objective is not taken
@@ -99,7 +100,7 @@ def fuse_wm(spec, states, weights, target_sizes, settings: WMSettings, ctx) -> F
                 others = [j for j in range(len(states)) if j != i]
                 mean = weighted_average([transport(states[j], spec, couplings[j]) for j in others], [1.0 / len(others)] * len(others))
                 new = match(spec, mean, states[i], settings.sweeps, settings.seed)
-                if any(not torch.equal(new[g], couplings[i][g]) for g in spec.groups):
+                if any(not same(new[g], couplings[i][g]) for g in spec.groups):
                     changed = True
                     couplings[i] = new
             if not changed:

@@ -35,6 +35,7 @@ from fusionctl.jobs.bases import (
 from fusionctl.jobs.post import apply_post, check_post, post_defined, reference_source
 from fusionctl.models import TRACED, build_from_state, config_for, random_target_factory
 from fusionctl.models.spec_report import alignment_report
+from fusionctl.ot.permutation import Permutation
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic, write_text_atomic
 from fusionctl.training import finetune
 from fusionctl.versions import versions
@@ -135,10 +136,12 @@ def save_fused(fused: Fused, splits: Splits, bases: list[Base], lambdas, out_dir
                            method=fused.method, bases=[str(b.path) for b in bases], weights=list(lambdas))
     save_atomic(ckpt, out_dir / f"fused_{fused.method}.pt")
     save_atomic(
-        {"format": "fusionctl.couplings/1", "method": fused.method, "bases": [str(b.path) for b in bases],
-         "couplings": [{g: p.cpu() for g, p in c.items()} for c in fused.result.couplings]},
+        # a permutation as its index (source node per target node), a soft coupling as its matrix
+        {"format": "fusionctl.couplings/2", "method": fused.method, "bases": [str(b.path) for b in bases],
+         "couplings": [{g: (p.index if isinstance(p, Permutation) else p).cpu() for g, p in c.items()} for c in fused.result.couplings]},
         out_dir / f"couplings_{fused.method}.pt",
     )
+
 
 def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
     splits, bases, spec, lambdas, target_cfg = prepare(cfg)

@@ -24,6 +24,7 @@ from fusionctl.jobs.fuse import prepare, run_method, save_fused
 from fusionctl.fusion.post import POST_STEPS, reset_bn_stats
 from fusionctl.jobs.post import check_post, repair_biases
 from fusionctl.models import architecture, build_from_state
+from fusionctl.ot.permutation import Permutation
 from fusionctl.plots import barrier_figure, plane_figure, save
 from fusionctl.store import atomic_path, write_csv_atomic
 from fusionctl.versions import versions
@@ -59,7 +60,9 @@ def output_difference(model_cfg, splits: Splits, a, b, device) -> float:
         return float((build_from_state(model_cfg, splits, a, device)(x) - build_from_state(model_cfg, splits, b, device)(x)).abs().max())
 
 
-def is_permutation(coupling: torch.Tensor) -> bool:
+def is_permutation(coupling) -> bool:
+    if isinstance(coupling, Permutation):
+        return True
     n, m = coupling.shape
     return n == m and bool(((coupling * n - 1).abs() < 1e-6).sum() == n)
 

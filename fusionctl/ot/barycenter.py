@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from fusionctl.ot.solver import PERMUTATION, Potentials, solve_ot
+from fusionctl.ot.permutation import Permutation, dense, inner
+from fusionctl.ot.solver import Potentials, solve_ot
 
 
 @dataclass
 class BarycenterResult:
     support: torch.Tensor  # (m, D) barycenter points
-    couplings: list[torch.Tensor]  # (m, n_i) per measure
+    couplings: list  # (m, n_i) per measure: tensors, or Permutations
     iterations: int
     converged: bool
     cost: float  # sum_i lambda_i <P_i, C_i> of the last OT step
@@ -43,12 +44,15 @@ def plan_cost(x: torch.Tensor, y: torch.Tensor, method: str) -> torch.Tensor:
     return -(x @ y.T) if method == "exact" else sq_distances(x, y)
 
 
-def coupling_change(new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
+def coupling_change(new: list, old: list) -> float:
     """Largest entry change over all couplings, scaled by the barycenter size m (scale-free)."""
-    known = [(getattr(p, PERMUTATION, None), getattr(q, PERMUTATION, None)) for p, q in zip(new, old)]
-    if all(a is not None and b is not None for a, b in known):  # permutations / m: 0 if equal, else 1
-        return max(float(not torch.equal(a, b)) for a, b in known)
-    return max(float((p - q).abs().max()) * p.shape[0] for p, q in zip(new, old))
+
+    def change(p, q) -> float:
+        if isinstance(p, Permutation) and isinstance(q, Permutation):  # permutations / m: 0 if equal, else 1
+            return float(not torch.equal(p.index, q.index))
+        return float((dense(p) - dense(q)).abs().max()) * p.shape[0]
+
+    return max(change(p, q) for p, q in zip(new, old))
 
 
 def permutation_of(matrix: torch.Tensor) -> torch.Tensor | None:
@@ -61,10 +65,13 @@ def permutation_of(matrix: torch.Tensor) -> torch.Tensor | None:
     return cols
 
 
-def project(couplings: list[torch.Tensor], measures: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+def project(couplings: list, measures: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """Barycentric projection sum_i lambda_i diag(1 / P_i 1) P_i Y_i (a gather when P_i is a permutation)."""
     out = 0.0
     for p, y, w in zip(couplings, measures, weights):
+        if isinstance(p, Permutation):
+            out = out + w * y[p.index.to(y.device)]
+            continue
         rows = p / p.sum(1, keepdim=True)
         hits = permutation_of(rows)
         if hits is not None:
@@ -116,7 +123,7 @@ def free_support_barycenter(
         costs = [sq_distances(x, y) for y in ys]
         couplings = [solve_ot(c, ot_method, reg, sinkhorn_iter, w, blocks, within) for c, w in zip(costs, warm)]
         unconverged += sum(not w.converged for w in warm)
-        total = sum(w * float((p * c).sum()) for p, c, w in zip(couplings, costs, weights))
+        total = sum(w * inner(p, c) for p, c, w in zip(couplings, costs, weights))
         x = project(couplings, ys, weights)
         change = coupling_change(couplings, previous)
         previous = couplings

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fusionctl.ot.barycenter import coupling_change, project, sq_distances
+from fusionctl.ot.permutation import dense, inner
 from fusionctl.ot.solver import Potentials, solve_ot
 
 
@@ -28,7 +29,7 @@ from fusionctl.ot.solver import Potentials, solve_ot
 class GWBarycenterResult:
     support: torch.Tensor  # (m, D)
     structure: torch.Tensor  # (G, m, m)
-    couplings: list[torch.Tensor]
+    couplings: list  # tensors, or Permutations
     iterations: int
     converged: bool
     cost: float
@@ -40,6 +41,7 @@ def gw_linear_term(hbar: torch.Tensor, h: torch.Tensor, p: torch.Tensor) -> torc
 
     hbar (G, m, m), h (G, n, n), p (m, n).
     """
+    p = dense(p)  # recurrent layers are small (hundreds of units)
     r, s = p.sum(1), p.sum(0)
     rows_bar = ((hbar * hbar) @ r).sum(0)  # (m,)
     rows = ((h * h) @ s).sum(0)  # (n,)
@@ -50,6 +52,7 @@ def gw_linear_term(hbar: torch.Tensor, h: torch.Tensor, p: torch.Tensor) -> torc
 def project_structure(couplings, structures, weights) -> torch.Tensor:
     out = 0.0
     for p, h, w in zip(couplings, structures, weights):
+        p = dense(p)
         rows = p / p.sum(1, keepdim=True)
         cols = p / p.sum(0, keepdim=True)
         out = out + w * rows @ h @ cols.T
@@ -105,5 +108,5 @@ def fused_gw_barycenter(
         if change < tol:
             converged = True
             break
-    total = sum(w * float((p * cost(i, p)).sum()) for i, (p, w) in enumerate(zip(couplings, weights)))
+    total = sum(w * inner(p, cost(i, p)) for i, (p, w) in enumerate(zip(couplings, weights)))
     return GWBarycenterResult(x, hbar, couplings, it, converged, total, unconverged)

@@ -22,14 +22,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from fusionctl.errors import FusionctlError
+from fusionctl.ot.permutation import Permutation
 
 log = logging.getLogger(__name__)
 
 METHODS = ("exact", "sinkhorn")
 SINKHORN_TOL = 1e-2  # marginal error allowed, in units of epsilon on the max-normalised cost
-# a plan known to be a permutation / n carries its source index per row under this attribute,
-# so transports and change tests skip re-deriving it from the dense (n, n) matrix
-PERMUTATION = "_fusionctl_perm"
 
 
 @dataclass
@@ -55,7 +53,7 @@ def solve_ot(
     warm: Potentials | None = None,
     blocks: int = 1,
     within: bool = True,
-) -> torch.Tensor:
+) -> torch.Tensor | Permutation:
     """Optimal coupling between uniform measures for a cost matrix.
 
     Solves min_{P in U(1/n, 1/m)} <P, C>, exactly or with entropy epsilon * max(C).
@@ -77,7 +75,8 @@ def solve_ot(
 
     Returns
     -------
-    P : (n, m) float64 tensor on cost's device, rows sum to 1/n and columns to 1/m
+    P : (n, m) float64 tensor on cost's device, rows sum to 1/n and columns to 1/m; an exact plan
+        between equal sizes is a Permutation (its index; permutation.py)
     """
     if method not in METHODS:
         raise ValueError(f"unknown OT method {method!r}; choose from {METHODS}")
@@ -96,19 +95,15 @@ def solve_ot(
     return _sinkhorn(cost, reg, sinkhorn_iter, warm if warm is not None else Potentials())
 
 
-def _assignment(cost: torch.Tensor, blocks: int = 1, within: bool = True) -> torch.Tensor:
+def _assignment(cost: torch.Tensor, blocks: int = 1, within: bool = True) -> Permutation:
     # Between two uniform measures of equal size an optimal plan is a permutation / n
     # (Birkhoff): the linear assignment problem is the same OT problem, solved much faster.
     return perm_coupling(assignment(cost.cpu().numpy(), blocks, within), cost.device)
 
 
-def perm_coupling(perm, device="cpu") -> torch.Tensor:
+def perm_coupling(perm, device="cpu") -> Permutation:
     """Coupling P/n with P[j, perm[j]] = 1: target node j takes source node perm[j]."""
-    n = len(perm)
-    index = torch.as_tensor(perm)
-    plan = torch.zeros(n, n, dtype=torch.float64)
-    plan[torch.arange(n), index] = 1.0 / n
-    return mark_permutation(plan.to(device), index)
+    return Permutation(perm).to(device)
 
 
 def assignment(cost: np.ndarray, blocks: int = 1, within: bool = True) -> np.ndarray:
@@ -124,11 +119,6 @@ def assignment(cost: np.ndarray, blocks: int = 1, within: bool = True) -> np.nda
     between = np.array([[tiles[a, np.arange(d), b, inner[a][b]].sum() for b in range(blocks)] for a in range(blocks)])
     to = linear_sum_assignment(between)[1]
     return np.concatenate([to[a] * d + inner[a][to[a]] for a in range(blocks)])
-
-
-def mark_permutation(plan: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    setattr(plan, PERMUTATION, index.to(plan.device))
-    return plan
 
 
 def _emd(cost: torch.Tensor, max_iter: int) -> torch.Tensor:
