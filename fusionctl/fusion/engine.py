@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from fusionctl.fusion.transport import col_map, permutation_index, transport, weighted_average
-from fusionctl.models.spec import AlignmentSpec, apply_along, node_rows
+from fusionctl.fusion.transport import along, permutation_index, transport, weighted_average
+from fusionctl.models.spec import AlignmentSpec, node_rows
 from fusionctl.ot import free_support_barycenter
 from fusionctl.ot.gromov import fused_gw_barycenter
 
@@ -94,9 +94,7 @@ def _slices(state, spec, group, couplings, key_weights, known) -> list[torch.Ten
         if couplings is not None:
             for dim, ax in enumerate(axes):
                 if ax is not None and dim != at0:
-                    p = couplings[ax.group]
-                    index = permutation_index(p)
-                    t = apply_along(t, dim, ax, col_map(p) if index is None else None, index, dense=True)
+                    t = along(t, dim, ax, couplings[ax.group], rows=False)
         feats.append(node_rows(t.movedim(at0, 0), axes[at0]))
     return feats
 

@@ -38,16 +38,20 @@ def permutation_index(coupling) -> torch.Tensor | None:
     return cached
 
 
-def transport_tensor(t: torch.Tensor, axes, couplings: dict[str, torch.Tensor], skip: int | None = None) -> torch.Tensor:
+def along(t: torch.Tensor, dim: int, ax: Axis, coupling, rows: bool) -> torch.Tensor:
+    """Axis `dim` of `t` mapped into the barycenter's node order by `coupling`: its row map (rows)
+    or column map; a permutation's index either way (both maps are the same permutation)."""
+    index = permutation_index(coupling)
+    if index is not None:
+        return apply_along(t, dim, ax, None, index)
+    return apply_along(t, dim, ax, row_map(coupling) if rows else col_map(coupling), dense=True)
+
+
+def transport_tensor(t: torch.Tensor, axes, couplings: dict, skip: int | None = None) -> torch.Tensor:
     """One entry mapped into the barycenter's node order along every grouped axis but `skip`."""
     for dim, ax in enumerate(axes):
         if ax is not None and dim != skip and ax.group in couplings:
-            p = couplings[ax.group]
-            index = permutation_index(p)
-            if index is not None:
-                t = apply_along(t, dim, ax, None, index)  # row and column maps are the same permutation
-            else:
-                t = apply_along(t, dim, ax, row_map(p) if dim == 0 else col_map(p), dense=True)
+            t = along(t, dim, ax, couplings[ax.group], dim == 0)
     return t
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fusionctl.ot.permutation import Permutation, dense, inner
+from fusionctl.ot.permutation import Permutation, dense, inner, same
 from fusionctl.ot.solver import Potentials, solve_ot
 
 
@@ -49,7 +49,7 @@ def coupling_change(new: list, old: list) -> float:
 
     def change(p, q) -> float:
         if isinstance(p, Permutation) and isinstance(q, Permutation):  # permutations / m: 0 if equal, else 1
-            return float(not torch.equal(p.index, q.index))
+            return float(not same(p, q))
         return float((dense(p) - dense(q)).abs().max()) * p.shape[0]
 
     return max(change(p, q) for p, q in zip(new, old))

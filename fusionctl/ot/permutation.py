@@ -3,8 +3,9 @@
 Exact OT between two uniform measures of the same size has a permutation / n as its optimal
 plan (Birkhoff). Held densely, it takes n^2 float64 values where its index takes n integers:
 for two ViT-B/16 the dense couplings were 1.8 GiB (3072^2 per MLP group), and a 1B-parameter
-LLM would need about 11 GiB. Every consumer reads the index (a gather) and asks for the dense
-matrix only where a soft coupling could stand in its place (`dense`).
+LLM would need about 11 GiB. Transports, projections and change tests read the index (a gather);
+`dense` gives the matrix where code treats every coupling as one (GWB's small recurrent layers,
+a change test against a soft coupling).
 """
 
 from __future__ import annotations
