@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fusionctl.ot import free_support_barycenter, solve_ot, sq_distances
-from fusionctl.ot.barycenter import coupling_change, plan_cost
+from fusionctl.ot.barycenter import coupling_change, plan_cost, plan_cost_parts
 from fusionctl.ot.permutation import Permutation, dense, inner, same
 from fusionctl.ot.solver import SINKHORN_TOL
 
@@ -186,6 +186,18 @@ def test_exact_plan_on_inner_products_is_optimal_for_squared_distances(shape):
     assert torch.equal(plan_cost(x, y, "sinkhorn"), c), "Sinkhorn's blur depends on the cost's scale: it keeps squared distances"
 
 
+@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+def test_a_cost_from_scaled_parts_is_the_cost_of_their_concatenation(method):
+    """plan_cost_parts folds each part's scales into its product: the same cost as plan_cost on
+    x = [a_s x_s], y = [b_s y_s] (a sweep's slices, weighted by key and by n_i / m)."""
+    g = torch.Generator().manual_seed(8)
+    dims, a, b = (5, 1, 7), (1.0, 0.5, 2.0), (0.25, 3.0, 1.0)
+    xs = [torch.randn(9, d, generator=g, dtype=torch.float64) for d in dims]
+    ys = [torch.randn(11, d, generator=g, dtype=torch.float64) for d in dims]
+    whole = plan_cost(torch.cat([x * s for x, s in zip(xs, a)], 1), torch.cat([y * s for y, s in zip(ys, b)], 1), method)
+    assert torch.allclose(plan_cost_parts(list(zip(xs, a)), list(zip(ys, b)), method), whole, rtol=1e-12, atol=1e-12)
+
+
 def test_sinkhorn_agrees_with_pot_log_domain():
     import ot
 
@@ -204,6 +216,13 @@ def test_known_permutations_change_like_dense_plans():
     assert not same(a, b) and same(a, a.dense()) and a.T.dense().equal(a.dense().T)
     for p, q in ((a, b), (a, a), (a, a.dense()), (a.dense(), b.dense())):  # index vectors, and the dense path
         assert coupling_change([p], [q]) == float((dense(p) - dense(q)).abs().max()) * 8
+
+
+def test_only_the_identity_is_known_as_one():
+    """A transport by an identity is skipped (permutation.identity); any moved node disqualifies it."""
+    assert Permutation(torch.arange(6)).identity
+    assert not Permutation(torch.tensor([0, 1, 2, 3, 5, 4])).identity
+    assert Permutation(torch.arange(6)).T.identity
 
 
 # -c for two copies of a 6-unit layer against it (an inner-product cost): POT's network simplex

@@ -19,7 +19,7 @@ import torch
 
 from fusionctl.fusion.transport import grouped_inputs, rows_with_aligned_inputs, transport_tensor
 from fusionctl.models.spec import AlignmentSpec, Axis, node_slices
-from fusionctl.ot.barycenter import plan_cost
+from fusionctl.ot.barycenter import Part, plan_cost_parts
 
 
 @dataclass(frozen=True)
@@ -87,24 +87,25 @@ class GroupCosts:
         moved = rows_with_aligned_inputs if skip == 0 else grouped_inputs
         return moved(t, self.spec, key, self.couplings[i])
 
-    def _own_parts(self, i: int, group: str, slices: list[Slice], acts: bool) -> torch.Tensor:
-        """(n_i, D): model i's nodes of `group` on `slices`, every other axis in the barycenter's order."""
+    def _own_parts(self, i: int, group: str, slices: list[Slice], acts: bool) -> list[Part]:
+        """Model i's nodes of `group` on `slices`, every other axis in the barycenter's order: an
+        (n_i, d) part and its scale per slice (and its activation features)."""
         m = self.target_sizes[group]
         parts = []
         for s in slices:
             t = node_slices(self._transport(i, s.key, s.dim), s.dim, s.axis)
-            parts.append(t * (self.key_weights[s.key] ** 0.5 * (t.shape[0] / m if s.dim else 1.0)))
+            parts.append((t, self.key_weights[s.key] ** 0.5 * (t.shape[0] / m if s.dim else 1.0)))
         if acts:
-            parts.append(self.acts[i][group] * self.act_weight**0.5)
-        return torch.cat(parts, 1)
+            parts.append((self.acts[i][group], self.act_weight**0.5))
+        return parts
 
     def model_features(self, i: int, group: str, known: set[str]) -> torch.Tensor:
         """Model i's incoming features of `group` in slice order (the layout of an initial support)."""
         slices = [s for b, sl in self.buckets[group].items() if b.incoming and known.issuperset(b.reads) for s in sl]
         order = {s: n for n, s in enumerate(self.slices[group])}
-        return self._own_parts(i, group, sorted(slices, key=order.__getitem__), self.acts is not None)
+        return torch.cat([t * a for t, a in self._own_parts(i, group, sorted(slices, key=order.__getitem__), self.acts is not None)], 1)
 
-    def _own(self, i: int, group: str, b: Bucket) -> torch.Tensor:
+    def _own(self, i: int, group: str, b: Bucket) -> list[Part]:
         build = lambda: self._own_parts(i, group, self.buckets[group][b], self._holds_acts(b))  # noqa: E731
         # K = 2: a part is recomputed when model i's own features changed, so a cache would not hit
         # (0 of 8 builds in a fusion at width 1024) and would hold a copy of the model (0.7 GiB for two
@@ -113,26 +114,26 @@ class GroupCosts:
             return build()
         return self._cached(("own", i, group, b), tuple(self.version.get((i, h)) for h in b.reads), build)
 
-    def _moved(self, i: int, group: str, b: Bucket) -> torch.Tensor:
-        """(m, D_b): the same features of T_i(theta_i), i.e. model i's share of the barycenter."""
-
-        def build():
-            parts = [node_slices(self.moved[i][s.key], s.dim, s.axis) * self.key_weights[s.key] ** 0.5 for s in self.buckets[group][b]]
-            if self._holds_acts(b):
-                parts.append(self.moved_acts(i, group) * self.act_weight**0.5)
-            return torch.cat(parts, 1)
-
-        return self._cached(("moved", i, group, b), tuple(self.version.get((i, h)) for h in (group, *b.reads)), build)
+    def _moved(self, i: int, group: str, b: Bucket) -> list[Part]:
+        """The same parts of T_i(theta_i), i.e. model i's share of the barycenter: views of its
+        transported entries, so nothing is copied."""
+        parts = [(node_slices(self.moved[i][s.key], s.dim, s.axis), self.key_weights[s.key] ** 0.5) for s in self.buckets[group][b]]
+        if self._holds_acts(b):
+            parts.append((self.moved_acts(i, group), self.act_weight**0.5))
+        return parts
 
     def moved_acts(self, i: int, group: str) -> torch.Tensor:
         """R_i Z_i: model i's activation features in the barycenter's node order (a gather for permutations)."""
         return self._cached(("acts", i, group), (self.version.get((i, group)),),
                             lambda: transport_tensor(self.acts[i][group], (Axis(group), None), self.couplings[i]))
 
-    def _target(self, models: tuple[int, ...], group: str, b: Bucket) -> torch.Tensor:
+    def _target(self, models: tuple[int, ...], group: str, b: Bucket) -> list[Part]:
         if len(models) == 1:
             return self._moved(models[0], group, b)
-        return sum(self.weights[j] * self._moved(j, group, b) for j in models) / sum(self.weights[j] for j in models)
+        total = sum(self.weights[j] for j in models)
+        shares = [self._moved(j, group, b) for j in models]
+        return [(sum(self.weights[j] * parts[n][0] for j, parts in zip(models, shares)) / total, shares[0][n][1])
+                for n in range(len(shares[0]))]
 
     def keep_costs_of(self, i: int) -> None:
         """Drop the cached cost parts of every model but i (n x m each, per group and bucket)."""
@@ -152,7 +153,7 @@ class GroupCosts:
             b, models = key[0], key[1]
             hit = self._costs.get((i, group, b))
             if hit is None or hit[0] != key:
-                hit = self._costs[(i, group, b)] = (key, plan_cost(self._target(models, group, b), self._own(i, group, b), self.ot.method))
+                hit = self._costs[(i, group, b)] = (key, plan_cost_parts(self._target(models, group, b), self._own(i, group, b), self.ot.method))
             parts.append(hit[1])
         if not parts:
             raise ValueError(f"group {group} has no features to align on")

@@ -111,14 +111,20 @@ class NetworkBarycenter(GroupCosts):
         """J, or its part that depends on `group`'s couplings."""
         total = 0.0
         for key in self.keys if group is None else self.group_keys[group]:
-            bar = sum(w * mv[key] for w, mv in zip(self.weights, self.moved))
-            total += self.key_weights[key] * sum(w * float(((bar - mv[key]) ** 2).sum(dtype=torch.float64)) for w, mv in zip(self.weights, self.moved))
+            total += self.key_weights[key] * self._spread([mv[key] for mv in self.moved])
         if self.acts is not None:
             for g in self.spec.groups if group is None else [group]:
-                zs = [self.moved_acts(i, g) for i in range(len(self.acts))]
-                bar = sum(w * z for w, z in zip(self.weights, zs))
-                total += self.act_weight * sum(w * float(((bar - z) ** 2).sum(dtype=torch.float64)) for w, z in zip(self.weights, zs))
+                total += self.act_weight * self._spread([self.moved_acts(i, g) for i in range(len(self.acts))])
         return total
+
+    def _spread(self, xs: list[torch.Tensor]) -> float:
+        """sum_i lambda_i |bar - x_i|^2 with bar = sum_i lambda_i x_i, summed in float64."""
+        w = self.weights
+        if len(xs) == 2 and abs(w[0] + w[1] - 1.0) < 1e-12:  # = lambda_0 lambda_1 |x_0 - x_1|^2: one difference, not three
+            d = xs[0] - xs[1]
+            return w[0] * w[1] * float((d * d).sum(dtype=torch.float64))
+        bar = sum(wi * x for wi, x in zip(w, xs))
+        return sum(wi * float(((bar - x) ** 2).sum(dtype=torch.float64)) for wi, x in zip(w, xs))
 
     # -- moves -------------------------------------------------------------------------------
 

@@ -40,7 +40,10 @@ def permutation_index(coupling) -> torch.Tensor | None:
 
 def along(t: torch.Tensor, dim: int, ax: Axis, coupling, rows: bool) -> torch.Tensor:
     """Axis `dim` of `t` mapped into the barycenter's node order by `coupling`: its row map (rows)
-    or column map; a permutation's index either way (both maps are the same permutation)."""
+    or column map; a permutation's index either way (both maps are the same permutation). An
+    identity returns `t` itself (model 0 as the anchor): callers treat entries as read-only."""
+    if isinstance(coupling, Permutation) and coupling.identity:
+        return t
     index = permutation_index(coupling)
     if index is not None:
         return apply_along(t, dim, ax, None, index)

@@ -44,6 +44,28 @@ def plan_cost(x: torch.Tensor, y: torch.Tensor, method: str) -> torch.Tensor:
     return -(x @ y.T) if method == "exact" else sq_distances(x, y)
 
 
+Part = tuple[torch.Tensor, float]  # (n, d) features and the factor they are scaled by
+
+
+def plan_cost_parts(xs: list[Part], ys: list[Part], method: str) -> torch.Tensor:
+    """plan_cost of x = [a_s x_s] and y = [b_s y_s], concatenated along features, without forming
+    either: one accumulating product per part, scales folded into it (copying a group's slices
+    into one matrix took a seventh of a sweep at width 1024)."""
+    out = None
+    for (x, a), (y, b) in zip(xs, ys):
+        if out is None:
+            out = torch.mm(x, y.T).mul_(-a * b)
+        else:
+            out.addmm_(x, y.T, alpha=-a * b)
+    if out is None:
+        raise ValueError("no features to compare")
+    if method == "exact":
+        return out
+    rows = sum(a * a * (x * x).sum(1) for x, a in xs)
+    cols = sum(b * b * (y * y).sum(1) for y, b in ys)
+    return out.mul_(2.0).add_(rows[:, None]).add_(cols[None, :]).clamp_min_(0.0)
+
+
 def coupling_change(new: list, old: list) -> float:
     """Largest entry change over all couplings, scaled by the barycenter size m (scale-free)."""
 

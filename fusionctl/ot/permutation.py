@@ -16,10 +16,18 @@ import torch
 class Permutation:
     """The coupling P / n with P[j, index[j]] = 1: target node j takes source node index[j]."""
 
-    __slots__ = ("index",)
+    __slots__ = ("index", "_identity")
 
     def __init__(self, index):
         self.index = torch.as_tensor(index, dtype=torch.long)
+        self._identity: bool | None = None
+
+    @property
+    def identity(self) -> bool:
+        """Whether every node keeps its place (a transport by it is a no-op); checked once."""
+        if self._identity is None:
+            self._identity = torch.equal(self.index, torch.arange(self.index.numel(), device=self.index.device))
+        return self._identity
 
     @property
     def shape(self) -> torch.Size:
