@@ -53,8 +53,8 @@ def plan_cost_parts(xs: list[Part], ys: list[Part], method: str) -> torch.Tensor
     into one matrix took a seventh of a sweep at width 1024)."""
     out = None
     for (x, a), (y, b) in zip(xs, ys):
-        if out is None:
-            out = torch.mm(x, y.T).mul_(-a * b)
+        if out is None:  # beta = 0: the empty buffer is not read
+            out = torch.addmm(x.new_empty(x.shape[0], y.shape[0]), x, y.T, beta=0, alpha=-a * b)
         else:
             out.addmm_(x, y.T, alpha=-a * b)
     if out is None:
