@@ -13,7 +13,10 @@ Pairs of MLPs 784-w-w-w-10 where model 2 is a hidden-unit permutation of model 1
 weight matching (wm) at the same width, and each Sinkhorn row's ratio to the exact default.
 Targets: wb default / wm <= 1.0 at widths 256-2048; wb sinkhorn eps=0.05 / wb default <= 10.
 
-    .venv/bin/python scripts/bench_fusion.py [--widths 64 256 1024 2048] [--repeats 1] [--lstm 256]
+    .venv/bin/python scripts/bench_fusion.py [--widths 64 256 1024 2048] [--repeats 1] [--lstm 256] [--paired 0]
+
+--paired N adds, per width, N alternated fusions of wb weight and wm and their median ratio:
+steadier than a best-of-few where a fusion takes milliseconds.
 
 It also times GWB on an LSTM pair (28 inputs, hidden 256 by default; the paper's size).
 """
@@ -21,6 +24,7 @@ It also times GWB on an LSTM pair (28 inputs, hidden 256 by default; the paper's
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -63,12 +67,27 @@ def data_floor(context, a, b, spec, repeats: int) -> float:
     return best
 
 
+def paired(spec, a, b, pairs: int, width: int) -> None:
+    """Median seconds of wb weight and wm over alternated fusions, and the median of their ratios."""
+    runs = {"wb weight": ("wb", {"cost": "weight"}), "wm": ("wm", {})}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(pairs):
+        for name, (method, extra) in runs.items():
+            start = time.perf_counter()
+            fuse(method, spec, [a, b], [0.5, 0.5], spec.group_sizes(a), solver_settings(method, extra), FusionContext())
+            times[name].append(time.perf_counter() - start)
+    ratio = statistics.median(w / m for w, m in zip(times["wb weight"], times["wm"]))
+    print(f"{width:>6} paired x{pairs}: wb weight {statistics.median(times['wb weight']):.4f}s, "
+          f"wm {statistics.median(times['wm']):.4f}s (medians), median of ratios wb weight/wm={ratio:.2f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024, 2048])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--lstm", type=int, default=256, help="also time gwb on an LSTM pair of this hidden size (0: skip)")
     ap.add_argument("--sinkhorn-max", type=int, default=2048, help="skip the Sinkhorn rows above this width")
+    ap.add_argument("--paired", type=int, default=0, help="also time wb weight against wm in this many alternated pairs per width")
     ap.add_argument("--device", default="cpu", help="where costs, Sinkhorn and activations run (exact assignments: CPU)")
     args = ap.parse_args()
     x = torch.randn(1024, 1, 28, 28)
@@ -102,6 +121,8 @@ def main():
         ratios = [f"{n}/wm={times[n] / times['wm']:.2f}" for n in ("wb default", "data floor", "wb weight", "wb paper", "ot", "am")]
         ratios += [f"sk{eps:g}/default={times[f'wb sk {eps:g}'] / times['wb default']:.1f}" for eps in EPSILONS]
         print(f"{width:>6} " + " ".join(f"{times[n]:>11.3f}s" for n in names) + "   " + " ".join(ratios), flush=True)
+        if args.paired:
+            paired(spec, a, b, args.paired, width)
     if args.lstm:
         cfg, spec, a, b = pair(args.lstm, cfg=ModelConfig("lstm", [args.lstm], True), shape=(28, 28))
         for name, method in (("gwb", "gwb"), ("wb (no hidden)", "wb")):
