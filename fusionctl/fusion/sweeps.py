@@ -29,6 +29,7 @@ whose every part is unchanged is not solved again.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,6 +65,22 @@ def squared_norm(x: torch.Tensor) -> float:
     return float(torch.linalg.vecdot(rows, rows).sum(dtype=torch.float64))
 
 
+class Transported(dict):
+    """A model's entries in the barycenter's node order, each transported when first read after a
+    coupling it reads was set (K = 2 reads model 1's only for the objective: most never are)."""
+
+    def __init__(self, make: Callable[[str], torch.Tensor], entries: dict | None = None):
+        super().__init__(entries or {})
+        self.make = make
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        value = self[key] = self.make(key)
+        return value
+
+    def copy(self) -> Transported:
+        return Transported(self.make, self)
+
+
 class NetworkBarycenter(GroupCosts):
     """The couplings of K models to one barycenter, improved group by group.
 
@@ -97,7 +114,7 @@ class NetworkBarycenter(GroupCosts):
         self.key_weights = {k: w.get(k, 1.0) * (alpha if self.structured and self._is_structure(k) else 1.0) for k in self.keys}
         self.sizes = [spec.group_sizes(s) for s in states]
         self.theta = [{k: s[k].to(device, self.dtype) for k in self.keys} for s in states]
-        self.moved = [{k: self._transport(i, k) for k in self.keys} for i in range(len(states))]
+        self.moved = [Transported(functools.partial(self._transport, i)) for i in range(len(states))]
         self.acts = [{g: z.to(device, self.dtype) for g, z in a.items()} for a in acts] if acts and act_weight > 0 else None
         self.act_weight = act_weight if self.acts is not None else 0.0
         self.potentials: dict[tuple[str, int], Potentials] = {}
@@ -138,7 +155,7 @@ class NetworkBarycenter(GroupCosts):
         self.couplings[i][group] = coupling
         self.version[(i, group)] = next(self._clock)
         for key in self.group_keys[group]:
-            self.moved[i][key] = self._transport(i, key)
+            self.moved[i].pop(key, None)
 
     def _solve(self, i: int, group: str, cost: torch.Tensor):
         warm = self.potentials.setdefault((group, i), Potentials())
@@ -165,7 +182,8 @@ class NetworkBarycenter(GroupCosts):
             return False  # the same cost again: the same plan again
         checked = not incoming_only and (not exact or self.structured or group in self.linearised)
         before = self.objective(group) if checked else 0.0
-        old, version, moved = self.couplings[i][group], self.version[(i, group)], {key: self.moved[i][key] for key in self.group_keys[group]}
+        old, version = self.couplings[i][group], self.version[(i, group)]
+        moved = {key: self.moved[i][key] for key in self.group_keys[group] if key in self.moved[i]}
         new = self._solve(i, group, self.cost(i, group, keys))
         changed = coupling_change([new], [old]) >= self.ot.change_floor()
         if changed:
@@ -173,7 +191,7 @@ class NetworkBarycenter(GroupCosts):
         if changed and checked:
             after = self.objective(group)
             if after > before * (1 + 1e-12):
-                self.couplings[i][group] = old
+                self._set(i, group, old)
                 self.moved[i].update(moved)
                 self.version[(i, group)] = version
                 changed = False
@@ -241,11 +259,11 @@ class NetworkBarycenter(GroupCosts):
         return not self.keys
 
     def snapshot(self) -> tuple[list[dict], list[dict], dict]:
-        return [dict(c) for c in self.couplings], [dict(mv) for mv in self.moved], dict(self.version)
+        return [dict(c) for c in self.couplings], [mv.copy() for mv in self.moved], dict(self.version)
 
     def restore(self, snap) -> None:
         """Back to a snapshot; versions come back with their couplings, so cached costs stay valid."""
-        self.couplings, self.moved = [dict(c) for c in snap[0]], [dict(mv) for mv in snap[1]]
+        self.couplings, self.moved = [dict(c) for c in snap[0]], [mv.copy() for mv in snap[1]]
         self.version = dict(snap[2])
 
     def result(self) -> list[dict]:
