@@ -196,6 +196,9 @@ def test_a_cost_from_scaled_parts_is_the_cost_of_their_concatenation(method):
     ys = [torch.randn(11, d, generator=g, dtype=torch.float64) for d in dims]
     whole = plan_cost(torch.cat([x * s for x, s in zip(xs, a)], 1), torch.cat([y * s for y, s in zip(ys, b)], 1), method)
     assert torch.allclose(plan_cost_parts(list(zip(xs, a)), list(zip(ys, b)), method), whole, rtol=1e-12, atol=1e-12)
+    first = plan_cost_parts(list(zip(xs[:1], a[:1])), list(zip(ys[:1], b[:1])), method)  # a sum of costs, part by part
+    summed = plan_cost_parts(list(zip(xs[1:], a[1:])), list(zip(ys[1:], b[1:])), method, out=first)
+    assert summed is first and torch.allclose(summed, whole, rtol=1e-12, atol=1e-12)
 
 
 def test_sinkhorn_agrees_with_pot_log_domain():

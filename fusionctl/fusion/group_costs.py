@@ -21,6 +21,8 @@ from fusionctl.fusion.transport import grouped_inputs, rows_with_aligned_inputs,
 from fusionctl.models.spec import AlignmentSpec, Axis, node_slices
 from fusionctl.ot.barycenter import Part, plan_cost_parts
 
+THIN = 8  # features per node up to which a bucket's cost part is recomputed rather than kept
+
 
 @dataclass(frozen=True)
 class Slice:
@@ -63,10 +65,19 @@ class GroupCosts:
             if self.acts is not None:
                 out.setdefault(Bucket((), True), [])
             self.buckets[group] = out
+        # a bucket of a few features per node (biases, norms) is not kept: its product costs what
+        # adding a kept copy does, and the copy is m x n (a third of the kept parts of an MLP layer)
+        self.thin = {(g, b) for g, out in self.buckets.items() for b, sl in out.items()
+                     if not self._holds_acts(b) and sum(self._width(s) for s in sl) <= THIN}
         self._clock = itertools.count()
         self.version = {(i, g): next(self._clock) for i, c in enumerate(self.couplings) for g in c}
         self._features: dict[tuple, tuple] = {}
         self._costs: dict[tuple, tuple] = {}
+
+    def _width(self, s: Slice) -> int:
+        """Features per node of slice s (model 0's)."""
+        t = self.theta[0][s.key]
+        return t.numel() // s.axis.nodes(t.shape[s.dim])
 
     def _cached(self, name: tuple, dep: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         hit = self._features.get(name)
@@ -147,17 +158,18 @@ class GroupCosts:
                      for b in self.buckets[group] if not incoming_only or (b.incoming and known.issuperset(b.reads)))
 
     def cost(self, i: int, group: str, keys: tuple) -> torch.Tensor:
-        """The (m, n_i) cost for `cost_keys`: each bucket's share recomputed only if a version it reads changed."""
-        parts = []
-        for key in keys:
+        """The (m, n_i) cost for `cost_keys`: each bucket's share recomputed only if a version it
+        reads changed (a thin bucket's every time, into the sum)."""
+        total = None
+        for key in sorted(keys, key=lambda k: (group, k[0]) in self.thin):  # kept parts first: one copy, then sums
             b, models = key[0], key[1]
+            if (group, b) in self.thin:
+                total = plan_cost_parts(self._target(models, group, b), self._own(i, group, b), self.ot.method, out=total)
+                continue
             hit = self._costs.get((i, group, b))
             if hit is None or hit[0] != key:
                 hit = self._costs[(i, group, b)] = (key, plan_cost_parts(self._target(models, group, b), self._own(i, group, b), self.ot.method))
-            parts.append(hit[1])
-        if not parts:
+            total = hit[1].clone() if total is None else total.add_(hit[1])  # the kept parts stay as they are
+        if total is None:
             raise ValueError(f"group {group} has no features to align on")
-        total = parts[0] if len(parts) == 1 else parts[0] + parts[1]  # a new tensor: the cached parts stay as they are
-        for part in parts[2:]:
-            total.add_(part)
         return total
