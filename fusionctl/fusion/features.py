@@ -41,10 +41,10 @@ class CorrelationFeatures:
     def features(self) -> list[torch.Tensor]:
         if self.count == 0:
             raise ValueError("no activations were added")
-        if self.blocks is not None:
+        if self.blocks is not None:  # in place: one copy of the observations, not three
             z = torch.cat(self.blocks, 1)
-            z = z - z.mean(1, keepdim=True)
-            z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            z -= z.mean(1, keepdim=True)
+            z /= z.norm(dim=1, keepdim=True).clamp_min(1e-12)
         else:
             mean = self.sums / self.count
             cov = self.gram / self.count - mean[:, None] * mean[None, :]
