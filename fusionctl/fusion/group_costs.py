@@ -160,16 +160,22 @@ class GroupCosts:
     def cost(self, i: int, group: str, keys: tuple) -> torch.Tensor:
         """The (m, n_i) cost for `cost_keys`: each bucket's share recomputed only if a version it
         reads changed (a thin bucket's every time, into the sum)."""
-        total = None
-        for key in sorted(keys, key=lambda k: (group, k[0]) in self.thin):  # kept parts first: one copy, then sums
+        total, owned = None, False  # owned: a tensor of this call's, not a kept part (those stay as they are)
+        for key in sorted(keys, key=lambda k: (group, k[0]) in self.thin):  # kept parts first
             b, models = key[0], key[1]
             if (group, b) in self.thin:
-                total = plan_cost_parts(self._target(models, group, b), self._own(i, group, b), self.ot.method, out=total)
+                out = total if owned or total is None else total.clone()
+                total, owned = plan_cost_parts(self._target(models, group, b), self._own(i, group, b), self.ot.method, out=out), True
                 continue
             hit = self._costs.get((i, group, b))
             if hit is None or hit[0] != key:
                 hit = self._costs[(i, group, b)] = (key, plan_cost_parts(self._target(models, group, b), self._own(i, group, b), self.ot.method))
-            total = hit[1].clone() if total is None else total.add_(hit[1])  # the kept parts stay as they are
+            if total is None:
+                total = hit[1]
+            elif owned:
+                total.add_(hit[1])
+            else:
+                total, owned = total + hit[1], True
         if total is None:
             raise ValueError(f"group {group} has no features to align on")
         return total

@@ -142,7 +142,7 @@ class NetworkBarycenter(GroupCosts):
         return total
 
     def _spread(self, xs: list[torch.Tensor]) -> float:
-        """sum_i lambda_i |bar - x_i|^2 with bar = sum_i lambda_i x_i, summed in float64."""
+        """sum_i lambda_i |bar - x_i|^2 with bar = sum_i lambda_i x_i (squared_norm's sums)."""
         w = self.weights
         if len(xs) == 2 and abs(w[0] + w[1] - 1.0) < 1e-12:  # = lambda_0 lambda_1 |x_0 - x_1|^2: one difference, not three
             return w[0] * w[1] * squared_norm(xs[0] - xs[1])
