@@ -109,7 +109,7 @@ def _moving_couplings(spec: AlignmentSpec, state: dict, g: torch.Generator) -> d
     couplings = random_couplings(spec, state, g)
     for group, p in couplings.items():
         for _ in range(20):
-            if not torch.equal(p.index, torch.arange(len(p.index))):
+            if not p.identity:
                 break
             p = random_couplings(spec, state, g)[group]
         couplings[group] = p

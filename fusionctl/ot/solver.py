@@ -81,9 +81,9 @@ def solve_ot(
     if method not in METHODS:
         raise ValueError(f"unknown OT method {method!r}; choose from {METHODS}")
     n, m = cost.shape
-    if method == "exact" and n == m and blocks == 1 and cost.dtype in (torch.float32, torch.float64):
-        return _assignment(cost.detach())  # scipy reads it in float64 itself: no second copy at width 2048
-    cost = cost.detach().to(torch.float64)
+    cost = cost.detach()
+    if not (method == "exact" and n == m and blocks == 1 and cost.dtype == torch.float32):
+        cost = cost.to(torch.float64)  # a plain assignment's scipy reads float32 itself: no second copy at width 2048
     if blocks > 1:
         if n != m or n % blocks:
             raise ValueError(f"a group of {blocks} blocks (attention heads) needs the same width in every model, got {n} and {m}")
