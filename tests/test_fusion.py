@@ -56,6 +56,23 @@ def test_an_axis_with_copies_per_head_moves_each_copy_as_its_block():
     assert ax.nodes(12) == 4
 
 
+def test_a_soft_coupling_moves_rows_by_its_row_map_and_columns_by_its_column_map_in_each_dtype():
+    """T(theta) under a soft coupling (METHOD.md A.6): a layer's rows are mass-weighted averages
+    (P / P 1), the next layer's columns split by P / 1^T P; the maps are cached on the coupling,
+    and a float64 entry after a float32 one is still moved in float64."""
+    from fusionctl.fusion.transport import along
+
+    g = torch.Generator().manual_seed(3)
+    p = torch.rand(5, 4, generator=g, dtype=torch.float64)
+    w_in, w_out = torch.randn(4, 3, generator=g), torch.randn(2, 4, generator=g)
+    rows = along(w_in, 0, Axis("g"), p, rows=True)
+    assert torch.allclose(rows, ((p / p.sum(1, keepdim=True)) @ w_in.double()).float(), atol=1e-6)
+    assert torch.equal(along(w_in, 0, Axis("g"), p, rows=True), rows)  # from the cached map
+    cols = along(w_out.double(), 1, Axis("g"), p, rows=False)
+    assert cols.dtype == torch.float64
+    assert torch.allclose(cols, w_out.double() @ (p / p.sum(0, keepdim=True)).T, rtol=1e-12, atol=1e-12)
+
+
 def test_transport_with_a_wrong_coupling_changes_outputs():
     # Guard against a test that cannot fail: permuting only one group breaks the function.
     state = state_of(mlp(WIDTHS, True))

@@ -213,6 +213,56 @@ def test_sinkhorn_agrees_with_pot_log_domain():
     assert float((p - q).abs().max()) < 1e-2 * float(q.max())  # and the same plan, entry by entry, to 1 %
 
 
+def _pot_plan(c, reg):
+    import ot
+
+    n, m = c.shape
+    return ot.sinkhorn(torch.full((n,), 1 / n, dtype=torch.float64), torch.full((m,), 1 / m, dtype=torch.float64), c / c.max(), reg,
+                       method="sinkhorn_log", numItermax=100_000, stopThr=1e-13)
+
+
+def _within_promise(p, q, c, reg):
+    return abs(float(((p - q) * c / c.max()).sum())) <= SINKHORN_TOL * reg
+
+
+def test_sinkhorn_from_potentials_far_off_rescues_empty_rows():
+    """A warm start whose kernel exp((f + g - C) / eps) underflows to zero in whole rows (a
+    previous problem's potentials, shifted) still ends at the problem's plan, finite."""
+    from fusionctl.ot.solver import Potentials
+
+    c = torch.rand(9, 13, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    f = torch.zeros(9, dtype=torch.float64)
+    f[:4] = -50.0  # exp(-50 / 0.01) == 0: rows 0-3 of the first kernel have no mass
+    warm = Potentials(f, torch.zeros(13, dtype=torch.float64))
+    p = solve_ot(c, "sinkhorn", reg=0.01, sinkhorn_iter=10_000, warm=warm)
+    assert torch.isfinite(p).all() and warm.converged
+    assert _within_promise(p, _pot_plan(c, 0.01), c, 0.01)
+
+
+def test_sinkhorn_absorbing_scalings_leaves_the_plan(monkeypatch):
+    """Scalings absorbed into the potentials after every iteration (the bound at 1.01, so each
+    leaves it): the same plan as with the bound far off, within the stop rule's promise."""
+    from fusionctl.ot import solver
+
+    c = torch.rand(12, 10, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    loose = solve_ot(c, "sinkhorn", reg=0.02, sinkhorn_iter=10_000)
+    monkeypatch.setattr(solver, "SCALING_BOUND", 1.01)
+    tight = solve_ot(c, "sinkhorn", reg=0.02, sinkhorn_iter=10_000)
+    q = _pot_plan(c, 0.02)
+    assert _within_promise(loose, q, c, 0.02) and _within_promise(tight, q, c, 0.02)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 5])
+def test_sinkhorn_stops_at_its_iteration_cap(cap):
+    """sinkhorn_iter counts every iteration, scaling and log-domain alike: a hard problem stops there, unconverged."""
+    from fusionctl.ot.solver import Potentials
+
+    x, perm = planted(40)
+    warm = Potentials()
+    p = solve_ot(sq_distances(x, x[perm]), "sinkhorn", reg=1e-3, sinkhorn_iter=cap, warm=warm)
+    assert warm.iterations == cap and not warm.converged and torch.isfinite(p).all()
+
+
 def test_known_permutations_change_like_dense_plans():
     g = torch.Generator().manual_seed(5)
     a, b = (solve_ot(torch.rand(8, 8, generator=g, dtype=torch.float64), "exact") for _ in range(2))

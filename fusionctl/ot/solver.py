@@ -1,8 +1,9 @@
 """The single OT solver used by every method.
 
 Exact OT runs POT's network simplex on CPU in float64 (scipy's linear assignment when both
-measures have the same size, which is the same problem); entropic OT runs a log-domain
-Sinkhorn on the cost's device, with epsilon relative to the largest cost (METHOD.md A.3).
+measures have the same size, which is the same problem); entropic OT runs a stabilised
+Sinkhorn (scaling iterations on a kernel that absorbs the log-domain potentials) on the cost's
+device, with epsilon relative to the largest cost (METHOD.md A.3).
 
 Sinkhorn ends in bounded time: epsilon is annealed from 1 down to `reg` (epsilon scaling),
 potentials can be warm-started from the previous round of a barycenter loop, and the loop
@@ -61,7 +62,7 @@ def solve_ot(
     Parameters
     ----------
     cost : (n, m) tensor
-    method : "exact" (network simplex / assignment) or "sinkhorn" (log-domain)
+    method : "exact" (network simplex / assignment) or "sinkhorn" (entropic, stabilised)
     reg : epsilon for sinkhorn, relative to max(C); must be > 0
     sinkhorn_iter : sinkhorn's iteration cap over all annealing stages
     warm : sinkhorn only: potentials of a previous, similar problem (read, then overwritten
@@ -144,35 +145,88 @@ def _sinkhorn(cost: torch.Tensor, reg: float, max_iter: int, warm: Potentials) -
     scale = cost.max()
     # Identical inputs give C == 0; dividing by max(C) would give NaN (METHOD.md E.2-3).
     c = cost / scale if scale > 0 else cost
-    log_a, log_b = -math.log(n), -math.log(m)
     if warm.f is not None and warm.f.shape == (n,) and warm.g.shape == (m,):
         f, g, stages = warm.f.to(c.device), warm.g.to(c.device), [reg]
     else:
         f, g = torch.zeros(n, dtype=c.dtype, device=c.device), torch.zeros(m, dtype=c.dtype, device=c.device)
         stages = [max(reg, 0.5**k) for k in range(int(math.ceil(math.log2(1.0 / reg))) + 1)] if reg < 1 else [reg]
     it, err, eps = 0, float("inf"), stages[0]
-    # -c / eps and a work buffer, reused by every iteration: fresh (n, m) temporaries (and their
-    # page faults) took two thirds of a Sinkhorn solve at n = 2048
-    ce, buf = torch.empty_like(c), torch.empty_like(c)
-
-    def logsumexp(potential: torch.Tensor, dim: int) -> torch.Tensor:  # of ce + potential along dim
-        mx = torch.add(ce, potential, out=buf).amax(dim, keepdim=True)
-        return buf.sub_(mx).exp_().sum(dim).log_() + mx.squeeze(dim)
-
+    # one (n, m) buffer reused by every iteration: fresh (n, m) temporaries (and their page
+    # faults) took two thirds of a Sinkhorn solve at n = 2048
+    buf = torch.empty_like(c)
     for eps in dict.fromkeys(stages):  # each epsilon once, largest first
-        torch.div(c, -eps, out=ce)
-        while it < max_iter:
-            lse = logsumexp(g[None, :] / eps, 1)
-            # rows of the current plan: exp(f / eps + lse); its error is free before the f-update
-            err = float(((f / eps + lse).exp() - 1.0 / n).abs().sum())
-            if err <= SINKHORN_TOL * eps:
-                break
-            f = eps * (log_a - lse)
-            g = eps * (log_b - logsumexp(f[:, None] / eps, 0))
-            it += 1
+        f, g, it, err = _stage(c, f, g, eps, it, max_iter, buf)
         if it >= max_iter:
             break  # the plan below uses the epsilon reached, a blurrier but valid coupling
     warm.f, warm.g, warm.iterations = f, g, it
     warm.converged = eps == reg and err <= SINKHORN_TOL * reg
     warm.error = err
-    return torch.add(ce, (f[:, None] + g[None, :]) / eps, out=buf).exp_()
+    return _kernel(c, f, g, eps, buf)
+
+
+SCALING_BOUND = 1e10  # scalings u, v outside [1 / bound, bound] are absorbed into the potentials
+
+
+def _kernel(c: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, out: torch.Tensor) -> torch.Tensor:
+    """exp((f_i + g_j - C_ij) / eps): the plan of potentials f, g, written into `out`."""
+    return torch.add((f / eps)[:, None], c, alpha=-1.0 / eps, out=out).add_((g / eps)[None, :]).exp_()
+
+
+def _stage(c: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, it: int, max_iter: int, buf: torch.Tensor):
+    """Sinkhorn iterations at one epsilon from potentials f, g, until the row-marginal error
+    (checked before each row update) is below SINKHORN_TOL * eps or `it` reaches max_iter.
+    Returns (f, g, it, err).
+
+    Stabilised scaling (Schmitzer 2019): the kernel K = exp((f + g - C) / eps) absorbs the
+    potentials, so the plan is diag(u) K diag(v) with scalings near 1 and an iteration is two
+    matrix-vector products, where a log-domain one makes about ten passes over an (n, m) array.
+    Scalings that leave [1 / SCALING_BOUND, SCALING_BOUND] are absorbed and K is remade, so
+    nothing overflows; a row or column of K without mass (a warm start far off, underflow) is
+    given some by one log-domain iteration first."""
+    n, m = c.shape
+    a, b = uniform(n, c), uniform(m, c)
+    err, rescue = float("inf"), False
+    while it < max_iter:
+        if rescue:
+            f = eps * (-math.log(n) - _logsumexp(c, g, eps, 1, buf))
+            g = eps * (-math.log(m) - _logsumexp(c, f, eps, 0, buf))
+            it += 1
+        kernel = _kernel(c, f, g, eps, buf)
+        u, v, rescue = torch.ones_like(f), torch.ones_like(g), True
+        while it < max_iter:
+            kv = kernel @ v
+            if not _positive(kv):
+                break
+            err = float((u * kv - a).abs().sum())  # rows of the current plan: u * (K v)
+            if err <= SINKHORN_TOL * eps:
+                return f + eps * u.log(), g + eps * v.log(), it, err
+            u_next = a / kv
+            ktu = u_next @ kernel
+            if not _positive(ktu):
+                break
+            u, v = u_next, b / ktu
+            it += 1
+            if not (_within(u) and _within(v)):
+                rescue = False
+                break
+        f, g = f + eps * u.log(), g + eps * v.log()  # absorb the scalings
+    return f, g, it, err
+
+
+def _positive(x: torch.Tensor) -> bool:
+    """Every entry finite and > 0."""
+    low, high = torch.aminmax(x)
+    return bool((low > 0) & (high < math.inf))
+
+
+def _within(scaling: torch.Tensor) -> bool:
+    low, high = torch.aminmax(scaling)
+    return bool((low >= 1.0 / SCALING_BOUND) & (high <= SCALING_BOUND))
+
+
+def _logsumexp(c: torch.Tensor, potential: torch.Tensor, eps: float, dim: int, buf: torch.Tensor) -> torch.Tensor:
+    """log sum exp((potential - C) / eps) along `dim` (1: a row's, with a column potential), computed in `buf`."""
+    p = (potential / eps)[None, :] if dim == 1 else (potential / eps)[:, None]
+    torch.add(p, c, alpha=-1.0 / eps, out=buf)
+    mx = buf.amax(dim, keepdim=True)
+    return buf.sub_(mx).exp_().sum(dim).log_() + mx.squeeze(dim)
