@@ -213,12 +213,12 @@ def test_sinkhorn_agrees_with_pot_log_domain():
     assert float((p - q).abs().max()) < 1e-2 * float(q.max())  # and the same plan, entry by entry, to 1 %
 
 
-def _pot_plan(c, reg):
+def _pot_plan(c, reg, stop=1e-13):
     import ot
 
     n, m = c.shape
     return ot.sinkhorn(torch.full((n,), 1 / n, dtype=torch.float64), torch.full((m,), 1 / m, dtype=torch.float64), c / c.max(), reg,
-                       method="sinkhorn_log", numItermax=100_000, stopThr=1e-13)
+                       method="sinkhorn_log", numItermax=100_000, stopThr=stop)
 
 
 def _within_promise(p, q, c, reg):
@@ -237,6 +237,18 @@ def test_sinkhorn_from_potentials_far_off_rescues_empty_rows():
     p = solve_ot(c, "sinkhorn", reg=0.01, sinkhorn_iter=10_000, warm=warm)
     assert torch.isfinite(p).all() and warm.converged
     assert _within_promise(p, _pot_plan(c, 0.01), c, 0.01)
+
+
+def test_sinkhorn_on_a_cost_far_below_zero_does_not_overflow():
+    """C / max(C) down to -800: the first kernel exp(-C / eps) overflows to inf; the solve
+    falls back to a log-domain iteration and ends at the problem's plan (POT's, to 1e-5 of
+    <P, C>: the stop rule's promise, relative to max(C), says little on such a cost), finite."""
+    c = torch.rand(9, 13, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 801 - 800
+    c[0, 0] = 1.0  # max(C) = 1, so the cost is its own normalisation
+    p = solve_ot(c, "sinkhorn", reg=0.05, sinkhorn_iter=10_000)
+    q = _pot_plan(c, 0.05, stop=1e-10)  # as tight as POT gets on this cost
+    assert torch.isfinite(p).all() and float((p.sum(1) - 1 / 9).abs().sum()) <= SINKHORN_TOL * 0.05
+    assert float(((p - q) * c).sum()) == pytest.approx(0.0, abs=1e-5 * abs(float((q * c).sum())))
 
 
 def test_sinkhorn_absorbing_scalings_leaves_the_plan(monkeypatch):

@@ -180,9 +180,10 @@ def _stage(c: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, it: in
     Stabilised scaling (Schmitzer 2019): the kernel K = exp((f + g - C) / eps) absorbs the
     potentials, so the plan is diag(u) K diag(v) with scalings near 1 and an iteration is two
     matrix-vector products, where a log-domain one makes about ten passes over an (n, m) array.
-    Scalings that leave [1 / SCALING_BOUND, SCALING_BOUND] are absorbed and K is remade, so
-    nothing overflows; a row or column of K without mass (a warm start far off, underflow) is
-    given some by one log-domain iteration first."""
+    Scalings that leave [1 / SCALING_BOUND, SCALING_BOUND] are absorbed and K is remade. Where
+    K has a row or column without mass or an infinite entry (a warm start far off, a cost far
+    below zero), the scalings turn 0 or infinite: the last finite ones are kept and one
+    log-domain iteration, which never overflows, comes before K is made again."""
     n, m = c.shape
     a, b = uniform(n, c), uniform(m, c)
     err, rescue = float("inf"), False
@@ -192,36 +193,29 @@ def _stage(c: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, it: in
             g = eps * (-math.log(m) - _logsumexp(c, f, eps, 0, buf))
             it += 1
         kernel = _kernel(c, f, g, eps, buf)
-        u, v, rescue = torch.ones_like(f), torch.ones_like(g), True
+        u, v, rescue = torch.ones_like(f), torch.ones_like(g), False
         while it < max_iter:
             kv = kernel @ v
-            if not _positive(kv):
-                break
             err = float((u * kv - a).abs().sum())  # rows of the current plan: u * (K v)
             if err <= SINKHORN_TOL * eps:
                 return f + eps * u.log(), g + eps * v.log(), it, err
             u_next = a / kv
-            ktu = u_next @ kernel
-            if not _positive(ktu):
-                break
-            u, v = u_next, b / ktu
+            v_next = b / (u_next @ kernel)
             it += 1
-            if not (_within(u) and _within(v)):
-                rescue = False
+            low, high = _range(u_next, v_next)
+            if not (low >= 1.0 / SCALING_BOUND and high <= SCALING_BOUND):
+                rescue = not (low > 0 and high < math.inf)
+                if not rescue:
+                    u, v = u_next, v_next
                 break
+            u, v = u_next, v_next
         f, g = f + eps * u.log(), g + eps * v.log()  # absorb the scalings
     return f, g, it, err
 
 
-def _positive(x: torch.Tensor) -> bool:
-    """Every entry finite and > 0."""
-    low, high = torch.aminmax(x)
-    return bool((low > 0) & (high < math.inf))
-
-
-def _within(scaling: torch.Tensor) -> bool:
-    low, high = torch.aminmax(scaling)
-    return bool((low >= 1.0 / SCALING_BOUND) & (high <= SCALING_BOUND))
+def _range(*scalings: torch.Tensor) -> list[float]:
+    """The smallest and largest entry of the scalings (NaN if any is), read in one transfer."""
+    return torch.stack(torch.aminmax(torch.cat(scalings))).tolist()
 
 
 def _logsumexp(c: torch.Tensor, potential: torch.Tensor, eps: float, dim: int, buf: torch.Tensor) -> torch.Tensor:
