@@ -58,9 +58,11 @@ def test_an_axis_with_copies_per_head_moves_each_copy_as_its_block():
 
 def test_a_soft_coupling_moves_rows_by_its_row_map_and_columns_by_its_column_map_in_each_dtype():
     """T(theta) under a soft coupling (METHOD.md A.6): a layer's rows are mass-weighted averages
-    (P / P 1), the next layer's columns split by P / 1^T P; the maps are cached on the coupling,
-    and a float64 entry after a float32 one is still moved in float64."""
-    from fusionctl.fusion.transport import along
+    (P / P 1), the next layer's columns split by P / 1^T P; the maps are kept while the coupling
+    lives (not saved with it), and a float64 entry after a float32 one is still moved in float64."""
+    import io
+
+    from fusionctl.fusion.transport import _MAPS, along
 
     g = torch.Generator().manual_seed(3)
     p = torch.rand(5, 4, generator=g, dtype=torch.float64)
@@ -71,6 +73,16 @@ def test_a_soft_coupling_moves_rows_by_its_row_map_and_columns_by_its_column_map
     cols = along(w_out.double(), 1, Axis("g"), p, rows=False)
     assert cols.dtype == torch.float64
     assert torch.allclose(cols, w_out.double() @ (p / p.sum(0, keepdim=True)).T, rtol=1e-12, atol=1e-12)
+    big = torch.rand(64, 64, generator=g, dtype=torch.float64)
+    along(torch.randn(64, 3, generator=g), 0, Axis("g"), big, rows=True)
+    saved, plain = io.BytesIO(), io.BytesIO()
+    torch.save({"g": big}, saved)
+    torch.save({"g": big.clone()}, plain)
+    assert len(saved.getvalue()) < len(plain.getvalue()) + 1000  # a 64 x 64 map would add 16 KiB
+    key = (id(p), True)
+    assert key in _MAPS
+    del p
+    assert key not in _MAPS
 
 
 def test_transport_with_a_wrong_coupling_changes_outputs():

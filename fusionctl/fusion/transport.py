@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from fusionctl.models.concat import join_state, split_spec, split_state
@@ -11,8 +13,9 @@ from fusionctl.ot.permutation import Permutation, dense
 
 # a dense coupling found to be a permutation / n carries its index under this attribute
 PERMUTATION = "_fusionctl_perm"
-# and its row and column maps, once made, under these (in the dtype of the entries they last moved)
-MAPS = {True: "_fusionctl_row_map", False: "_fusionctl_col_map"}
+# (id(coupling), rows) -> (the coupling, weakly; its row or column map in the dtype it last moved).
+# Not an attribute of the coupling: torch.save would write the maps with every couplings file.
+_MAPS: dict[tuple[int, bool], tuple[weakref.ref, torch.Tensor]] = {}
 
 
 def row_map(coupling: torch.Tensor) -> torch.Tensor:
@@ -53,13 +56,17 @@ def along(t: torch.Tensor, dim: int, ax: Axis, coupling, rows: bool) -> torch.Te
 
 
 def node_map(coupling: torch.Tensor, rows: bool, dtype: torch.dtype) -> torch.Tensor:
-    """row_map (rows) or col_map of a soft coupling in `dtype`, cached on the coupling: one
+    """row_map (rows) or col_map of a soft coupling in `dtype`, kept while the coupling lives: one
     coupling moves many entries (normalising and casting it each time took an eighth of a
     Sinkhorn fusion at width 2048)."""
-    cached = getattr(coupling, MAPS[rows], None)
-    if cached is None or cached.dtype != dtype:
-        cached = (row_map(coupling) if rows else col_map(coupling)).to(dtype)
-        setattr(coupling, MAPS[rows], cached)
+    key = (id(coupling), rows)
+    ref, cached = _MAPS.get(key, (None, None))
+    if cached is not None and ref() is coupling and cached.dtype == dtype:
+        return cached
+    if ref is None or ref() is not coupling:
+        weakref.finalize(coupling, _MAPS.pop, key, None)  # the map goes with its coupling
+    cached = (row_map(coupling) if rows else col_map(coupling)).to(dtype)
+    _MAPS[key] = (weakref.ref(coupling), cached)
     return cached
 
 
