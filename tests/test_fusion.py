@@ -62,7 +62,7 @@ def test_a_soft_coupling_moves_rows_by_its_row_map_and_columns_by_its_column_map
     lives (not saved with it), and a float64 entry after a float32 one is still moved in float64."""
     import io
 
-    from fusionctl.fusion.transport import _MAPS, along
+    from fusionctl.fusion.transport import _DERIVED, along
 
     g = torch.Generator().manual_seed(3)
     p = torch.rand(5, 4, generator=g, dtype=torch.float64)
@@ -79,10 +79,10 @@ def test_a_soft_coupling_moves_rows_by_its_row_map_and_columns_by_its_column_map
     torch.save({"g": big}, saved)
     torch.save({"g": big.clone()}, plain)
     assert len(saved.getvalue()) < len(plain.getvalue()) + 1000  # a 64 x 64 map would add 16 KiB
-    key = (id(p), True)
-    assert key in _MAPS
+    key = id(p)
+    assert ("map", True, torch.float32) in _DERIVED[key][1]
     del p
-    assert key not in _MAPS
+    assert key not in _DERIVED
 
 
 def test_transport_with_a_wrong_coupling_changes_outputs():

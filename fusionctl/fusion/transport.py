@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from typing import Callable
 
 import torch
 
@@ -11,11 +12,21 @@ from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, blocks_gathe
 from fusionctl.ot.barycenter import permutation_of
 from fusionctl.ot.permutation import Permutation, dense
 
-# a dense coupling found to be a permutation / n carries its index under this attribute
-PERMUTATION = "_fusionctl_perm"
-# (id(coupling), rows) -> (the coupling, weakly; its row or column map in the dtype it last moved).
-# Not an attribute of the coupling: torch.save would write the maps with every couplings file.
-_MAPS: dict[tuple[int, bool], tuple[weakref.ref, torch.Tensor]] = {}
+# id(coupling) -> (the coupling, weakly; {what: value} derived from it once: its permutation index,
+# its row and column maps). Not attributes of the coupling: torch.save would write them with it.
+_DERIVED: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def derived(coupling: torch.Tensor, what, make: Callable[[], object]):
+    """make(), computed once per coupling and kept while the coupling lives: a coupling is applied
+    to many entries, many times."""
+    ref, values = _DERIVED.get(id(coupling), (None, None))
+    if ref is None or ref() is not coupling:
+        ref, values = _DERIVED[id(coupling)] = (weakref.ref(coupling), {})
+        weakref.finalize(coupling, _DERIVED.pop, id(coupling), None)  # they go with their coupling
+    if what not in values:
+        values[what] = make()
+    return values[what]
 
 
 def row_map(coupling: torch.Tensor) -> torch.Tensor:
@@ -32,15 +43,10 @@ def col_map(coupling: torch.Tensor) -> torch.Tensor:
 def permutation_index(coupling) -> torch.Tensor | None:
     """Source node per target node if `coupling` is a permutation / n, else None.
 
-    A dense one (given by hand, or a soft solver's that happens to be one) is checked once and
-    the answer cached on the tensor: a coupling is applied to many entries, many times."""
+    A dense one (given by hand, or a soft solver's that happens to be one) is checked once (`derived`)."""
     if isinstance(coupling, Permutation):
         return coupling.index
-    cached = getattr(coupling, PERMUTATION, False)
-    if cached is False:
-        cached = permutation_of(row_map(coupling))
-        setattr(coupling, PERMUTATION, cached)
-    return cached
+    return derived(coupling, "permutation", lambda: permutation_of(row_map(coupling)))
 
 
 def along(t: torch.Tensor, dim: int, ax: Axis, coupling, rows: bool) -> torch.Tensor:
@@ -56,18 +62,9 @@ def along(t: torch.Tensor, dim: int, ax: Axis, coupling, rows: bool) -> torch.Te
 
 
 def node_map(coupling: torch.Tensor, rows: bool, dtype: torch.dtype) -> torch.Tensor:
-    """row_map (rows) or col_map of a soft coupling in `dtype`, kept while the coupling lives: one
-    coupling moves many entries (normalising and casting it each time took an eighth of a
-    Sinkhorn fusion at width 2048)."""
-    key = (id(coupling), rows)
-    ref, cached = _MAPS.get(key, (None, None))
-    if cached is not None and ref() is coupling and cached.dtype == dtype:
-        return cached
-    if ref is None or ref() is not coupling:
-        weakref.finalize(coupling, _MAPS.pop, key, None)  # the map goes with its coupling
-    cached = (row_map(coupling) if rows else col_map(coupling)).to(dtype)
-    _MAPS[key] = (weakref.ref(coupling), cached)
-    return cached
+    """row_map (rows) or col_map of a soft coupling in `dtype`, made once per coupling (`derived`):
+    normalising and casting it for every entry it moved took an eighth of a Sinkhorn fusion at width 2048."""
+    return derived(coupling, ("map", rows, dtype), lambda: (row_map(coupling) if rows else col_map(coupling)).to(dtype))
 
 
 def transport_tensor(t: torch.Tensor, axes, couplings: dict, skip: int | None = None) -> torch.Tensor:

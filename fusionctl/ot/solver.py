@@ -150,7 +150,7 @@ def _sinkhorn(cost: torch.Tensor, reg: float, max_iter: int, warm: Potentials) -
     else:
         f, g = torch.zeros(n, dtype=c.dtype, device=c.device), torch.zeros(m, dtype=c.dtype, device=c.device)
         stages = [max(reg, 0.5**k) for k in range(int(math.ceil(math.log2(1.0 / reg))) + 1)] if reg < 1 else [reg]
-    it, err, eps = 0, float("inf"), stages[0]
+    it = 0
     # one (n, m) buffer reused by every iteration: fresh (n, m) temporaries (and their page
     # faults) took two thirds of a Sinkhorn solve at n = 2048
     buf = torch.empty_like(c)
