@@ -272,6 +272,22 @@ def test_sinkhorn_stops_at_its_iteration_cap(cap):
     assert warm.iterations == cap and not warm.converged and torch.isfinite(p).all()
 
 
+@pytest.mark.parametrize("cap", [1, 2])
+def test_sinkhorn_at_its_cap_from_far_off_potentials_still_gives_a_coupling(cap):
+    """Warm potentials of a solve stopped at epsilon 1, read at epsilon 1e-3: the first kernel
+    overflows or has no mass, and a cap of one or two iterations must still end on a plan of the
+    measures (finite, columns exact), as a log-domain iteration would leave it."""
+    from fusionctl.ot.solver import Potentials
+
+    g = torch.Generator().manual_seed(0)
+    c = sq_distances(torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randn(40, 5, generator=g, dtype=torch.float64))
+    warm = Potentials()
+    for _ in range(3):
+        p = solve_ot(c, "sinkhorn", reg=1e-3, sinkhorn_iter=cap, warm=warm)
+        assert torch.isfinite(p).all() and warm.iterations == cap
+        assert torch.allclose(p.sum(0), torch.full((40,), 1 / 40, dtype=torch.float64), atol=1e-12)
+
+
 def test_known_permutations_change_like_dense_plans():
     g = torch.Generator().manual_seed(5)
     a, b = (solve_ot(torch.rand(8, 8, generator=g, dtype=torch.float64), "exact") for _ in range(2))

@@ -182,8 +182,8 @@ def _stage(c: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, it: in
     matrix-vector products, where a log-domain one makes about ten passes over an (n, m) array.
     Scalings that leave [1 / SCALING_BOUND, SCALING_BOUND] are absorbed and K is remade. Where
     K has a row or column without mass or an infinite entry (a warm start far off, a cost far
-    below zero), the scalings turn 0 or infinite: the last finite ones are kept and one
-    log-domain iteration, which never overflows, comes before K is made again."""
+    below zero), the scalings turn 0 or infinite: that step is dropped and one log-domain
+    iteration, which never overflows, comes before K is made again."""
     n, m = c.shape
     a, b = uniform(n, c), uniform(m, c)
     err, rescue = float("inf"), False
@@ -193,7 +193,7 @@ def _stage(c: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, it: in
             g = eps * (-math.log(m) - _logsumexp(c, f, eps, 0, buf))
             it += 1
         kernel = _kernel(c, f, g, eps, buf)
-        u, v, rescue = torch.ones_like(f), torch.ones_like(g), False
+        u, v = torch.ones_like(f), torch.ones_like(g)
         while it < max_iter:
             kv = kernel @ v
             err = float((u * kv - a).abs().sum())  # rows of the current plan: u * (K v)
@@ -201,14 +201,13 @@ def _stage(c: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float, it: in
                 return f + eps * u.log(), g + eps * v.log(), it, err
             u_next = a / kv
             v_next = b / (u_next @ kernel)
-            it += 1
             low, high = _range(u_next, v_next)
+            rescue = not (low > 0 and high < math.inf)
+            if rescue:
+                break  # not counted: the log-domain iteration takes its place, so even the last one leaves a plan
+            u, v, it = u_next, v_next, it + 1
             if not (low >= 1.0 / SCALING_BOUND and high <= SCALING_BOUND):
-                rescue = not (low > 0 and high < math.inf)
-                if not rescue:
-                    u, v = u_next, v_next
                 break
-            u, v = u_next, v_next
         f, g = f + eps * u.log(), g + eps * v.log()  # absorb the scalings
     return f, g, it, err
 
