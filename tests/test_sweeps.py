@@ -17,7 +17,7 @@ from fusionctl.fusion.barycenter import run_sweeps
 from fusionctl.fusion.features import CorrelationFeatures
 from fusionctl.fusion import sweeps
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
-from fusionctl.fusion.transport import identity_couplings, random_couplings, relative_coupling, transport
+from fusionctl.fusion.transport import identity_couplings, random_couplings, relative_coupling, transport, weighted_average
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.fuse import held_out_score
 from fusionctl.models import build_model, model_spec
@@ -268,6 +268,48 @@ def test_fusing_a_model_with_itself_into_a_2x_wider_target_keeps_its_function(cf
     res = fuse("wb", spec, [state, state], [0.5, 0.5], sizes, settings(cost="weight", sweeps=sweeps), ctx)
     x = torch.randn(16, *shape)
     assert torch.allclose(outputs(wide, res.state, x, shape), outputs(cfg, state, x, shape), atol=1e-5)
+
+
+def traced_states(net, k, x):
+    from fusionctl.models.trace import derive_spec
+
+    states = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        states.append({key: v.detach().clone() for key, v in net().eval().state_dict().items()})
+    return derive_spec(net().eval(), x), states
+
+
+@pytest.mark.parametrize("case", ["mlp", "mlp k=3", "mlp float64", "mlp sinkhorn", "grouped conv", "per-head entries"])
+def test_the_fused_state_is_the_average_of_the_models_transported_afresh(case):
+    """The fusion takes the entries the sweeps already transported (the objective's) where they
+    equal a fresh transport: the fused state must be exactly the weighted average of the models
+    moved afresh by the couplings returned, entry for entry and dtype for dtype."""
+    from tests.custom_nets import UnevenQKVNet
+
+    k = 3 if case in ("mlp k=3", "grouped conv") else 2
+    if case == "grouped conv":
+        spec, states = grouped_states(k)
+    elif case == "per-head entries":
+        spec, (state,) = traced_states(UnevenQKVNet, 1, torch.randn(3, 3, 8, 8))
+        for seed in range(10):  # a planted permutation that exchanges the heads, so proj.weight's columns move per head
+            planted = random_couplings(spec, state, torch.Generator().manual_seed(seed))
+            if planted["qkv"].index[0] != 0:
+                break
+        states = [state, {key: v + 0.01 * torch.randn(v.shape) for key, v in transport(state, spec, planted).items()}]
+        assert "proj.weight" in spec.per_head and "proj.weight" in spec.axes
+    else:
+        states = random_states(MLP, k)
+        states = [{key: v.double() for key, v in s.items()} for s in states] if case == "mlp float64" else states
+        spec = model_spec(MLP)
+    extra = {"ot": "sinkhorn", "reg": 0.05} if case == "mlp sinkhorn" else {}
+    weights = [0.3, 0.7] if k == 2 else [0.2, 0.3, 0.5]
+    res = fuse("wb", spec, states, weights, spec.group_sizes(states[0]), settings(cost="weight", **extra))
+    assert res.sweeps["sweeps"] >= 1
+    expected = weighted_average([transport(s, spec, c) for s, c in zip(states, res.couplings)], weights)
+    assert res.state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert res.state[key].dtype == value.dtype and torch.equal(res.state[key], value), key
 
 
 # -- activation features -----------------------------------------------------------------------------

@@ -175,9 +175,9 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
 
         net.forward(support if in_target else None)
     summary = run_sweeps(net, sweeps, settings.tol)
-    couplings = net.result()
+    couplings, done = net.result(), net.moved_entries(states)
     del net  # its kept costs and float32 copies of the models are not needed to fuse: free them first
-    result = fuse_with_couplings(spec, states, weights, couplings, info)
+    result = fuse_with_couplings(spec, states, weights, couplings, info, done)
     result.sweeps = summary
     return with_norm_stats(result, spec, states, weights, acts, writer_acts, settings)
 

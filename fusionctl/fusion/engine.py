@@ -159,8 +159,9 @@ def barycenter_couplings(
     return couplings, info
 
 
-def fuse_with_couplings(spec: AlignmentSpec, states: list[State], weights: list[float], couplings, info=None) -> FusionResult:
-    moved = [transport(s, spec, c) for s, c in zip(states, couplings)]
+def fuse_with_couplings(spec: AlignmentSpec, states: list[State], weights: list[float], couplings, info=None, done=None) -> FusionResult:
+    """done: per model, entries already moved by its couplings (transport's `done`)."""
+    moved = [transport(s, spec, c, d) for s, c, d in zip(states, couplings, done or [None] * len(states))]
     soft = any(permutation_index(p) is None for c in couplings for p in c.values())
     return FusionResult(weighted_average(moved, weights), couplings, info or {}, aligned=moved if soft else None)
 

@@ -75,19 +75,23 @@ def transport_tensor(t: torch.Tensor, axes, couplings: dict, skip: int | None = 
     return t
 
 
-def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def transport(state: dict[str, torch.Tensor], spec: AlignmentSpec, couplings: dict[str, torch.Tensor],
+              done: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Map a model into the barycenter's node order: T(theta) of METHOD.md A.6.
 
     couplings[g] is (target size, source size); a group without a coupling is left as is.
     With exact couplings between equal widths each map is a permutation, so the function is
     preserved exactly. Entries read along a concatenation move piece by piece (models/concat.py).
+    done: entries already moved by these couplings, taken as they are.
     """
     if spec.concat:
-        return join_state(spec, transport(split_state(spec, state), split_spec(spec), couplings))
+        return join_state(spec, transport(split_state(spec, state), split_spec(spec), couplings, done))
     out = {}
     for key, value in state.items():
         t = value
-        if t.is_floating_point():
+        if done is not None and key in done:
+            t = done[key]
+        elif t.is_floating_point():
             t = transport_tensor(t, spec.axes.get(key, ()), couplings)
             if key in spec.local:
                 t = grouped_inputs(t, spec, key, couplings)
