@@ -57,3 +57,34 @@ def test_bad_checkpoints_give_one_clear_line(tmp_path, content, message):
     with pytest.raises(FusionctlError, match=message) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig("mlp", [6, 5], True), ModelConfig("resnet20", [4, 6, 8], False, True), ModelConfig("lstm", [5], True)],
+                         ids=["mlp", "resnet20-bn", "lstm"])
+def test_models_built_from_states_hold_their_own_copies(cfg):
+    """build_from_state copies one template per config: each model holds exactly its state, in storage
+    of its own (training one changes neither the other nor the state it came from)."""
+    from fusionctl.data import Split, Splits
+    from fusionctl.models import build_from_state, build_model
+
+    shape = (28, 28) if cfg.name == "lstm" else (1, 8, 8)
+    one = Split(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
+    splits = Splits("toy", one, one, one, shape, 3)
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append({k: v.detach().clone() for k, v in build_model(cfg, shape, 3).state_dict().items()})
+    kept = [{k: v.clone() for k, v in s.items()} for s in states]
+    models = [build_from_state(cfg, splits, s) for s in states]
+    x = torch.randn(4, *shape)
+    for model, state in zip(models, states):
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    before = models[1](x)
+    with torch.no_grad():
+        for p in models[0].parameters():
+            p.add_(1.0)
+    assert torch.equal(models[1](x), before) and not torch.equal(models[0](x), before)
+    for state, copy in zip(states, kept):
+        assert all(torch.equal(state[k], copy[k]) for k in state)
+    again = build_from_state(cfg, splits, states[0])
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in states[0].items())
