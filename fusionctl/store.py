@@ -108,8 +108,17 @@ def make_checkpoint(state_dict, model_cfg, dataset: str, input_shape, num_classe
 
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a fusionctl model checkpoint with weights_only=True; one clear error otherwise."""
+# where training scripts keep a model's weights in what they save (torch.save({"model_state_dict": ...}))
+STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
+# name prefixes a wrapper adds to every key: DataParallel / DDP, torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_checkpoint(path: str | Path, plain: bool = False) -> dict:
+    """Load a fusionctl model checkpoint with weights_only=True; one clear error otherwise.
+
+    plain=True also takes a state dict saved elsewhere (`plain_state`), returned as
+    {"format": "plain", "state_dict": ...}: the caller says which model it is."""
     path = Path(path)
     if not path.is_file():
         raise FusionctlError(f"checkpoint {path} does not exist")
@@ -118,6 +127,24 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as exc:  # truncated zip, pickle with code, random bytes, ...
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise FusionctlError(f"checkpoint {path} cannot be loaded safely ({reason}); it is damaged or not a fusionctl checkpoint") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise FusionctlError(f"{path} is not a fusionctl checkpoint (expected format {FORMAT}); pass models made by `fusionctl train`")
-    return ckpt
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        return ckpt
+    state = plain_state(ckpt) if plain else None
+    if state is None:
+        raise FusionctlError(f"{path} is not a fusionctl checkpoint (expected format {FORMAT})" +
+                             (" nor a state dict; pass models made by `fusionctl train` or saved with torch.save(model.state_dict())"
+                              if plain else "; pass models made by `fusionctl train`"))
+    return {"format": "plain", "state_dict": state}
+
+
+def plain_state(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The weights in what a training script saved: a state dict itself or under one of
+    STATE_KEYS (nested too), without a wrapper's prefix on every key; None if there is none."""
+    while isinstance(obj, dict) and not (obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
+        obj = next((obj[k] for k in STATE_KEYS if isinstance(obj.get(k), dict)), None)
+    if not isinstance(obj, dict):
+        return None
+    for prefix in WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return dict(obj)

@@ -134,6 +134,27 @@ def test_models_of_different_depth_or_corrupt_are_rejected(work):
     assert deep.read_bytes() == before, "a failed run must not touch existing checkpoints"
 
 
+def test_state_dicts_saved_elsewhere_fuse_as_their_checkpoints(work):
+    """models=[...] also takes what a training script saves (the weights alone, or under a key with
+    DataParallel's prefix): the same bases give the same fusions, the widths read from the weights."""
+    ckpts = sorted(p for p in work.glob("outputs/store/mnist_small/mlp-*/seed[01]/best.pt")
+                   if torch.load(p, weights_only=True)["model"]["widths"] == [24, 12])
+    assert len(ckpts) == 2
+    states = [torch.load(p, weights_only=True)["state_dict"] for p in ckpts]
+    torch.save({"epoch": 2, "model_state_dict": {f"module.{k}": v for k, v in states[0].items()}}, work / "elsewhere0.pt")
+    torch.save(states[1], work / "elsewhere1.pt")
+    tables = []
+    for name, models, widths in (("ckpt", ckpts, "[24,12]"), ("plain", [work / "elsewhere0.pt", work / "elsewhere1.pt"], "[7,7]")):
+        run(["fuse", f"models=[{models[0]},{models[1]}]", f"model.widths={widths}", "baselines=[wm]", "threads=1",
+             f"hydra.run.dir=runs/fuse_{name}"], work)
+        t = pd.read_csv(work / f"runs/fuse_{name}/fusion.csv")
+        tables.append(t.sort_values(["role", "method", "post", "split", "seed"], na_position="first")[["role", "method", "split", "accuracy", "loss"]])
+    assert set(tables[1]["method"]) == {"base", "ensemble", "wb", "wm"}
+    pd.testing.assert_frame_equal(tables[0].reset_index(drop=True), tables[1].reset_index(drop=True))
+    fused = torch.load(work / "runs/fuse_plain/fused_wb.pt", weights_only=True)
+    assert fused["model"]["widths"] == [24, 12]
+
+
 def test_landscape_writes_documented_files(work):
     run(["landscape", *TINY, "landscape=fast", "landscape.grid=5", "post=[repair]", "hydra.run.dir=runs/land"], work)
     out = work / "runs/land"

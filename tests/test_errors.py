@@ -43,7 +43,9 @@ CASES = [
     (["fuse", "seeds=[0,9]"], 1, "no trained model for seed 9"),
     (["fuse", "models=[{tmp}/missing.pt,{tmp}/missing2.pt]"], 1, "does not exist"),
     (["fuse", "models=[{seed0},{tmp}/corrupt.pt]"], 1, "cannot be loaded safely"),
-    (["fuse", "models=[{seed0},{tmp}/foreign.pt]"], 1, "is not a fusionctl checkpoint"),
+    (["fuse", "models=[{seed0},{tmp}/foreign.pt]"], 1, "is not a fusionctl checkpoint (expected format fusionctl.model/1) nor a state dict"),
+    (["fuse", "models=[{tmp}/plain0.pt,{tmp}/plain1.pt]", "model.bias=true"], 1, "is a state dict, but not of mlp: it lacks layers.0.bias"),
+    (["fuse", "models=[{seed0},{tmp}/classes.pt]"], 1, "layers.2.weight has shape (5, 12), but mlp on mnist_small"),
     (["fuse", "models=[{seed0},{shallow}]"], 1, "needs equal depth"),
     (["fuse", "dataset=seq_mnist_small", "models=[{seed0},{seed1}]"], 1, "was trained on 'mnist_small'"),
     (["fuse", "weights=[1]"], 1, "one weight per model"),
@@ -104,6 +106,10 @@ def work(tmp_path_factory):
     deep = by_depth[2]
     (tmp / "corrupt.pt").write_bytes(deep.read_bytes()[:300])
     torch.save({"state_dict": {}}, tmp / "foreign.pt")
+    for seed in (0, 1):  # as a training script saves them: the weights alone
+        torch.save(torch.load(deep.parent.parent / f"seed{seed}" / "best.pt", weights_only=True)["state_dict"], tmp / f"plain{seed}.pt")
+    plain = torch.load(tmp / "plain0.pt", weights_only=True)
+    torch.save({**plain, "layers.2.weight": plain["layers.2.weight"][:5]}, tmp / "classes.pt")
     (tmp / "empty").mkdir()
     assert call(["fuse", *common, f"hydra.run.dir={tmp}/runs/good", "baselines=[]"])[0] == 0
     custom = ["model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={width:4}", "train.epochs=1", "seeds=[0]"]

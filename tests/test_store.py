@@ -88,3 +88,43 @@ def test_models_built_from_states_hold_their_own_copies(cfg):
         assert all(torch.equal(state[k], copy[k]) for k in state)
     again = build_from_state(cfg, splits, states[0])
     assert all(torch.equal(again.state_dict()[k], v) for k, v in states[0].items())
+
+
+def test_plain_state_finds_the_weights_a_training_script_saved():
+    from fusionctl.store import plain_state
+
+    sd = {"a.weight": torch.ones(2, 2), "a.bias": torch.zeros(2)}
+
+    def same(found):
+        return found is not None and found.keys() == sd.keys() and all(torch.equal(found[k], sd[k]) for k in sd)
+
+    assert same(plain_state(sd))
+    assert same(plain_state({"epoch": 3, "model_state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer": {"lr": 0.1}}))
+    assert same(plain_state({"model": {"state_dict": {"module._orig_mod." + k: v for k, v in sd.items()}}}))
+    mixed = {"module.a.weight": sd["a.weight"], "a.bias": sd["a.bias"]}  # a prefix on some keys only is a name, kept
+    assert plain_state(mixed).keys() == mixed.keys()
+    for nothing in ({"epoch": 3}, [sd], {"state_dict": {}}, {"state_dict": {"a": 1}}, torch.ones(2)):
+        assert plain_state(nothing) is None
+
+
+def test_a_torchvision_state_dict_is_read_inside_fusionctls_wrapper():
+    """torch.save(resnet18.state_dict()) names its entries conv1.weight, ...; fusionctl's wrapper
+    holds the net as `net`: the entries are found there, and a head for other classes is one line."""
+    from pathlib import Path
+
+    from fusionctl.data import Split, Splits
+    from fusionctl.jobs.bases import plain_base
+    from fusionctl.models import build_model
+
+    cfg, shape = ModelConfig("torchvision", arch="resnet18"), (1, 28, 28)
+    one = Split(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
+    splits = Splits("toy", one, one, one, shape, 10)
+    torch.manual_seed(0)
+    expected = build_model(cfg, shape, 10).state_dict()
+    saved = {k.removeprefix("net."): v for k, v in expected.items() if not k.endswith("num_batches_tracked")}  # as older torch saved
+    base = plain_base("a", Path("a.pt"), saved, cfg, splits)
+    assert base.state.keys() == expected.keys() and all(torch.equal(base.state[k], v) for k, v in expected.items())
+    with pytest.raises(FusionctlError, match=r"a.pt: fc.weight has shape \(1000, 512\), but torchvision resnet18 on toy .* has \(10, 512\)"):
+        plain_base("a", Path("a.pt"), {**saved, "fc.weight": torch.zeros(1000, 512)}, cfg, splits)
+    with pytest.raises(FusionctlError, match="is a state dict, but not of torchvision resnet18: it lacks layer1.0.conv1.weight"):
+        plain_base("a", Path("a.pt"), {k: v for k, v in saved.items() if not k.startswith("layer1.0.conv1")}, cfg, splits)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from fusionctl.config import FuseCommandConfig, ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.spec_check import verify_spec
-from fusionctl.models import TRACED, build_model, describe, example_input, group_sizes, model_spec
+from fusionctl.models import TRACED, build_model, config_for, describe, example_input, group_sizes, model_spec
 from fusionctl.store import load_checkpoint, model_dir
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,10 @@ def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
 def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
     bases = []
     for label, path in base_paths(cfg):
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, plain=bool(cfg.models))
+        if ckpt["format"] == "plain":
+            bases.append(plain_base(label, path, ckpt["state_dict"], cfg.model, splits))
+            continue
         if ckpt["dataset"] != splits.name:
             raise FusionctlError(f"{path} was trained on '{ckpt['dataset']}', not on dataset '{splits.name}'; set dataset={ckpt['dataset']}")
         if tuple(ckpt["input_shape"]) != splits.input_shape or ckpt["num_classes"] != splits.num_classes:
@@ -80,6 +85,48 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
         if not all(torch.isfinite(v).all() for v in b.state.values() if v.is_floating_point()):
             raise FusionctlError(f"{b.path} contains NaN or Inf weights; retrain it")
     return bases
+
+
+def plain_base(label: str, path: Path, state: dict[str, torch.Tensor], model_cfg: ModelConfig, splits: Splits) -> Base:
+    """A state dict saved outside fusionctl, read as the configured model (model=...) on the
+    configured dataset: its entries must be that model's and, once a built-in's widths are read
+    from them, of its shapes."""
+
+    def entries(cfg: ModelConfig) -> dict[str, torch.Tensor]:  # names and shapes; a built-in on the meta device
+        with torch.random.fork_rng(devices=[]), contextlib.nullcontext() if cfg.name in TRACED else torch.device("meta"):
+            return build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab).state_dict()
+
+    fix = "set model=... (model.arch, model.widths, model.bias, model.batch_norm) to the network it was saved from"
+    names = entries(model_cfg)
+    # the torchvision or timm net itself, as saved, inside fusionctl's wrapper (`net.`)
+    wrapper = os.path.commonprefix(list(names)).rpartition(".")[0] + "."
+    if sum(wrapper + k in names for k in state) > sum(k in names for k in state):
+        state = {wrapper + k: v for k, v in state.items()}
+    else:
+        wrapper = ""
+
+    def listed(keys: list[str]) -> str:  # as the file names them
+        return ", ".join(k.removeprefix(wrapper) for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    missing = [k for k in names if k not in state and not k.endswith("num_batches_tracked")]  # older torch saved no BN counters
+    extra = [k for k in state if k not in names]
+    if missing or extra:
+        found = [f"it lacks {listed(missing)}"] * bool(missing) + [f"it has {listed(extra)} besides"] * bool(extra)
+        raise FusionctlError(f"{path} is a state dict, but not of {describe(model_cfg)}: {'; '.join(found)}; {fix}")
+    state = {k: state[k].detach() if k in state else torch.zeros((), dtype=torch.long) for k in names}
+    try:
+        cfg = config_for(model_cfg, state)  # a built-in's widths as the weights have them
+    except ValueError as exc:
+        raise FusionctlError(f"{path}: weights do not match {describe(model_cfg)} ({exc}); {fix}") from exc
+    shapes = entries(cfg) if cfg != model_cfg else names
+    wrong = [k for k, v in shapes.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        k = wrong[0]
+        raise FusionctlError(f"{path}: {listed([k])} has shape {tuple(state[k].shape)}, but {describe(cfg)} on {splits.name} "
+                             f"(inputs {tuple(splits.input_shape)}, {splits.num_classes} classes) has {tuple(shapes[k].shape)}; "
+                             f"set dataset=... to the data it was trained on, or {fix.removeprefix('set ')}")
+    log.info("%s: a state dict saved outside fusionctl, read as %s on %s", path, describe(cfg), splits.name)
+    return Base(label, path, cfg, state)
 
 
 def fusion_weights(weights: list[float] | None, k: int) -> list[float]:
