@@ -175,3 +175,23 @@ def test_barrier_figure_names_each_panel_by_split_and_metric_and_each_curve_by_l
     assert titles == ["train cross-entropy loss", "test cross-entropy loss", "train error (%)", "test error (%)"]
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["naive 1-2", "naive 1-2 +repair", "aligned 1-2", "aligned 1-2 +repair"]
+
+
+def test_evaluation_shows_its_progress_on_a_terminal_only(monkeypatch):
+    """A model evaluated on a large split (fuse evaluates every model on the whole training set)
+    draws a progress bar where stderr is a terminal, and writes nothing to a log file."""
+    import io
+    import sys
+
+    from fusionctl.eval.metrics import evaluate_with_proba
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    model, split = mlp(WIDTHS, True), toy_split()
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        loss, acc, _ = evaluate_with_proba(model, split, batch_size=64, keep_proba=False, desc="evaluate wb on train")
+        assert ("evaluate wb on train" in stream.getvalue() and "/300" in stream.getvalue()) == shown, stream.getvalue()
+        assert (loss, acc) == evaluate(model, split, batch_size=64)

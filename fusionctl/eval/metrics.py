@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from fusionctl.data import Split
 
@@ -15,11 +18,14 @@ def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 2048, devic
 
 
 @torch.inference_mode()
-def evaluate_with_proba(model: torch.nn.Module, split: Split, batch_size: int = 2048, device="cpu", keep_proba: bool = True):
+def evaluate_with_proba(model: torch.nn.Module, split: Split, batch_size: int = 2048, device="cpu", keep_proba: bool = True,
+                        desc: str | None = None):
     """(mean cross-entropy, accuracy, class probabilities on the CPU or None) from one forward pass
-    over the split: a base model's row and its share of the ensemble need not read the data twice."""
+    over the split: a base model's row and its share of the ensemble need not read the data twice.
+    desc: label of a progress bar over the samples (on a terminal only), for splits that take minutes."""
     model.eval()
     total_loss, correct, probs = 0.0, 0, []
+    bar = tqdm(total=len(split), desc=desc, unit="sample", disable=desc is None or not sys.stderr.isatty(), leave=False)
     for start in range(0, len(split), batch_size):
         x = split.x[start : start + batch_size].to(device)
         y = split.y[start : start + batch_size].to(device)
@@ -28,5 +34,7 @@ def evaluate_with_proba(model: torch.nn.Module, split: Split, batch_size: int = 
         correct += int((logits.argmax(1) == y).sum())
         if keep_proba:
             probs.append(torch.softmax(logits, 1).cpu())
+        bar.update(len(x))
+    bar.close()
     n = max(len(split), 1)
     return total_loss / n, correct / n, (torch.cat(probs) if probs else torch.zeros(0)) if keep_proba else None

@@ -159,7 +159,9 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         label = {"settings": fused.settings_label, "ot": getattr(fused.settings, "ot", ""), "reg": getattr(fused.settings, "reg", float("nan"))} \
             if fused else {"settings": "", "ot": "", "reg": float("nan")}
         for split_name in ("train", "test"):
-            loss, acc, p = evaluate_with_proba(model, getattr(splits, split_name), device=device, keep_proba=probs is not None)
+            name = f"{method} {seed}" if role == "base" else method + ("" if post == "none" else f" +{post}") + ("" if stage == "one-shot" else f" ({stage})")
+            loss, acc, p = evaluate_with_proba(model, getattr(splits, split_name), device=device, keep_proba=probs is not None,
+                                               desc=f"evaluate {name} on {split_name}")
             if probs is not None:
                 probs[split_name].append(p)
             rows.append({"role": role, "method": method, "seed": seed, "split": split_name, "accuracy": acc, "loss": loss,
