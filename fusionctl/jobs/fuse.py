@@ -126,7 +126,9 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     if unconverged:
         log.warning("%s: %d sinkhorn solves stopped at solver.sinkhorn_iter=%d before their marginals met the tolerance; "
                     "raise solver.sinkhorn_iter or solver.reg", method, unconverged, settings.sinkhorn_iter)
-    sweeps = f", {result.sweeps['sweeps']} sweeps, objective {result.sweeps['objective_start']:.4g} -> {result.sweeps['objective']:.4g}" if result.sweeps else ""
+    done = result.sweeps  # no sweeps (solver.sweeps=0) and no choice of cost (cost=auto) leave their keys out
+    sweeps = f", {done['sweeps']} sweeps, objective {done['objective_start']:.4g} -> {done['objective']:.4g}" if "sweeps" in done else ""
+    sweeps += f", cost={done['selected_cost']} kept" if "selected_cost" in done else ""
     log.info("%s (%s) fused %d models in %.2fs%s", method, describe(settings), len(bases), seconds, sweeps)
     return Fused(method, result, target_cfg, seconds, describe(settings), settings)
 
