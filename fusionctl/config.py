@@ -136,11 +136,10 @@ class WBSettings(BarycenterBlock):
 
 @dataclass
 class GWBSettings(WBSettings):
-    """Gromov-Wasserstein barycenter for recurrent nets: hidden-to-hidden weights join the matching."""
+    """Gromov-Wasserstein barycenter for recurrent nets: hidden-to-hidden weights join the matching.
+    Defaults as wb's (sweeps, cost=auto); sweeps=0 cost=weight is the paper's GWB."""
 
     name: str = "gwb"
-    cost: str = "weight"
-    sweeps: int = 0
     alpha: float = 1.0  # weight of the hidden-to-hidden (Gromov-Wasserstein) term
     inner_iter: int = 50  # linearisation steps per outer iteration
 

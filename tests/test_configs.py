@@ -58,6 +58,8 @@ def test_experiment_presets_compose(experiment):
     for name in PRIMARY:
         conf = to_dataclass(composed(name, [f"+experiment={experiment}"]), SCHEMAS[name])
         assert conf.dataset.name != "" and conf.seeds
+        if experiment.endswith("_paper") and hasattr(conf, "solver"):  # the paper's algorithm, not fusionctl's default
+            assert (conf.solver.name, conf.solver.sweeps, conf.solver.cost) in {("wb", 0, "weight"), ("gwb", 0, "weight")}, experiment
 
 
 @pytest.mark.parametrize("group", ["solver", "dataset", "optim", "landscape"])

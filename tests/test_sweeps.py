@@ -419,11 +419,11 @@ def test_a_baseline_reads_its_own_settings_never_the_main_solvers(tmp_path):
 
 
 def test_the_layer_wise_pass_with_a_cost_chosen_on_held_out_data_runs_from_the_command_line(tmp_path):
-    """solver.sweeps=0 under cost=auto (wb's default cost) leaves no sweep summary, only the chosen
-    cost: the command reported a KeyError before; every mix of sweeps and cost must end in a table."""
+    """solver.sweeps=0 under cost=auto (wb's and gwb's default cost) leaves no sweep summary, only the
+    chosen cost: the command reported a KeyError before; every mix of sweeps and cost must end in a table."""
     common = [f"store_dir={tmp_path}/store", "model.widths=[16,8]", "train.epochs=1", "seeds=[0,1]", "threads=1"]
     assert call(["train", *common, f"hydra.run.dir={tmp_path}/train"])[0] == 0
-    for n, extra in enumerate([["solver.sweeps=0"], ["solver=gwb", "solver.cost=auto"], ["solver=gwb", "solver.sweeps=3", "solver.cost=both"]]):
+    for n, extra in enumerate([["solver.sweeps=0"], ["solver=gwb", "solver.sweeps=0"], ["solver=gwb", "solver.sweeps=3", "solver.cost=both"]]):
         rc, err = call(["fuse", *common, "baselines=[]", *extra, f"hydra.run.dir={tmp_path}/{n}"])
         assert rc == 0, (extra, err)
         table = pd.read_csv(tmp_path / str(n) / "fusion.csv")
