@@ -143,3 +143,26 @@ def test_recurrent_models_evaluate_under_vmap():
     m2.load_state_dict({k: v[0] for k, v in mid.items()})
     loss, _ = evaluate(m2, split)
     assert float(res["s"]["loss"][1]) == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("cost", ["both", "activation"])
+def test_gwb_keeps_its_hidden_term_on_the_scale_of_the_features_under_every_cost(cost):
+    """cost=both and cost=activation rescale the node features; the hidden-to-hidden (GW) term
+    must be on the same scale in the layer-wise pass as in the sweeps, and present under both
+    costs (under cost=activation it had weight 0 in the sweeps and raw scale in the pass)."""
+    from fusionctl.fusion.barycenter import cost_weights
+    from fusionctl.fusion.engine import group_structure
+
+    states = [state(model("lstm", True, seed=s)) for s in (0, 1)]
+    spec = model_spec("lstm", WIDTHS, True)
+    hidden = [k for k, axes in spec.axes.items() if len(axes) == 2 and axes[0] is not None and axes[1] is not None
+              and axes[0].group == axes[1].group]
+    assert hidden
+    both, _ = cost_weights(settings(name="gwb", cost="both", cost_mix=0.0), spec, states)
+    weights, act = cost_weights(settings(name="gwb", cost=cost), spec, states)
+    for key in hidden:  # under cost=activation, the scale cost=both gives it without activations
+        assert weights[key] > 0 and weights[key] == pytest.approx(both[key] * (1.0 - (settings(name="gwb").cost_mix if cost == "both" else 0.0)))
+    if cost == "activation":
+        assert act == 1.0 and all(w == 0 for k, w in weights.items() if k not in hidden)
+    group = spec.axes[hidden[0]][0].group
+    assert torch.allclose(group_structure(states[1], spec, group, weights), group_structure(states[1], spec, group) * weights[hidden[0]] ** 0.5)

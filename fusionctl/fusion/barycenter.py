@@ -67,12 +67,14 @@ def cost_weights(settings: BarycenterBlock, spec: AlignmentSpec, states: list[St
     cost=both puts the two costs on one scale before mixing: an entry is weighted by the mean,
     over the groups it touches, of 1 / (twice the mean squared norm of a node's weight features),
     and z-scored activations (unit norm) by 1/2, so a random pair of nodes costs about 1 in each.
+    cost=activation weighs only recurrent weights (gwb's hidden-to-hidden term), on that scale.
     """
     if settings.cost == "weight":
         return None, 0.0
-    if settings.cost == "activation":
+    recurrent = {key for key, axes in spec.axes.items() if len({a.group for a in axes if a is not None}) == 1 and sum(a is not None for a in axes) > 1}
+    if settings.cost == "activation" and not recurrent:
         return {key: 0.0 for key in spec.axes}, 1.0
-    mix = settings.cost_mix
+    mix = 0.0 if settings.cost == "activation" else settings.cost_mix
     norms: dict[str, float] = {g: 0.0 for g in spec.groups}
     touching: dict[str, list[str]] = {}
     for key, axes in spec.axes.items():
@@ -84,6 +86,8 @@ def cost_weights(settings: BarycenterBlock, spec: AlignmentSpec, states: list[St
                 norms[ax.group] += square / ax.nodes(states[0][key].shape[dim])
     inv = {g: 1.0 / (2.0 * v) if v > 0 else 0.0 for g, v in norms.items()}
     weights = {key: (1.0 - mix) * sum(inv[g] for g in groups) / len(groups) if groups else 0.0 for key, groups in touching.items()}
+    if settings.cost == "activation":  # recurrent weights only (gwb's hidden term), on the scale cost=both gives them
+        return {key: w if key in recurrent else 0.0 for key, w in weights.items()}, 1.0
     return weights, mix / 2.0
 
 

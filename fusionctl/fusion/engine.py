@@ -99,12 +99,13 @@ def _slices(state, spec, group, couplings, key_weights, known) -> list[torch.Ten
     return feats
 
 
-def group_structure(state: State, spec: AlignmentSpec, group: str) -> torch.Tensor | None:
-    """(G, n, n) recurrent weights of `group` (rows and columns both indexed by it), or None."""
+def group_structure(state: State, spec: AlignmentSpec, group: str, key_weights: dict[str, float] | None = None) -> torch.Tensor | None:
+    """(G, n, n) recurrent weights of `group` (rows and columns both indexed by it), or None;
+    scaled by sqrt(key_weights[key]) as the node features are (group_features)."""
     blocks = []
     for key, axes in spec.axes.items():
         if len(axes) == 2 and axes[0] is not None and axes[0].group == group and axes[1] is not None and axes[1].group == group:
-            t = state[key].to(torch.float64)
+            t = state[key].to(torch.float64) * (key_weights.get(key, 1.0) ** 0.5 if key_weights is not None else 1.0)
             blocks.append(t.reshape(axes[0].outer, -1, t.shape[1]))
     return torch.cat(blocks) if blocks else None
 
@@ -145,10 +146,10 @@ def barycenter_couplings(
             ys = [torch.cat([y, a[group] * act_weight**0.5], 1) for y, a in zip(ys, acts)]
             x0 = torch.cat([x0, init_acts[group] * act_weight**0.5], 1)
         ys, x0 = [y.to(device) for y in ys], x0.to(device)
-        hs = [group_structure(s, spec, group) for s in states] if alpha is not None else [None]
+        hs = [group_structure(s, spec, group, key_weights) for s in states] if alpha is not None else [None]
         if hs[0] is not None:
             hs = [h.to(device) for h in hs]
-            h0 = group_structure(init_state, spec, group).to(device)
+            h0 = group_structure(init_state, spec, group, key_weights).to(device)
             res = fused_gw_barycenter(ys, hs, weights, x0, h0, alpha, ot_method, reg, max_iter, inner_iter, tol, sinkhorn_iter)
         else:
             res = free_support_barycenter(ys, weights, x0, ot_method, reg, max_iter, tol, sinkhorn_iter, spec.blocks(group), spec.within(group))
