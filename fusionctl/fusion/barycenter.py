@@ -71,7 +71,7 @@ def cost_weights(settings: BarycenterBlock, spec: AlignmentSpec, states: list[St
     """
     if settings.cost == "weight":
         return None, 0.0
-    recurrent = {key for key, axes in spec.axes.items() if len({a.group for a in axes if a is not None}) == 1 and sum(a is not None for a in axes) > 1}
+    recurrent = {key for key in spec.axes if spec.structure(key)}
     if settings.cost == "activation" and not recurrent:
         return {key: 0.0 for key in spec.axes}, 1.0
     mix = 0.0 if settings.cost == "activation" else settings.cost_mix

@@ -111,7 +111,7 @@ class NetworkBarycenter(GroupCosts):
         self.structured = alpha is not None and any(s.structure for sl in self.slices.values() for s in sl)
         # groups whose cost reads their own coupling (a grouped conv's local inputs): a step may raise J
         self.linearised = {g for key, (_, g) in spec.local.items() if key in self.group_keys.get(g, ())}
-        self.key_weights = {k: w.get(k, 1.0) * (alpha if self.structured and self._is_structure(k) else 1.0) for k in self.keys}
+        self.key_weights = {k: w.get(k, 1.0) * (alpha if self.structured and spec.structure(k) else 1.0) for k in self.keys}
         self.sizes = [spec.group_sizes(s) for s in states]
         self.theta = [{k: s[k].to(device, self.dtype) for k in self.keys} for s in states]
         self.moved = [Transported(functools.partial(self._transport, i)) for i in range(len(states))]
@@ -122,12 +122,6 @@ class NetworkBarycenter(GroupCosts):
         self.rng = np.random.default_rng(seed)
         self._init_costs()
         self._solved: dict[tuple[int, str], tuple] = {}  # (model, group) -> (cost keys, version) of its last exact solve
-
-    # -- features ---------------------------------------------------------------------------
-
-    def _is_structure(self, key: str) -> bool:
-        groups = [a.group for a in self.spec.axes[key] if a is not None]
-        return len(groups) != len(set(groups))
 
     # -- objective ---------------------------------------------------------------------------
 

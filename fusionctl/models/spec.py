@@ -117,6 +117,12 @@ class AlignmentSpec:
         """Whether `group`'s units may move within its blocks (not so for whole_heads)."""
         return group not in self.whole_heads
 
+    def structure(self, key: str) -> bool:
+        """Whether `key` is indexed by one group on two axes (recurrent hidden-to-hidden weights):
+        a relation between the group's units, not a feature of each (gwb's Gromov-Wasserstein term)."""
+        groups = [a.group for a in self.axes.get(key, ()) if a is not None]
+        return len(groups) != len(set(groups))
+
     def observer(self, group: str) -> str | None:
         """The module observing a group of heads or packed copies (None: its units, if any)."""
         return self.heads[group][0] if group in self.heads else None
