@@ -150,6 +150,9 @@ def test_state_dicts_saved_elsewhere_fuse_as_their_checkpoints(work):
         t = pd.read_csv(work / f"runs/fuse_{name}/fusion.csv")
         tables.append(t.sort_values(["role", "method", "post", "split", "seed"], na_position="first")[["role", "method", "split", "accuracy", "loss"]])
     assert set(tables[1]["method"]) == {"base", "ensemble", "wb", "wm"}
+    seeds = pd.read_csv(work / "runs/fuse_ckpt/fusion.csv", dtype={"seed": str}).groupby("role")["seed"].unique()
+    assert sorted(seeds["base"]) == ["seed0/best", "seed1/best"], "two files named best.pt are two rows of the table"
+    assert list(seeds["fused"]) == ["seed0/best+seed1/best"]
     pd.testing.assert_frame_equal(tables[0].reset_index(drop=True), tables[1].reset_index(drop=True))
     fused = torch.load(work / "runs/fuse_plain/fused_wb.pt", weights_only=True)
     assert fused["model"]["widths"] == [24, 12]

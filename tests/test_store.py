@@ -128,3 +128,18 @@ def test_a_torchvision_state_dict_is_read_inside_fusionctls_wrapper():
         plain_base("a", Path("a.pt"), {**saved, "fc.weight": torch.zeros(1000, 512)}, cfg, splits)
     with pytest.raises(FusionctlError, match="is a state dict, but not of torchvision resnet18: it lacks layer1.0.conv1.weight"):
         plain_base("a", Path("a.pt"), {k: v for k, v in saved.items() if not k.startswith("layer1.0.conv1")}, cfg, splits)
+
+
+def test_files_given_as_models_are_told_apart_by_their_folders():
+    """models=[run_a/best.pt, run_b/best.pt] are two rows of the fusion table, not one named best."""
+    from pathlib import Path
+
+    from fusionctl.jobs.bases import file_labels
+
+    def labels(*paths):
+        return file_labels([Path(p) for p in paths])
+
+    assert labels("a.pt", "b.pt") == ["a", "b"]
+    assert labels("runs/x/seed0/best.pt", "runs/x/seed1/best.pt") == ["seed0/best", "seed1/best"]
+    assert labels("/abs/m/best.pt", "m/best.pt") == ["abs/m/best", "m/best"]
+    assert labels("a/b.pt", "c/b.pt", "c/b.pt", "d.pt") == ["b#1", "b#2", "b#3", "d"]  # one file twice: positions

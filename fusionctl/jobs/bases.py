@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Base:
-    label: str  # seed number, or the file name for explicit models=[...]
+    label: str  # seed number, or for explicit models=[...] the file (file_labels)
     path: Path
     model_cfg: ModelConfig
     state: dict[str, torch.Tensor]
@@ -35,7 +35,8 @@ def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
         what = f"models={list(cfg.models)}" if cfg.models else f"seeds={list(cfg.seeds)}"
         raise FusionctlError(f"fusion needs at least two base models, {what} gives one; give two or more, e.g. seeds=[0,1] or models=[a.pt,b.pt]")
     if cfg.models:
-        return [(Path(p).stem, Path(p)) for p in cfg.models]
+        paths = [Path(p) for p in cfg.models]
+        return list(zip(file_labels(paths), paths))
     if not cfg.seeds:
         raise FusionctlError("seeds is empty; give at least two seeds, e.g. seeds=[0,1], or models=[a.pt,b.pt]")
     out = []
@@ -49,6 +50,20 @@ def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
             )
         out.append((str(seed), path))
     return out
+
+
+def file_labels(paths: list[Path]) -> list[str]:
+    """A label per file: its name without the suffix, with as many parent folders as it takes to
+    tell the files apart (runs/a/best.pt and runs/b/best.pt: a/best, b/best); where no folders do
+    (a file given twice), names shared by several get their position (best#1, best#2), so that no
+    two base models share a row of the table."""
+    parts = [p.with_suffix("").parts for p in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(q[-depth:]) for q in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    stems = [p.stem for p in paths]
+    return [f"{stem}#{i + 1}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
 
 
 def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
