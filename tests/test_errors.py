@@ -174,6 +174,26 @@ def test_unconverged_solver_warns_with_a_hint(work):
     assert log.count("sinkhorn solves stopped") == 1, "one warning per fusion, not one per solve"
 
 
+def test_baselines_that_permute_are_left_out_of_a_fusion_into_other_widths(work):
+    """wm, am and avg need the target at the base models' widths: as baselines they are skipped with
+    a line in the log (as the main solver they stop the command before anything is fused)."""
+    tmp = work["tmp"]
+    rc, err = call(["fuse", f"store_dir={tmp}/store", *TINY, "target.widths=[30,10]", "baselines=[wm,am,avg,ot]",
+                    f"hydra.run.dir={tmp}/runs/wider"])
+    assert rc == 0, err
+    import pandas as pd
+
+    table = pd.read_csv(tmp / "runs" / "wider" / "fusion.csv")
+    assert set(table["method"]) == {"base", "ensemble", "wb", "ot"}
+    log = (tmp / "runs" / "wider" / "fuse.log").read_text()
+    for method in ("wm", "am", "avg"):
+        assert f"skipping the {method} baseline: it needs the base and target widths to be equal" in log
+    rc, err = call(["fuse", f"store_dir={tmp}/store", *TINY, "target.widths=[30,10]", "solver=am", "baselines=[wb]",
+                    f"hydra.run.dir={tmp}/runs/wider_am"])
+    assert rc == 1 and "solver=am needs every base model and the target to have the same widths" in err
+    assert not list((tmp / "runs" / "wider_am").glob("fused_*.pt")), "refused before any fusion"
+
+
 def test_every_case_is_documented():
     doc = (ROOT / "docs" / "errors.md").read_text()
     for args, _, needle in CASES:

@@ -22,10 +22,19 @@ from fusionctl.fusion.wm import fuse_wm
 class Method:
     fuse: Callable[..., FusionResult]
     settings: type[SolverSettings]  # the only settings the method reads
+    equal_widths: bool  # permutes (or only averages): every base model and the target have one width per group
 
 
-METHODS = {name: Method(fn, SOLVERS[name]) for name, fn in
+METHODS = {name: Method(fn, SOLVERS[name], name in ("wm", "am", "avg")) for name, fn in
            {"wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "wm": fuse_wm, "am": fuse_am, "avg": fuse_avg}.items()}
+
+
+def check_widths(method: str, spec, states, target_sizes) -> None:
+    """One line if `method` cannot fuse these models into these widths."""
+    for i, s in enumerate(states):
+        if METHODS[method].equal_widths and spec.group_sizes(s) != target_sizes:
+            raise FusionctlError(f"solver={method} needs every base model and the target to have the same widths "
+                                 f"(model {i}: {spec.group_sizes(s)}, target: {target_sizes}); use solver=wb, gwb or ot")
 
 
 def fuse(method: str, spec, states, weights, target_sizes, settings: SolverSettings | None = None, ctx: FusionContext | None = None) -> FusionResult:
@@ -38,10 +47,11 @@ def fuse(method: str, spec, states, weights, target_sizes, settings: SolverSetti
     settings.check()
     if len(states) < 1:
         raise FusionctlError("fusion needs at least one base model")
+    check_widths(method, spec, states, target_sizes)
     fuse_fn = METHODS[method].fuse
     if spec.concat:  # every method runs on the concatenated entries' pieces
         return fuse_split(fuse_fn, spec, states, weights, target_sizes, settings, ctx or FusionContext())
     return fuse_fn(spec, states, weights, target_sizes, settings, ctx or FusionContext())
 
 
-__all__ = ["METHODS", "FusionContext", "FusionResult", "fuse", "interpolate", "transport", "weighted_average"]
+__all__ = ["METHODS", "check_widths", "FusionContext", "FusionResult", "fuse", "interpolate", "transport", "weighted_average"]

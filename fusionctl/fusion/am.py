@@ -32,8 +32,6 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_am(spec, states, weights, target_sizes, settings: AMSettings, ctx) -> FusionResult:
-    if any(spec.group_sizes(s) != target_sizes for s in states):
-        raise FusionctlError("solver=am matches permutations and needs equal widths; use solver=wb for other widths")
     if ctx.activations is None:
         raise FusionctlError("solver=am needs training data to probe activations")
     feats = ctx.activations(states, settings.act_samples)  # z-scored: inner products are correlations

@@ -83,8 +83,6 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
 
 
 def fuse_wm(spec, states, weights, target_sizes, settings: WMSettings, ctx) -> FusionResult:
-    if any(spec.group_sizes(s) != target_sizes for s in states):
-        raise FusionctlError("solver=wm needs every base model and the target to have the same widths; use solver=wb")
     couplings = [identity_couplings(spec, s) for s in states]
     if len(states) == 2:
         couplings[1] = match(spec, states[0], states[1], settings.sweeps, settings.seed)

@@ -20,7 +20,7 @@ from fusionctl.data import Splits, load_for
 from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, evaluate_with_proba
-from fusionctl.fusion import METHODS, FusionContext, FusionResult, fuse
+from fusionctl.fusion import METHODS, FusionContext, FusionResult, check_widths, fuse
 from fusionctl.fusion.post import READS_REFERENCES
 from fusionctl.fusion.units import bare_writers
 from fusionctl.jobs.activations import activation_probe
@@ -150,10 +150,11 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
     sizes = target_sizes(target_cfg, splits)
     device = resolve_device(cfg.device)
     methods = list(dict.fromkeys([cfg.solver.name, *cfg.baselines]))
-    same_widths = all(spec.group_sizes(b.state) == sizes for b in bases)
-    if "avg" in methods and not same_widths and cfg.solver.name != "avg":
-        log.info("skipping the avg baseline: base and target widths differ")
-        methods.remove("avg")
+    check_widths(cfg.solver.name, spec, [b.state for b in bases], sizes)  # before any work
+    if any(spec.group_sizes(b.state) != sizes for b in bases):
+        for method in [m for m in methods[1:] if METHODS[m].equal_widths]:
+            log.info("skipping the %s baseline: it needs the base and target widths to be equal, and they differ", method)
+            methods.remove(method)
     rows = []
 
     def evaluate_rows(model, role, method, seed, post="none", stage="one-shot", seconds=0.0, fused=None, probs=None):
