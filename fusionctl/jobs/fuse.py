@@ -211,7 +211,8 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
 
 def summary(table: pd.DataFrame) -> str:
     """Accuracy (%) per model on train and test, and fuse time."""
-    name = table["method"].where(table["role"] != "base", "base seed " + table["seed"].astype(str))
+    base = table["seed"].astype(str).map(lambda s: f"base seed {s}" if s.isdigit() else f"base {s}")  # a seed, or the file of models=[...]
+    name = table["method"].where(table["role"] != "base", base)
     name = name + table["post"].map(lambda p: "" if p == "none" else f" +{p}")
     name = name + table["stage"].map(lambda s: "" if s == "one-shot" else f" ({s})")
     t = table.assign(model=name)
