@@ -107,6 +107,35 @@ def check_model_keys(args: list[str]) -> str | None:
     return None
 
 
+def check_setting_names(command: str, args: list[str]) -> str | None:
+    """One line for `a.b=...` naming a setting the commands' schema (config.RunConfig) does not have,
+    e.g. optim.lrr or seedz (Hydra's own message is six lines); solver.* and model.* are checked
+    against the chosen method and model above, and `+key=...` adds a key on purpose."""
+    import dataclasses
+    import typing
+
+    from fusionctl.config import RunConfig
+
+    for arg in args:
+        if "=" not in arg or arg.startswith(("-", "+", "~")):
+            continue
+        path = arg.split("=", 1)[0].split(".")
+        if path[0] in ("hydra", "solver", "model", "experiment"):
+            continue
+        schema: typing.Any = RunConfig
+        for depth, name in enumerate(path):
+            if not dataclasses.is_dataclass(schema):
+                break  # a dict or list: its keys are free
+            known = typing.get_type_hints(schema)
+            if name not in known:
+                where = ".".join(path[:depth])
+                listed = ", ".join(f.name for f in dataclasses.fields(schema) if depth or f.name not in NOT_READ.get(command, ()))
+                return (f"fusionctl: error: no setting '{'.'.join(path[:depth + 1])}'; "
+                        f"{f'{where} has' if where else 'the settings are'}: {listed}")
+            schema = known[name]
+    return None
+
+
 def check_output_dirs(args: list[str]) -> str | None:
     """One line for an output folder that cannot be created (Hydra would print a traceback).
 
@@ -142,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         from fusionctl.commands.report import main as report
 
         return report(rest)
-    problem = check_keys_read(command, rest) or check_group_choices(rest) or check_solver_keys(rest) or check_model_keys(rest)
+    problem = check_keys_read(command, rest) or check_group_choices(rest) or check_solver_keys(rest) or check_model_keys(rest) or check_setting_names(command, rest)
     if problem:
         print(problem, file=sys.stderr)
         return 2
