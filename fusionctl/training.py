@@ -39,16 +39,28 @@ SCHEDULES = {  # optim.schedule -> (epoch after warm-up, epochs after warm-up, O
 }
 
 
-def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+def check_optim(cfg: OptimConfig, key: str = "optim") -> None:
+    """One line for an optimiser setting no run can use, checked before any data is read (`key`:
+    where it was given, optim or finetune.optim)."""
     if cfg.name not in OPTIMIZERS:
-        raise FusionctlError(f"unknown optimiser '{cfg.name}'; choose from: {', '.join(OPTIMIZERS)}")
+        raise FusionctlError(f"unknown optimiser '{cfg.name}' ({key}.name); choose from: {', '.join(OPTIMIZERS)}")
+    if cfg.schedule not in SCHEDULES:
+        raise FusionctlError(f"unknown {key}.schedule '{cfg.schedule}'; choose from: {', '.join(SCHEDULES)}")
+    for name, ok, rule in (("lr", cfg.lr > 0, "> 0"), ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
+                           ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("step_size", cfg.step_size >= 1, ">= 1"),
+                           ("gamma", cfg.gamma > 0, "> 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0"),
+                           ("clip_grad", cfg.clip_grad >= 0, ">= 0 (0: off)")):
+        if not ok:
+            raise FusionctlError(f"{key}.{name} must be {rule}, got {getattr(cfg, name)}")
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    check_optim(cfg)
     return OPTIMIZERS[cfg.name](params, cfg)
 
 
 def lr_at(epoch: int, epochs: int, cfg: OptimConfig) -> float:
     """Learning rate for an epoch: linear warm-up, then the schedule."""
-    if cfg.schedule not in SCHEDULES:
-        raise FusionctlError(f"unknown optim.schedule '{cfg.schedule}'; choose from: {', '.join(SCHEDULES)}")
     if epoch < cfg.warmup_epochs:
         return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
     return SCHEDULES[cfg.schedule](epoch - cfg.warmup_epochs, epochs - cfg.warmup_epochs, cfg)

@@ -37,7 +37,7 @@ from fusionctl.models import TRACED, build_from_state, config_for, random_target
 from fusionctl.models.spec_report import alignment_report
 from fusionctl.ot.permutation import Permutation
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic, write_text_atomic
-from fusionctl.training import finetune
+from fusionctl.training import check_optim, finetune
 from fusionctl.versions import versions
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ def prepare(cfg: FuseCommandConfig):
     check_post(cfg.post, cfg.model.name)
     if cfg.finetune.epochs < 0:
         raise FusionctlError(f"finetune.epochs must be >= 0, got {cfg.finetune.epochs}")
+    if cfg.finetune.epochs:
+        if cfg.finetune.batch_size < 1:
+            raise FusionctlError(f"finetune.batch_size must be >= 1, got {cfg.finetune.batch_size}")
+        check_optim(cfg.finetune.optim, "finetune.optim")
     splits = load_for(cfg)
     bases = load_bases(cfg, splits)
     spec = spec_for(bases[0].model_cfg, splits, cfg.spec_check)

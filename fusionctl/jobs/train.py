@@ -14,14 +14,15 @@ from fusionctl.errors import FusionctlError
 from fusionctl.jobs.bases import spec_for
 from fusionctl.models import TRACED, entry
 from fusionctl.store import model_dir, write_csv_atomic
-from fusionctl.training import train_one
+from fusionctl.training import check_optim, train_one
 from fusionctl.versions import versions
 
 log = logging.getLogger(__name__)
 
 
 def run_train(cfg: TrainCommandConfig, out_dir: Path) -> pd.DataFrame:
-    entry(cfg.model.name)  # unknown model: fail before loading data
+    entry(cfg.model.name)  # unknown model or optimiser setting: fail before loading data
+    check_optim(cfg.optim)
     if not cfg.seeds:
         raise FusionctlError("seeds is empty; give at least one seed, e.g. seeds=[0,1]")
     splits = load_for(cfg)
