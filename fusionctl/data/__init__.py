@@ -206,7 +206,8 @@ def client_splits(splits: Splits, dataset_cfg, client: int | None) -> Splits:
         return splits
     idx = PARTITIONS[d.split](splits.train.y.numpy(), client, d, splits.num_classes)
     if len(idx) == 0:
-        raise FusionctlError(f"client {client} of dataset.split={d.split} has no training samples; use more data or a larger dirichlet_alpha")
+        fix = "lower dataset.hetero_share" if d.split == "hetero" else "raise dataset.dirichlet_alpha or lower dataset.clients"
+        raise FusionctlError(f"client {client} of dataset.split={d.split} has no training samples; {fix}")
     t = torch.from_numpy(idx)
     return replace(splits, train=Split(splits.train.x[t], splits.train.y[t]))
 

@@ -41,6 +41,8 @@ def hetero(labels: np.ndarray, client: int, cfg, classes: int) -> np.ndarray:
         raise FusionctlError("dataset.split=hetero has 2 clients; give exactly two seeds")
     if not 0 <= cfg.hetero_class < classes:
         raise FusionctlError(f"dataset.hetero_class must be a class index in [0, {classes}), got {cfg.hetero_class}")
+    if not 0 <= cfg.hetero_share <= 1:
+        raise FusionctlError(f"dataset.hetero_share must be in [0, 1] (client 0's share of the other classes), got {cfg.hetero_share}")
     return hetero_indices(labels, client, cfg.hetero_class, cfg.hetero_share, cfg.split_seed)
 
 

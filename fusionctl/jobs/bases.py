@@ -39,6 +39,8 @@ def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
         return list(zip(file_labels(paths), paths))
     if not cfg.seeds:
         raise FusionctlError("seeds is empty; give at least two seeds, e.g. seeds=[0,1], or models=[a.pt,b.pt]")
+    if cfg.train.checkpoint not in ("best", "final"):
+        raise FusionctlError(f"train.checkpoint must be best (highest validation accuracy) or final, got '{cfg.train.checkpoint}'")
     out = []
     for client, seed in enumerate(cfg.seeds):
         folder = model_dir(cfg.store_dir, cfg.dataset, cfg.model, cfg.optim, cfg.train, seed, client)
