@@ -66,6 +66,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     settings: the method's settings (`fusionctl fuse solver=<method> solver.<key>=...`).
     """
     models = list(models)
+    post = (post,) if isinstance(post, str) else tuple(post)  # post="repair" is one step, not six letters
     if len(models) < 2:
         raise FusionctlError(f"fuse_models needs at least two models, got {len(models)}")
     _check_same_architecture(models)

@@ -3,7 +3,7 @@ library only ever sees these dataclasses (no DictConfig past commands/)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from fusionctl.errors import FusionctlError
@@ -194,6 +194,9 @@ SOLVERS: dict[str, type[SolverSettings]] = {
 def solver_settings(name: str, values: dict | None = None) -> SolverSettings:
     """The settings of method `name`: its class defaults, then `values`, checked."""
     _require(name in SOLVERS, f"unknown solver '{name}'; choose from: {', '.join(SOLVERS)}")
+    known = [f.name for f in fields(SOLVERS[name]) if f.name != "name"]
+    for key in values or {}:
+        _require(key in known or key == "name", f"solver={name} has no setting '{key}'; its settings are: {', '.join(known) or 'none'}")
     settings = SOLVERS[name](**{k: v for k, v in (values or {}).items() if k != "name"})
     settings.check()
     return settings

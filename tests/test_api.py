@@ -260,6 +260,20 @@ def test_fuse_models_errors_are_one_clear_line():
         fusionctl.fuse_models([custom_nets.Untraceable(), custom_nets.Untraceable()], example_inputs=torch.randn(2, 3, 4, 4))
     with pytest.raises(FusionctlError, match="give example inputs of the shape"):
         fusionctl.fuse_models([a, copy.deepcopy(a)], example_inputs=torch.randn(2, 1, 12, 12))
+    with pytest.raises(FusionctlError, match="solver=wb has no setting 'sweepz'; its settings are: ot, reg"):
+        fusionctl.fuse_models([a, copy.deepcopy(a)], example_inputs=torch.randn(2, 3, 12, 12), sweepz=3)
+    with pytest.raises(FusionctlError, match="solver=wm has no setting 'reg'"):  # another method's setting
+        fusionctl.fuse_models([a, copy.deepcopy(a)], method="wm", example_inputs=torch.randn(2, 3, 12, 12), reg=0.1)
+
+
+def test_one_post_step_may_be_named_as_a_string():
+    torch.manual_seed(0)
+    a, b = small_nets(2)
+    data = [(torch.randn(8, 3, 12, 12), torch.randint(0, 10, (8,))) for _ in range(2)]
+    states = [fusionctl.fuse_models([a, b], data=data, post=post).state_dict() for post in ("repair", ("repair",))]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[1])
+    plain = fusionctl.fuse_models([a, b], data=data).state_dict()
+    assert any(not torch.equal(states[0][k], plain[k]) for k in plain), "REPAIR ran"
 
 
 def test_the_readme_example_runs():
