@@ -53,7 +53,7 @@ def derive_spec(model: nn.Module, example_inputs, check: bool = True) -> Alignme
 
 def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None, data: Iterable | None = None,
                 weights: list[float] | None = None, post: tuple[str, ...] = (), return_couplings: bool = False,
-                spec: AlignmentSpec | None = None, check: bool = True, **settings):
+                spec: AlignmentSpec | None = None, check: bool = True, target: nn.Module | None = None, **settings):
     """Fuse K modules of one architecture into one; returns the fused module (and the couplings,
     per model {group: (target, source)}, with return_couplings=True: a fusionctl.Permutation
     for an exact coupling between equal widths, `.index` the source unit of each target unit and
@@ -63,6 +63,10 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     weights: lambda per model (default uniform). post: "bn_reset" and/or "repair", in order.
     spec: an AlignmentSpec written by hand (for a model torch.fx cannot trace) instead of the traced one.
     check: permute every group of the spec (traced or given) at random first and require the same outputs.
+    target: an instance of the same class at the widths to fuse into (e.g. MyNet(width=2 * w)); the fused
+    module is a copy of it, and its initial weights are where solver.init=random|distill start (auto's
+    choice for other widths). Default: the models' own widths. wb, gwb and ot fuse into other widths;
+    wm, am and avg permute and need equal ones.
     settings: the method's settings (`fusionctl fuse solver=<method> solver.<key>=...`).
     """
     models = list(models)
@@ -73,28 +77,35 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     batches = list(itertools.islice(iter(data), PROBE_BATCHES)) if data is not None else []
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    example = example_inputs if example_inputs is not None else inputs[0] if inputs else None
     if spec is not None:
         check_spec_fits(spec, models[0], "the spec", type(models[0]).__name__, states[0])
-        if check and (example_inputs is not None or inputs):
-            verify_spec(spec, models[0], inputs[0] if example_inputs is None else example_inputs, type(models[0]).__name__, written="the spec")
-    elif example_inputs is None and not inputs:
+        if check and example is not None:
+            verify_spec(spec, models[0], example, type(models[0]).__name__, written="the spec")
+    elif example is None:
         raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
     else:
-        spec = derive_spec(models[0], inputs[0] if example_inputs is None else example_inputs, check)
+        spec = derive_spec(models[0], example, check)
+    target = models[0] if target is None else _check_target(target, models[0], spec, example)
     lambdas = fusion_weights(weights, len(models))
     for step in post:
         if step not in POST_STEPS:
             raise FusionctlError(f"unknown post-step '{step}'; choose from: {', '.join(POST_STEPS)}")
         if not inputs:
             raise FusionctlError(f"post-step {step} needs data")
-    template = models[0]
+    template, sizes = models[0], spec.group_sizes(target.state_dict())
+
+    def module(state):  # a base, or a state of the target's widths (init=distill probes its start)
+        return _module(target if spec.group_sizes(state) == sizes else template, state)
+
     ctx = FusionContext(
-        activations=(lambda sts, n, writers=(): stream_unit_features([_module(template, s) for s in sts], spec, _first(inputs, n), writers))
+        random_target=lambda: {k: v.detach().clone() for k, v in target.state_dict().items()},  # init=random|distill start there
+        activations=(lambda sts, n, writers=(): stream_unit_features([module(s) for s in sts], spec, _first(inputs, n), writers))
         if inputs else None,
-        score=_scorer(template, spec, states, lambdas, batches),
+        score=_scorer(template, target, spec, states, lambdas, batches),
     )
-    result = fuse(method, spec, states, lambdas, spec.group_sizes(states[0]), solver_settings(method, settings), ctx)
-    fused = _module(template, result.state)
+    result = fuse(method, spec, states, lambdas, sizes, solver_settings(method, settings), ctx)
+    fused = _module(target, result.state)
     references = _references(template, spec, states, inputs) if READS_REFERENCES.intersection(post) else None
     for step in post:
         _apply(step, fused, spec, references, result, lambdas, inputs)
@@ -108,6 +119,37 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
         if type(m) is not type(models[0]) or set(other) != set(first) or any(other[k].shape != first[k].shape for k in first):
             raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
                                  "fuse models of one class with the same parameter shapes")
+
+
+def _check_target(target: nn.Module, model: nn.Module, spec: AlignmentSpec, example_inputs) -> nn.Module:
+    """`target` if it is `model`'s architecture at other widths: the same class, and its traced spec
+    aligns the same entries in the same groups, moved the same way (nothing in it depends on a width)."""
+    if type(target) is not type(model):
+        raise FusionctlError(f"target is a {type(target).__name__}, the models are {type(model).__name__}s; give an instance of their class at the widths to fuse into")
+    state, ours = target.state_dict(), model.state_dict()
+    for key, axes in spec.axes.items():  # what no group indexes (inputs, classes, kernels) stays as the models have it
+        fixed = [d for d, ax in enumerate(axes) if ax is None]
+        if key not in state:
+            raise FusionctlError(f"target has no entry {key}, which the models have; give an instance of their class at other widths")
+        if state[key].dim() != ours[key].dim() or any(state[key].shape[d] != ours[key].shape[d] for d in fixed):
+            raise FusionctlError(f"target's {key} has shape {tuple(state[key].shape)}, the models' {tuple(ours[key].shape)}: "
+                                 f"only the aligned widths may differ (axes {fixed} may not)")
+    try:
+        spec.group_sizes(state)
+        if spec.coverage is None:  # written by hand: it must fit the target as it fits the models
+            spec.check_fits(target, state)
+        elif _layout(_derive_spec(target, example_inputs)) != _layout(spec):
+            raise FusionctlError("target's traced alignment differs from the models' beyond their widths (a group's layout depends "
+                                 "on a width); give a target whose widths change no layout, or fuse at the models' widths")
+    except (TraceError, ValueError) as exc:
+        raise FusionctlError(f"target does not fit the models' alignment spec ({str(exc).splitlines()[0]}); "
+                             "give an instance of their class at other widths") from exc
+    return target
+
+
+def _layout(spec: AlignmentSpec) -> tuple:
+    """Everything a spec says about a network except its coverage report."""
+    return (spec.groups, spec.axes, spec.units, spec.heads, spec.local, spec.concat, spec.per_head, spec.whole_heads)
 
 
 def _module(template: nn.Module, state: dict) -> nn.Module:
@@ -140,8 +182,9 @@ def _apply(step: str, model: nn.Module, spec, references, result, lambdas, input
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 
-def _scorer(template, spec, states, lambdas, batches):
-    """Accuracy on the labelled batches after BN reset / REPAIR, for solver.cost=auto; None without labels."""
+def _scorer(template, target, spec, states, lambdas, batches):
+    """Accuracy on the labelled batches after BN reset / REPAIR, for solver.cost=auto; None without labels.
+    template: a base model (its states are measured); target: what the fused state is loaded into."""
     labelled = [b for b in batches if isinstance(b, (tuple, list)) and len(b) > 1]
     if not labelled:
         return None
@@ -153,7 +196,7 @@ def _scorer(template, spec, states, lambdas, batches):
     references = _references(template, spec, states, inputs) if step in READS_REFERENCES else None
 
     def score(result) -> float:
-        model = _module(template, result.state)
+        model = _module(target, result.state)
         if step:
             _apply(step, model, spec, references, result, lambdas, inputs)
         with torch.no_grad():

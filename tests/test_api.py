@@ -266,6 +266,79 @@ def test_fuse_models_errors_are_one_clear_line():
         fusionctl.fuse_models([a, copy.deepcopy(a)], method="wm", example_inputs=torch.randn(2, 3, 12, 12), reg=0.1)
 
 
+@pytest.mark.parametrize("method", ["wb", "gwb", "ot"])
+def test_a_user_model_fused_with_its_permuted_copy_into_wider_widths_keeps_its_function(method):
+    """target=: exact OT into two or three times the widths splits every unit into equal copies, each
+    with its share of the outgoing weights, so the function stays (BatchNorm included); narrower
+    widths give a working net of those widths."""
+    model = small_nets(1)[0]
+    data = batches((3, 12, 12))
+    x = data[0][0]
+    with torch.no_grad():
+        model.train()(torch.cat([b[0] for b in data]) + 0.5)
+    model.eval()
+    other = permuted_copy(model, x)
+    for width in (12, 18, 4):
+        target = custom_nets.SmallNet(in_channels=3, num_classes=10, width=width)
+        before = copy.deepcopy(target.state_dict())
+        fused = fusionctl.fuse_models([model, other], method=method, data=data, target=target)
+        assert fused is not target and all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+        assert fused.stem[0].weight.shape[0] == width and fused.head[0].weight.shape[1] == width * 16
+        with torch.no_grad():
+            if width > 6:
+                assert torch.allclose(fused(x), model(x), atol=1e-4), width
+            else:
+                assert fused(x).shape == model(x).shape and not torch.allclose(fused(x), model(x), atol=1e-2)
+
+
+def test_a_hand_written_spec_fuses_into_a_wider_target_without_example_inputs():
+    from fusionctl import AlignmentSpec, Axis, Unit
+
+    def mlp(width):
+        return torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.ReLU(), torch.nn.Linear(width, 3))
+
+    h = Axis("h")
+    spec = AlignmentSpec(("h",), {"0.weight": (h, None), "0.bias": (h,), "2.weight": (None, h), "2.bias": (None,)}, {"h": (Unit("0"),)})
+    torch.manual_seed(0)
+    model, other = mlp(7), mlp(7)
+    other.load_state_dict(transport(model.state_dict(), spec, random_couplings(spec, model.state_dict(), torch.Generator().manual_seed(1))))
+    fused = fusionctl.fuse_models([model, other], spec=spec, target=mlp(14), cost="weight")
+    x = torch.randn(16, 5)
+    with torch.no_grad():
+        assert fused[0].weight.shape == (14, 5) and torch.allclose(fused(x), model(x), atol=1e-5)
+    with pytest.raises(FusionctlError, match="target has no entry 2.weight, which the models have"):
+        fusionctl.fuse_models([model, other], spec=spec, target=torch.nn.Sequential(torch.nn.Linear(5, 14), torch.nn.ReLU()))
+    with pytest.raises(FusionctlError, match="target does not fit the models' alignment spec"):  # an entry the spec does not name
+        fusionctl.fuse_models([model, other], spec=spec, target=torch.nn.Sequential(*mlp(14), torch.nn.Linear(3, 3)))
+
+
+class _CutAtWidth(torch.nn.Module):
+    """ReXNet's shortcut into the first `width` channels: where the widening conv is cut depends on a width."""
+
+    def __init__(self, width: int = 6):
+        super().__init__()
+        self.a, self.b, self.fc = torch.nn.Conv2d(3, width, 1), torch.nn.Conv2d(width, width + 4, 1), torch.nn.Linear(width + 4, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        y = self.b(x)
+        return self.fc(torch.cat([y[:, :x.shape[1]] + x, y[:, x.shape[1]:]], 1).mean((2, 3)))
+
+
+def test_a_target_that_is_not_the_models_architecture_at_other_widths_is_one_line():
+    a = small_nets(1)[0]
+    x = torch.randn(2, 3, 12, 12)
+    with pytest.raises(FusionctlError, match="target is a Linear, the models are SmallNets"):
+        fusionctl.fuse_models([a, copy.deepcopy(a)], example_inputs=x, target=torch.nn.Linear(3, 3))
+    with pytest.raises(FusionctlError, match=r"target's head.2.weight has shape \(5, 32\), the models' \(10, 32\): only the aligned widths"):
+        fusionctl.fuse_models([a, copy.deepcopy(a)], example_inputs=x, target=custom_nets.SmallNet(in_channels=3, num_classes=5, width=12))
+    with pytest.raises(FusionctlError, match="solver=wm needs every base model and the target to have the same widths"):
+        fusionctl.fuse_models([a, copy.deepcopy(a)], method="wm", example_inputs=x, target=custom_nets.SmallNet(in_channels=3, width=12))
+    cut = _CutAtWidth()
+    with pytest.raises(FusionctlError, match="target's traced alignment differs from the models' beyond their widths"):
+        fusionctl.fuse_models([cut, copy.deepcopy(cut)], example_inputs=x, target=_CutAtWidth(8))
+
+
 def test_one_post_step_may_be_named_as_a_string():
     torch.manual_seed(0)
     a, b = small_nets(2)
