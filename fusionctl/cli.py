@@ -119,8 +119,9 @@ def check_setting_names(command: str, args: list[str]) -> str | None:
     for arg in args:
         if "=" not in arg or arg.startswith(("-", "+", "~")):
             continue
-        path = arg.split("=", 1)[0].split(".")
-        if path[0] in ("hydra", "solver", "model", "experiment"):
+        key = arg.split("=", 1)[0]
+        path = key.split(".")
+        if "/" in key or path[0] in ("hydra", "solver", "model", "experiment"):  # hydra/launcher=...: Hydra's own groups
             continue
         schema: typing.Any = RunConfig
         for depth, name in enumerate(path):
