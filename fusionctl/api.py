@@ -122,34 +122,23 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
 
 
 def _check_target(target: nn.Module, model: nn.Module, spec: AlignmentSpec, example_inputs) -> nn.Module:
-    """`target` if it is `model`'s architecture at other widths: the same class, and its traced spec
-    aligns the same entries in the same groups, moved the same way (nothing in it depends on a width)."""
+    """`target` if it is `model`'s architecture at other widths: the same class, the same entries
+    differing only in aligned widths, and a spec of the same layout (nothing in it depends on a width)."""
     if type(target) is not type(model):
         raise FusionctlError(f"target is a {type(target).__name__}, the models are {type(model).__name__}s; give an instance of their class at the widths to fuse into")
-    state, ours = target.state_dict(), model.state_dict()
-    for key, axes in spec.axes.items():  # what no group indexes (inputs, classes, kernels) stays as the models have it
-        fixed = [d for d, ax in enumerate(axes) if ax is None]
-        if key not in state:
-            raise FusionctlError(f"target has no entry {key}, which the models have; give an instance of their class at other widths")
-        if state[key].dim() != ours[key].dim() or any(state[key].shape[d] != ours[key].shape[d] for d in fixed):
-            raise FusionctlError(f"target's {key} has shape {tuple(state[key].shape)}, the models' {tuple(ours[key].shape)}: "
-                                 f"only the aligned widths may differ (axes {fixed} may not)")
+    state = target.state_dict()
     try:
+        spec.check_widths_only(model.state_dict(), state)
         spec.group_sizes(state)
         if spec.coverage is None:  # written by hand: it must fit the target as it fits the models
             spec.check_fits(target, state)
-        elif _layout(_derive_spec(target, example_inputs)) != _layout(spec):
+        elif _derive_spec(target, example_inputs).layout() != spec.layout():
             raise FusionctlError("target's traced alignment differs from the models' beyond their widths (a group's layout depends "
                                  "on a width); give a target whose widths change no layout, or fuse at the models' widths")
     except (TraceError, ValueError) as exc:
-        raise FusionctlError(f"target does not fit the models' alignment spec ({str(exc).splitlines()[0]}); "
+        raise FusionctlError(f"target does not fit the models' alignment spec: {str(exc).splitlines()[0]}; "
                              "give an instance of their class at other widths") from exc
     return target
-
-
-def _layout(spec: AlignmentSpec) -> tuple:
-    """Everything a spec says about a network except its coverage report."""
-    return (spec.groups, spec.axes, spec.units, spec.heads, spec.local, spec.concat, spec.per_head, spec.whole_heads)
 
 
 def _module(template: nn.Module, state: dict) -> nn.Module:

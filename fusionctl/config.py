@@ -214,6 +214,7 @@ class FinetuneConfig:
 @dataclass
 class TargetConfig:
     widths: Optional[list[int]] = None  # default: model 0's widths
+    kwargs: Optional[dict] = None  # a traced model's (model=custom|torchvision|timm): constructor arguments that differ from model.kwargs
 
 
 @dataclass

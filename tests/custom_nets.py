@@ -884,6 +884,20 @@ class GroupedQueryNet(nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None
 
 
+class CutAtWidth(nn.Module):
+    """ReXNet's shortcut into the first `width` channels: where the widening conv is cut depends on
+    a width, so this net at another width is not a fusion target of the same layout."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, width: int = 6):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(in_channels, width, 1), nn.Conv2d(width, width + 4, 1), nn.Linear(width + 4, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        y = self.b(x)
+        return self.fc(torch.cat([y[:, :x.shape[1]] + x, y[:, x.shape[1]:]], 1).mean((2, 3)))
+
+
 class FirstChannelsShortcutNet(nn.Module):
     """ReXNet's shortcut: a block widens the stream and adds its input into the first channels only
     (cat([y[:, :c] + x, y[:, c:]])). The widening conv's units are cut there: its first c channels

@@ -306,23 +306,10 @@ def test_a_hand_written_spec_fuses_into_a_wider_target_without_example_inputs():
     x = torch.randn(16, 5)
     with torch.no_grad():
         assert fused[0].weight.shape == (14, 5) and torch.allclose(fused(x), model(x), atol=1e-5)
-    with pytest.raises(FusionctlError, match="target has no entry 2.weight, which the models have"):
+    with pytest.raises(FusionctlError, match="target does not fit the models' alignment spec: it has no entry 2.weight, which the models have"):
         fusionctl.fuse_models([model, other], spec=spec, target=torch.nn.Sequential(torch.nn.Linear(5, 14), torch.nn.ReLU()))
     with pytest.raises(FusionctlError, match="target does not fit the models' alignment spec"):  # an entry the spec does not name
         fusionctl.fuse_models([model, other], spec=spec, target=torch.nn.Sequential(*mlp(14), torch.nn.Linear(3, 3)))
-
-
-class _CutAtWidth(torch.nn.Module):
-    """ReXNet's shortcut into the first `width` channels: where the widening conv is cut depends on a width."""
-
-    def __init__(self, width: int = 6):
-        super().__init__()
-        self.a, self.b, self.fc = torch.nn.Conv2d(3, width, 1), torch.nn.Conv2d(width, width + 4, 1), torch.nn.Linear(width + 4, 4)
-
-    def forward(self, x):
-        x = torch.relu(self.a(x))
-        y = self.b(x)
-        return self.fc(torch.cat([y[:, :x.shape[1]] + x, y[:, x.shape[1]:]], 1).mean((2, 3)))
 
 
 def test_a_target_that_is_not_the_models_architecture_at_other_widths_is_one_line():
@@ -330,13 +317,13 @@ def test_a_target_that_is_not_the_models_architecture_at_other_widths_is_one_lin
     x = torch.randn(2, 3, 12, 12)
     with pytest.raises(FusionctlError, match="target is a Linear, the models are SmallNets"):
         fusionctl.fuse_models([a, copy.deepcopy(a)], example_inputs=x, target=torch.nn.Linear(3, 3))
-    with pytest.raises(FusionctlError, match=r"target's head.2.weight has shape \(5, 32\), the models' \(10, 32\): only the aligned widths"):
+    with pytest.raises(FusionctlError, match=r"its head.2.weight has shape \(5, 32\), the models' \(10, 32\): only the aligned widths"):
         fusionctl.fuse_models([a, copy.deepcopy(a)], example_inputs=x, target=custom_nets.SmallNet(in_channels=3, num_classes=5, width=12))
     with pytest.raises(FusionctlError, match="solver=wm needs every base model and the target to have the same widths"):
         fusionctl.fuse_models([a, copy.deepcopy(a)], method="wm", example_inputs=x, target=custom_nets.SmallNet(in_channels=3, width=12))
-    cut = _CutAtWidth()
+    cut = custom_nets.CutAtWidth()
     with pytest.raises(FusionctlError, match="target's traced alignment differs from the models' beyond their widths"):
-        fusionctl.fuse_models([cut, copy.deepcopy(cut)], example_inputs=x, target=_CutAtWidth(8))
+        fusionctl.fuse_models([cut, copy.deepcopy(cut)], example_inputs=x, target=custom_nets.CutAtWidth(width=8))
 
 
 def test_one_post_step_may_be_named_as_a_string():

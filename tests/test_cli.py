@@ -220,6 +220,12 @@ def test_own_network_train_fuse_landscape(tmp_path):
     table = pd.read_csv(tmp_path / "runs/fuse/fusion.csv")
     assert {"wb", "wm"} <= set(table["method"])
     assert set(table["target_widths"]) == {"[4, 4, 32]"}  # its own group sizes, not model.widths
+    go("fuse", *own, "target.kwargs={width:8}", "baselines=[wm,ot]", "hydra.run.dir=runs/wider")  # into other widths
+    table = pd.read_csv(tmp_path / "runs/wider/fusion.csv")
+    assert set(table["method"]) == {"base", "ensemble", "wb", "ot"} and set(table["target_widths"]) == {"[8, 8, 32]"}
+    assert "skipping the wm baseline" in (tmp_path / "runs/wider/fuse.log").read_text()
+    fused = torch.load(tmp_path / "runs/wider/fused_wb.pt", weights_only=True)
+    assert fused["model"]["kwargs"] == {"width": 8} and fused["state_dict"]["stem.0.weight"].shape[0] == 8
     go("landscape", *own, "landscape=fast", "landscape.plane=false", "hydra.run.dir=runs/land")
     bars = pd.read_csv(tmp_path / "runs/land/barriers.csv")
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4

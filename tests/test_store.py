@@ -143,3 +143,29 @@ def test_files_given_as_models_are_told_apart_by_their_folders():
     assert labels("runs/x/seed0/best.pt", "runs/x/seed1/best.pt") == ["seed0/best", "seed1/best"]
     assert labels("/abs/m/best.pt", "m/best.pt") == ["abs/m/best", "m/best"]
     assert labels("a/b.pt", "c/b.pt", "c/b.pt", "d.pt") == ["b#1", "b#2", "b#3", "d"]  # one file twice: positions
+
+
+def test_target_kwargs_build_a_traced_model_at_other_widths_or_say_why_not():
+    """target.kwargs: the constructor's arguments for the fused model; refused when more than the
+    aligned widths change (the classes) or when the traced layout depends on a width."""
+    from pathlib import Path
+
+    from fusionctl.data import Split, Splits
+    from fusionctl.jobs.bases import Base, traced_target
+    from fusionctl.models import build_model, model_spec
+
+    shape = (3, 8, 8)
+    one = Split(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
+    splits = Splits("toy", one, one, one, shape, 4)
+
+    def base(target, width):
+        cfg = ModelConfig("custom", target=f"tests.custom_nets.{target}", kwargs={"width": width})
+        return Base("a", Path("a.pt"), cfg, build_model(cfg, shape, 4).state_dict()), model_spec(cfg, shape, 4)
+
+    small, spec = base("SmallNet", 4)
+    assert traced_target(small, {"width": 8}, splits, spec).kwargs == {"width": 8}
+    with pytest.raises(FusionctlError, match=r"does not build tests.custom_nets.SmallNet at other widths: its head.2.weight has shape \(5, 32\)"):
+        traced_target(small, {"num_classes": 5}, splits, spec)
+    cut, spec = base("CutAtWidth", 6)
+    with pytest.raises(FusionctlError, match="the traced alignment differs from model 0's beyond their widths"):
+        traced_target(cut, {"width": 8}, splits, spec)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fusionctl.config import FuseCommandConfig, ModelConfig
+from fusionctl.config import FuseCommandConfig, ModelConfig, TargetConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.spec_check import verify_spec
@@ -178,13 +178,19 @@ def spec_for(cfg: ModelConfig, splits: Splits, check: bool = True):
 _CHECKED: set[int] = set()
 
 
-def target_config(widths: list[int] | None, base: Base) -> ModelConfig:
-    """The fused model's config: model 0's, with `target.widths` (same meaning as model.widths) if given."""
+def target_config(target: TargetConfig, base: Base, splits: Splits, spec) -> ModelConfig:
+    """The fused model's config: model 0's, with `target.widths` (same meaning as model.widths) for
+    a built-in, or with `target.kwargs` passed to a traced model's constructor."""
+    widths, kwargs = target.widths, target.kwargs
+    if base.model_cfg.name in TRACED:
+        if widths is not None:
+            raise FusionctlError(f"target.widths sets the widths of the built-in models; {describe(base.model_cfg)} takes its widths "
+                                 "from its constructor: set target.kwargs (e.g. target.kwargs={width:128}) instead")
+        return traced_target(base, dict(kwargs), splits, spec) if kwargs else base.model_cfg
+    if kwargs:
+        raise FusionctlError(f"target.kwargs sets a traced model's constructor arguments; {describe(base.model_cfg)} takes target.widths")
     if widths is None:
         return base.model_cfg
-    if base.model_cfg.name in TRACED:
-        raise FusionctlError(f"target.widths sets the widths of the built-in models; {describe(base.model_cfg)} fuses into its own widths "
-                             "(set target.widths=null, or fuse a custom model whose constructor takes its widths)")
     if len(widths) != len(base.model_cfg.widths):
         raise FusionctlError(
             f"target.widths has {len(widths)} entries but model.widths of {base.model_cfg.name} has {len(base.model_cfg.widths)} "
@@ -193,6 +199,24 @@ def target_config(widths: list[int] | None, base: Base) -> ModelConfig:
     if any(int(w) < 1 for w in widths):
         raise FusionctlError(f"target.widths must be positive, got {list(widths)}")
     return replace(base.model_cfg, widths=[int(w) for w in widths])
+
+
+def traced_target(base: Base, kwargs: dict, splits: Splits, spec) -> ModelConfig:
+    """model 0's traced config with `kwargs` added to its constructor's, if that builds the same
+    architecture at other widths: the same entries but for aligned widths, and the same layout."""
+    cfg = replace(base.model_cfg, kwargs={**(base.model_cfg.kwargs or {}), **kwargs})
+    what = f"target.kwargs={kwargs}"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            state = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab).state_dict()
+        spec.check_widths_only(base.state, state)
+        same = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab).layout() == spec.layout()
+    except (ValueError, TypeError) as exc:
+        raise FusionctlError(f"{what} does not build {describe(base.model_cfg)} at other widths: {str(exc).splitlines()[0]}") from exc
+    if not same:
+        raise FusionctlError(f"{what}: the traced alignment differs from model 0's beyond their widths (a group's layout depends on a "
+                             "width); choose widths that change no layout, or fuse at model 0's widths")
+    return cfg
 
 
 def target_sizes(cfg: ModelConfig, splits: Splits) -> dict[str, int]:

@@ -67,7 +67,7 @@ def prepare(cfg: FuseCommandConfig):
     bases = load_bases(cfg, splits)
     spec = spec_for(bases[0].model_cfg, splits, cfg.spec_check)
     lambdas = fusion_weights(cfg.weights, len(bases))
-    target = target_config(cfg.target.widths, bases[0])
+    target = target_config(cfg.target, bases[0], splits, spec)
     return splits, bases, spec, lambdas, target
 
 SCORE_SAMPLES = 2000
@@ -117,7 +117,7 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     settings = settings_for(method, cfg)
     device = resolve_device(cfg.device)
     ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
-                        activation_probe(bases[0].model_cfg, splits, device),
+                        activation_probe(bases[0].model_cfg, splits, device, target_cfg=target_cfg),
                         held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device, references), ot_device(device))
     start = time.perf_counter()
     result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, settings, ctx)
@@ -205,7 +205,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
             finetune(model, splits, cfg.finetune.optim, cfg.finetune.epochs, cfg.finetune.batch_size, cfg.finetune.seed, device)
             evaluate_rows(model, "base", "base", b.label, stage="finetuned")
     traced = target_cfg.name in TRACED  # its widths are its own group sizes, not model.widths
-    widths = list(spec.group_sizes(bases[0].state).values()) if traced else target_cfg.widths
+    widths = list(sizes.values()) if traced else target_cfg.widths
     meta = {"K": len(bases), "target_widths": str(widths),
             "weights": str([round(w, 4) for w in lambdas]), "dataset": splits.name, "model": bases[0].model_cfg.name}
     table = pd.DataFrame([{**r, **meta, **versions()} for r in rows])

@@ -127,6 +127,22 @@ class AlignmentSpec:
         """The module observing a group of heads or packed copies (None: its units, if any)."""
         return self.heads[group][0] if group in self.heads else None
 
+    def layout(self) -> tuple:
+        """Everything the spec says about a network but its coverage report: two specs with equal
+        layouts align the same entries in the same groups, moved the same way, whatever the widths."""
+        return (self.groups, self.axes, self.units, self.heads, self.local, self.concat, self.per_head, self.whole_heads)
+
+    def check_widths_only(self, state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> None:
+        """ValueError unless `target` has `state`'s entries and differs from it only in the aligned
+        widths (inputs, classes and kernels stay): a fusion target of other widths."""
+        for key, axes in self.axes.items():
+            fixed = [d for d, ax in enumerate(axes) if ax is None]
+            if key not in target:
+                raise ValueError(f"it has no entry {key}, which the models have")
+            if target[key].dim() != state[key].dim() or any(target[key].shape[d] != state[key].shape[d] for d in fixed):
+                raise ValueError(f"its {key} has shape {tuple(target[key].shape)}, the models' {tuple(state[key].shape)}: "
+                                 f"only the aligned widths may differ (axes {fixed} may not)")
+
     def check_covers(self, state: dict[str, torch.Tensor]) -> None:
         missing = sorted(set(state) - set(self.axes))
         extra = sorted(set(self.axes) - set(state))
