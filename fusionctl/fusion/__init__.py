@@ -31,8 +31,8 @@ METHODS = {name: Method(fn, SOLVERS[name], name in ("wm", "am", "avg")) for name
 
 def check_widths(method: str, spec, states, target_sizes) -> None:
     """One line if `method` cannot fuse these models into these widths."""
-    for i, s in enumerate(states):
-        if METHODS[method].equal_widths and spec.group_sizes(s) != target_sizes:
+    for i, s in enumerate(states if METHODS[method].equal_widths else ()):
+        if spec.group_sizes(s) != target_sizes:
             raise FusionctlError(f"solver={method} needs every base model and the target to have the same widths "
                                  f"(model {i}: {spec.group_sizes(s)}, target: {target_sizes}); use solver=wb, gwb or ot")
 
