@@ -39,6 +39,10 @@ def base_paths(cfg: FuseCommandConfig) -> list[tuple[str, Path]]:
         return list(zip(file_labels(paths), paths))
     if not cfg.seeds:
         raise FusionctlError("seeds is empty; give at least two seeds, e.g. seeds=[0,1], or models=[a.pt,b.pt]")
+    twice = sorted({s for s in cfg.seeds if list(cfg.seeds).count(s) > 1})
+    if twice:
+        raise FusionctlError(f"seeds={list(cfg.seeds)} names seed {', '.join(map(str, twice))} more than once; give distinct seeds "
+                             "(to fuse a model with itself on purpose, models=[a.pt,a.pt])")
     if cfg.train.checkpoint not in ("best", "final"):
         raise FusionctlError(f"train.checkpoint must be best (highest validation accuracy) or final, got '{cfg.train.checkpoint}'")
     out = []
