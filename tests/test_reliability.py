@@ -76,10 +76,16 @@ def test_two_processes_training_the_same_model_do_not_collide(tmp_path, referenc
     assert same(weights(store, "final.pt"), weights(reference, "final.pt"))
 
 
+def itself(store: Path) -> str:
+    """models=[...] naming seed 3's checkpoint twice: a fusion of one trained model with itself."""
+    path = next(store.glob("mnist_small/mlp-*/seed3/best.pt"))
+    return f"models=[{path},{path}]"
+
+
 def test_same_config_and_seed_give_identical_tables(tmp_path, reference):
     tables = []
     for run in ("x", "y"):
-        args = ["fuse", *SLOW[:2], "train.batch_size=8", "seeds=[3,3]", f"store_dir={reference}", f"hydra.run.dir={tmp_path}/{run}"]
+        args = ["fuse", *SLOW[:2], "train.batch_size=8", itself(reference), f"hydra.run.dir={tmp_path}/{run}"]
         proc = start(args, tmp_path)
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
         tables.append(pd.read_csv(tmp_path / run / "fusion.csv").drop(columns=["fuse_time_s"]))
@@ -90,7 +96,7 @@ def test_same_config_and_seed_give_identical_tables(tmp_path, reference):
 
 
 def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path, reference):
-    args = ["fuse", "-m", *SLOW[:2], "train.batch_size=8", "seeds=[3,3]", f"store_dir={reference}", "baselines=[]",
+    args = ["fuse", "-m", *SLOW[:2], "train.batch_size=8", itself(reference), "baselines=[]",
             "weights=[1,1],[1]", f"hydra.sweep.dir={tmp_path}/sweep"]
     proc = start(args, tmp_path)
     _, err = proc.communicate(timeout=300)
