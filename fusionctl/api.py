@@ -65,15 +65,18 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     check: permute every group of the spec (traced or given) at random first and require the same outputs.
     target: an instance of the same class at the widths to fuse into (e.g. MyNet(width=2 * w)); the fused
     module is a copy of it, and its initial weights are where solver.init=random|distill start (auto's
-    choice for other widths). Default: the models' own widths. wb, gwb and ot fuse into other widths;
-    wm, am and avg permute and need equal ones.
+    choice for other widths). Default: model 0's widths. The models may have other widths than each
+    other, too. wb, gwb and ot fuse any widths; wm, am and avg permute and need equal ones.
     settings: the method's settings (`fusionctl fuse solver=<method> solver.<key>=...`).
     """
     models = list(models)
     post = (post,) if isinstance(post, str) else tuple(post)  # post="repair" is one step, not six letters
     if len(models) < 2:
         raise FusionctlError(f"fuse_models needs at least two models, got {len(models)}")
-    _check_same_architecture(models)
+    for i, m in enumerate(models[1:], start=1):
+        if type(m) is not type(models[0]):
+            raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
+                                 "fuse models of one class")
     batches = list(itertools.islice(iter(data), PROBE_BATCHES)) if data is not None else []
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
@@ -86,59 +89,55 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
         raise FusionctlError("fuse_models needs example_inputs (a batch the models accept) or data")
     else:
         spec = derive_spec(models[0], example, check)
-    target = models[0] if target is None else _check_target(target, models[0], spec, example)
+    for i, m in enumerate(models[1:], start=1):
+        if states[i].keys() != states[0].keys() or any(states[i][k].shape != v.shape for k, v in states[0].items()):
+            _check_widths_of(m, f"model {i}", models[0], spec, example)
+    target = models[0] if target is None else _check_widths_of(target, "target", models[0], spec, example)
     lambdas = fusion_weights(weights, len(models))
     for step in post:
         if step not in POST_STEPS:
             raise FusionctlError(f"unknown post-step '{step}'; choose from: {', '.join(POST_STEPS)}")
         if not inputs:
             raise FusionctlError(f"post-step {step} needs data")
-    template, sizes = models[0], spec.group_sizes(target.state_dict())
+    sizes = spec.group_sizes(target.state_dict())
+    shaped = {tuple(spec.group_sizes(m.state_dict()).items()): m for m in [*models, target]}
 
     def module(state):  # a base, or a state of the target's widths (init=distill probes its start)
-        return _module(target if spec.group_sizes(state) == sizes else template, state)
+        return _module(shaped[tuple(spec.group_sizes(state).items())], state)
 
     ctx = FusionContext(
         random_target=lambda: {k: v.detach().clone() for k, v in target.state_dict().items()},  # init=random|distill start there
         activations=(lambda sts, n, writers=(): stream_unit_features([module(s) for s in sts], spec, _first(inputs, n), writers))
         if inputs else None,
-        score=_scorer(template, target, spec, states, lambdas, batches),
+        score=_scorer(module, target, spec, states, lambdas, batches),
     )
     result = fuse(method, spec, states, lambdas, sizes, solver_settings(method, settings), ctx)
     fused = _module(target, result.state)
-    references = _references(template, spec, states, inputs) if READS_REFERENCES.intersection(post) else None
+    references = _references(module, spec, states, inputs) if READS_REFERENCES.intersection(post) else None
     for step in post:
         _apply(step, fused, spec, references, result, lambdas, inputs)
     return (fused, result.couplings) if return_couplings else fused
 
 
-def _check_same_architecture(models: list[nn.Module]) -> None:
-    first = models[0].state_dict()
-    for i, m in enumerate(models[1:], start=1):
-        other = m.state_dict()
-        if type(m) is not type(models[0]) or set(other) != set(first) or any(other[k].shape != first[k].shape for k in first):
-            raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
-                                 "fuse models of one class with the same parameter shapes")
-
-
-def _check_target(target: nn.Module, model: nn.Module, spec: AlignmentSpec, example_inputs) -> nn.Module:
-    """`target` if it is `model`'s architecture at other widths: the same class, the same entries
-    differing only in aligned widths, and a spec of the same layout (nothing in it depends on a width)."""
-    if type(target) is not type(model):
-        raise FusionctlError(f"target is a {type(target).__name__}, the models are {type(model).__name__}s; give an instance of their class at the widths to fuse into")
-    state = target.state_dict()
+def _check_widths_of(other: nn.Module, name: str, model: nn.Module, spec: AlignmentSpec, example_inputs) -> nn.Module:
+    """`other` (the target, or model i) if it is `model`'s architecture at other widths: the same class,
+    the same entries differing only in aligned widths, and a spec of the same layout (nothing in it
+    depends on a width)."""
+    if type(other) is not type(model):
+        raise FusionctlError(f"{name} is a {type(other).__name__}, the models are {type(model).__name__}s; give an instance of their class at the widths to fuse into")
+    state = other.state_dict()
     try:
         spec.check_widths_only(model.state_dict(), state)
         spec.group_sizes(state)
-        if spec.coverage is None:  # written by hand: it must fit the target as it fits the models
-            spec.check_fits(target, state)
-        elif _derive_spec(target, example_inputs).layout() != spec.layout():
-            raise FusionctlError("target's traced alignment differs from the models' beyond their widths (a group's layout depends "
-                                 "on a width); give a target whose widths change no layout, or fuse at the models' widths")
+        if spec.coverage is None:  # written by hand: it must fit this model as it fits model 0
+            spec.check_fits(other, state)
+        elif example_inputs is None or _derive_spec(other, example_inputs).layout() != spec.layout():
+            raise FusionctlError(f"{name}'s traced alignment differs from model 0's beyond their widths (a group's layout depends "
+                                 f"on a width); give a {name} whose widths change no layout, or fuse at model 0's widths")
     except (TraceError, ValueError) as exc:
-        raise FusionctlError(f"target does not fit the models' alignment spec: {str(exc).splitlines()[0]}; "
+        raise FusionctlError(f"{name} does not fit model 0's alignment spec: {str(exc).splitlines()[0]}; "
                              "give an instance of their class at other widths") from exc
-    return target
+    return other
 
 
 def _module(template: nn.Module, state: dict) -> nn.Module:
@@ -156,9 +155,10 @@ def _first(inputs: list[torch.Tensor], n: int):
         taken += len(x)
 
 
-def _references(template, spec, states, inputs):
-    """couplings -> the aligned bases for REPAIR on `inputs` (measured statistics or transported states)."""
-    return aligned_references(lambda s: _module(template, s), states, spec, torch.cat(inputs)[:REPAIR_SAMPLES])
+def _references(module, spec, states, inputs):
+    """couplings -> the aligned bases for REPAIR on `inputs` (measured statistics or transported states);
+    module(state): the module holding a state."""
+    return aligned_references(module, states, spec, torch.cat(inputs)[:REPAIR_SAMPLES])
 
 
 def _apply(step: str, model: nn.Module, spec, references, result, lambdas, inputs) -> None:
@@ -171,21 +171,21 @@ def _apply(step: str, model: nn.Module, spec, references, result, lambdas, input
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 
-def _scorer(template, target, spec, states, lambdas, batches):
+def _scorer(module, target, spec, states, lambdas, batches):
     """Accuracy on the labelled batches after BN reset / REPAIR, for solver.cost=auto; None without labels.
-    template: a base model (its states are measured); target: what the fused state is loaded into."""
+    module(state): the module holding a state (a base's or the target's widths)."""
     labelled = [b for b in batches if isinstance(b, (tuple, list)) and len(b) > 1]
     if not labelled:
         return None
     inputs = [b[0] for b in labelled]
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules()):
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in target.modules()):
         step = "bn_reset"
     else:  # REPAIR where a bias or norm can take its correction, else the plain fusion (as held_out_score does)
         step = None if bare_writers(spec, states[0]) else "repair"
-    references = _references(template, spec, states, inputs) if step in READS_REFERENCES else None
+    references = _references(module, spec, states, inputs) if step in READS_REFERENCES else None
 
     def score(result) -> float:
-        model = _module(target, result.state)
+        model = module(result.state)
         if step:
             _apply(step, model, spec, references, result, lambdas, inputs)
         with torch.no_grad():

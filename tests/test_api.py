@@ -252,8 +252,10 @@ def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
 
 def test_fuse_models_errors_are_one_clear_line():
     a = small_nets(1)[0]
-    with pytest.raises(FusionctlError, match="not the architecture of model 0"):
-        fusionctl.fuse_models([a, custom_nets.SmallNet(in_channels=3, width=7)], example_inputs=torch.randn(2, 3, 12, 12))
+    with pytest.raises(FusionctlError, match=r"model 1 \(GroupedNet\) is not the architecture of model 0 \(SmallNet\)"):
+        fusionctl.fuse_models([a, custom_nets.GroupedNet()], example_inputs=torch.randn(2, 3, 12, 12))
+    with pytest.raises(FusionctlError, match=r"model 1 does not fit model 0's alignment spec: its stem.0.weight has shape \(6, 1, 3, 3\)"):
+        fusionctl.fuse_models([a, custom_nets.SmallNet(in_channels=1, num_classes=10, width=6)], example_inputs=torch.randn(2, 3, 12, 12))
     with pytest.raises(FusionctlError, match="needs example_inputs"):
         fusionctl.fuse_models([a, copy.deepcopy(a)])
     with pytest.raises(FusionctlError, match="cannot be traced by torch.fx"):
@@ -291,6 +293,32 @@ def test_a_user_model_fused_with_its_permuted_copy_into_wider_widths_keeps_its_f
                 assert fused(x).shape == model(x).shape and not torch.allclose(fused(x), model(x), atol=1e-2)
 
 
+@pytest.mark.parametrize("method", ["wb", "ot"])
+def test_a_user_model_and_a_widened_copy_of_it_fuse_back_to_its_function(method):
+    """Models of other widths than each other: a net (width 6) and the same function at width 12
+    (every unit twice, from a fusion into target=) fuse back at width 6 to the net's function; one
+    of width 9 that is another function fuses too, into a working net."""
+    model = small_nets(1)[0]
+    data = batches((3, 12, 12))
+    x = data[0][0]
+    with torch.no_grad():
+        model.train()(torch.cat([b[0] for b in data]) + 0.5)
+    model.eval()
+    wide = fusionctl.fuse_models([model, permuted_copy(model, x)], method="wb", example_inputs=x, cost="weight",
+                                 target=custom_nets.SmallNet(in_channels=3, num_classes=10, width=12))
+    with torch.no_grad():
+        assert torch.allclose(wide(x), model(x), atol=1e-4)
+    fused = fusionctl.fuse_models([model, wide], method=method, example_inputs=x, **({"cost": "weight"} if method == "wb" else {}))
+    with torch.no_grad():
+        assert fused.stem[0].weight.shape[0] == 6 and torch.allclose(fused(x), model(x), atol=1e-4)
+    torch.manual_seed(5)
+    other = custom_nets.SmallNet(in_channels=3, num_classes=10, width=9).eval()
+    fused = fusionctl.fuse_models([model, other], method=method, data=data, post="bn_reset")
+    assert fused(x).shape == (len(x), 10)
+    with pytest.raises(FusionctlError, match="solver=wm needs every base model and the target to have the same widths"):
+        fusionctl.fuse_models([model, other], method="wm", example_inputs=x)
+
+
 def test_a_hand_written_spec_fuses_into_a_wider_target_without_example_inputs():
     from fusionctl import AlignmentSpec, Axis, Unit
 
@@ -306,9 +334,9 @@ def test_a_hand_written_spec_fuses_into_a_wider_target_without_example_inputs():
     x = torch.randn(16, 5)
     with torch.no_grad():
         assert fused[0].weight.shape == (14, 5) and torch.allclose(fused(x), model(x), atol=1e-5)
-    with pytest.raises(FusionctlError, match="target does not fit the models' alignment spec: it has no entry 2.weight, which the models have"):
+    with pytest.raises(FusionctlError, match="target does not fit model 0's alignment spec: it has no entry 2.weight, which the models have"):
         fusionctl.fuse_models([model, other], spec=spec, target=torch.nn.Sequential(torch.nn.Linear(5, 14), torch.nn.ReLU()))
-    with pytest.raises(FusionctlError, match="target does not fit the models' alignment spec"):  # an entry the spec does not name
+    with pytest.raises(FusionctlError, match="target does not fit model 0's alignment spec"):  # an entry the spec does not name
         fusionctl.fuse_models([model, other], spec=spec, target=torch.nn.Sequential(*mlp(14), torch.nn.Linear(3, 3)))
 
 
@@ -322,7 +350,7 @@ def test_a_target_that_is_not_the_models_architecture_at_other_widths_is_one_lin
     with pytest.raises(FusionctlError, match="solver=wm needs every base model and the target to have the same widths"):
         fusionctl.fuse_models([a, copy.deepcopy(a)], method="wm", example_inputs=x, target=custom_nets.SmallNet(in_channels=3, width=12))
     cut = custom_nets.CutAtWidth()
-    with pytest.raises(FusionctlError, match="target's traced alignment differs from the models' beyond their widths"):
+    with pytest.raises(FusionctlError, match="target's traced alignment differs from model 0's beyond their widths"):
         fusionctl.fuse_models([cut, copy.deepcopy(cut)], example_inputs=x, target=custom_nets.CutAtWidth(width=8))
 
 
