@@ -226,6 +226,13 @@ def test_own_network_train_fuse_landscape(tmp_path):
     assert "skipping the wm baseline" in (tmp_path / "runs/wider/fuse.log").read_text()
     fused = torch.load(tmp_path / "runs/wider/fused_wb.pt", weights_only=True)
     assert fused["model"]["kwargs"] == {"width": 8} and fused["state_dict"]["stem.0.weight"].shape[0] == 8
+    wide = [*own[:2], "model.kwargs={width:6}", "train.epochs=1", "seeds=[2]", "threads=1"]  # a base of other widths
+    go("train", *wide, "hydra.run.dir=runs/train6")
+    paths = [next(tmp_path.glob(f"outputs/store/mnist_small/custom-*/seed{s}/best.pt")) for s in (0, 2)]
+    go("fuse", *own[:2], f"models=[{paths[0]},{paths[1]}]", "post=[repair]", "baselines=[ot,wm]", "threads=1", "hydra.run.dir=runs/mixed")
+    table = pd.read_csv(tmp_path / "runs/mixed/fusion.csv")
+    assert set(table["method"]) == {"base", "ensemble", "wb", "ot"} and set(table["target_widths"]) == {"[4, 4, 32]"}
+    assert set(table[table.method == "wb"]["post"]) == {"none", "repair"}
     go("landscape", *own, "landscape=fast", "landscape.plane=false", "hydra.run.dir=runs/land")
     bars = pd.read_csv(tmp_path / "runs/land/barriers.csv")
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4

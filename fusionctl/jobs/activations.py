@@ -10,20 +10,18 @@ from __future__ import annotations
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.fusion.units import stream_unit_features
-from fusionctl.models import TRACED, build_from_state, config_for, group_sizes, model_spec
+from fusionctl.jobs.bases import state_config
+from fusionctl.models import build_from_state, model_spec
 
 
-def activation_probe(model_cfg: ModelConfig, splits: Splits, device="cpu", batch_size: int = 64, target_cfg: ModelConfig | None = None):
+def activation_probe(model_cfg: ModelConfig, splits: Splits, device="cpu", batch_size: int = 64, variants=()):
     """A function (states, samples, writers=()) -> per state {group: (n, d) z-scored features}, for
     states of `model_cfg`'s architecture (any widths), streamed over the first `samples` training
     inputs; with writers named, also per state {writer: ...} (fusion.units.stream_unit_features).
-    target_cfg: the fused model's, where a traced model's widths come from its constructor (target.kwargs)."""
+    variants: the other bases' and the fused model's configs, where a traced model's widths come
+    from its constructor (jobs.bases.state_config)."""
     spec = model_spec(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
-    by_constructor = target_cfg is not None and target_cfg.name in TRACED and target_cfg != model_cfg
-    target = group_sizes(target_cfg, splits.input_shape, splits.num_classes, splits.vocab) if by_constructor else None
-
-    def config(state: dict) -> ModelConfig:  # a state of the target's widths (init=distill's start) is built as the target
-        return target_cfg if by_constructor and spec.group_sizes(state) == target else config_for(model_cfg, state)
+    config = state_config(model_cfg, splits, variants)
 
     def probe(states: list[dict], samples: int, writers=()):
         models = [build_from_state(config(s), splits, s, device) for s in states]

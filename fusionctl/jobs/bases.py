@@ -88,9 +88,13 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
         mc = ModelConfig(**ckpt["model"])
         bases.append(Base(label, path, mc, ckpt["state_dict"]))
     first = bases[0].model_cfg
+
+    def architecture(mc: ModelConfig) -> tuple:  # a traced model's kwargs may set other widths (checked below)
+        return (mc.name, mc.bias, mc.arch, mc.target) + (() if mc.name in TRACED else (mc.kwargs,))
+
     for b in bases[1:]:
         other = b.model_cfg
-        if (other.name, other.bias, other.arch, other.target, other.kwargs) != (first.name, first.bias, first.arch, first.target, first.kwargs):
+        if architecture(other) != architecture(first):
             def named(mc):
                 return describe(mc) if mc.name in TRACED else f"{describe(mc)} (bias={mc.bias})"
             raise FusionctlError(f"{b.path} is a {named(other)} but {bases[0].path} is a {named(first)}; fuse models of one architecture")
@@ -103,6 +107,8 @@ def load_bases(cfg: FuseCommandConfig, splits: Splits) -> list[Base]:
             spec.group_sizes(b.state)
         except ValueError as exc:
             raise FusionctlError(f"{b.path}: weights do not match its declared architecture ({exc})") from exc
+        if b.model_cfg.kwargs != first.kwargs:  # a traced model built with other arguments: model 0's at other widths only
+            check_width_variant(b.model_cfg, b.state, bases[0], splits, spec_for(first, splits, cfg.spec_check), f"{b.path} (model.kwargs={b.model_cfg.kwargs})")
         if not all(torch.isfinite(v).all() for v in b.state.values() if v.is_floating_point()):
             raise FusionctlError(f"{b.path} contains NaN or Inf weights; retrain it")
     return bases
@@ -207,12 +213,18 @@ def target_config(target: TargetConfig, base: Base, splits: Splits, spec) -> Mod
 
 def traced_target(base: Base, kwargs: dict, splits: Splits, spec) -> ModelConfig:
     """model 0's traced config with `kwargs` added to its constructor's, if that builds the same
-    architecture at other widths: the same entries but for aligned widths, and the same layout."""
+    architecture at other widths (check_width_variant)."""
     cfg = replace(base.model_cfg, kwargs={**(base.model_cfg.kwargs or {}), **kwargs})
-    what = f"target.kwargs={kwargs}"
+    with torch.random.fork_rng(devices=[]):
+        state = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab).state_dict()
+    check_width_variant(cfg, state, base, splits, spec, f"target.kwargs={kwargs}")
+    return cfg
+
+
+def check_width_variant(cfg: ModelConfig, state: dict, base: Base, splits: Splits, spec, what: str) -> None:
+    """One line unless the traced `cfg` (holding `state`) is model 0's network at other widths: the
+    same entries but for aligned widths, and a spec of the same layout (AlignmentSpec.layout)."""
     try:
-        with torch.random.fork_rng(devices=[]):
-            state = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab).state_dict()
         spec.check_widths_only(base.state, state)
         same = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab).layout() == spec.layout()
     except (ValueError, TypeError) as exc:
@@ -220,7 +232,20 @@ def traced_target(base: Base, kwargs: dict, splits: Splits, spec) -> ModelConfig
     if not same:
         raise FusionctlError(f"{what}: the traced alignment differs from model 0's beyond their widths (a group's layout depends on a "
                              "width); choose widths that change no layout, or fuse at model 0's widths")
-    return cfg
+
+
+def state_config(model_cfg: ModelConfig, splits: Splits, variants=()):
+    """state -> the config that builds it. A built-in's widths are read from the state (config_for);
+    a traced model's are its constructor's, so a state of a variant's widths (another base's, or the
+    target's: target.kwargs) is built as that variant."""
+    spec = model_spec(model_cfg, splits.input_shape, splits.num_classes, splits.vocab)
+    known = {tuple(target_sizes(c, splits).items()): c for c in variants if c.name in TRACED and c != model_cfg}
+
+    def config(state: dict) -> ModelConfig:
+        found = known.get(tuple(spec.group_sizes(state).items())) if known else None
+        return found or config_for(model_cfg, state)
+
+    return config
 
 
 def target_sizes(cfg: ModelConfig, splits: Splits) -> dict[str, int]:

@@ -73,13 +73,14 @@ def prepare(cfg: FuseCommandConfig):
 SCORE_SAMPLES = 2000
 
 
-def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, lambdas, device, references=None):
+def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, lambdas, device, references=None, variants=()):
     """How solver.cost=auto chooses: a fused model's accuracy on (up to SCORE_SAMPLES of) the
     validation split (without one, the last training inputs) after the post-step its family
     needs anyway — BatchNorm reset for BN nets (their stored statistics are averages that no longer
     fit the units), REPAIR for other feed-forward nets that have a bias or norm to correct in — so
     candidates are compared as they will be used.
-    `references`: a reference_source to share (the fuse command's, so the bases are measured once)."""
+    `references`: a reference_source to share (the fuse command's, so the bases are measured once);
+    `variants`: the bases' configs (a traced model's widths are its constructor's)."""
     held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
     if any(k.endswith("running_mean") for k in bases[0]):
         step = "bn_reset"
@@ -88,7 +89,7 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     else:
         step = "repair" if post_defined("repair", model_cfg.name) else None
 
-    references = references or reference_source(model_cfg, splits, bases, spec, device)
+    references = references or reference_source(model_cfg, splits, bases, spec, device, variants)
 
     def score(result) -> float:
         cfg, state = config_for(model_cfg, result.state), result.state
@@ -116,9 +117,10 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     sizes = target_sizes(target_cfg, splits)
     settings = settings_for(method, cfg)
     device = resolve_device(cfg.device)
+    configs = [b.model_cfg for b in bases]
     ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
-                        activation_probe(bases[0].model_cfg, splits, device, target_cfg=target_cfg),
-                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device, references), ot_device(device))
+                        activation_probe(configs[0], splits, device, variants=[*configs, target_cfg]),
+                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device, references, configs), ot_device(device))
     start = time.perf_counter()
     result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, settings, ctx)
     seconds = time.perf_counter() - start
@@ -186,7 +188,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
     write_text_atomic(alignment_report(spec, bases[0].state), out_dir / "alignment.md")
     log.info("what is aligned, group by group: %s", out_dir / "alignment.md")
     label = "+".join(b.label for b in bases)
-    aligned = reference_source(bases[0].model_cfg, splits, [b.state for b in bases], spec, device)
+    aligned = reference_source(bases[0].model_cfg, splits, [b.state for b in bases], spec, device, [b.model_cfg for b in bases])
     for method in methods:
         fused = run_method(method, cfg, splits, bases, spec, lambdas, target_cfg, aligned)
         save_fused(fused, splits, bases, lambdas, out_dir)

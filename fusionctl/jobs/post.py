@@ -11,12 +11,12 @@ from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, aligned_references
 from fusionctl.fusion.units import bare_writers
+from fusionctl.jobs.bases import state_config
 from fusionctl.models import (
     RECURRENT_MODELS,
     TRACED,
     build_from_state,
     build_model,
-    config_for,
     describe,
     model_spec,
 )
@@ -56,9 +56,11 @@ def apply_post(step: str, cfg: ModelConfig, state: dict, splits: Splits, referen
     return cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def reference_source(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, device):
-    """couplings -> the aligned bases as REPAIR reads them on the training inputs (fusion.post.aligned_references)."""
-    return aligned_references(lambda b: build_from_state(config_for(model_cfg, b), splits, b, device), bases, spec,
+def reference_source(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, device, variants=()):
+    """couplings -> the aligned bases as REPAIR reads them on the training inputs (fusion.post.aligned_references);
+    variants: the bases' configs, where a traced model's widths come from its constructor (jobs.bases.state_config)."""
+    config = state_config(model_cfg, splits, variants)
+    return aligned_references(lambda b: build_from_state(config(b), splits, b, device), bases, spec,
                               splits.train.x[:REPAIR_SAMPLES].to(device))
 
 
