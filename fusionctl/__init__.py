@@ -2,6 +2,7 @@
 
 Python API (torch is imported on first use, so the command line starts fast):
 fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, ...), see fusionctl/api.py;
+fusionctl.barriers(models, data): loss and error barriers along naive and aligned lines (fusionctl/connectivity.py);
 fusionctl.alignment_report(spec, model): what a spec aligns, group by group (markdown);
 fusionctl.AlignmentSpec, Axis and Unit to write a spec by hand (fusionctl/models/spec.py);
 fusionctl.Permutation: how an exact coupling between equal widths is held (fusionctl/ot/permutation.py).
@@ -15,6 +16,10 @@ def __getattr__(name: str):
         from fusionctl import api
 
         return getattr(api, name)
+    if name == "barriers":
+        from fusionctl.connectivity import barriers
+
+        return barriers
     if name == "alignment_report":
         from fusionctl.models.spec_report import alignment_report
 

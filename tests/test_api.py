@@ -382,3 +382,30 @@ def test_the_vit_example_script_trains_and_fuses_two_vits():
     assert "permutable hidden units: 640 of 640 (3 groups of attention heads among them)" in run.stdout
     rows = {line.split()[0] + (" paper" if "paper" in line else "") for line in run.stdout.splitlines()[3:]}
     assert rows == {"avg", "wb", "wb paper", "wm", "am"}, run.stdout
+
+
+def test_barriers_of_a_user_model_and_its_permuted_copy():
+    """fusionctl.barriers: the aligned line between a net and its permuted copy is flat (one function
+    all along, BN statistics included), the naive one is not; the barriers are the curves' (Entezari)."""
+    from fusionctl.eval.barrier import barrier
+
+    model = small_nets(1)[0]
+    data = batches((3, 12, 12))
+    x = data[0][0]
+    with torch.no_grad():
+        model.train()(torch.cat([b[0] for b in data]) + 0.5)
+    model.eval()
+    summary, curves = fusionctl.barriers([model, permuted_copy(model, x)], data, points=5)
+    aligned, naive = (curves[curves.line == name] for name in ("aligned 1-2", "naive 1-2"))
+    assert (aligned.loss - aligned.loss.iloc[0]).abs().max() < 1e-5 and (naive.loss - naive.loss.iloc[0]).abs().max() > 1e-3
+    for name, curve in (("aligned 1-2", aligned), ("naive 1-2", naive)):
+        row = summary[summary.line == name].iloc[0]
+        assert row.loss_barrier == pytest.approx(barrier(curve.t.to_numpy(), curve.loss.to_numpy()))
+        assert row.error_barrier == pytest.approx(barrier(curve.t.to_numpy(), 100 - curve.accuracy.to_numpy()))
+    assert summary[summary.line == "aligned 1-2"].loss_barrier.iloc[0] < 1e-5
+    reset, _ = fusionctl.barriers([model, permuted_copy(model, x)], data, points=3, post="bn_reset")
+    assert set(reset.post) == {"bn_reset"} and reset[reset.line == "aligned 1-2"].loss_barrier.iloc[0] < 1e-4
+    with pytest.raises(FusionctlError, match="barriers needs labelled data"):
+        fusionctl.barriers([model, model], [b[0] for b in data])
+    with pytest.raises(FusionctlError, match="unknown post-step 'bn'"):
+        fusionctl.barriers([model, model], data, post="bn")

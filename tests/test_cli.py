@@ -264,3 +264,29 @@ def test_a_network_fx_cannot_trace_runs_from_the_command_line_with_a_spec_writte
     assert land.returncode == 0, land.stderr
     bars = pd.read_csv(tmp_path / "runs/land/barriers.csv")
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4
+
+
+def test_barriers_from_python_match_the_landscape_command(work):
+    """fusionctl.barriers on the test split gives the barriers `fusionctl landscape` writes for the same
+    two checkpoints (data-free alignment, so both align the same way)."""
+    import fusionctl
+    from fusionctl.config import ModelConfig
+    from fusionctl.data import load_dataset
+    from fusionctl.models import build_from_state
+
+    run(["landscape", *TINY, "landscape=fast", "landscape.plane=false", "solver.cost=weight", "hydra.run.dir=runs/land_weight"], work)
+    table = pd.read_csv(work / "runs/land_weight/barriers.csv")
+    table = table[(table.split == "test") & (table.post == "none")].set_index("line")
+    ckpts = [torch.load(p, weights_only=True) for p in sorted(work.glob("outputs/store/mnist_small/mlp-*/seed[01]/best.pt"))]
+    ckpts = [c for c in ckpts if c["model"]["widths"] == [24, 12]]
+    splits = load_dataset("mnist_small", work / "data")
+    models = [build_from_state(ModelConfig(**c["model"]), splits, c["state_dict"]) for c in ckpts]
+    test = splits.test
+    summary, curves = fusionctl.barriers(models, [(test.x[i:i + 300], test.y[i:i + 300]) for i in range(0, len(test), 300)],
+                                         points=11, cost="weight")
+    summary = summary.set_index("line")
+    assert list(summary.index) == ["naive 1-2", "aligned 1-2"] and len(curves) == 22
+    for line in summary.index:
+        for col in ("loss_barrier", "error_barrier", "midpoint_accuracy"):
+            assert abs(summary.loc[line, col] - table.loc[line, col]) < 1e-4, (line, col)
+    assert summary.loc["aligned 1-2", "loss_barrier"] < summary.loc["naive 1-2", "loss_barrier"]

@@ -15,7 +15,7 @@ LAYERS = [
     ("fusion", ["fusion"]),
     ("eval", ["eval", "plots", "training"]),
     ("jobs", ["jobs"]),
-    ("commands", ["commands", "api"]),
+    ("commands", ["commands", "api", "connectivity"]),
     ("cli", ["cli", "__init__"]),
 ]
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

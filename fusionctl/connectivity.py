@@ -1,0 +1,90 @@
+"""Linear mode connectivity of your own networks from Python: the loss and error along straight
+lines between in-memory modules, naive and after alignment, and their barriers (METHOD.md C).
+
+    summary, curves = fusionctl.barriers([model_a, model_b], data, method="wb")
+
+`fusionctl landscape` does the same (and the 2-D plane) for models the command line trains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from fusionctl.api import derive_spec, fuse_models
+from fusionctl.data import Split
+from fusionctl.errors import FusionctlError
+from fusionctl.eval.barrier import barrier, line_ts
+from fusionctl.eval.grid import evaluate_points, flatten, float_keys
+from fusionctl.fusion.post import POST_STEPS
+from fusionctl.fusion.transport import relative_coupling, transport
+from fusionctl.fusion.units import bare_writers
+from fusionctl.models import load_state
+
+
+def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25, post: str | None = None,
+             example_inputs=None, spec=None, check: bool = True, **settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Barriers from model 0 to every other model, along the naive line θ₀ → θᵢ and the aligned line
+    θ₀ → π(θᵢ), π the permutation (or coupling) that `method`'s fusion puts between them.
+
+    data: labelled batches [(inputs, labels), ...] or a DataLoader of them; every batch is evaluated
+    (the fusion reads the first 8). points: t values from 0 to 1. post: "bn_reset" or "repair",
+    applied at every point (a BN net's interpolations need their statistics reset). spec, check and
+    settings as in fuse_models.
+    Returns (summary, curves): per line its loss barrier (nats), error barrier (percentage points),
+    and accuracy at both ends and the midpoint (%); the curves as line, t, loss, accuracy (%).
+    """
+    batches = [b for b in data]
+    if not batches or not all(isinstance(b, (tuple, list)) and len(b) > 1 for b in batches):
+        raise FusionctlError("barriers needs labelled data: batches of (inputs, labels), e.g. a DataLoader of a labelled dataset")
+    if post is not None and post not in POST_STEPS:
+        raise FusionctlError(f"unknown post-step '{post}'; choose from: {', '.join(POST_STEPS)}")
+    models = list(models)
+    x = torch.cat([b[0] for b in batches])
+    if spec is None:
+        spec = derive_spec(models[0], x[:2] if example_inputs is None else example_inputs, check)
+    _, couplings = fuse_models(models, method, data=batches, spec=spec, check=False, return_couplings=True, **settings)
+    split = Split(x, torch.cat([b[1] for b in batches]))
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    if post == "repair" and bare_writers(spec, states[0]):
+        raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
+    ts = line_ts(points)
+    rows, curves = [], []
+    for i in range(1, len(models)):
+        aligned = transport(states[i], spec, {g: relative_coupling(couplings[0][g], couplings[i][g]) for g in spec.groups})
+        lines = {f"aligned 1-{i + 1}": aligned}
+        if spec.group_sizes(states[i]) == spec.group_sizes(states[0]):
+            lines = {f"naive 1-{i + 1}": states[i], **lines}
+        for name, end in lines.items():
+            loss, acc = _line(models[0], spec, states[0], end, ts, split, post)
+            curves += [{"line": name, "t": t, "loss": lo, "accuracy": 100 * a} for t, lo, a in zip(ts, loss, acc)]
+            rows.append({"line": name, "post": post or "none", "loss_barrier": barrier(ts, loss), "error_barrier": barrier(ts, 100 * (1 - acc)),
+                         "start_accuracy": 100 * acc[0], "end_accuracy": 100 * acc[-1], "midpoint_accuracy": float(np.interp(0.5, ts, 100 * acc))})
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+def _line(model: nn.Module, spec, start: dict, end: dict, ts: np.ndarray, split: Split, post: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy at every t of the line start -> end (in model 0's module)."""
+    keys = float_keys(start)
+    origin = flatten(start, keys)
+    transform = None
+    if post is not None:
+        ends = [_holding(model, start), _holding(model, end)]
+
+        def transform(m, coords):  # the post-step at t, its references the two ends mixed by t
+            t = float(coords[0])
+            POST_STEPS[post](m, spec, ends, [1.0 - t, t], split)
+
+    res = evaluate_points(_holding(model, start), start, origin, (flatten(end, keys) - origin)[None],
+                          torch.tensor(ts, dtype=torch.float32)[:, None], {"data": split}, transform=transform, desc="line")
+    return res["data"]["loss"].numpy().astype(float), res["data"]["accuracy"].numpy().astype(float)
+
+
+def _holding(model: nn.Module, state: dict) -> nn.Module:
+    import copy
+
+    m = copy.deepcopy(model)
+    load_state(m, state)
+    return m.eval()
