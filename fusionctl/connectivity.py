@@ -24,15 +24,16 @@ from fusionctl.fusion.units import bare_writers
 from fusionctl.models import load_state
 
 
-def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25, post: str | None = None,
+def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25, post: str | None = None, align_data=None,
              example_inputs=None, spec=None, check: bool = True, **settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Barriers from model 0 to every other model, along the naive line θ₀ → θᵢ and the aligned line
     θ₀ → π(θᵢ), π the permutation (or coupling) that `method`'s fusion puts between them.
 
-    data: labelled batches [(inputs, labels), ...] or a DataLoader of them; every batch is evaluated
-    (the fusion reads the first 8). points: t values from 0 to 1. post: "bn_reset" or "repair",
-    applied at every point (a BN net's interpolations need their statistics reset). spec, check and
-    settings as in fuse_models.
+    data: labelled batches [(inputs, labels), ...] or a DataLoader of them, all evaluated (a test set).
+    align_data: the batches the alignment reads (activation costs, cost=auto's choice; the first 8),
+    e.g. training data; default: data. points: t values from 0 to 1. post: "bn_reset" or "repair",
+    applied at every point (a BN net's interpolations need their statistics reset; from `data`).
+    spec, check and settings as in fuse_models.
     Returns (summary, curves): per line its loss barrier (nats), error barrier (percentage points),
     and accuracy at both ends and the midpoint (%); the curves as line, t, loss, accuracy (%).
     """
@@ -45,7 +46,8 @@ def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25
     x = torch.cat([b[0] for b in batches])
     if spec is None:
         spec = derive_spec(models[0], x[:2] if example_inputs is None else example_inputs, check)
-    _, couplings = fuse_models(models, method, data=batches, spec=spec, check=False, return_couplings=True, **settings)
+    _, couplings = fuse_models(models, method, data=batches if align_data is None else align_data, spec=spec, check=False,
+                               return_couplings=True, **settings)
     split = Split(x, torch.cat([b[1] for b in batches]))
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     if post == "repair" and bare_writers(spec, states[0]):

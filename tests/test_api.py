@@ -8,6 +8,7 @@ import functools
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -405,6 +406,12 @@ def test_barriers_of_a_user_model_and_its_permuted_copy():
     assert summary[summary.line == "aligned 1-2"].loss_barrier.iloc[0] < 1e-5
     reset, _ = fusionctl.barriers([model, permuted_copy(model, x)], data, points=3, post="bn_reset")
     assert set(reset.post) == {"bn_reset"} and reset[reset.line == "aligned 1-2"].loss_barrier.iloc[0] < 1e-4
+    other = small_nets(2)[1]
+    held_out = batches((3, 12, 12), seed=1)  # evaluated; the alignment reads `data`'s inputs
+    by_data, _ = fusionctl.barriers([model, other], held_out, method="am", align_data=[b[0] for b in data], points=3)
+    by_itself, _ = fusionctl.barriers([model, other], held_out, method="am", points=3)
+    pd.testing.assert_frame_equal(by_data.iloc[:1], by_itself.iloc[:1])  # the naive line does not depend on it
+    assert not by_data.iloc[1:].equals(by_itself.iloc[1:])
     with pytest.raises(FusionctlError, match="barriers needs labelled data"):
         fusionctl.barriers([model, model], [b[0] for b in data])
     with pytest.raises(FusionctlError, match="unknown post-step 'bn'"):
