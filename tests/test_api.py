@@ -28,6 +28,15 @@ def batches(shape, n=128, size=32, classes=10, seed=0):
     return [(x[i:i + size], y[i:i + size]) for i in range(0, n, size)]
 
 
+def net_with_statistics():
+    """A SmallNet whose BatchNorms hold non-trivial statistics, its data batches and one input batch."""
+    model = small_nets(1)[0]
+    data = batches((3, 12, 12))
+    with torch.no_grad():
+        model.train()(torch.cat([b[0] for b in data]) + 0.5)
+    return model.eval(), data, data[0][0]
+
+
 def permuted_copy(model, x, seed=3):
     """The same function as `model` with every traced group permuted at random."""
     spec = fusionctl.derive_spec(model, x)
@@ -93,12 +102,7 @@ def test_repair_on_a_user_model_without_a_norm_or_bias_for_some_layer_is_one_cle
 
 @pytest.mark.parametrize("method", ["wb", "wm", "am"])
 def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method):
-    model = small_nets(1)[0]
-    data = batches((3, 12, 12))
-    x = data[0][0]
-    with torch.no_grad():  # non-trivial BN statistics
-        model.train()(torch.cat([b[0] for b in data]) + 0.5)
-    model.eval()
+    model, data, x = net_with_statistics()
     fused = fusionctl.fuse_models([model, permuted_copy(model, x)], method=method, data=data)
     with torch.no_grad():
         assert torch.allclose(fused(x), model(x), atol=1e-4)
@@ -274,12 +278,7 @@ def test_a_user_model_fused_with_its_permuted_copy_into_wider_widths_keeps_its_f
     """target=: exact OT into two or three times the widths splits every unit into equal copies, each
     with its share of the outgoing weights, so the function stays (BatchNorm included); narrower
     widths give a working net of those widths."""
-    model = small_nets(1)[0]
-    data = batches((3, 12, 12))
-    x = data[0][0]
-    with torch.no_grad():
-        model.train()(torch.cat([b[0] for b in data]) + 0.5)
-    model.eval()
+    model, data, x = net_with_statistics()
     other = permuted_copy(model, x)
     for width in (12, 18, 4):
         target = custom_nets.SmallNet(in_channels=3, num_classes=10, width=width)
@@ -299,12 +298,7 @@ def test_a_user_model_and_a_widened_copy_of_it_fuse_back_to_its_function(method)
     """Models of other widths than each other: a net (width 6) and the same function at width 12
     (every unit twice, from a fusion into target=) fuse back at width 6 to the net's function; one
     of width 9 that is another function fuses too, into a working net."""
-    model = small_nets(1)[0]
-    data = batches((3, 12, 12))
-    x = data[0][0]
-    with torch.no_grad():
-        model.train()(torch.cat([b[0] for b in data]) + 0.5)
-    model.eval()
+    model, data, x = net_with_statistics()
     wide = fusionctl.fuse_models([model, permuted_copy(model, x)], method="wb", example_inputs=x, cost="weight",
                                  target=custom_nets.SmallNet(in_channels=3, num_classes=10, width=12))
     with torch.no_grad():
@@ -390,12 +384,7 @@ def test_barriers_of_a_user_model_and_its_permuted_copy():
     all along, BN statistics included), the naive one is not; the barriers are the curves' (Entezari)."""
     from fusionctl.eval.barrier import barrier
 
-    model = small_nets(1)[0]
-    data = batches((3, 12, 12))
-    x = data[0][0]
-    with torch.no_grad():
-        model.train()(torch.cat([b[0] for b in data]) + 0.5)
-    model.eval()
+    model, data, x = net_with_statistics()
     summary, curves = fusionctl.barriers([model, permuted_copy(model, x)], data, points=5)
     aligned, naive = (curves[curves.line == name] for name in ("aligned 1-2", "naive 1-2"))
     assert (aligned.loss - aligned.loss.iloc[0]).abs().max() < 1e-5 and (naive.loss - naive.loss.iloc[0]).abs().max() > 1e-3
