@@ -166,6 +166,8 @@ def test_target_kwargs_build_a_traced_model_at_other_widths_or_say_why_not():
     assert traced_target(small, {"width": 8}, splits, spec).kwargs == {"width": 8}
     with pytest.raises(FusionctlError, match=r"does not build tests.custom_nets.SmallNet at other widths: its head.2.weight has shape \(5, 32\)"):
         traced_target(small, {"num_classes": 5}, splits, spec)
+    with pytest.raises(FusionctlError, match="unexpected keyword argument 'depth'; check target.kwargs"):
+        traced_target(small, {"depth": 3}, splits, spec)
     cut, spec = base("CutAtWidth", 6)
     with pytest.raises(FusionctlError, match="the traced alignment differs from model 0's beyond their widths"):
         traced_target(cut, {"width": 8}, splits, spec)

@@ -215,8 +215,11 @@ def traced_target(base: Base, kwargs: dict, splits: Splits, spec) -> ModelConfig
     """model 0's traced config with `kwargs` added to its constructor's, if that builds the same
     architecture at other widths (check_width_variant)."""
     cfg = replace(base.model_cfg, kwargs={**(base.model_cfg.kwargs or {}), **kwargs})
-    with torch.random.fork_rng(devices=[]):
-        state = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab).state_dict()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            state = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab).state_dict()
+    except FusionctlError as exc:  # the constructor refused them
+        raise FusionctlError(str(exc).replace("check model.kwargs", "check target.kwargs")) from exc
     check_width_variant(cfg, state, base, splits, spec, f"target.kwargs={kwargs}")
     return cfg
 
