@@ -103,7 +103,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     shaped = {tuple(spec.group_sizes(m.state_dict()).items()): m for m in [*models, target]}
 
     def module(state):  # a base, or a state of the target's widths (init=distill probes its start)
-        return _module(shaped[tuple(spec.group_sizes(state).items())], state)
+        return holding(shaped[tuple(spec.group_sizes(state).items())], state)
 
     ctx = FusionContext(
         random_target=lambda: {k: v.detach().clone() for k, v in target.state_dict().items()},  # init=random|distill start there
@@ -112,7 +112,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
         score=_scorer(module, target, spec, states, lambdas, batches),
     )
     result = fuse(method, spec, states, lambdas, sizes, solver_settings(method, settings), ctx)
-    fused = _module(target, result.state)
+    fused = holding(target, result.state)
     references = _references(module, spec, states, inputs) if READS_REFERENCES.intersection(post) else None
     for step in post:
         _apply(step, fused, spec, references, result, lambdas, inputs)
@@ -140,7 +140,8 @@ def _check_widths_of(other: nn.Module, name: str, model: nn.Module, spec: Alignm
     return other
 
 
-def _module(template: nn.Module, state: dict) -> nn.Module:
+def holding(template: nn.Module, state: dict) -> nn.Module:
+    """A copy of `template` holding `state`, in eval mode."""
     m = copy.deepcopy(template)
     load_state(m, state)
     return m.eval()
@@ -167,7 +168,7 @@ def _apply(step: str, model: nn.Module, spec, references, result, lambdas, input
     if step == "repair" and bare_writers(spec, model.state_dict()):
         raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
     x = torch.cat(inputs)
-    refs = [_module(model, r) if isinstance(r, dict) else r for r in references(result.couplings, result.aligned)] if step in READS_REFERENCES else []
+    refs = [holding(model, r) if isinstance(r, dict) else r for r in references(result.couplings, result.aligned)] if step in READS_REFERENCES else []
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 

@@ -70,20 +70,16 @@ def chosen_options(args: list[str], group: str, default: str) -> list[str]:
 def check_solver_keys(args: list[str]) -> str | None:
     """One line for `solver.<key>=...` naming a setting the chosen method does not have (each
     method reads only its own settings; Hydra's own message is six lines)."""
-    from dataclasses import fields
-
-    from fusionctl.config import SOLVERS
+    from fusionctl.config import SOLVERS, unknown_setting
 
     chosen = [n for n in chosen_options(args, "solver", "wb") if n in SOLVERS]
     for arg in args:
         key = arg.split("=", 1)[0]
         if key.startswith("solver.") and "=" in arg:
-            setting = key.split(".", 1)[1]
             for name in chosen:
-                known = [f.name for f in fields(SOLVERS[name]) if f.name != "name"]
-                if setting not in known:
-                    return (f"fusionctl: error: solver={name} has no setting '{setting}'; its settings are: "
-                            f"{', '.join(known) or 'none'} (each method reads only its own; see configs/solver/{name}.yaml)")
+                problem = unknown_setting(name, key.split(".", 1)[1])
+                if problem:
+                    return f"fusionctl: error: {problem} (each method reads only its own; see configs/solver/{name}.yaml)"
     return None
 
 

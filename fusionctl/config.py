@@ -191,12 +191,18 @@ SOLVERS: dict[str, type[SolverSettings]] = {
 }
 
 
+def unknown_setting(name: str, key: str) -> str | None:
+    """The line for `key` if method `name`'s settings class has no such setting (its name aside)."""
+    known = [f.name for f in fields(SOLVERS[name]) if f.name != "name"]
+    return None if key in known else f"solver={name} has no setting '{key}'; its settings are: {', '.join(known) or 'none'}"
+
+
 def solver_settings(name: str, values: dict | None = None) -> SolverSettings:
     """The settings of method `name`: its class defaults, then `values`, checked."""
     _require(name in SOLVERS, f"unknown solver '{name}'; choose from: {', '.join(SOLVERS)}")
-    known = [f.name for f in fields(SOLVERS[name]) if f.name != "name"]
     for key in values or {}:
-        _require(key in known or key == "name", f"solver={name} has no setting '{key}'; its settings are: {', '.join(known) or 'none'}")
+        if key != "name" and (problem := unknown_setting(name, key)):
+            raise FusionctlError(problem)
     settings = SOLVERS[name](**{k: v for k, v in (values or {}).items() if k != "name"})
     settings.check()
     return settings

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fusionctl.api import derive_spec, fuse_models
+from fusionctl.api import derive_spec, fuse_models, holding
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
@@ -21,7 +21,6 @@ from fusionctl.eval.grid import evaluate_points, flatten, float_keys
 from fusionctl.fusion.post import POST_STEPS
 from fusionctl.fusion.transport import relative_coupling, transport
 from fusionctl.fusion.units import bare_writers
-from fusionctl.models import load_state
 
 
 def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25, post: str | None = None, align_data=None,
@@ -73,20 +72,12 @@ def _line(model: nn.Module, spec, start: dict, end: dict, ts: np.ndarray, split:
     origin = flatten(start, keys)
     transform = None
     if post is not None:
-        ends = [_holding(model, start), _holding(model, end)]
+        ends = [holding(model, start), holding(model, end)]
 
         def transform(m, coords):  # the post-step at t, its references the two ends mixed by t
             t = float(coords[0])
             POST_STEPS[post](m, spec, ends, [1.0 - t, t], split)
 
-    res = evaluate_points(_holding(model, start), start, origin, (flatten(end, keys) - origin)[None],
+    res = evaluate_points(holding(model, start), start, origin, (flatten(end, keys) - origin)[None],
                           torch.tensor(ts, dtype=torch.float32)[:, None], {"data": split}, transform=transform, desc="line")
     return res["data"]["loss"].numpy().astype(float), res["data"]["accuracy"].numpy().astype(float)
-
-
-def _holding(model: nn.Module, state: dict) -> nn.Module:
-    import copy
-
-    m = copy.deepcopy(model)
-    load_state(m, state)
-    return m.eval()
