@@ -5,7 +5,7 @@ Each section trains base models with `fusionctl train`, fuses and draws landscap
 `fusionctl fuse` / `fusionctl landscape`, and writes docs/results/<section>.md plus the raw
 tables (<section>_fusion.csv, <section>_barriers.csv); docs/results.md collects the sections.
 
-    .venv/bin/python scripts/reproduce.py                           # CPU sections: mlp hetero recurrent
+    .venv/bin/python scripts/reproduce.py                           # CPU sections: mlp hetero widths recurrent
     .venv/bin/python scripts/reproduce.py --sections mlp            # one section
     python3 scripts/reproduce.py --sections cnn cnn_gpu --device cuda      # on a GPU machine
     .venv/bin/python scripts/reproduce.py --report-only             # rebuild docs/results.md
@@ -28,12 +28,12 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sections import cnn, gpu_timing, hetero, mlp, recurrent  # noqa: E402
+from sections import cnn, gpu_timing, hetero, mlp, recurrent, widths  # noqa: E402
 from sections.common import ROOT  # noqa: E402
 
-ORDER = ["mlp", "hetero", "recurrent", "recurrent_fashion", "cnn", "cnn_paper", "cnn_gpu", "gpu_timing"]
-CPU_SECTIONS = ["mlp", "hetero", "recurrent"]
-SECTIONS = {"mlp": mlp.section, "hetero": hetero.section, "recurrent": recurrent.section, "recurrent_fashion": recurrent.section_fashion,
+ORDER = ["mlp", "hetero", "widths", "recurrent", "recurrent_fashion", "cnn", "cnn_paper", "cnn_gpu", "gpu_timing"]
+CPU_SECTIONS = ["mlp", "hetero", "widths", "recurrent"]
+SECTIONS = {"mlp": mlp.section, "hetero": hetero.section, "widths": widths.section, "recurrent": recurrent.section, "recurrent_fashion": recurrent.section_fashion,
             "cnn": cnn.section, "cnn_paper": cnn.section_paper, "cnn_gpu": cnn.section_gpu,
             "gpu_timing": gpu_timing.section}
 
@@ -52,10 +52,13 @@ class Runner:
         folders = sorted(p.parent for p in self.runs.glob("*/cmd.txt"))
         self.done = {} if args.fresh else {(f / "cmd.txt").read_text(): f for f in folders}
         self.n = max((int(p.name.split("_")[0]) for p in self.runs.glob("[0-9]*_*")), default=0)
+        self.reused_s = 0.0  # seconds that the commands found done took when they ran
 
     def __call__(self, command: str, *overrides: str) -> Path:
         key = " ".join([command, *overrides, f"device={self.args.device}"])
         if key in self.done:
+            seconds = self.done[key] / "seconds.txt"
+            self.reused_s += float(seconds.read_text()) if seconds.is_file() else 0.0
             print(f"  (done)  fusionctl {command} {' '.join(overrides)}", flush=True)
             return self.done[key]
         with self.lock:
@@ -133,11 +136,13 @@ def main() -> None:
         run = Runner(args)
         for name in args.sections:
             print(f"[{name}]", flush=True)
-            start = time.perf_counter()
+            start, before = time.perf_counter(), run.reused_s
             body = SECTIONS[name](run, args.quick)
-            minutes = (time.perf_counter() - start) / 60
+            reused_min = (run.reused_s - before) / 60
+            minutes = (time.perf_counter() - start) / 60 + reused_min
+            reused = f" ({reused_min:.1f} of them by commands reused from an earlier run)" if reused_min else ""
             cmd = f"python scripts/reproduce.py --sections {name} --device {args.device}" + (" --quick" if args.quick else "")
-            footer = f"_Regenerate: `{cmd}` — {minutes:.1f} min on {machine()}._"
+            footer = f"_Regenerate: `{cmd}` — {minutes:.1f} min{reused} on {machine()}._"
             (out / f"{name}.md").write_text(body + "\n\n" + footer + "\n")
     if args.out == str(ROOT / "docs" / "results"):
         write_report(out, ROOT / "docs" / "results.md")
