@@ -1312,3 +1312,27 @@ class HeadGateNet(nn.Module):
             att = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q * decay.unsqueeze(-1), k), -1)
             t = t + o((torch.einsum("bhnm,bmhd->bnhd", att, v) * gate.unsqueeze(-1)).reshape(b, n, c))
         return self.fc(t.mean(1))
+
+
+@dataclasses.dataclass
+class LMOutput:
+    """What a Hugging Face causal language model returns: logits behind an attribute."""
+
+    logits: torch.Tensor
+
+
+class TokenLMNet(nn.Module):
+    """A next-token model over token ids returning `LMOutput` (or, with as_dict, {"logits": ...}):
+    logits (batch, tokens, vocab), one prediction per token."""
+
+    def __init__(self, vocab: int = 13, dim: int = 6, hidden: int = 10, as_dict: bool = False):
+        super().__init__()
+        self.embed, self.up, self.down = nn.Embedding(vocab, dim), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab)
+        self.as_dict = as_dict
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        h = h + self.down(torch.relu(self.up(h)))
+        logits = self.head(self.norm(h))
+        return {"logits": logits} if self.as_dict else LMOutput(logits)

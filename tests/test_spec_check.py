@@ -151,3 +151,19 @@ def test_grouped_matmuls_of_stacked_experts_are_checked_in_float64():
     assert check.precision == "float64" and check.change < 1e-13 and not check.wrong, check
     down = spec.axes["down_proj"]
     assert check_permutation(model, dataclasses.replace(spec, axes={**spec.axes, "down_proj": (None, down[1], None)}), x).wrong
+
+
+def test_a_model_returning_a_dataclass_keeps_its_logits_in_place_and_is_checked():
+    """A language model's output object (a dataclass holding the logits, not a dict): the logits are the
+    model's output, as when returned bare or in a dict, and the check compares the tensors it holds."""
+    ids = torch.randint(0, 13, (2, 5), generator=torch.Generator().manual_seed(0))
+    specs = {}
+    for as_dict in (False, True):
+        torch.manual_seed(0)
+        model = custom_nets.TokenLMNet(as_dict=as_dict).eval()
+        specs[as_dict] = fusionctl.derive_spec(model, ids)
+        assert "head" not in specs[as_dict].groups  # the vocabulary never moves
+        assert "checked: a random permutation" in str(specs[as_dict].coverage)
+    assert str(specs[False].coverage) == str(specs[True].coverage)
+    check = check_permutation(custom_nets.TokenLMNet().eval(), specs[False], ids)
+    assert not check.skipped and not check.wrong and check.roundoff > 0  # it read the dataclass's logits

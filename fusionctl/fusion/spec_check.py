@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import load_state
+from fusionctl.models.outputs import tensors_in
 from fusionctl.models.spec import AlignmentSpec
 
 TOLERANCE = 1e-9  # relative output change that counts as a wrong permutation ...
@@ -171,11 +172,8 @@ def _run(model: nn.Module, state: dict, inputs: tuple) -> torch.Tensor:
 
 
 def _flat(out) -> torch.Tensor:
-    """Every floating tensor of an output (a tensor, tuple, list or dict of them) as one vector."""
-    if torch.is_tensor(out):
-        return out.detach().reshape(-1).double() if out.is_floating_point() else torch.zeros(0, dtype=torch.float64)
-    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
-    parts = [_flat(o) for o in items]
+    """Every floating tensor of an output (a tensor, or a tuple, list, dict or dataclass of them) as one vector."""
+    parts = [t.detach().reshape(-1).double() for t in tensors_in(out) if t.is_floating_point()]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 

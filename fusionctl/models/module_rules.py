@@ -11,6 +11,7 @@ from torch import nn
 from fusionctl.models import op_kinds as ops
 from fusionctl.models.axes import pad_refs, unfold_refs, unify, window_refs
 from fusionctl.models.elements import Ref
+from fusionctl.models.outputs import tensors_in
 
 
 FUNCTIONAL = {"batch_norm", "group_norm", "linear", "conv1d", "conv2d", "conv3d", "embedding", "addmm"}
@@ -91,6 +92,12 @@ class ModuleRules:
         found: list = []
         fx.node.map_arg(args, lambda node: found.append(self.d(node)))
         return found
+
+    def freeze_held(self, n: fx.Node, out) -> None:
+        """An object holding tensors (a dataclass of logits) is not followed: what went into it stays."""
+        if next(tensors_in(out), None) is not None:
+            returned = all(user.op == "output" for user in n.users)
+            self.freeze_all(self.all_descs((n.args, n.kwargs)), "model output" if returned else f"held by a {type(out).__name__}")
 
     def on_functional(self, n: fx.Node, name: str, x, out):
         """F.batch_norm, F.group_norm, F.linear, F.conv*, F.embedding called inside a module's forward

@@ -136,6 +136,7 @@ class AxisTracer(ModuleRules, fx.Interpreter):
             return [Ref(self.els.new(s)) if name in ops.CONSTANT and s > 1 and i > 0 else None for i, s in enumerate(out.shape)]
         many = isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
         if not isinstance(out, torch.Tensor) and not many and name not in ("getitem", "getattr"):
+            self.freeze_held(n, out)
             return None  # sizes, shapes and other plain values
         if name in ops.UNARY or name.rstrip("_") in ops.UNARY:
             if name in ("softmax", "log_softmax"):  # along heads, it mixes the heads' differently ordered channels
