@@ -24,6 +24,7 @@ from torch import nn
 from fusionctl.config import solver_settings
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
+from fusionctl.eval.metrics import logits_of, token_hits
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references
 from fusionctl.fusion.spec_check import verify_spec
@@ -78,6 +79,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
             raise FusionctlError(f"model {i} ({type(m).__name__}) is not the architecture of model 0 ({type(models[0]).__name__}): "
                                  "fuse models of one class")
     batches = list(itertools.islice(iter(data), PROBE_BATCHES)) if data is not None else []
+    check_batches(batches, "data")
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     example = example_inputs if example_inputs is not None else inputs[0] if inputs else None
@@ -117,6 +119,14 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     for step in post:
         _apply(step, fused, spec, references, result, lambdas, inputs)
     return (fused, result.couplings) if return_couplings else fused
+
+
+def check_batches(batches: list, name: str) -> None:
+    """One line for batches the models cannot take: a dict (a Hugging Face collator's) is not unpacked."""
+    for b in batches[:1]:
+        if isinstance(b, dict):
+            raise FusionctlError(f"{name}'s batches are dicts (keys {', '.join(map(str, b))}); give tensors or (inputs, labels) "
+                                 f"tuples, e.g. [(b['input_ids'], b['labels']) for b in loader]")
 
 
 def _check_widths_of(other: nn.Module, name: str, model: nn.Module, spec: AlignmentSpec, example_inputs) -> nn.Module:
@@ -190,8 +200,8 @@ def _scorer(module, target, spec, states, lambdas, batches):
         if step:
             _apply(step, model, spec, references, result, lambdas, inputs)
         with torch.no_grad():
-            hits = sum(int((model(x).argmax(-1) == y).sum()) for x, y, *_ in labelled)
-        return hits / sum(len(b[1]) for b in labelled)
+            counts = [token_hits(logits_of(model(x)), y) for x, y, *_ in labelled]
+        return int(sum(hits for hits, _ in counts)) / max(int(sum(n for _, n in counts)), 1)
 
     return score
 

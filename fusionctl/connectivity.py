@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fusionctl.api import derive_spec, fuse_models, holding
+from fusionctl.api import check_batches, derive_spec, fuse_models, holding
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
@@ -37,6 +37,7 @@ def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25
     and accuracy at both ends and the midpoint (%); the curves as line, t, loss, accuracy (%).
     """
     batches = [b for b in data]
+    check_batches(batches, "data")
     if not batches or not all(isinstance(b, (tuple, list)) and len(b) > 1 for b in batches):
         raise FusionctlError("barriers needs labelled data: batches of (inputs, labels), e.g. a DataLoader of a labelled dataset")
     if post is not None and post not in POST_STEPS:

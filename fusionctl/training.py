@@ -15,7 +15,7 @@ from tqdm import tqdm
 from fusionctl.config import ModelConfig, OptimConfig, TrainConfig
 from fusionctl.data import Splits, augment_batch
 from fusionctl.errors import FusionctlError
-from fusionctl.eval.metrics import evaluate
+from fusionctl.eval.metrics import evaluate, logits_of
 from fusionctl.models import build_model
 from fusionctl.store import (
     load_checkpoint,
@@ -151,7 +151,7 @@ def _epoch(model, opt, splits: Splits, batch_size: int, gen: torch.Generator, de
             x = augment_batch(x, gen)
         x, y = x.to(device), y.to(device)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
+            logits = logits_of(model(x))  # an output object or a (logits, aux) tuple: its logits
             loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
             raise FusionctlError(f"training seed {seed} diverged in epoch {epoch} (loss {float(loss.detach())}); lower optim.lr or add optim.warmup_epochs")

@@ -405,3 +405,32 @@ def test_barriers_of_a_user_model_and_its_permuted_copy():
         fusionctl.barriers([model, model], [b[0] for b in data])
     with pytest.raises(FusionctlError, match="unknown post-step 'bn'"):
         fusionctl.barriers([model, model], data, post="bn")
+
+
+def test_a_language_model_with_a_label_per_token_fuses_and_its_barriers_score_every_labelled_token():
+    """A model returning an output object with .logits (batch, tokens, vocab), data of (ids, next ids)
+    with -100 where a token is not scored (Hugging Face's convention): cost=auto's held-out choice and
+    fusionctl.barriers read the logits, score every labelled token and skip the rest."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = custom_nets.TokenLMNet().eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 13, (48, 7), generator=g)
+    x, y = ids[:, :-1], ids[:, 1:].clone()
+    y[:, :2] = -100
+    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)]
+    other = permuted_copy(model, x[:2])
+    fused = fusionctl.fuse_models([model, other], data=data)  # cost=auto scores both candidates on `data`
+    assert (fused(x).logits - model(x).logits).abs().max() < 1e-5
+    summary, curves = fusionctl.barriers([model, other], data, points=3)
+    logits = model(x).logits.detach()
+    start = curves[(curves.line == "aligned 1-2") & (curves.t == 0)].iloc[0]
+    assert start.loss == pytest.approx(float(F.cross_entropy(logits.reshape(-1, 13), y.reshape(-1))), rel=1e-5)
+    hits = (logits.argmax(-1) == y)[:, 2:]
+    assert start.accuracy == pytest.approx(100 * float(hits.float().mean()), rel=1e-5)
+    assert summary[summary.line == "aligned 1-2"].loss_barrier.iloc[0] < 1e-5
+    with pytest.raises(FusionctlError, match=r"data's batches are dicts \(keys input_ids, labels\); give tensors or \(inputs, labels\)"):
+        fusionctl.fuse_models([model, other], data=[{"input_ids": x, "labels": y}])
+    with pytest.raises(FusionctlError, match="batches are dicts"):
+        fusionctl.barriers([model, other], [{"input_ids": x, "labels": y}])

@@ -12,11 +12,11 @@ import sys
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from fusionctl.data import Split
+from fusionctl.eval.metrics import logits_of, token_hits, token_loss
 from fusionctl.fusion.post import bn_layers
 from fusionctl.models import load_state
 
@@ -91,7 +91,7 @@ def evaluate_points(
     step = 1 if per_point else max(1, chunk)
 
     def forward(params, x):
-        return functional_call(model, params, (x,))
+        return logits_of(functional_call(model, params, (x,)))
 
     def looped(params, x):  # one point at a time, for a model vmap cannot batch
         return torch.stack([forward({k: v[p] for k, v in params.items()}, x) for p in range(next(iter(params.values())).shape[0])])
@@ -125,14 +125,16 @@ def evaluate_points(
             for name, split in splits.items():
                 loss_sum = torch.zeros(len(c), device=device)
                 correct = torch.zeros(len(c), device=device)
+                scored = torch.zeros((), device=device)
                 for b in range(0, len(split), batch_size):
                     x = split.x[b : b + batch_size].to(device)
                     y = split.y[b : b + batch_size].to(device)
-                    logits = batched(params, x)  # (c, B, classes)
-                    loss_sum += F.cross_entropy(logits.transpose(1, 2), y.expand(len(c), -1), reduction="none").sum(1)
-                    correct += (logits.argmax(2) == y).sum(1)
-                results[name]["loss"][start : start + len(c)] = (loss_sum / len(split)).cpu()
-                results[name]["accuracy"][start : start + len(c)] = (correct / len(split)).cpu()
+                    logits = batched(params, x)  # (c, B, [tokens,] classes)
+                    hits, n = token_hits(logits, y)
+                    loss_sum, correct, scored = loss_sum + token_loss(logits, y), correct + hits, scored + n[0]
+                scored = scored.clamp(min=1)
+                results[name]["loss"][start : start + len(c)] = (loss_sum / scored).cpu()
+                results[name]["accuracy"][start : start + len(c)] = (correct / scored).cpu()
             bar.update(len(c))
     bar.close()
     if clamped and not per_point:

@@ -9,6 +9,43 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fusionctl.data import Split
+from fusionctl.errors import FusionctlError
+
+
+IGNORE = -100  # a label that is not scored (torch's cross_entropy default, Hugging Face's padding)
+
+
+def logits_of(out) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, a `.logits` (a Hugging Face output) or
+    "logits" entry, or a tuple's first tensor."""
+    if torch.is_tensor(out):
+        return out
+    found = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+    if found is None and isinstance(out, (tuple, list)) and out:
+        found = out[0]
+    if not torch.is_tensor(found):
+        raise FusionctlError(f"the model returned a {type(out).__name__} without logits; return a tensor of logits, or an output with .logits")
+    return found
+
+
+def per_label(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (..., *y.shape, classes) against labels y (one per sample, or per token of a sequence
+    model) as (..., N, classes) and (..., N): leading axes of logits (points) are kept."""
+    lead = logits.shape[: logits.dim() - y.dim() - 1]
+    return logits.reshape(*lead, -1, logits.shape[-1]), y.reshape(-1).expand(*lead, -1)
+
+
+def token_hits(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct predictions, scored labels) over the labels; a label equal to IGNORE is not scored."""
+    flat, labels = per_label(logits, y)
+    scored = labels != IGNORE
+    return ((flat.argmax(-1) == labels) & scored).sum(-1), scored.sum(-1)
+
+
+def token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over the labels that are not IGNORE."""
+    flat, labels = per_label(logits, y)
+    return F.cross_entropy(flat.movedim(-1, 1) if flat.dim() > 2 else flat, labels, reduction="none", ignore_index=IGNORE).sum(-1)
 
 
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 2048, device: torch.device | str = "cpu") -> tuple[float, float]:
@@ -29,7 +66,7 @@ def evaluate_with_proba(model: torch.nn.Module, split: Split, batch_size: int = 
     for start in range(0, len(split), batch_size):
         x = split.x[start : start + batch_size].to(device)
         y = split.y[start : start + batch_size].to(device)
-        logits = model(x)
+        logits = logits_of(model(x))
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         if keep_proba:
