@@ -121,6 +121,15 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     return (fused, result.couplings) if return_couplings else fused
 
 
+def check_repair(spec: AlignmentSpec, state: dict) -> None:
+    """One line where REPAIR has no place for a layer's correction (a Linear without bias and no norm after it: LLaMA's)."""
+    if bare := bare_writers(spec, state):
+        more = f" and {len(bare) - 3} more" if len(bare) > 3 else ""
+        raise FusionctlError(f"post-step repair corrects a layer in its norm or its bias; {', '.join(bare[:3])}{more} "
+                             f"{'has' if len(bare) == 1 else 'have'} neither; fuse without it (bn_reset resets BatchNorms only) "
+                             "or give those layers a bias")
+
+
 def check_batches(batches: list, name: str) -> None:
     """One line for batches the models cannot take: a dict (a Hugging Face collator's) is not unpacked."""
     for b in batches[:1]:
@@ -175,8 +184,8 @@ def _references(module, spec, states, inputs):
 def _apply(step: str, model: nn.Module, spec, references, result, lambdas, inputs) -> None:
     """`step` on `model` in place; references: couplings -> the aligned bases (`_references`), read by REPAIR only
     for the FusionResult `result` (its couplings, and its transported bases when it kept them)."""
-    if step == "repair" and bare_writers(spec, model.state_dict()):
-        raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
+    if step == "repair":
+        check_repair(spec, model.state_dict())
     x = torch.cat(inputs)
     refs = [holding(model, r) if isinstance(r, dict) else r for r in references(result.couplings, result.aligned)] if step in READS_REFERENCES else []
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))

@@ -13,14 +13,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fusionctl.api import check_batches, derive_spec, fuse_models, holding
+from fusionctl.api import check_batches, check_repair, derive_spec, fuse_models, holding
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys
 from fusionctl.fusion.post import POST_STEPS
 from fusionctl.fusion.transport import relative_coupling, transport
-from fusionctl.fusion.units import bare_writers
 
 
 def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25, post: str | None = None, align_data=None,
@@ -50,8 +49,8 @@ def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25
                                return_couplings=True, **settings)
     split = Split(x, torch.cat([b[1] for b in batches]))
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
-    if post == "repair" and bare_writers(spec, states[0]):
-        raise FusionctlError("post-step repair corrects a layer in its norm or its bias; some layer here has neither, use bn_reset")
+    if post == "repair":
+        check_repair(spec, states[0])
     ts = line_ts(points)
     rows, curves = [], []
     for i in range(1, len(models)):

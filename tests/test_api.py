@@ -95,7 +95,7 @@ def test_returned_couplings_of_equal_widths_are_permutations_that_undo_a_planted
 
 def test_repair_on_a_user_model_without_a_norm_or_bias_for_some_layer_is_one_clear_error():
     models = [custom_nets.SmallNet(in_channels=3, num_classes=10, width=6, head_bias=False).eval() for _ in range(2)]
-    with pytest.raises(FusionctlError, match="some layer here has neither, use bn_reset"):
+    with pytest.raises(FusionctlError, match=r"repair corrects a layer in its norm or its bias; head.0 has neither; fuse without it"):
         fusionctl.fuse_models(models, method="wm", data=batches((3, 12, 12)), post=("repair",))
     assert fusionctl.fuse_models(models, method="wm", data=batches((3, 12, 12)), post=("bn_reset",)) is not None
 
@@ -434,3 +434,20 @@ def test_a_language_model_with_a_label_per_token_fuses_and_its_barriers_score_ev
         fusionctl.fuse_models([model, other], data=[{"input_ids": x, "labels": y}])
     with pytest.raises(FusionctlError, match="batches are dicts"):
         fusionctl.barriers([model, other], [{"input_ids": x, "labels": y}])
+
+
+def test_a_traced_spec_given_back_fits_and_tied_weights_interpolate_once():
+    """barriers traces once and hands its spec to fuse_models: a spec traced from a net whose heads a
+    module of its own writes (GPT-2's Conv1D) fits that net; an embedding tied to its output head is
+    one tensor under two keys, which the points of a line hold once."""
+    torch.manual_seed(0)
+    gpt, x = custom_nets.GPT2StyleNet().eval(), torch.randn(8, 3, 8, 8)
+    spec = fusionctl.derive_spec(gpt, x[:2])
+    fused = fusionctl.fuse_models([gpt, permuted_copy(gpt, x[:2])], spec=spec, example_inputs=x[:2])
+    assert (fused(x) - gpt(x)).abs().max() < 1e-5
+    tied = custom_nets.TiedEmbeddingNet().eval()
+    ids = torch.randint(0, 11, (32, 5), generator=torch.Generator().manual_seed(0))
+    data = [(ids[i:i + 8], ids[i:i + 8, 0]) for i in range(0, 32, 8)]
+    summary, curves = fusionctl.barriers([tied, permuted_copy(tied, ids[:2])], data, points=3)
+    aligned = curves[curves.line == "aligned 1-2"]
+    assert (aligned.loss - aligned.loss.iloc[0]).abs().max() < 1e-5

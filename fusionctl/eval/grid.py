@@ -90,8 +90,11 @@ def evaluate_points(
     per_point = transform is not None
     step = 1 if per_point else max(1, chunk)
 
+    # a tied weight (an embedding and its output head) is one tensor under two keys: functional_call takes it once
+    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+
     def forward(params, x):
-        return logits_of(functional_call(model, params, (x,)))
+        return logits_of(functional_call(model, {k: v for k, v in params.items() if k in own}, (x,)))
 
     def looped(params, x):  # one point at a time, for a model vmap cannot batch
         return torch.stack([forward({k: v[p] for k, v in params.items()}, x) for p in range(next(iter(params.values())).shape[0])])
