@@ -101,6 +101,8 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
             raise FusionctlError(f"unknown post-step '{step}'; choose from: {', '.join(POST_STEPS)}")
         if not inputs:
             raise FusionctlError(f"post-step {step} needs data")
+        if step == "repair":  # before anything is fused
+            check_repair(spec, states[0])
     sizes = spec.group_sizes(target.state_dict())
     shaped = {tuple(spec.group_sizes(m.state_dict()).items()): m for m in [*models, target]}
 
@@ -184,8 +186,6 @@ def _references(module, spec, states, inputs):
 def _apply(step: str, model: nn.Module, spec, references, result, lambdas, inputs) -> None:
     """`step` on `model` in place; references: couplings -> the aligned bases (`_references`), read by REPAIR only
     for the FusionResult `result` (its couplings, and its transported bases when it kept them)."""
-    if step == "repair":
-        check_repair(spec, model.state_dict())
     x = torch.cat(inputs)
     refs = [holding(model, r) if isinstance(r, dict) else r for r in references(result.couplings, result.aligned)] if step in READS_REFERENCES else []
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))

@@ -45,12 +45,12 @@ def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25
     x = torch.cat([b[0] for b in batches])
     if spec is None:
         spec = derive_spec(models[0], x[:2] if example_inputs is None else example_inputs, check)
+    if post == "repair":  # before anything is fused
+        check_repair(spec, models[0].state_dict())
     _, couplings = fuse_models(models, method, data=batches if align_data is None else align_data, spec=spec, check=False,
                                return_couplings=True, **settings)
     split = Split(x, torch.cat([b[1] for b in batches]))
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
-    if post == "repair":
-        check_repair(spec, states[0])
     ts = line_ts(points)
     rows, curves = [], []
     for i in range(1, len(models)):

@@ -93,10 +93,15 @@ def test_returned_couplings_of_equal_widths_are_permutations_that_undo_a_planted
             assert torch.equal(p.index[p1.index], p0.index), (method, group)
 
 
-def test_repair_on_a_user_model_without_a_norm_or_bias_for_some_layer_is_one_clear_error():
+def test_repair_on_a_user_model_without_a_norm_or_bias_for_some_layer_is_one_clear_error(monkeypatch):
     models = [custom_nets.SmallNet(in_channels=3, num_classes=10, width=6, head_bias=False).eval() for _ in range(2)]
-    with pytest.raises(FusionctlError, match=r"repair corrects a layer in its norm or its bias; head.0 has neither; fuse without it"):
-        fusionctl.fuse_models(models, method="wm", data=batches((3, 12, 12)), post=("repair",))
+    message = r"repair corrects a layer in its norm or its bias; head.0 has neither; fuse without it"
+    with monkeypatch.context() as m:  # said before anything is fused
+        m.setattr("fusionctl.api.fuse", lambda *a, **k: pytest.fail("fused before the post-step was checked"))
+        with pytest.raises(FusionctlError, match=message):
+            fusionctl.fuse_models(models, method="wm", data=batches((3, 12, 12)), post=("repair",))
+        with pytest.raises(FusionctlError, match=message):
+            fusionctl.barriers(models, batches((3, 12, 12)), method="wm", post="repair")
     assert fusionctl.fuse_models(models, method="wm", data=batches((3, 12, 12)), post=("bn_reset",)) is not None
 
 
