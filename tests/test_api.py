@@ -456,3 +456,17 @@ def test_a_traced_spec_given_back_fits_and_tied_weights_interpolate_once():
     summary, curves = fusionctl.barriers([tied, permuted_copy(tied, ids[:2])], data, points=3)
     aligned = curves[curves.line == "aligned 1-2"]
     assert (aligned.loss - aligned.loss.iloc[0]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_the_language_model_example_script_trains_and_fuses_two_llamas():
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")  # not a dependency; the script says to install it
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuse_lms.py"), "--steps", "5", "--mb", "0.2", "--points", "3"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "permutable hidden units: 512 of 512" in run.stdout
+    rows = [line.split(" | ")[0].strip("| ") for line in run.stdout.splitlines() if line.startswith("| ") and "method" not in line]
+    assert rows == ["avg", "wb", "wb paper", "wm", "am"], run.stdout
