@@ -1315,14 +1315,21 @@ class HeadGateNet(nn.Module):
 
 
 @dataclasses.dataclass
-class LMOutput:
-    """What a Hugging Face causal language model returns: logits behind an attribute."""
+class LogitsOutput:
+    """What a Hugging Face model returns: logits behind an attribute."""
 
     logits: torch.Tensor
 
 
+class OutputObjectNet(SmallNet):
+    """SmallNet returning its logits in an output object, as a Hugging Face classifier does."""
+
+    def forward(self, x):
+        return LogitsOutput(super().forward(x))
+
+
 class TokenLMNet(nn.Module):
-    """A next-token model over token ids returning `LMOutput` (or, with as_dict, {"logits": ...}):
+    """A next-token model over token ids returning `LogitsOutput` (or, with as_dict, {"logits": ...}):
     logits (batch, tokens, vocab), one prediction per token."""
 
     def __init__(self, vocab: int = 13, dim: int = 6, hidden: int = 10, as_dict: bool = False):
@@ -1335,4 +1342,4 @@ class TokenLMNet(nn.Module):
         h = self.embed(ids)
         h = h + self.down(torch.relu(self.up(h)))
         logits = self.head(self.norm(h))
-        return {"logits": logits} if self.as_dict else LMOutput(logits)
+        return {"logits": logits} if self.as_dict else LogitsOutput(logits)

@@ -18,6 +18,7 @@ from fusionctl.device import resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, has_batchnorm
+from fusionctl.eval.metrics import logits_of
 from fusionctl.eval.plane import grid_coords, plane_basis
 from fusionctl.fusion.transport import relative_coupling, transport
 from fusionctl.jobs.fuse import prepare, run_method, save_fused
@@ -57,7 +58,8 @@ def validate(cfg: LandscapeCommandConfig) -> None:
 def output_difference(model_cfg, splits: Splits, a, b, device) -> float:
     x = splits.test.x[:256].to(device)
     with torch.inference_mode():
-        return float((build_from_state(model_cfg, splits, a, device)(x) - build_from_state(model_cfg, splits, b, device)(x)).abs().max())
+        outputs = [logits_of(build_from_state(model_cfg, splits, state, device)(x)) for state in (a, b)]
+        return float((outputs[0] - outputs[1]).abs().max())
 
 
 def is_permutation(coupling) -> bool:
