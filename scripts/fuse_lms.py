@@ -1,7 +1,7 @@
 """Two small Hugging Face language models trained from two seeds on the same text, fused through the Python API.
 
     .venv/bin/pip install transformers        # not a dependency of fusionctl
-    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2] [--steps 1500] [--seeds 0 1] [--mb 2]
+    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2] [--steps 1500] [--seeds 0 1] [--mb 2] [--shared STEPS]
 
 The text is real and on every machine with Python: the source files of Python's standard library
 (sorted by path, the first --mb megabytes), read as bytes (a vocabulary of 256). The last tenth is
@@ -10,12 +10,15 @@ heads, LLaMA with 2 key/value heads) is trained from its seed with AdamW on wind
 then the pair is fused by every method with fusionctl.fuse_models, aligned on 16 batches of
 training windows (labels per token: the next byte), and evaluated on held-out windows: next-byte
 cross-entropy (nats) and accuracy (%). fusionctl.barriers gives the loss and error barriers along
-the naive and the aligned line of each method.
+the naive and the aligned line of each method. --shared STEPS: both models go on from one model
+trained STEPS steps, each on its own half of the training text (fine-tuned from one start, as in
+federated rounds or model soups), where averaging needs no alignment.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import sysconfig
 import time
@@ -101,6 +104,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
     ap.add_argument("--mb", type=float, default=2.0, help="megabytes of standard-library source read")
     ap.add_argument("--points", type=int, default=9, help="points per barrier line")
+    ap.add_argument("--shared", type=int, default=0, metavar="STEPS",
+                    help="train one model STEPS steps first; each seed then goes on from it for --steps on its own half of the text")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     text = corpus(args.mb)
@@ -111,9 +116,14 @@ def main() -> None:
     print(f"{args.arch}: {len(text):,} bytes of Python's standard library ({cut:,} train), {args.steps} steps per model, "
           f"aligned on {16 * 32} training windows, evaluated on {8 * 64} held-out windows of {CONTEXT} bytes")
     models = []
-    for seed in args.seeds:
+    shared = train(build(args.arch, args.seeds[0]), text[:cut], args.shared, -1) if args.shared else None
+    if shared is not None:
+        loss, acc = evaluate(shared, test)
+        print(f"  shared start ({args.shared} steps): loss {loss:.3f}, accuracy {acc:.1f} %")
+    for i, seed in enumerate(args.seeds):
         start = time.perf_counter()
-        models.append(train(build(args.arch, seed), text[:cut], args.steps, seed))
+        model, part = (build(args.arch, seed), text[:cut]) if shared is None else (copy.deepcopy(shared), text[i * cut // 2:(i + 1) * cut // 2])
+        models.append(train(model, part, args.steps, seed))
         loss, acc = evaluate(models[-1], test)
         print(f"  base seed {seed}: loss {loss:.3f}, accuracy {acc:.1f} % (trained in {time.perf_counter() - start:.0f} s)", flush=True)
     spec = fusionctl.derive_spec(models[0], align[0][0][:2])
