@@ -137,7 +137,7 @@ def check_batches(batches: list, name: str) -> None:
     for b in batches[:1]:
         if isinstance(b, dict):
             raise FusionctlError(f"{name}'s batches are dicts (keys {', '.join(map(str, b))}); give tensors or (inputs, labels) "
-                                 f"tuples, e.g. [(b['input_ids'], b['labels']) for b in loader]")
+                                 "tuples with a label per output: a causal language model's (ids[:, :-1], ids[:, 1:])")
 
 
 def _check_widths_of(other: nn.Module, name: str, model: nn.Module, spec: AlignmentSpec, example_inputs) -> nn.Module:

@@ -435,7 +435,8 @@ def test_a_language_model_with_a_label_per_token_fuses_and_its_barriers_score_ev
     hits = (logits.argmax(-1) == y)[:, 2:]
     assert start.accuracy == pytest.approx(100 * float(hits.float().mean()), rel=1e-5)
     assert summary[summary.line == "aligned 1-2"].loss_barrier.iloc[0] < 1e-5
-    with pytest.raises(FusionctlError, match=r"data's batches are dicts \(keys input_ids, labels\); give tensors or \(inputs, labels\)"):
+    refused = r"data's batches are dicts \(keys input_ids, labels\); give tensors or \(inputs, labels\) tuples with a label per output"
+    with pytest.raises(FusionctlError, match=refused + r": a causal language model's \(ids\[:, :-1\], ids\[:, 1:\]\)"):
         fusionctl.fuse_models([model, other], data=[{"input_ids": x, "labels": y}])
     with pytest.raises(FusionctlError, match="batches are dicts"):
         fusionctl.barriers([model, other], [{"input_ids": x, "labels": y}])
