@@ -1,18 +1,19 @@
-"""Two small Hugging Face language models trained from two seeds on the same text, fused through the Python API.
+"""Small Hugging Face language models trained from two (or more) seeds on the same text, fused through the Python API.
 
     .venv/bin/pip install transformers        # not a dependency of fusionctl
-    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2] [--steps 1500] [--seeds 0 1] [--mb 2] [--shared STEPS]
+    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2] [--steps 1500] [--seeds 0 1 ...] [--mb 2] [--shared STEPS]
 
 The text is real and on every machine with Python: the source files of Python's standard library
 (sorted by path, the first --mb megabytes), read as bytes (a vocabulary of 256). The last tenth is
 held out. Each model (`transformers`' LlamaForCausalLM or GPT2LMHeadModel: 2 layers, width 64, 4
 heads, LLaMA with 2 key/value heads) is trained from its seed with AdamW on windows of 64 bytes,
-then the pair is fused by every method with fusionctl.fuse_models, aligned on 16 batches of
+then the K models are fused by every method with fusionctl.fuse_models, aligned on 16 batches of
 training windows (labels per token: the next byte), and evaluated on held-out windows: next-byte
 cross-entropy (nats) and accuracy (%). fusionctl.barriers gives the loss and error barriers along
-the naive and the aligned line of each method. --shared STEPS: both models go on from one model
-trained STEPS steps, each on its own half of the training text (fine-tuned from one start, as in
-federated rounds or model soups), where averaging needs no alignment.
+the naive and the aligned line of each method (from the first model to each other). --shared
+STEPS: every model goes on from one model trained STEPS steps, each on its own share of the
+training text (fine-tuned from one start, as in federated rounds or model soups), where averaging
+needs no alignment.
 """
 
 from __future__ import annotations
@@ -101,11 +102,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one model per seed, K >= 2 (barriers: from the first to each other)")
     ap.add_argument("--mb", type=float, default=2.0, help="megabytes of standard-library source read")
     ap.add_argument("--points", type=int, default=9, help="points per barrier line")
     ap.add_argument("--shared", type=int, default=0, metavar="STEPS",
-                    help="train one model STEPS steps first; each seed then goes on from it for --steps on its own half of the text")
+                    help="train one model STEPS steps first; each seed then goes on from it for --steps on its own share of the text")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     text = corpus(args.mb)
@@ -115,14 +116,16 @@ def main() -> None:
     test = [windows(text[cut:], 64, g) for _ in range(8)]
     print(f"{args.arch}: {len(text):,} bytes of Python's standard library ({cut:,} train), {args.steps} steps per model, "
           f"aligned on {16 * 32} training windows, evaluated on {8 * 64} held-out windows of {CONTEXT} bytes")
-    models = []
+    models, k = [], len(args.seeds)
+    if k < 2:
+        sys.exit("--seeds: give two or more")
     shared = train(build(args.arch, args.seeds[0]), text[:cut], args.shared, -1) if args.shared else None
     if shared is not None:
         loss, acc = evaluate(shared, test)
         print(f"  shared start ({args.shared} steps): loss {loss:.3f}, accuracy {acc:.1f} %")
     for i, seed in enumerate(args.seeds):
         start = time.perf_counter()
-        model, part = (build(args.arch, seed), text[:cut]) if shared is None else (copy.deepcopy(shared), text[i * cut // 2:(i + 1) * cut // 2])
+        model, part = (build(args.arch, seed), text[:cut]) if shared is None else (copy.deepcopy(shared), text[i * cut // k:(i + 1) * cut // k])
         models.append(train(model, part, args.steps, seed))
         loss, acc = evaluate(models[-1], test)
         print(f"  base seed {seed}: loss {loss:.3f}, accuracy {acc:.1f} % (trained in {time.perf_counter() - start:.0f} s)", flush=True)
@@ -140,12 +143,12 @@ def main() -> None:
         if method != "avg":  # averaging aligns nothing: its line is the naive one, given below
             summary, _ = fusionctl.barriers(models, test, method=method, points=args.points, align_data=align, spec=spec,
                                             check=False, **settings)
-            rows = summary.set_index("line")
-            naive = rows.loc["naive 1-2"]
-            barrier = f"{rows.loc['aligned 1-2'].loss_barrier:.3f} | {rows.loc['aligned 1-2'].error_barrier:.1f}"
+            naive = summary[summary.line.str.startswith("naive")].mean(numeric_only=True)  # over the lines from model 1
+            aligned = summary[summary.line.str.startswith("aligned")].mean(numeric_only=True)
+            barrier = f"{aligned.loss_barrier:.3f} | {aligned.error_barrier:.1f}"
         print(f"| {name} | {loss:.3f} | {acc:.1f} | {barrier} | {seconds:.1f} |", flush=True)
-    print(f"\nnaive line θ₁ → θ₂: loss barrier {naive.loss_barrier:.3f} nats, error barrier {naive.error_barrier:.1f} points "
-          f"({args.points} points, held-out windows)")
+    print(f"\nnaive line{'s θ₁ → θ_k' if k > 2 else ' θ₁ → θ₂'}: loss barrier {naive.loss_barrier:.3f} nats, error barrier {naive.error_barrier:.1f} points "
+          f"({args.points} points, held-out windows" + (f"; barriers are means over the {k - 1} lines from model 1)" if k > 2 else ")"))
 
 
 if __name__ == "__main__":

@@ -153,10 +153,9 @@ class AlignmentSpec:
                 raise ValueError(f"alignment spec gives {len(axes)} axes for {key} of shape {tuple(state[key].shape)}")
 
     def check_fits(self, model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> None:
-        """ValueError unless this spec (written by hand, or traced and given back) names every entry of
-        the model's state with its number of axes, gives each group one size, lists exactly the groups
-        its axes name, and names writers, norms and attention blocks the model has (heads splitting
-        their groups evenly)."""
+        """ValueError unless this spec (written by hand, or traced and given back) names every entry of the
+        model's state with its number of axes, gives each group one size, lists exactly the groups its
+        axes name, and names writers, norms and attention blocks the model has (heads split groups evenly)."""
         state = model.state_dict() if state is None else state
         self.check_covers(state)
         named = self.group_sizes(state)
