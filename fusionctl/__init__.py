@@ -5,7 +5,8 @@ fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, .
 fusionctl.barriers(models, data): loss and error barriers along naive and aligned lines (fusionctl/connectivity.py);
 fusionctl.alignment_report(spec, model): what a spec aligns, group by group (markdown);
 fusionctl.AlignmentSpec, Axis and Unit to write a spec by hand (fusionctl/models/spec.py);
-fusionctl.Permutation: how an exact coupling between equal widths is held (fusionctl/ot/permutation.py).
+fusionctl.Permutation: how an exact coupling between equal widths is held (fusionctl/ot/permutation.py);
+fusionctl.FusionctlError: what every call raises for input it refuses, with one line saying what to change.
 """
 
 __version__ = "0.1.0"
@@ -32,4 +33,8 @@ def __getattr__(name: str):
         from fusionctl.ot.permutation import Permutation
 
         return Permutation
+    if name == "FusionctlError":
+        from fusionctl.errors import FusionctlError
+
+        return FusionctlError
     raise AttributeError(f"module 'fusionctl' has no attribute {name!r}")

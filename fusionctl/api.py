@@ -26,9 +26,9 @@ from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import logits_of, token_hits
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references
+from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references, repair_gaps
 from fusionctl.fusion.spec_check import verify_spec
-from fusionctl.fusion.units import bare_writers, stream_unit_features
+from fusionctl.fusion.units import repairable, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
 from fusionctl.models import check_spec_fits, load_state
 from fusionctl.models.spec import AlignmentSpec
@@ -102,7 +102,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
         if not inputs:
             raise FusionctlError(f"post-step {step} needs data")
         if step == "repair":  # before anything is fused
-            check_repair(spec, states[0])
+            repair_gaps(spec, states[0], 'post-step "repair"')
     sizes = spec.group_sizes(target.state_dict())
     shaped = {tuple(spec.group_sizes(m.state_dict()).items()): m for m in [*models, target]}
 
@@ -121,15 +121,6 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     for step in post:
         _apply(step, fused, spec, references, result, lambdas, inputs)
     return (fused, result.couplings) if return_couplings else fused
-
-
-def check_repair(spec: AlignmentSpec, state: dict) -> None:
-    """One line where REPAIR has no place for a layer's correction (a Linear without bias and no norm after it: LLaMA's)."""
-    if bare := bare_writers(spec, state):
-        more = f" and {len(bare) - 3} more" if len(bare) > 3 else ""
-        raise FusionctlError(f"post-step repair corrects a layer in its norm or its bias; {', '.join(bare[:3])}{more} "
-                             f"{'has' if len(bare) == 1 else 'have'} neither; fuse without it (bn_reset resets BatchNorms only) "
-                             "or give those layers a bias")
 
 
 def check_batches(batches: list, name: str) -> None:
@@ -201,7 +192,7 @@ def _scorer(module, target, spec, states, lambdas, batches):
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in target.modules()):
         step = "bn_reset"
     else:  # REPAIR where a bias or norm can take its correction, else the plain fusion (as held_out_score does)
-        step = None if bare_writers(spec, states[0]) else "repair"
+        step = "repair" if repairable(spec, states[0]) else None
     references = _references(module, spec, states, inputs) if step in READS_REFERENCES else None
 
     def score(result) -> float:

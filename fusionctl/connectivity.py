@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fusionctl.api import check_batches, check_repair, derive_spec, fuse_models, holding
+from fusionctl.api import check_batches, derive_spec, fuse_models, holding
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys
-from fusionctl.fusion.post import POST_STEPS
+from fusionctl.fusion.post import POST_STEPS, repair_gaps
 from fusionctl.fusion.transport import relative_coupling, transport
 
 
@@ -46,7 +46,7 @@ def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25
     if spec is None:
         spec = derive_spec(models[0], x[:2] if example_inputs is None else example_inputs, check)
     if post == "repair":  # before anything is fused
-        check_repair(spec, models[0].state_dict())
+        repair_gaps(spec, models[0].state_dict(), 'post-step "repair"')
     _, couplings = fuse_models(models, method, data=batches if align_data is None else align_data, spec=spec, check=False,
                                return_couplings=True, **settings)
     split = Split(x, torch.cat([b[1] for b in batches]))

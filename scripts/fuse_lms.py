@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import sys
 import sysconfig
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 import fusionctl
+from fusionctl.fusion.post import repair_gaps
 
 METHODS = [("avg", {}), ("wb", {}), ("wb paper", {"sweeps": 0, "cost": "weight"}), ("wm", {}), ("am", {})]
 CONTEXT, WIDTH = 64, 64
@@ -64,7 +66,8 @@ def build(arch: str, seed: int):
                                        tie_word_embeddings=False, use_cache=False)
         model_cls = transformers.LlamaForCausalLM
     else:
-        cfg = transformers.GPT2Config(vocab_size=256, n_embd=WIDTH, n_layer=2, n_head=4, n_positions=CONTEXT, use_cache=False)
+        cfg = transformers.GPT2Config(vocab_size=256, n_embd=WIDTH, n_layer=2, n_head=4, n_positions=CONTEXT, use_cache=False,
+                                      bos_token_id=None, eos_token_id=None)  # no special tokens among the 256 bytes
         model_cls = transformers.GPT2LMHeadModel
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -105,6 +108,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one model per seed, K >= 2 (barriers: from the first to each other)")
     ap.add_argument("--mb", type=float, default=2.0, help="megabytes of standard-library source read")
     ap.add_argument("--points", type=int, default=9, help="points per barrier line")
+    ap.add_argument("--post", choices=["repair"], help="REPAIR every fused model and every point of the lines (GPT-2: all but its "
+                    "embeddings, which have no bias; LLaMA has no layer it can correct in)")
     ap.add_argument("--shared", type=int, default=0, metavar="STEPS",
                     help="train one model STEPS steps first; each seed then goes on from it for --steps on its own share of the text")
     args = ap.parse_args()
@@ -119,6 +124,12 @@ def main() -> None:
     models, k = [], len(args.seeds)
     if k < 2:
         sys.exit("--seeds: give two or more")
+    if args.post:  # before training: LLaMA's layers have no bias for REPAIR's correction
+        try:
+            repair_gaps(fusionctl.derive_spec(build(args.arch, 0), test[0][0][:2]), build(args.arch, 0).state_dict(), "--post repair")
+        except fusionctl.FusionctlError as exc:
+            sys.exit(f"fuse_lms.py: {exc}")
+        logging.getLogger("fusionctl.fusion.post").setLevel(logging.ERROR)  # said once: not again at every fusion
     shared = train(build(args.arch, args.seeds[0]), text[:cut], args.shared, -1) if args.shared else None
     if shared is not None:
         loss, acc = evaluate(shared, test)
@@ -136,13 +147,13 @@ def main() -> None:
     for name, settings in METHODS:
         method = name.split()[0]
         start = time.perf_counter()
-        fused = fusionctl.fuse_models(models, method=method, data=align, spec=spec, check=False, **settings)
+        fused = fusionctl.fuse_models(models, method=method, data=align, spec=spec, check=False, post=args.post or (), **settings)
         seconds = time.perf_counter() - start
         loss, acc = evaluate(fused, test)
         barrier = "— | —"
         if method != "avg":  # averaging aligns nothing: its line is the naive one, given below
             summary, _ = fusionctl.barriers(models, test, method=method, points=args.points, align_data=align, spec=spec,
-                                            check=False, **settings)
+                                            check=False, post=args.post, **settings)
             naive = summary[summary.line.str.startswith("naive")].mean(numeric_only=True)  # over the lines from model 1
             aligned = summary[summary.line.str.startswith("aligned")].mean(numeric_only=True)
             barrier = f"{aligned.loss_barrier:.3f} | {aligned.error_barrier:.1f}"

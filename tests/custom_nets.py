@@ -1343,3 +1343,15 @@ class TokenLMNet(nn.Module):
         h = h + self.down(torch.relu(self.up(h)))
         logits = self.head(self.norm(h))
         return {"logits": logits} if self.as_dict else LogitsOutput(logits)
+
+
+class BareMLP(nn.Module):
+    """Hidden Linears without biases and no norms: REPAIR has nowhere to put a correction."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, side: int = 8, width: int = 12):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * side * side, width, bias=False), nn.ReLU(),
+                                 nn.Linear(width, width, bias=False), nn.ReLU(), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)

@@ -240,19 +240,22 @@ def test_own_network_train_fuse_landscape(tmp_path):
 
 def test_a_network_returning_an_output_object_trains_fuses_and_draws_its_line(tmp_path):
     """model=custom whose forward returns its logits in an object (.logits), as Hugging Face models do:
-    training, evaluation, cost=auto's held-out choice and the landscape read the logits from it."""
+    training, evaluation, cost=auto's held-out choice and the landscape read the logits from it. Its head
+    has no bias (head_bias=false): post=[repair] corrects the other layers and names it."""
     import os
 
     root = Path(__file__).resolve().parent.parent
-    own = ["model=custom", "model.target=tests.custom_nets.OutputObjectNet", "model.kwargs={width:4}", "train.epochs=1", "seeds=[0,1]",
-           "threads=1"]
+    own = ["model=custom", "model.target=tests.custom_nets.OutputObjectNet", "model.kwargs={width:4,head_bias:false}", "train.epochs=1",
+           "seeds=[0,1]", "threads=1"]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for command in (["train"], ["fuse", "baselines=[wm]"], ["landscape", "landscape=fast", "landscape.plane=false"]):
+    for command in (["train"], ["fuse", "baselines=[wm]", "post=[repair]"], ["landscape", "landscape=fast", "landscape.plane=false"]):
         proc = subprocess.run([*EXE, *command, *own, f"hydra.run.dir=runs/{command[0]}"], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(tmp_path / "runs/fuse/fusion.csv")
     assert {"wb", "wm"} <= set(table["method"]) and table[table.role == "base"]["accuracy"].min() > 0.3
+    assert set(table[table.method == "wm"]["post"]) == {"none", "repair"}  # REPAIR where a layer has a bias or norm: not head.0
+    assert "corrects 3 of 4 layers; head.0 has no bias and no norm after it" in (tmp_path / "runs/fuse/fuse.log").read_text()
     bars = pd.read_csv(tmp_path / "runs/landscape/barriers.csv")
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4
 

@@ -90,6 +90,8 @@ CASES = [
       "target.widths=[8,8]"], 1, "tests.custom_nets.SmallNet takes its widths from its constructor: set target.kwargs"),
     (["fuse", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={{width:4}}", "train.epochs=1", "models=[{custom0},{custom0}]",
       "target.kwargs={{num_classes:5}}"], 1, "does not build tests.custom_nets.SmallNet at other widths: its head.2.weight has shape (5, 32)"),
+    (["fuse", "model=custom", "model.target=tests.custom_nets.BareMLP", "model.kwargs={{side:28}}", "train.epochs=1", "models=[{bare0},{bare0}]",
+      "post=[repair]"], 1, "corrects a layer's statistics in its bias or in the norm after it; no layer of this model has either"),
     (["train", "model=custom", "model.target=tests.custom_nets.Untraceable"], 1, "cannot be traced by torch.fx"),
     (["train", "model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={{in_channels:3}}"], 1,
      "give example inputs of the shape the model expects"),
@@ -131,7 +133,11 @@ def work(tmp_path_factory):
     custom = ["model=custom", "model.target=tests.custom_nets.SmallNet", "model.kwargs={width:4}", "train.epochs=1", "seeds=[0]"]
     assert call(["train", f"store_dir={tmp}/store", *custom, f"hydra.run.dir={tmp}/runs/train_custom"])[0] == 0
     custom0 = next((tmp / "store").glob("mnist_small/custom-*/seed0/best.pt"))
-    return {"tmp": tmp, "seed0": deep, "seed1": deep.parent.parent / "seed1" / "best.pt", "shallow": by_depth[1], "custom0": custom0}
+    bare = ["model=custom", "model.target=tests.custom_nets.BareMLP", "model.kwargs={side:28}", "train.epochs=1", "seeds=[0]"]
+    assert call(["train", f"store_dir={tmp}/store", *bare, f"hydra.run.dir={tmp}/runs/train_bare"])[0] == 0
+    bare0 = next(p for p in (tmp / "store").glob("mnist_small/custom-*/seed0/best.pt") if p != custom0)
+    return {"tmp": tmp, "seed0": deep, "seed1": deep.parent.parent / "seed1" / "best.pt", "shallow": by_depth[1], "custom0": custom0,
+            "bare0": bare0}
 
 
 def call(args: list[str]) -> tuple[int, str]:
@@ -231,7 +237,8 @@ if __name__ == "__main__":  # regenerate docs/errors.md from the real messages
             rc, err = call(command_line(args, w, Path(d) / "store", Path(d) / "runs" / "doc"))
             msg = err.strip().splitlines()[-1].replace(d, "…").replace("|", "\\|")
             shown = " ".join(args).replace("{tmp}", "…").replace("{seed0}", "…/seed0/best.pt").replace("{seed1}", "…/seed1/best.pt")
-            shown = shown.replace("{shallow}", "…/shallow/seed0/best.pt").replace("{custom0}", "…/custom/seed0/best.pt").replace("|", "\\|")
+            shown = shown.replace("{shallow}", "…/shallow/seed0/best.pt").replace("{custom0}", "…/custom/seed0/best.pt")
+            shown = shown.replace("{bare0}", "…/bare/seed0/best.pt").replace("|", "\\|")
             shown = shown.replace("{{", "{").replace("}}", "}")
             rows.append(f"| `fusionctl {shown}` | {rc} | {msg} |")
         rows += ["", "A solver that stops before converging is a warning, not an error: `fusionctl fuse solver.sweeps=0 "

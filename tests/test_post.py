@@ -7,7 +7,7 @@ from fusionctl.fusion.post import aligned_references, channel_stats, permuted_st
 from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.units import repair_points
 from fusionctl.errors import FusionctlError
-from fusionctl.jobs.post import apply_post, repair_biases, with_biases
+from fusionctl.jobs.post import apply_post, check_repair, repair_biases, with_biases
 from fusionctl.models import build_model, model_spec
 from fusionctl.ot.solver import perm_coupling
 from fusionctl.training import finetune
@@ -193,14 +193,44 @@ def test_repair_biases_adds_zero_biases_where_a_writer_has_neither_norm_nor_bias
     assert repair_biases(biased, state, [], model_spec(biased, SHAPE, 4), data)[1] is state  # nothing to add
 
 
-def test_repair_on_a_traced_model_names_the_layer_without_a_norm_or_a_bias():
-    custom = ModelConfig("custom", target="tests.custom_nets.SmallNet", kwargs={"width": 4, "head_bias": False})
+def test_repair_on_a_traced_model_names_the_layers_it_leaves_and_refuses_a_model_with_none_to_correct(caplog):
     shape = (1, 8, 8)
-    data = Splits("toy", Split(torch.randn(8, *shape), torch.zeros(8, dtype=torch.long)), Split(torch.randn(2, *shape), torch.zeros(2, dtype=torch.long)),
-                  Split(torch.randn(2, *shape), torch.zeros(2, dtype=torch.long)), shape, 3)
+    custom = ModelConfig("custom", target="tests.custom_nets.SmallNet", kwargs={"width": 4, "head_bias": False})
     state = build_model(custom, shape, 3).state_dict()
-    with pytest.raises(FusionctlError, match=r"head\.0 of .* has neither; use post=\[bn_reset\] or give those layers a bias"):
-        repair_biases(custom, state, [], model_spec(custom, shape, 3), data)
+    with caplog.at_level("WARNING"):
+        check_repair(["repair"], custom, model_spec(custom, shape, 3), state)
+    assert "corrects 3 of 4 layers; head.0 has no bias and no norm after it" in caplog.text
+    bare = ModelConfig("custom", target="tests.custom_nets.BareMLP")
+    with pytest.raises(FusionctlError, match=r"post=\[repair\] on .* corrects a layer's statistics in its bias or in the norm after it; "
+                                             r"no layer of this model has either; fuse without it"):
+        check_repair(["bn_reset", "repair"], bare, model_spec(bare, shape, 3), build_model(bare, shape, 3).state_dict())
+    check_repair(["bn_reset"], bare, model_spec(bare, shape, 3), build_model(bare, shape, 3).state_dict())  # nothing to say
+
+
+def test_repair_corrects_every_layer_with_a_bias_or_norm_and_leaves_the_others_as_they_are():
+    """SmallNet's head.0 is a Linear without bias: the three BatchNorms take their corrections, the
+    head keeps its weight, and the model runs (a bare point is skipped, not an error)."""
+    import fusionctl
+    from tests.custom_nets import SmallNet
+
+    data = splits()
+    x = data.train.x[:128]
+    torch.manual_seed(0)
+    refs = [SmallNet(3, 4, width=4, head_bias=False).eval() for _ in range(2)]
+    merged = SmallNet(3, 4, width=4, head_bias=False).eval()
+    spec = fusionctl.derive_spec(merged, x[:2])
+    targets = target_stats(refs, spec, [0.5, 0.5], x)
+    head = merged.head[0].weight.clone()
+    repair(merged, spec, targets, x)
+    after = channel_stats(merged, repair_points(merged, spec), x)
+    writers = [u.writer for g in spec.groups for u in spec.units.get(g, ())]
+    assert sorted(writers) == ["block.0", "block.3", "head.0", "stem.0"]
+    for writer, (mu, sd), (mu_t, sd_t) in zip(writers, after, targets):
+        if writer == "head.0":
+            assert not torch.allclose(mu, mu_t, atol=1e-3)
+        else:
+            assert torch.allclose(mu, mu_t, atol=1e-3) and torch.allclose(sd, sd_t, rtol=1e-2, atol=1e-4), writer
+    assert torch.equal(merged.head[0].weight, head)
 
 
 def test_augmentation_crops_and_flips():

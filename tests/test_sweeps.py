@@ -370,8 +370,9 @@ def test_cost_auto_scores_once_when_both_candidates_align_the_same_way():
 
 def test_cost_auto_scores_a_traced_net_without_biases_as_fused():
     """The held-out score corrects with REPAIR where a net has a bias or norm to put it in; a
-    LLaMA-style net has neither (bias-free Linears, RMSNorm), so its candidates are scored as
-    fused rather than refused for a post-step nobody asked for."""
+    LLaMA-style net's Linears have neither (its RMSNorm no bias): its candidates are scored with
+    the layers that have one corrected (here the patch embedding), never refused for a post-step
+    nobody asked for."""
     cfg = ModelConfig("custom", target="tests.custom_nets.GroupedQueryNet")
     splits = toy_splits((3, 8, 8))
     spec = model_spec(cfg, splits.input_shape, splits.num_classes)

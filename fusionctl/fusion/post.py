@@ -3,28 +3,35 @@
 REPAIR (Jordan et al., ICLR 2023): after merging, each channel's pre-activation statistics
 collapse; restore them to the lambda-weighted mix of the (aligned) base networks' statistics
 with an affine correction, folded into the BatchNorm that follows a layer or, without
-BatchNorm, into the layer's own weight and bias (a bias-free network gains biases).
+BatchNorm, into the layer's own weight and bias (a bias-free built-in network gains biases; a
+user's layer with neither keeps its fused statistics, and `repair_gaps` says which).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
 from torch import nn
 
 from fusionctl.data import Split
+from fusionctl.errors import FusionctlError
 from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.units import (
+    bare_writers,
     capture_outputs,
     first_output,
     output_layer,
     point_axis,
     repair_points,
+    unit_count,
     units_first,
 )
 from fusionctl.models.op_kinds import weight_out_axis
 from fusionctl.models.spec import AlignmentSpec
+
+log = logging.getLogger(__name__)
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -105,7 +112,8 @@ def target_stats(models: list, spec: AlignmentSpec, weights: list[float], x: tor
 def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps: float = 1e-5) -> None:
     """Correct `model` in place in one forward pass: each point's hook measures its channels,
     folds the affine correction into the parameters and passes the corrected output on, so
-    every later point sees the statistics its predecessors were fixed to."""
+    every later point sees the statistics its predecessors were fixed to. A point with no bias to
+    take the correction (units.bare_writers; callers say which) keeps the fused statistics."""
 
     def hook_for(layer, bn, rows, mu_t, sd_t):
         axis = point_axis(layer, bn)
@@ -121,8 +129,6 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
                 bn.bias[rows] = (bn.bias[rows] - mu) * scale + mu_t
             else:
                 writes = output_layer(layer)
-                if writes.bias is None:
-                    raise ValueError("REPAIR without BatchNorm needs biases; build the model with bias=True")
                 shape, out_axis = [1] * writes.weight.dim(), weight_out_axis(writes)
                 shape[out_axis] = -1
                 writes.weight.narrow(out_axis, start, stop - start).mul_(scale.view(shape))
@@ -136,8 +142,8 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
 
         return hook
 
-    points = repair_points(model, spec)
-    hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, rows, mu_t, sd_t)) for (layer, bn, rows), (mu_t, sd_t) in zip(points, targets)]
+    points = [(p, t) for p, t in zip(repair_points(model, spec), targets) if getattr(p[1] or output_layer(p[0]), "bias", None) is not None]
+    hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, rows, mu_t, sd_t)) for (layer, bn, rows), (mu_t, sd_t) in points]
     try:
         model.eval()(x)
     finally:
@@ -146,6 +152,21 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
 
 
 REPAIR_SAMPLES = 512  # training inputs REPAIR measures statistics on
+
+
+def repair_gaps(spec: AlignmentSpec, state: dict, step: str) -> None:
+    """Before fusing: one line where REPAIR has no layer to correct in (LLaMA's bias-free Linears and
+    RMSNorms); a warning naming the layers it leaves as fused (GPT-2's embeddings), since it corrects
+    the others. `step`: how the caller names the post-step (post=[repair], post="repair")."""
+    if not (bare := bare_writers(spec, state)):
+        return
+    names = f"{', '.join(bare[:3])}{f' and {len(bare) - 3} more' if len(bare) > 3 else ''}"
+    if len(bare) == unit_count(spec):
+        raise FusionctlError(f"{step} corrects a layer's statistics in its bias or in the norm after it; no layer of this model has "
+                             "either; fuse without it (bn_reset resets BatchNorms only) or give the layers a bias")
+    log.warning("%s corrects %d of %d layers; %s %s no bias and no norm after %s and keep%s the fused statistics", step,
+                unit_count(spec) - len(bare), unit_count(spec), names, "has" if len(bare) == 1 else "have",
+                "it" if len(bare) == 1 else "them", "s" if len(bare) == 1 else "")
 
 
 def bn_reset_step(model: nn.Module, spec: AlignmentSpec, references: list[nn.Module], weights: list[float], data: Split, device="cpu") -> None:

@@ -118,9 +118,19 @@ def unobserved(spec: AlignmentSpec) -> list[str]:
 
 
 def bare_writers(spec: AlignmentSpec, state: dict) -> list[str]:
-    """Writers with neither a norm after them nor a bias in `state`: where REPAIR has no place to put its correction."""
+    """Writers whose unit REPAIR has no place to correct in: the norm after it has no bias in `state`,
+    or without a norm, the writer has none."""
     return [u.writer for g in spec.groups for u in spec.units.get(g, ())
-            if u.norm is None and f"{u.writer}.bias" not in state and f"{u.writer}.out_proj.bias" not in state]
+            if (f"{u.norm}.bias" not in state if u.norm else f"{u.writer}.bias" not in state and f"{u.writer}.out_proj.bias" not in state)]
+
+
+def unit_count(spec: AlignmentSpec) -> int:
+    return sum(len(spec.units.get(g, ())) for g in spec.groups)
+
+
+def repairable(spec: AlignmentSpec, state: dict) -> bool:
+    """Whether REPAIR has a layer to correct in (a bias, or a norm with one, after some writer)."""
+    return len(bare_writers(spec, state)) < unit_count(spec)
 
 
 def stream_unit_features(models: list[nn.Module], spec: AlignmentSpec, batches, writers: Collection[str] = ()):

@@ -22,7 +22,7 @@ from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, evaluate_with_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, check_widths, fuse
 from fusionctl.fusion.post import READS_REFERENCES
-from fusionctl.fusion.units import bare_writers
+from fusionctl.fusion.units import repairable
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import (
     Base,
@@ -32,7 +32,7 @@ from fusionctl.jobs.bases import (
     target_config,
     target_sizes,
 )
-from fusionctl.jobs.post import apply_post, check_post, post_defined, reference_source
+from fusionctl.jobs.post import apply_post, check_post, check_repair, post_defined, reference_source
 from fusionctl.models import TRACED, build_from_state, config_for, random_target_factory
 from fusionctl.models.spec_report import alignment_report
 from fusionctl.ot.permutation import Permutation
@@ -66,6 +66,7 @@ def prepare(cfg: FuseCommandConfig):
     splits = load_for(cfg)
     bases = load_bases(cfg, splits)
     spec = spec_for(bases[0].model_cfg, splits, cfg.spec_check)
+    check_repair(cfg.post, bases[0].model_cfg, spec, bases[0].state)
     lambdas = fusion_weights(cfg.weights, len(bases))
     target = target_config(cfg.target, bases[0], splits, spec)
     return splits, bases, spec, lambdas, target
@@ -84,7 +85,7 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
     if any(k.endswith("running_mean") for k in bases[0]):
         step = "bn_reset"
-    elif model_cfg.name in TRACED and bare_writers(spec, bases[0]):  # no bias or norm to put REPAIR's correction in (LLaMA's Linears)
+    elif model_cfg.name in TRACED and not repairable(spec, bases[0]):  # no bias or norm to put REPAIR's correction in (LLaMA's Linears)
         step = None
     else:
         step = "repair" if post_defined("repair", model_cfg.name) else None

@@ -9,7 +9,7 @@ import torch
 from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, aligned_references
+from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, aligned_references, repair_gaps
 from fusionctl.fusion.units import bare_writers
 from fusionctl.jobs.bases import state_config
 from fusionctl.models import (
@@ -33,6 +33,12 @@ def check_post(steps: list[str], model_name: str) -> None:
             raise FusionctlError(f"unknown post-step '{step}'; choose from: {', '.join(POST_STEPS)}")
         if not post_defined(step, model_name):
             raise FusionctlError("post=[repair] is defined for mlp, vgg11 and resnets, not recurrent models")
+
+
+def check_repair(steps: list[str], cfg: ModelConfig, spec, state: dict) -> None:
+    """Before fusing: a traced model's layers with no bias or norm for REPAIR's correction (repair_gaps)."""
+    if "repair" in steps and cfg.name in TRACED:
+        repair_gaps(spec, state, f"post=[repair] on {describe(cfg)}")
 
 
 def with_biases(cfg: ModelConfig, state: dict, splits: Splits) -> tuple[ModelConfig, dict]:
@@ -66,12 +72,9 @@ def reference_source(model_cfg: ModelConfig, splits: Splits, bases: list[dict], 
 
 def repair_biases(cfg: ModelConfig, state: dict, references: list[dict], spec, splits: Splits):
     """REPAIR puts a layer's correction in the norm after it, or else in its bias: a bias-free
-    built-in model gains (zero) biases; a traced one must already have them. The spec names each
-    unit's writer and norm, and the state shows which writers have a bias: no model is built."""
-    bare = bare_writers(spec, state)
-    if bare and cfg.name in TRACED:
-        raise FusionctlError(f"post=[repair] corrects a layer in its norm or bias; {', '.join(bare[:3])} of {describe(cfg)} has neither; "
-                             "use post=[bn_reset] or give those layers a bias")
-    if not bare:
+    built-in model gains (zero) biases; a traced one is corrected where it has them (check_repair
+    said where not). The spec names each unit's writer and norm, and the state shows which writers
+    have a bias: no model is built."""
+    if not bare_writers(spec, state) or cfg.name in TRACED:
         return cfg, state, references
     return (*with_biases(cfg, state, splits), [with_biases(cfg, r, splits)[1] if isinstance(r, dict) else r for r in references])
