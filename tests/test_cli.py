@@ -159,6 +159,24 @@ def test_state_dicts_saved_elsewhere_fuse_as_their_checkpoints(work):
     assert fused["model"]["widths"] == [24, 12]
 
 
+def test_a_fused_checkpoint_fuses_again_as_a_base(work):
+    """Re-merging (ZipIt #11 fails on the state-dict keys): fused_wb.pt is a base like any checkpoint;
+    fused with itself it keeps its function, and with a third model it takes weights as any base does."""
+    run(["fuse", *TINY, "baselines=[]", "hydra.run.dir=runs/first"], work)
+    first = work / "runs/first/fused_wb.pt"
+    run(["fuse", *TINY, f"models=[{first},{first}]", "baselines=[]", "hydra.run.dir=runs/again_self"], work)
+    table = pd.read_csv(work / "runs/again_self/fusion.csv")
+    test = table[table.split == "test"].set_index("role")["accuracy"]
+    assert abs(test["fused"] - test["base"].iloc[0]) < 2e-3, test
+    before = pd.read_csv(work / "runs/first/fusion.csv")
+    assert before[(before.split == "test") & (before.role == "fused") & (before.post == "none")]["accuracy"].item() == test["base"].iloc[0]
+    seed1 = next(p for p in work.glob("outputs/store/mnist_small/mlp-*/seed1/best.pt") if torch.load(p, weights_only=True)["model"]["widths"] == [24, 12])
+    run(["fuse", *TINY, f"models=[{first},{seed1}]", "weights=[2,1]", "baselines=[wm]", "hydra.run.dir=runs/again"], work)
+    table = pd.read_csv(work / "runs/again/fusion.csv", dtype={"seed": str})
+    assert set(table[table.role == "base"]["seed"]) == {"fused_wb", "best"} and {"wb", "wm"} <= set(table["method"])  # file names tell them apart
+    assert set(table[table.role == "fused"]["weights"]) == {"[0.6667, 0.3333]"}
+
+
 def test_landscape_writes_documented_files(work):
     run(["landscape", *TINY, "landscape=fast", "landscape.grid=5", "post=[repair]", "hydra.run.dir=runs/land"], work)
     out = work / "runs/land"
