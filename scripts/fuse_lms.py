@@ -1,7 +1,7 @@
 """Small Hugging Face language models trained from two (or more) seeds on the same text, fused through the Python API.
 
     .venv/bin/pip install transformers        # not a dependency of fusionctl
-    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2] [--steps 1500] [--seeds 0 1 ...] [--mb 2] [--shared STEPS]
+    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2] [--steps 1500] [--seeds 0 1 ...] [--mb 2] [--shared STEPS] [--post repair]
 
 The text is real and on every machine with Python: the source files of Python's standard library
 (sorted by path, the first --mb megabytes), read as bytes (a vocabulary of 256). The last tenth is
