@@ -125,8 +125,9 @@ def main() -> None:
     if k < 2:
         sys.exit("--seeds: give two or more")
     if args.post:  # before training: LLaMA's layers have no bias for REPAIR's correction
+        untrained = build(args.arch, 0)
         try:
-            repair_gaps(fusionctl.derive_spec(build(args.arch, 0), test[0][0][:2]), build(args.arch, 0).state_dict(), "--post repair")
+            repair_gaps(fusionctl.derive_spec(untrained, test[0][0][:2]), untrained.state_dict(), "--post repair")
         except fusionctl.FusionctlError as exc:
             sys.exit(f"fuse_lms.py: {exc}")
         logging.getLogger("fusionctl.fusion.post").setLevel(logging.ERROR)  # said once: not again at every fusion

@@ -19,6 +19,7 @@ from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.transport import permutation_index, transport
 from fusionctl.fusion.units import (
+    bare,
     bare_writers,
     capture_outputs,
     first_output,
@@ -113,7 +114,7 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
     """Correct `model` in place in one forward pass: each point's hook measures its channels,
     folds the affine correction into the parameters and passes the corrected output on, so
     every later point sees the statistics its predecessors were fixed to. A point with no bias to
-    take the correction (units.bare_writers; callers say which) keeps the fused statistics."""
+    take the correction (units.bare; repair_gaps said which) keeps the fused statistics."""
 
     def hook_for(layer, bn, rows, mu_t, sd_t):
         axis = point_axis(layer, bn)
@@ -142,7 +143,9 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
 
         return hook
 
-    points = [(p, t) for p, t in zip(repair_points(model, spec), targets) if getattr(p[1] or output_layer(p[0]), "bias", None) is not None]
+    state = model.state_dict()
+    units = [u for g in spec.groups for u in spec.units.get(g, ())]  # repair_points' order
+    points = [(p, t) for p, t, u in zip(repair_points(model, spec), targets, units) if not bare(u, state)]
     hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, rows, mu_t, sd_t)) for (layer, bn, rows), (mu_t, sd_t) in points]
     try:
         model.eval()(x)
@@ -158,15 +161,16 @@ def repair_gaps(spec: AlignmentSpec, state: dict, step: str) -> None:
     """Before fusing: one line where REPAIR has no layer to correct in (LLaMA's bias-free Linears and
     RMSNorms); a warning naming the layers it leaves as fused (GPT-2's embeddings), since it corrects
     the others. `step`: how the caller names the post-step (post=[repair], post="repair")."""
-    if not (bare := bare_writers(spec, state)):
+    left, total = bare_writers(spec, state), unit_count(spec)
+    if not left:
         return
-    names = f"{', '.join(bare[:3])}{f' and {len(bare) - 3} more' if len(bare) > 3 else ''}"
-    if len(bare) == unit_count(spec):
+    if len(left) == total:
         raise FusionctlError(f"{step} corrects a layer's statistics in its bias or in the norm after it; no layer of this model has "
                              "either; fuse without it (bn_reset resets BatchNorms only) or give the layers a bias")
+    names = f"{', '.join(left[:3])}{f' and {len(left) - 3} more' if len(left) > 3 else ''}"
+    one = len(left) == 1
     log.warning("%s corrects %d of %d layers; %s %s no bias and no norm after %s and keep%s the fused statistics", step,
-                unit_count(spec) - len(bare), unit_count(spec), names, "has" if len(bare) == 1 else "have",
-                "it" if len(bare) == 1 else "them", "s" if len(bare) == 1 else "")
+                total - len(left), total, names, "has" if one else "have", "it" if one else "them", "s" if one else "")
 
 
 def bn_reset_step(model: nn.Module, spec: AlignmentSpec, references: list[nn.Module], weights: list[float], data: Split, device="cpu") -> None:

@@ -117,11 +117,17 @@ def unobserved(spec: AlignmentSpec) -> list[str]:
     return [g for g in spec.groups if not spec.units.get(g) and not spec.observer(g)]
 
 
+def bare(unit, state: dict) -> bool:
+    """Whether REPAIR has no place to correct `unit` in: the norm after it has no bias in `state`, or
+    without a norm, its writer has none (an attention block's is its out_proj's)."""
+    if unit.norm:
+        return f"{unit.norm}.bias" not in state
+    return f"{unit.writer}.bias" not in state and f"{unit.writer}.out_proj.bias" not in state
+
+
 def bare_writers(spec: AlignmentSpec, state: dict) -> list[str]:
-    """Writers whose unit REPAIR has no place to correct in: the norm after it has no bias in `state`,
-    or without a norm, the writer has none."""
-    return [u.writer for g in spec.groups for u in spec.units.get(g, ())
-            if (f"{u.norm}.bias" not in state if u.norm else f"{u.writer}.bias" not in state and f"{u.writer}.out_proj.bias" not in state)]
+    """Writers of the units REPAIR has no place to correct in (`bare`)."""
+    return [u.writer for g in spec.groups for u in spec.units.get(g, ()) if bare(u, state)]
 
 
 def unit_count(spec: AlignmentSpec) -> int:
