@@ -26,7 +26,7 @@ from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import logits_of, token_hits
 from fusionctl.fusion import FusionContext, fuse
-from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references, repair_gaps
+from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references, repair_gaps, scoring_step
 from fusionctl.fusion.spec_check import verify_spec
 from fusionctl.fusion.units import repairable, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
@@ -113,7 +113,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
         random_target=lambda: {k: v.detach().clone() for k, v in target.state_dict().items()},  # init=random|distill start there
         activations=(lambda sts, n, writers=(): stream_unit_features([module(s) for s in sts], spec, _first(inputs, n), writers))
         if inputs else None,
-        score=_scorer(module, target, spec, states, lambdas, batches),
+        score=_scorer(module, spec, states, lambdas, batches),
     )
     result = fuse(method, spec, states, lambdas, sizes, solver_settings(method, settings), ctx)
     fused = holding(target, result.state)
@@ -182,17 +182,14 @@ def _apply(step: str, model: nn.Module, spec, references, result, lambdas, input
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 
-def _scorer(module, target, spec, states, lambdas, batches):
+def _scorer(module, spec, states, lambdas, batches):
     """Accuracy on the labelled batches after BN reset / REPAIR, for solver.cost=auto; None without labels.
     module(state): the module holding a state (a base's or the target's widths)."""
     labelled = [b for b in batches if isinstance(b, (tuple, list)) and len(b) > 1]
     if not labelled:
         return None
     inputs = [b[0] for b in labelled]
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in target.modules()):
-        step = "bn_reset"
-    else:  # REPAIR where a bias or norm can take its correction, else the plain fusion (as held_out_score does)
-        step = "repair" if repairable(spec, states[0]) else None
+    step = scoring_step(states[0], repairable(spec, states[0]))  # a module cannot gain biases: REPAIR needs a bias or norm
     references = _references(module, spec, states, inputs) if step in READS_REFERENCES else None
 
     def score(result) -> float:

@@ -3,9 +3,18 @@ import torch
 
 from fusionctl.config import ModelConfig, OptimConfig
 from fusionctl.data import Split, Splits, augment_batch
-from fusionctl.fusion.post import aligned_references, channel_stats, permuted_stats, repair, reset_bn_stats, target_stats, unit_stats
+from fusionctl.fusion.post import (
+    aligned_references,
+    channel_stats,
+    permuted_stats,
+    repair,
+    reset_bn_stats,
+    scoring_step,
+    target_stats,
+    unit_stats,
+)
 from fusionctl.fusion.transport import permutation_index, transport
-from fusionctl.fusion.units import repair_points
+from fusionctl.fusion.units import repair_points, repairable
 from fusionctl.errors import FusionctlError
 from fusionctl.jobs.post import apply_post, check_repair, repair_biases, with_biases
 from fusionctl.models import build_model, model_spec
@@ -205,6 +214,16 @@ def test_repair_on_a_traced_model_names_the_layers_it_leaves_and_refuses_a_model
                                              r"no layer of this model has either; fuse without it"):
         check_repair(["bn_reset", "repair"], bare, model_spec(bare, shape, 3), build_model(bare, shape, 3).state_dict())
     check_repair(["bn_reset"], bare, model_spec(bare, shape, 3), build_model(bare, shape, 3).state_dict())  # nothing to say
+
+
+def test_cost_auto_scores_candidates_after_bn_reset_for_bn_nets_else_after_repair_where_it_can_correct():
+    shape = (1, 8, 8)
+    assert scoring_step(vgg(True).state_dict(), True) == "bn_reset"
+    assert scoring_step(vgg(False).state_dict(), True) == "repair"
+    bare = ModelConfig("custom", target="tests.custom_nets.BareMLP")
+    state = build_model(bare, shape, 3).state_dict()
+    assert not repairable(model_spec(bare, shape, 3), state)
+    assert scoring_step(state, repairable(model_spec(bare, shape, 3), state)) is None
 
 
 def test_repair_corrects_every_layer_with_a_bias_or_norm_and_leaves_the_others_as_they_are():

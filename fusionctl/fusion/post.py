@@ -184,6 +184,15 @@ def repair_step(model: nn.Module, spec: AlignmentSpec, references: list[nn.Modul
     repair(model, spec, target_stats(references, spec, weights, x), x)
 
 
+def scoring_step(state: dict, can_repair: bool) -> str | None:
+    """The post-step solver.cost=auto scores each candidate fusion after, so candidates compare as they
+    will be used: BN reset for BN nets (their stored statistics no longer fit the fused units), else
+    REPAIR where the caller says it has a layer to correct in, else none."""
+    if any(k.endswith("running_mean") for k in state):
+        return "bn_reset"
+    return "repair" if can_repair else None
+
+
 # post-step -> (model, spec, aligned references, lambdas, training data) -> None, in place
 POST_STEPS = {"bn_reset": bn_reset_step, "repair": repair_step}
 READS_REFERENCES = frozenset({"repair"})  # the steps that read the aligned references (BN reset reads none)

@@ -21,7 +21,7 @@ from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import evaluate, evaluate_with_proba
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, check_widths, fuse
-from fusionctl.fusion.post import READS_REFERENCES
+from fusionctl.fusion.post import READS_REFERENCES, scoring_step
 from fusionctl.fusion.units import repairable
 from fusionctl.jobs.activations import activation_probe
 from fusionctl.jobs.bases import (
@@ -83,12 +83,9 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     `references`: a reference_source to share (the fuse command's, so the bases are measured once);
     `variants`: the bases' configs (a traced model's widths are its constructor's)."""
     held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
-    if any(k.endswith("running_mean") for k in bases[0]):
-        step = "bn_reset"
-    elif model_cfg.name in TRACED and not repairable(spec, bases[0]):  # no bias or norm to put REPAIR's correction in (LLaMA's Linears)
-        step = None
-    else:
-        step = "repair" if post_defined("repair", model_cfg.name) else None
+    # a built-in model gains biases for REPAIR (jobs.post.repair_biases); a traced one needs a bias or norm (not LLaMA's Linears)
+    can_repair = post_defined("repair", model_cfg.name) and (model_cfg.name not in TRACED or repairable(spec, bases[0]))
+    step = scoring_step(bases[0], can_repair)
 
     references = references or reference_source(model_cfg, splits, bases, spec, device, variants)
 
