@@ -274,6 +274,8 @@ def test_a_network_returning_an_output_object_trains_fuses_and_draws_its_line(tm
     assert {"wb", "wm"} <= set(table["method"]) and table[table.role == "base"]["accuracy"].min() > 0.3
     assert set(table[table.method == "wm"]["post"]) == {"none", "repair"}  # REPAIR where a layer has a bias or norm: not head.0
     assert "corrects 3 of 4 layers; head.0 has no bias and no norm after it" in (tmp_path / "runs/fuse/fuse.log").read_text()
+    assert ("REPAIR (post=[repair]) corrects 3 of 4 layers; these have no bias and no norm after them and keep the fused "
+            "statistics: `head.0`") in (tmp_path / "runs/fuse/alignment.md").read_text()
     bars = pd.read_csv(tmp_path / "runs/landscape/barriers.csv")
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4
 

@@ -32,7 +32,7 @@ from fusionctl.jobs.bases import (
     target_config,
     target_sizes,
 )
-from fusionctl.jobs.post import apply_post, check_post, check_repair, post_defined, reference_source
+from fusionctl.jobs.post import apply_post, check_post, check_repair, post_defined, reference_source, repair_leaves
 from fusionctl.models import TRACED, build_from_state, config_for, random_target_factory
 from fusionctl.models.spec_report import alignment_report
 from fusionctl.ot.permutation import Permutation
@@ -183,7 +183,8 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
         rows.append({"role": "ensemble", "method": "ensemble", "seed": "all", "split": split_name, "post": "none", "stage": "one-shot",
                      "accuracy": float((p.argmax(1) == y).float().mean()), "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), y)), "fuse_time_s": 0.0,
                      "settings": "", "ot": "", "reg": float("nan")})
-    write_text_atomic(alignment_report(spec, bases[0].state), out_dir / "alignment.md")
+    report = alignment_report(spec, bases[0].state) + repair_leaves(cfg.post, bases[0].model_cfg, spec, bases[0].state)
+    write_text_atomic(report, out_dir / "alignment.md")
     log.info("what is aligned, group by group: %s", out_dir / "alignment.md")
     label = "+".join(b.label for b in bases)
     aligned = reference_source(bases[0].model_cfg, splits, [b.state for b in bases], spec, device, [b.model_cfg for b in bases])

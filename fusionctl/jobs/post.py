@@ -10,7 +10,7 @@ from fusionctl.config import ModelConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.post import POST_STEPS, REPAIR_SAMPLES, aligned_references, repair_gaps
-from fusionctl.fusion.units import bare_writers
+from fusionctl.fusion.units import bare_writers, unit_count
 from fusionctl.jobs.bases import state_config
 from fusionctl.models import (
     RECURRENT_MODELS,
@@ -39,6 +39,14 @@ def check_repair(steps: list[str], cfg: ModelConfig, spec, state: dict) -> None:
     """Before fusing: a traced model's layers with no bias or norm for REPAIR's correction (repair_gaps)."""
     if "repair" in steps and cfg.name in TRACED:
         repair_gaps(spec, state, f"post=[repair] on {describe(cfg)}")
+
+
+def repair_leaves(steps: list[str], cfg: ModelConfig, spec, state: dict) -> str:
+    """For alignment.md: the layers post=[repair] leaves with the fused statistics (a traced model's
+    writers with no bias and no norm after them; a built-in model gains biases), or ''."""
+    left = bare_writers(spec, state) if "repair" in steps and cfg.name in TRACED else []
+    return (f"\nREPAIR (post=[repair]) corrects {unit_count(spec) - len(left)} of {unit_count(spec)} layers; these have no bias "
+            f"and no norm after them and keep the fused statistics: {', '.join(f'`{w}`' for w in left)}\n") if left else ""
 
 
 def with_biases(cfg: ModelConfig, state: dict, splits: Splits) -> tuple[ModelConfig, dict]:
