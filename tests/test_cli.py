@@ -75,6 +75,7 @@ def test_train_then_fuse_end_to_end(work):
     assert set(table["method"]) == {"base", "ensemble", "wb", "avg", "ot"}
     assert set(table["split"]) == {"train", "test"}
     assert table["accuracy"].between(0, 1).all()
+    assert (out / "fusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "fusion.pdf").exists()
     base = table[(table.role == "base") & (table.split == "test")]["accuracy"]
     assert base.min() > 0.5, "two epochs on mnist_small should beat chance by far"
     couplings = torch.load(out / "couplings_wb.pt", weights_only=True)

@@ -177,6 +177,26 @@ def test_barrier_figure_names_each_panel_by_split_and_metric_and_each_curve_by_l
     assert legend == ["naive 1-2", "naive 1-2 +repair", "aligned 1-2", "aligned 1-2 +repair"]
 
 
+def test_fusion_figure_draws_each_fused_model_test_accuracy_and_names_what_produced_it():
+    import pandas as pd
+
+    from fusionctl.plots import fusion_figure
+
+    rows = [("base", "base", "none", "one-shot", "", 0.90), ("base", "base", "none", "one-shot", "", 0.80),
+            ("ensemble", "ensemble", "none", "one-shot", "", 0.92), ("fused", "wb", "none", "one-shot", "sweeps=0", 0.70),
+            ("fused", "wb", "repair", "one-shot", "sweeps=0", 0.75), ("fused", "wm", "none", "one-shot", "defaults", 0.60),
+            ("fused", "wm", "repair", "one-shot", "defaults", 0.65), ("fused", "wb", "none", "finetuned", "sweeps=0", 0.88),
+            ("base", "base", "none", "finetuned", "", 0.95)]
+    table = pd.DataFrame([(*r[:5], split, acc if split == "test" else 1.0) for *r, acc in rows for split in ("train", "test")],
+                         columns=["role", "method", "post", "stage", "settings", "split", "accuracy"])
+    ax = fusion_figure(table, "title").axes[0]
+    heights = [[round(b.get_height(), 6) for b in bars] for bars in ax.containers]
+    assert heights == [[70.0, 60.0], [75.0, 65.0], [88.0]]  # one-shot, +repair, finetuned; test split only
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["wb\nsweeps=0", "wm"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["base models (90.0, 80.0)", "prediction ensemble (92.0)", "one-shot", "+repair", "finetuned"]
+
+
 def test_evaluation_shows_its_progress_on_a_terminal_only(monkeypatch):
     """A model evaluated on a large split (fuse evaluates every model on the whole training set)
     draws a progress bar where stderr is a terminal, and writes nothing to a log file."""

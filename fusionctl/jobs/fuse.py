@@ -33,9 +33,10 @@ from fusionctl.jobs.bases import (
     target_sizes,
 )
 from fusionctl.jobs.post import apply_post, check_post, check_repair, post_defined, reference_source, repair_leaves
-from fusionctl.models import TRACED, build_from_state, config_for, random_target_factory
+from fusionctl.models import TRACED, architecture, build_from_state, config_for, random_target_factory
 from fusionctl.models.spec_report import alignment_report
 from fusionctl.ot.permutation import Permutation
+from fusionctl.plots import fusion_figure, save
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic, write_text_atomic
 from fusionctl.training import check_optim, finetune
 from fusionctl.versions import versions
@@ -211,6 +212,7 @@ def run_fuse(cfg: FuseCommandConfig, out_dir: Path) -> pd.DataFrame:
             "weights": str([round(w, 4) for w in lambdas]), "dataset": splits.name, "model": bases[0].model_cfg.name}
     table = pd.DataFrame([{**r, **meta, **versions()} for r in rows])
     write_csv_atomic(table, out_dir / "fusion.csv")
+    save(fusion_figure(table, f"{splits.name}, {architecture(bases[0].model_cfg)}: {len(bases)} models fused"), out_dir / "fusion")
     return table
 
 
