@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -76,6 +78,29 @@ def test_weight_matching_of_many_models_merges_permuted_copies():
     res = fuse("wm", spec, copies, [0.25] * 4, spec.group_sizes(state), settings(name="wm"))
     for key in state:
         assert torch.allclose(res.state[key], state[key], atol=1e-6)
+
+
+def test_merge_many_ends_where_no_model_comes_closer_to_the_mean_of_the_others(caplog):
+    """K = 4 MLPs far apart (permuted copies of one under noise 5x its scale): MergeMany ends by its
+    own rule, each model at a point where matching it once more to the others' mean (from where it
+    is) brings it no closer. Re-matching from the identity each round, as it did, ran all 100
+    rounds here with permutations still changing."""
+    from fusionctl.fusion.transport import weighted_average
+    from fusionctl.fusion.wm import agreement, match
+
+    cfg = tiny_config("mlp")
+    torch.manual_seed(0)
+    base = build_model(replace(cfg, widths=[16, 16]), (1, 8, 8), 4).state_dict()
+    spec = model_spec(replace(cfg, widths=[16, 16]))
+    g = torch.Generator().manual_seed(1)
+    states = [{k: v + 5 * v.std() * torch.randn(v.shape, generator=g) for k, v in planted(spec, base, seed=s)[1].items()} for s in range(4)]
+    with caplog.at_level("INFO"):
+        res = fuse("wm", spec, states, [0.25] * 4, spec.group_sizes(base), settings(name="wm"))
+    assert "MergeMany stopped" not in caplog.text
+    for i, state in enumerate(states):
+        mean = weighted_average([transport(states[j], spec, res.couplings[j]) for j in range(4) if j != i], [1 / 3] * 3)
+        again = match(spec, mean, state, 100, 0, start=res.couplings[i])
+        assert agreement(spec, mean, state, again) <= agreement(spec, mean, state, res.couplings[i])
 
 
 def test_correlation_and_width_errors():

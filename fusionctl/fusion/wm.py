@@ -4,7 +4,7 @@ Coordinate descent over groups (input to output first, then in random order): wi
 permutation of one group solves a linear assignment on sum_p <W_a[.., j, ..], W_b'[.., k, ..]>
 over every parameter axis that group indexes (scipy's LAP). Repeats until a full sweep changes
 nothing. K > 2 models: matched to model 0, then MergeMany (each model in turn matched to the
-mean of the others) until no permutation changes.
+mean of the others) until a round brings no model closer to the others' mean.
 """
 
 from __future__ import annotations
@@ -31,20 +31,23 @@ from fusionctl.ot.solver import assignment, perm_coupling
 log = logging.getLogger(__name__)
 
 
-def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, seed: int = 0) -> dict:
-    """Couplings (permutations) that bring `source` closest to `target` in weight space."""
+def agreement(spec: AlignmentSpec, target: dict, source: dict, couplings: dict, group: str | None = None) -> float:
+    """Weight matching's objective, sum <target, T(source)> (float64), over the entries `group`
+    indexes, or over every entry a group indexes."""
+    keys = [k for k, axes in spec.axes.items() if any(a is not None and (group is None or a.group == group) for a in axes)]
+    moved = transport({k: source[k] for k in keys}, spec, couplings)
+    return sum(float((target[k].double() * moved[k].double()).sum()) for k in keys)
+
+
+def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, seed: int = 0, start: dict | None = None) -> dict:
+    """Couplings (permutations) that bring `source` closest to `target` in weight space, searched
+    from `start` (MergeMany's current couplings) or the identity."""
     sizes = spec.group_sizes(source)
     if sizes != spec.group_sizes(target):
         raise FusionctlError("solver=wm matches permutations and needs equal widths; use solver=wb for other widths")
-    couplings = identity_couplings(spec, source)
+    couplings = dict(start) if start is not None else identity_couplings(spec, source)
     rng = np.random.default_rng(seed)
     linearised = {g for _, g in spec.local.values()}  # their cost reads their own coupling (a grouped conv's local inputs)
-
-    def agreement(group: str, cps: dict) -> float:
-        """The part of weight matching's objective, sum <target, T(source)>, that reads `group`."""
-        keys = [k for k, axes in spec.axes.items() if any(a is not None and a.group == group for a in axes)]
-        moved = transport({k: source[k] for k in keys}, spec, cps)
-        return sum(float((target[k].double() * moved[k].double()).sum()) for k in keys)
 
     for sweep in range(sweeps):
         changed = False
@@ -73,7 +76,8 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
             done.add(group)
             if same(new, couplings[group]):
                 continue
-            if sweep > 0 and group in linearised and agreement(group, {**couplings, group: new}) < agreement(group, couplings):
+            if sweep > 0 and group in linearised and (agreement(spec, target, source, {**couplings, group: new}, group)
+                                                      < agreement(spec, target, source, couplings, group)):
                 continue  # a linearised step that would lower the objective is not taken
             changed = True
             couplings[group] = new
@@ -87,23 +91,25 @@ def fuse_wm(spec, states, weights, target_sizes, settings: WMSettings, ctx) -> F
     if len(states) == 2:
         couplings[1] = match(spec, states[0], states[1], settings.sweeps, settings.seed)
     elif len(states) > 2:
-        # start from pairwise matches to model 0, then MergeMany: each model to the mean of the others
+        # start from pairwise matches to model 0, then MergeMany: each model in turn matched to the
+        # mean of the others, from its current permutations (as Git Re-Basin permutes the model in
+        # place), kept where it brings the model closer to that mean; until a round brings none closer
         for i in range(1, len(states)):
             couplings[i] = match(spec, states[0], states[i], settings.sweeps, settings.seed)
         rng = np.random.default_rng(settings.seed)
-        changed = True
+        closer = True
         for _ in range(settings.sweeps):
-            changed = False
+            closer = False
             for i in rng.permutation(len(states)):
                 others = [j for j in range(len(states)) if j != i]
                 mean = weighted_average([transport(states[j], spec, couplings[j]) for j in others], [1.0 / len(others)] * len(others))
-                new = match(spec, mean, states[i], settings.sweeps, settings.seed)
-                if any(not same(new[g], couplings[i][g]) for g in spec.groups):
-                    changed = True
+                new = match(spec, mean, states[i], settings.sweeps, settings.seed, start=couplings[i])
+                if agreement(spec, mean, states[i], new) > agreement(spec, mean, states[i], couplings[i]):
+                    closer = True
                     couplings[i] = new
-            if not changed:
+            if not closer:
                 break
-        if changed:
-            log.info("wm: MergeMany stopped at solver.sweeps=%d with permutations still changing; raise solver.sweeps "
-                     "to search longer or lower it to stop sooner", settings.sweeps)
+        if closer:
+            log.info("wm: MergeMany stopped at solver.sweeps=%d rounds while still bringing models closer to the others' "
+                     "mean; raise solver.sweeps to search longer or lower it to stop sooner", settings.sweeps)
     return fuse_with_couplings(spec, states, weights, couplings)
