@@ -88,33 +88,38 @@ def plane_figure(values: np.ndarray, xs: np.ndarray, ys: np.ndarray, markers: di
 
 
 def fusion_figure(table: pd.DataFrame, title: str) -> Figure:
-    """Test accuracy of every fused model (a bar per method, one-shot and after each post-step or
-    fine-tuning side by side), the base models and the ensemble as lines; table: fusion.csv's rows."""
+    """Test accuracy of every fused model (a column per method: one-shot and after each post-step or
+    fine-tuning, side by side), the base models and the ensemble as lines; table: fusion.csv's rows.
+    Points rather than bars, so the axis can zoom to where the models differ."""
     test = table[table.split == "test"]
     fused = test[test.role == "fused"]
     variants = list(dict.fromkeys(zip(fused["post"], fused["stage"])))
     methods = list(dict.fromkeys(fused["method"]))
-    fig = Figure(figsize=(max(6.0, 1.2 * len(methods) * max(1, len(variants)) ** 0.5 + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(methods) + 3), 4.5))
     ax = fig.subplots()
-    width = 0.8 / max(1, len(variants))
+    step = 0.6 / max(1, len(variants))
+    markers = {"none": "o", "bn_reset": "s", "repair": "D"}
     for j, (post, stage) in enumerate(variants):
         rows = fused[(fused["post"] == post) & (fused["stage"] == stage)].set_index("method")
-        xs = [i + (j - (len(variants) - 1) / 2) * width for i, m in enumerate(methods) if m in rows.index]
+        xs = [i + (j - (len(variants) - 1) / 2) * step for i, m in enumerate(methods) if m in rows.index]
         ys = [100 * rows.loc[m, "accuracy"] for m in methods if m in rows.index]
         name = " ".join(([f"+{post}"] if post != "none" else []) + ([stage] if stage != "one-shot" else [])) or "one-shot"
-        bars = ax.bar(xs, ys, width, label=name, alpha=POST_STYLES.get(post, 0.5) if stage == "one-shot" else 0.3,
-                      color="tab:blue" if stage == "one-shot" else "tab:green")
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.plot(xs, ys, markers.get(post, "o") if stage == "one-shot" else "^", ls="none", ms=8, label=name,
+                color="tab:green" if stage != "one-shot" else None)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.1f}", (x, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7)
     settings = fused.drop_duplicates("method").set_index("method")["settings"]
     ax.set_xticks(range(len(methods)), [m if settings.get(m, "defaults") in ("defaults", "") else f"{m}\n{settings[m]}" for m in methods],
                   fontsize=8)
+    ax.set_xlim(-0.6, len(methods) - 0.4)
     bases = 100 * test[(test.role == "base") & (test.stage == "one-shot")]["accuracy"]
     for i, acc in enumerate(bases):
         ax.axhline(acc, color="gray", ls="--", lw=1, label=f"base models ({', '.join(f'{a:.1f}' for a in bases)})" if i == 0 else None)
     for acc in 100 * test[test.role == "ensemble"]["accuracy"]:
         ax.axhline(acc, color="black", ls=":", lw=1.2, label=f"prediction ensemble ({acc:.1f})")
+    shown = [*(100 * fused["accuracy"]), *bases]
+    ax.set_ylim(max(0.0, min(shown) - 4), min(100.0, max(shown) + 3))
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)

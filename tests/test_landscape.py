@@ -177,7 +177,7 @@ def test_barrier_figure_names_each_panel_by_split_and_metric_and_each_curve_by_l
     assert legend == ["naive 1-2", "naive 1-2 +repair", "aligned 1-2", "aligned 1-2 +repair"]
 
 
-def test_fusion_figure_draws_each_fused_model_test_accuracy_and_names_what_produced_it():
+def test_fusion_figure_shows_each_fused_model_test_accuracy_and_names_what_produced_it():
     import pandas as pd
 
     from fusionctl.plots import fusion_figure
@@ -190,11 +190,11 @@ def test_fusion_figure_draws_each_fused_model_test_accuracy_and_names_what_produ
     table = pd.DataFrame([(*r[:5], split, acc if split == "test" else 1.0) for *r, acc in rows for split in ("train", "test")],
                          columns=["role", "method", "post", "stage", "settings", "split", "accuracy"])
     ax = fusion_figure(table, "title").axes[0]
-    heights = [[round(b.get_height(), 6) for b in bars] for bars in ax.containers]
-    assert heights == [[70.0, 60.0], [75.0, 65.0], [88.0]]  # one-shot, +repair, finetuned; test split only
+    points = [[round(float(y), 6) for y in line.get_ydata()] for line in ax.lines if line.get_linestyle() == "None"]
+    assert points == [[70.0, 60.0], [75.0, 65.0], [88.0]]  # one-shot, +repair, finetuned; test split only
     assert [t.get_text() for t in ax.get_xticklabels()] == ["wb\nsweeps=0", "wm"]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["base models (90.0, 80.0)", "prediction ensemble (92.0)", "one-shot", "+repair", "finetuned"]
+    assert legend == ["one-shot", "+repair", "finetuned", "base models (90.0, 80.0)", "prediction ensemble (92.0)"]
 
 
 def test_evaluation_shows_its_progress_on_a_terminal_only(monkeypatch):
