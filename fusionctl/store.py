@@ -52,6 +52,16 @@ def model_dir(store_dir: str | Path, dataset, model, optim, train, seed: int, cl
     return Path(store_dir) / dataset.name / f"{model.name}-{key}" / leaf
 
 
+def _file_mode() -> int:
+    """The mode open() gives a new file under the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path in the target's folder; rename it over the target on success."""
@@ -61,6 +71,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would hide results and checkpoints from the user's group
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

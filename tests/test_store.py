@@ -171,3 +171,13 @@ def test_target_kwargs_build_a_traced_model_at_other_widths_or_say_why_not():
     cut, spec = base("CutAtWidth", 6)
     with pytest.raises(FusionctlError, match="the traced alignment differs from model 0's beyond their widths"):
         traced_target(cut, {"width": 8}, splits, spec)
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    """mkstemp creates 0600 files; a result or checkpoint must be readable as any file the user
+    writes is (umask), e.g. by their group on a shared cluster."""
+    from fusionctl.store import write_text_atomic
+
+    write_text_atomic("x", tmp_path / "atomic.md")
+    (tmp_path / "plain.md").write_text("x")
+    assert (tmp_path / "atomic.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777
