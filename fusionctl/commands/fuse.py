@@ -21,5 +21,5 @@ def main(cfg) -> None:
     set_threads(conf.threads)
     out = output_dir()
     table = run_fuse(conf, out)
-    print(f"accuracy (%) on {conf.dataset.name}, solver={conf.solver.name}; table: {out / 'fusion.csv'}")
+    print(f"accuracy (%) on {conf.dataset.name}, solver={conf.solver.name}; table: {out / 'fusion.csv'}, figure: {out / 'fusion.png'}")
     print(summary(table))
