@@ -112,9 +112,12 @@ def fusion_figure(table: pd.DataFrame, title: str) -> Figure:
     ax.set_xticks(range(len(methods)), [m if settings.get(m, "defaults") in ("defaults", "") else f"{m}\n{settings[m]}" for m in methods],
                   fontsize=8)
     ax.set_xlim(-0.6, len(methods) - 0.4)
-    bases = 100 * test[(test.role == "base") & (test.stage == "one-shot")]["accuracy"]
-    for i, acc in enumerate(bases):
-        ax.axhline(acc, color="gray", ls="--", lw=1, label=f"base models ({', '.join(f'{a:.1f}' for a in bases)})" if i == 0 else None)
+    for stage, color in (("one-shot", "gray"), ("finetuned", "tab:green")):  # fine-tuned bases: what fine-tuned fusions compare to
+        accs = 100 * test[(test.role == "base") & (test.stage == stage)]["accuracy"]
+        name = "base models" + ("" if stage == "one-shot" else f", {stage}")
+        for i, acc in enumerate(accs):
+            ax.axhline(acc, color=color, ls="--", lw=1, label=f"{name} ({', '.join(f'{a:.1f}' for a in accs)})" if i == 0 else None)
+    bases = 100 * test[test.role == "base"]["accuracy"]
     for acc in 100 * test[test.role == "ensemble"]["accuracy"]:
         ax.axhline(acc, color="black", ls=":", lw=1.2, label=f"prediction ensemble ({acc:.1f})")
     shown = [*(100 * fused["accuracy"]), *bases]

@@ -194,7 +194,8 @@ def test_fusion_figure_shows_each_fused_model_test_accuracy_and_names_what_produ
     assert points == [[70.0, 60.0], [75.0, 65.0], [88.0]]  # one-shot, +repair, finetuned; test split only
     assert [t.get_text() for t in ax.get_xticklabels()] == ["wb\nsweeps=0", "wm"]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["one-shot", "+repair", "finetuned", "base models (90.0, 80.0)", "prediction ensemble (92.0)"]
+    assert legend == ["one-shot", "+repair", "finetuned", "base models (90.0, 80.0)", "base models, finetuned (95.0)",
+                      "prediction ensemble (92.0)"]
 
 
 def test_evaluation_shows_its_progress_on_a_terminal_only(monkeypatch):
