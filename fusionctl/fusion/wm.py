@@ -111,5 +111,5 @@ def fuse_wm(spec, states, weights, target_sizes, settings: WMSettings, ctx) -> F
                 break
         if closer:
             log.warning("wm: MergeMany stopped at solver.sweeps=%d rounds while still bringing models closer to the others' "
-                     "mean; raise solver.sweeps to search longer or lower it to stop sooner", settings.sweeps)
+                        "mean; raise solver.sweeps to search longer or lower it to stop sooner", settings.sweeps)
     return fuse_with_couplings(spec, states, weights, couplings)
