@@ -155,7 +155,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
         result.sweeps["selected_cost"] = ("both", "activation")[pick]
         return result
     init_state, in_target = initial_support(settings.init, spec, states, target_sizes, ctx, settings)
-    key_weights, act_weight = cost_weights(settings, spec, states)
+    key_weights, act_weight = cost_weights(settings, spec, [s for s, w in zip(states, weights) if w > 0])  # the scales of what is fused
     acts, init_acts, writer_acts = activation_features(settings, ctx, spec, states, init_state if in_target else None)
     device = ctx.device  # costs, Sinkhorn and barycenter updates; an exact assignment itself solves on the CPU
     max_iter = passes or settings.max_iter
@@ -179,6 +179,7 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
 
         net.forward(support if in_target else None)
     summary = run_sweeps(net, sweeps, settings.tol)
+    net.align_rest()
     couplings, done = net.result(), net.moved_entries(states)
     del net  # its kept costs and float32 copies of the models are not needed to fuse: free them first
     result = fuse_with_couplings(spec, states, weights, couplings, info, done)
@@ -201,8 +202,8 @@ def with_norm_stats(result: FusionResult, spec: AlignmentSpec, states, weights, 
 def run_sweeps(net: NetworkBarycenter, sweeps: int, tol: float, patience: int = 3) -> dict:
     """Sweep at most `sweeps` times and keep the best state visited (lowest J): stop when a sweep
     changes nothing, or after `patience` sweeps in a row that did not lower the best J by tol relative."""
-    if len(net.theta) == 2 and net.ot.method == "exact" and net.separable():
-        sweeps = 0
+    if len(net.active) < 2 or (len(net.active) == 2 and net.ot.method == "exact" and net.separable()):
+        sweeps = 0  # nothing to align, or the layer-wise pass is already optimal
     start = best_value = value = net.objective()
     best = net.snapshot()
     done, converged, stale = 0, sweeps == 0, 0

@@ -19,6 +19,8 @@ Moves:
   K > 2, each model in a random order aligned afresh to the barycenter of the others
   (MergeMany's move on a weighted barycenter), which can pass through worse states: the driver
   (barycenter.run_sweeps) keeps the best state visited, never worse than the layer-wise pass.
+  K counts the models of weight > 0: one of weight 0 is no part of J and moves nothing, so it is
+  aligned to the barycenter only once the others have found it (`align_rest`).
 
 For a slice along an input axis (dim > 0) of model i the features are scaled by n_i / m, so
 that the barycentric projection of a coupling equals the transport T_i (columns split by
@@ -93,6 +95,8 @@ class NetworkBarycenter(GroupCosts):
                  couplings: list[dict] | None = None, key_weights: dict[str, float] | None = None, acts: list[dict] | None = None,
                  act_weight: float = 0.0, alpha: float | None = None, seed: int = 0, device="cpu"):
         self.spec, self.weights, self.ot, self.device = spec, list(weights), ot, device
+        # a model of weight 0 is no part of J or of the barycenter: left out of the search, aligned to its result (align_rest)
+        self.active = [i for i, w in enumerate(self.weights) if w > 0]
         # float32 features, costs and transports: twice float64's speed, and OT needs only the costs'
         # order and scale (Sinkhorn iterates in float64 inside; the objective sums in float64)
         self.dtype = torch.float32
@@ -129,15 +133,15 @@ class NetworkBarycenter(GroupCosts):
         """J, or its part that depends on `group`'s couplings."""
         total = 0.0
         for key in self.keys if group is None else self.group_keys[group]:
-            total += self.key_weights[key] * self._spread([mv[key] for mv in self.moved])
+            total += self.key_weights[key] * self._spread([self.moved[i][key] for i in self.active])
         if self.acts is not None:
             for g in self.spec.groups if group is None else [group]:
-                total += self.act_weight * self._spread([self.moved_acts(i, g) for i in range(len(self.acts))])
+                total += self.act_weight * self._spread([self.moved_acts(i, g) for i in self.active])
         return total
 
     def _spread(self, xs: list[torch.Tensor]) -> float:
-        """sum_i lambda_i |bar - x_i|^2 with bar = sum_i lambda_i x_i (squared_norm's sums)."""
-        w = self.weights
+        """sum_i lambda_i |bar - x_i|^2 over the models of weight > 0, bar = sum_i lambda_i x_i (squared_norm's sums)."""
+        w = [self.weights[i] for i in self.active]
         if len(xs) == 2 and abs(w[0] + w[1] - 1.0) < 1e-12:  # = lambda_0 lambda_1 |x_0 - x_1|^2: one difference, not three
             return w[0] * w[1] * squared_norm(xs[0] - xs[1])
         bar = sum(wi * x for wi, x in zip(w, xs))
@@ -202,17 +206,17 @@ class NetworkBarycenter(GroupCosts):
         for group in self.spec.groups:
             if support is None:
                 self._set(0, group, identity_coupling(self.sizes[0][group], self.device))
-                for i in range(1, len(self.theta)):  # model 0 as it is: its share of the barycenter, as a re-coupling reads it
+                for i in (i for i in self.active if i != 0):  # model 0 as it is: its share of the barycenter, as a re-coupling reads it
                     self._set(i, group, self._solve(i, group, self.cost(i, group, self.cost_keys(i, group, (0,), True, known))))
             else:
                 anchor = support(group, known).to(self.device, self.dtype)
-                for i in range(len(self.theta)):
+                for i in self.active:
                     self._set(i, group, self._solve(i, group, plan_cost(anchor, self.model_features(i, group, known), self.ot.method)))
-            if not (support is None and len(self.theta) == 2 and self.ot.method == "exact"):  # else already optimal
+            if not (support is None and self.active[:1] == [0] and len(self.active) == 2 and self.ot.method == "exact"):  # else optimal
                 # soft couplings get one round: repeated rounds only blur them further (a blurred
                 # coupling averages units, which shrinks the spread without aligning anything)
                 for _ in range(self.ot.max_iter if self.ot.method == "exact" else 1):
-                    if not sum(self.recouple(i, group, True, known) for i in range(len(self.theta))):
+                    if not sum(self.recouple(i, group, True, known) for i in self.active):
                         break
             known.add(group)
 
@@ -238,14 +242,24 @@ class NetworkBarycenter(GroupCosts):
 
     def sweep(self) -> int:
         """One pass over the models (see the module docstring); returns the couplings changed."""
-        k = len(self.theta)
-        start = self.snapshot()
-        if k == 2:
-            self.descend(1)  # model 0's problem is the transpose of model 1's (exactly so for permutations)
+        active, start = self.active, self.snapshot()
+        if len(active) == 2:
+            self.descend(active[1])  # the first model's problem is the transpose of the second's (exactly so for permutations)
         else:
-            for i in self.rng.permutation(k):
-                self.restart(int(i))
-        return sum(int(c[g] is not s[g] and not same(c[g], s[g])) for c, s in zip(self.couplings, start[0]) for g in self.spec.groups)
+            for i in self.rng.permutation(len(active)):
+                self.restart(active[i])
+        now, before = self.couplings, start[0]
+        return sum(int(now[i][g] is not before[i][g] and not same(now[i][g], before[i][g])) for i in active for g in self.spec.groups)
+
+    def align_rest(self) -> None:
+        """Each model of weight 0 aligned to the barycenter the others reached: a greedy pass on
+        incoming rows, then coordinate descent (J, which it takes no part in, stays as it is)."""
+        for i in (i for i in range(len(self.theta)) if i not in self.active):
+            known: set[str] = set()
+            for group in self.spec.groups:
+                self._set(i, group, self._solve(i, group, self.cost(i, group, self.cost_keys(i, group, tuple(self.active), True, known))))
+                known.add(group)
+            self.descend(i)
 
     def separable(self) -> bool:
         """True when no group's cost reads another group's coupling (activations only): then with
