@@ -27,10 +27,11 @@ from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import logits_of, token_hits
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references, repair_gaps, scoring_step
-from fusionctl.fusion.spec_check import verify_spec
+from fusionctl.fusion.spec_check import verify_spec, with_experts
 from fusionctl.fusion.units import repairable, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
 from fusionctl.models import check_spec_fits, load_state
+from fusionctl.models.experts import propose_experts
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.models.trace import TraceError
 from fusionctl.models.trace import derive_spec as _derive_spec
@@ -47,7 +48,8 @@ def derive_spec(model: nn.Module, example_inputs, check: bool = True) -> Alignme
         spec = _derive_spec(model, example_inputs)
     except TraceError as exc:
         raise FusionctlError(str(exc)) from exc
-    if check:
+    if check:  # the experts of a mixture move only where the check confirms it
+        spec = with_experts(spec, model, example_inputs, type(model).__name__)
         verify_spec(spec, model, example_inputs, type(model).__name__)
     return spec
 
@@ -143,13 +145,19 @@ def _check_widths_of(other: nn.Module, name: str, model: nn.Module, spec: Alignm
         spec.group_sizes(state)
         if spec.coverage is None:  # written by hand: it must fit this model as it fits model 0
             spec.check_fits(other, state)
-        elif example_inputs is None or _derive_spec(other, example_inputs).layout() != spec.layout():
+        elif example_inputs is None or _layout_of(other, example_inputs, spec) != spec.layout():
             raise FusionctlError(f"{name}'s traced alignment differs from model 0's beyond their widths (a group's layout depends "
                                  f"on a width); give a {name} whose widths change no layout, or fuse at model 0's widths")
     except (TraceError, ValueError) as exc:
         raise FusionctlError(f"{name} does not fit model 0's alignment spec: {str(exc).splitlines()[0]}; "
                              "give an instance of their class at other widths") from exc
     return other
+
+
+def _layout_of(other: nn.Module, example_inputs, spec: AlignmentSpec) -> tuple:
+    """The layout of `other`'s traced spec, with its experts as groups where `spec` has them (confirmed on model 0)."""
+    traced = _derive_spec(other, example_inputs)
+    return ((propose_experts(traced, other) if getattr(spec.coverage, "experts", 0) else None) or traced).layout()
 
 
 def holding(template: nn.Module, state: dict) -> nn.Module:

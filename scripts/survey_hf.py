@@ -7,7 +7,8 @@ Per architecture (`transformers`' causal-LM mapping, or --archs): the config shr
 hidden size 32, 4 heads (2 key/value heads), vocabulary 128, random init, eager attention, no
 cache; traced on two sequences of 8 token ids, then fusionctl's permutation self-check
 (fusion/spec_check.py: a float64 copy, every group permuted at random; round-off measured at the
-lowest precision the model computes in). Prints the coverage and the check per model, WRONG where
+lowest precision the model computes in), the experts of a mixture moved where that check confirms
+it, as fusionctl.derive_spec does. Prints the coverage and the check per model, WRONG where
 the check fails, and the counts at the end. A config that cannot be shrunk, built or run on the
 inputs this way is counted apart ("not built or not run"): that is this script's limit, not the
 tracer's.
@@ -23,7 +24,7 @@ import warnings
 
 import torch
 
-from fusionctl.fusion.spec_check import check_permutation
+from fusionctl.fusion.spec_check import check_permutation, with_experts
 from fusionctl.models.trace import TraceError, derive_spec
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -86,7 +87,7 @@ def main():
             print(f"{arch:24s} not built or not run: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}", flush=True)
             continue
         try:
-            spec = derive_spec(model, ids)
+            spec = with_experts(derive_spec(model, ids), model, ids, arch)  # as fusionctl.derive_spec does
             check = check_permutation(model, spec, ids)
         except Timeout:
             counts["timeout"] += 1
@@ -103,11 +104,13 @@ def main():
         counts["traced"] += 1
         counts["fully permutable" if full else "partly" if cov.permutable else "nothing permutable"] += 1
         counts["unchecked" if check.skipped else "checked"] += 1
+        counts["experts moved"] += bool(cov.experts)
         if check.wrong:
             counts["WRONG"] += 1
         reasons.update(set(cov.frozen))
         verdict = "WRONG " if check.wrong else ""
-        print(f"{arch:24s} {time.perf_counter() - start:5.1f}s {cov.permutable:,} of {cov.hidden:,}; {verdict}{check}"
+        experts = f"; experts of {cov.experts} mixture{'s' * (cov.experts > 1)} moved" if cov.experts else ""
+        print(f"{arch:24s} {time.perf_counter() - start:5.1f}s {cov.permutable:,} of {cov.hidden:,}{experts}; {verdict}{check}"
               + (f"; frozen: {'; '.join(cov.frozen)}" if cov.frozen else ""), flush=True)
     print("\n" + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     print("most common reasons to freeze (models):", "; ".join(f"{r} ({n})" for r, n in reasons.most_common(8)))

@@ -1180,9 +1180,11 @@ class StackedExpertsNet(nn.Module):
     weight[e]. Each expert is a GLU: its gate and up halves in one stacked weight."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, hidden: int = 8, experts: int = 3,
-                 grouped_mm: bool = True, patch: int = 2):
+                 grouped_mm: bool = True, patch: int = 2, routing_bias: bool = False):
         super().__init__()
         self.experts, self.grouped_mm = experts, grouped_mm
+        if routing_bias:  # one entry per expert added to the router's logits, held by the block (as AFMoE's expert_bias)
+            self.register_buffer("expert_bias", torch.linspace(-0.5, 0.5, experts))
         self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.norm = nn.LayerNorm(dim)
         self.router = nn.Linear(dim, experts, bias=False)
@@ -1194,7 +1196,8 @@ class StackedExpertsNet(nn.Module):
         t = self.embed(x).flatten(2).transpose(1, 2)
         b, n, c = t.shape
         h = self.norm(t).reshape(b * n, c)
-        weight, expert = torch.softmax(self.router(h), -1).max(-1)
+        logits = self.router(h) + self.expert_bias if hasattr(self, "expert_bias") else self.router(h)
+        weight, expert = torch.softmax(logits, -1).max(-1)
         if self.grouped_mm:
             order = torch.argsort(expert)
             offs = torch.cumsum(torch.bincount(expert, minlength=self.experts), 0).to(torch.int32)
@@ -1207,6 +1210,24 @@ class StackedExpertsNet(nn.Module):
                 y = y + (expert == e).unsqueeze(-1) * F.linear(F.silu(gate) * up, self.down_proj[e])
         t = t + (y * weight.unsqueeze(-1)).reshape(b, n, c)
         return self.fc(t.mean(1))
+
+
+class PositionalExpertsNet(StackedExpertsNet):
+    """StackedExpertsNet's weights, but token t takes expert t mod E whatever the router says (the
+    router only scales the output): the pattern of a mixture without its symmetry, since moving the
+    experts moves which tokens each one reads."""
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        h = self.norm(t).reshape(b * n, c)
+        weight = torch.softmax(self.router(h), -1).max(-1).values
+        expert = torch.arange(b * n) % self.experts
+        y = torch.zeros_like(h)
+        for e in range(self.experts):
+            gate, up = F.linear(h, self.gate_up_proj[e]).chunk(2, -1)
+            y = y + (expert == e).unsqueeze(-1) * F.linear(F.silu(gate) * up, self.down_proj[e])
+        return self.fc((t + (y * weight.unsqueeze(-1)).reshape(b, n, c)).mean(1))
 
 
 class BlurNet(nn.Module):

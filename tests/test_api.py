@@ -14,7 +14,9 @@ import torch
 
 import fusionctl
 from fusionctl.errors import FusionctlError
+from fusionctl.fusion.spec_check import check_permutation
 from fusionctl.fusion.transport import random_couplings, transport
+from fusionctl.models.experts import propose_experts
 from tests import custom_nets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,10 +217,53 @@ def with_experts(spec, router: str, stacked: tuple[str, ...]):
                                units={**spec.units, "experts": (fusionctl.Unit(router),)})
 
 
+@pytest.mark.parametrize("grouped_mm, routing_bias", [(True, False), (False, False), (True, True)])
+def test_the_experts_of_a_mixture_move_as_a_group_where_the_self_check_confirms_it(grouped_mm, routing_bias):
+    """The tracer cannot follow which expert a token takes; derive_spec proposes the experts as a
+    group (docs/tracing.md's hand-written one) and keeps it since a random permutation keeps the
+    function; every method then fuses a copy whose experts were permuted too back into the model.
+    A routing bias the block holds (one entry per expert) moves with them. Unchecked (check=False),
+    the experts stay in place."""
+    torch.manual_seed(0)
+    model = custom_nets.StackedExpertsNet(experts=3, grouped_mm=grouped_mm, routing_bias=routing_bias).eval()  # 3 experts, 4 classes
+    data = batches((3, 8, 8), n=64, size=16, classes=4)
+    x = data[0][0]
+    unchecked = fusionctl.derive_spec(model, x, check=False)
+    assert "experts" not in unchecked.groups
+    spec = fusionctl.derive_spec(model, x)
+    by_hand = with_experts(unchecked, "router", ("gate_up_proj", "down_proj"))
+    if routing_bias:
+        by_hand = dataclasses.replace(by_hand, axes={**by_hand.axes, "expert_bias": (fusionctl.Axis("experts"),)})
+    assert spec.layout() == by_hand.layout()
+    assert spec.coverage.experts == 1 and spec.coverage.permutable == spec.coverage.hidden and not spec.coverage.frozen
+    couplings = random_couplings(spec, model.state_dict(), torch.Generator().manual_seed(5))
+    assert not torch.equal(couplings["experts"].index, torch.arange(3))
+    other = copy.deepcopy(model)
+    other.load_state_dict(transport(model.state_dict(), spec, couplings))
+    with torch.no_grad():
+        for method in ("wb", "wm", "am", "ot"):
+            assert torch.allclose(fusionctl.fuse_models([model, other], method=method, data=data)(x), model(x), atol=1e-5), method
+
+
+def test_experts_that_are_no_symmetry_stay_in_place():
+    """PositionalExpertsNet has a mixture's pattern (a router, weights stacked per expert) but picks
+    experts by position: the proposed group changes the function, so the self-check refuses it.
+    Nor is one proposed where two modules could be the router (4 classes and 4 experts)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = custom_nets.PositionalExpertsNet(experts=3).eval()
+    unchecked = fusionctl.derive_spec(model, x, check=False)
+    assert check_permutation(model, propose_experts(unchecked, model), x).wrong
+    assert "experts" not in fusionctl.derive_spec(model, x).groups
+    four = custom_nets.StackedExpertsNet(experts=4).eval()
+    assert propose_experts(fusionctl.derive_spec(four, x, check=False), four) is None
+
+
 def test_experts_added_by_hand_to_a_traced_spec_move_with_their_router_rows():
-    """The tracer leaves experts in place (which expert a token takes flows through integer indices);
-    the group written by hand passes the self-check, moves the router's rows with the experts, and
-    every method fuses a model with a copy whose experts were permuted too back into its function."""
+    """Where the router is ambiguous (the classifier has as many rows as there are experts), the
+    experts stay in place; the group written by hand passes the self-check, moves the router's rows
+    with the experts, and every method fuses a model with a copy whose experts were permuted too back
+    into its function."""
     torch.manual_seed(0)
     model = custom_nets.StackedExpertsNet(experts=4).eval()
     data = batches((3, 8, 8), n=64, size=16, classes=4)

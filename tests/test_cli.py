@@ -281,6 +281,30 @@ def test_a_network_returning_an_output_object_trains_fuses_and_draws_its_line(tm
     assert bars[bars.line == "aligned 1-2"]["max_output_diff"].max() < 1e-4
 
 
+def test_the_experts_of_a_mixture_move_from_the_command_line_where_the_self_check_confirms_it(tmp_path):
+    """model=custom with stacked experts: fuse moves them as a group (alignment.md says so), also into
+    a target of other widths (whose experts are confirmed too); spec_check=false leaves them in place."""
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    own = ["model=custom", "model.target=tests.custom_nets.StackedExpertsNet", "model.kwargs={dim:8,hidden:8,experts:3,patch:7}",
+           "train.epochs=1", "seeds=[0,1]", "threads=1"]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    runs = {"train": ["train"], "moved": ["fuse", "baselines=[wm]", "target.kwargs={dim:12}"],
+            "unchecked": ["fuse", "baselines=[]", "spec_check=false"]}
+    for name, args in runs.items():
+        proc = subprocess.run([*EXE, *args, *own, f"hydra.run.dir=runs/{name}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    moved = (tmp_path / "runs/moved/alignment.md").read_text()
+    assert "the experts of 1 mixture moved as a group each" in moved
+    assert "| `experts` | 3 | any permutation | `router` | `gate_up_proj`[0], `down_proj`[0], `router.weight`[0] |" in moved
+    widths = set(pd.read_csv(tmp_path / "runs/moved/fusion.csv")["target_widths"])
+    assert widths == {"[3, 8, 12]"}  # the experts, their hidden units, the stream (dim 12)
+    unchecked = (tmp_path / "runs/unchecked/alignment.md").read_text()
+    assert "| `experts` |" not in unchecked and "router (indices of a max or min)" in unchecked
+
+
 def test_a_network_fx_cannot_trace_runs_from_the_command_line_with_a_spec_written_by_hand(tmp_path):
     """model.spec: the user's function gives the spec; the transport it drives keeps model 2's function."""
     import os

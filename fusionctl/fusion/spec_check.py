@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models import load_state
+from fusionctl.models.experts import propose_experts
 from fusionctl.models.outputs import tensors_in
 from fusionctl.models.spec import AlignmentSpec
 
@@ -193,3 +194,20 @@ def verify_spec(spec: AlignmentSpec, model: nn.Module, inputs, subject: str, wri
     if spec.coverage is not None:
         spec.coverage.checked = str(check)
     return check
+
+
+def with_experts(spec: AlignmentSpec, model: nn.Module, inputs, subject: str) -> AlignmentSpec:
+    """`spec` with the experts of its mixtures as groups (models/experts.py) where a random
+    permutation of every group, those included, keeps the outputs; else `spec` as it was."""
+    proposed = propose_experts(spec, model)
+    if proposed is None:
+        return spec
+    check = check_permutation(model, proposed, inputs)
+    if check.skipped or check.wrong:
+        log.info("%s: the experts stay in place; moving them %s", subject,
+                 f"could not be checked ({check.skipped})" if check.skipped else f"changed the outputs ({check})")
+        return spec
+    found = len(proposed.groups) - len(spec.groups)
+    log.info("%s: the experts of %d mixture%s move as a group each (a random permutation of them keeps the outputs)", subject,
+             found, "s" * (found != 1))
+    return proposed

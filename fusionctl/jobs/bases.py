@@ -14,8 +14,8 @@ import torch
 from fusionctl.config import FuseCommandConfig, ModelConfig, TargetConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.spec_check import verify_spec
-from fusionctl.models import TRACED, build_model, config_for, describe, example_input, group_sizes, model_spec
+from fusionctl.fusion.spec_check import verify_spec, with_experts
+from fusionctl.models import TRACED, adopt_spec, build_model, config_for, describe, example_input, group_sizes, model_spec
 from fusionctl.store import load_checkpoint, model_dir
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,10 @@ def spec_for(cfg: ModelConfig, splits: Splits, check: bool = True):
     elif cfg.name in TRACED and id(spec) not in _CHECKED:  # model_spec keeps one spec object per model and dataset
         with torch.random.fork_rng(devices=[]):
             model = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab)
-        verify_spec(spec, model, example_input(splits.input_shape, splits.vocab), describe(cfg), written=cfg.spec and f"model.spec={cfg.spec}")
+        example = example_input(splits.input_shape, splits.vocab)
+        if not cfg.spec:  # the experts of a mixture move where the check confirms it, for every later model_spec too
+            spec = adopt_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab, with_experts(spec, model, example, describe(cfg)))
+        verify_spec(spec, model, example, describe(cfg), written=cfg.spec and f"model.spec={cfg.spec}")
         _CHECKED.add(id(spec))
     return spec
 
@@ -229,7 +232,10 @@ def check_width_variant(cfg: ModelConfig, state: dict, base: Base, splits: Split
     same entries but for aligned widths, and a spec of the same layout (AlignmentSpec.layout)."""
     try:
         spec.check_widths_only(base.state, state)
-        same = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab).layout() == spec.layout()
+        # where model 0's experts move (confirmed by its check), this variant's must be confirmed too
+        experts = getattr(spec.coverage, "experts", 0)
+        variant = spec_for(cfg, splits) if experts else model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
+        same = variant.layout() == spec.layout()
     except (ValueError, TypeError) as exc:
         raise FusionctlError(f"{what} does not build {describe(base.model_cfg)} at other widths: {str(exc).splitlines()[0]}") from exc
     if not same:

@@ -185,6 +185,13 @@ def check_spec_fits(spec: AlignmentSpec, model: nn.Module, label: str, subject: 
 _TRACED_SPECS: dict[tuple, AlignmentSpec] = {}  # a model is traced once per process
 
 
+def adopt_spec(cfg: ModelConfig, input_shape: tuple, num_classes: int, vocab: int, spec: AlignmentSpec) -> AlignmentSpec:
+    """From now on model_spec(cfg, ...) is `spec`: the traced one with what its self-check confirmed
+    added (the experts of a mixture: fusion/spec_check.with_experts)."""
+    _TRACED_SPECS[(repr(cfg), tuple(input_shape), num_classes, vocab)] = spec
+    return spec
+
+
 def group_sizes(cfg: ModelConfig, input_shape: tuple | None = None, num_classes: int = 2, vocab: int = 0) -> dict[str, int]:
     """Size of every node group of a model built from `cfg` (the fusion target's shape)."""
     e = entry(cfg.name)

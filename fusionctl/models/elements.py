@@ -31,6 +31,7 @@ class Coverage:
     grouped: int = 0  # permutable groups of a grouped conv's channels (moved as whole blocks and within each)
     concats: int = 0  # concatenations along a channel axis, moved part by part (spec.concat)
     whole: int = 0  # groups of heads moved only whole (spec.whole_heads: rotary embeddings)
+    experts: int = 0  # mixtures whose experts move as a group (models/experts.py, confirmed by the self-check)
     checked: str = ""  # what the permutation self-check measured (fusion/spec_check.py), once run
 
     def __str__(self) -> str:
@@ -41,6 +42,8 @@ class Coverage:
             text += f" ({' and '.join(among)} among them{f', {self.whole} moved only as whole heads' if self.whole else ''})"
         if self.concats:
             text += f"; {self.concats} concatenation{'s' if self.concats > 1 else ''} moved part by part"
+        if self.experts:
+            text += f"; the experts of {self.experts} mixture{'s' if self.experts > 1 else ''} moved as a group each"
         if self.frozen:
             parts = [f"{', '.join(mods[:3])}{f' (+{len(mods) - 3} more)' if len(mods) > 3 else ''} ({reason})" for reason, mods in self.frozen.items()]
             text += "; frozen: " + "; ".join(parts)
