@@ -39,9 +39,11 @@ def test_a_tiny_hugging_face_lm_traces_fully_and_keeps_its_function_under_every_
     assert not check.skipped and not check.wrong, str(check)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mixtral", "gpt_oss"])
 def test_a_hugging_face_lm_fused_with_its_permuted_copy_returns_its_function(arch):
-    """Next-token labels per position (the shifted pairs), the output a CausalLMOutput object."""
+    """Next-token labels per position (the shifted pairs), the output a CausalLMOutput object. The
+    mixtures' experts move too; activation matching matches them and their hidden units (no module
+    outputs either) on their weights, in rounds, since each group's cost reads the other's coupling."""
     model = survey_hf.tiny_model(arch)
     seqs = ids(1, n=24, length=9)
     data = [(seqs[i:i + 8, :-1], seqs[i:i + 8, 1:]) for i in range(0, 24, 8)]

@@ -3,7 +3,8 @@
 Each group's units are matched to model 0's by one linear assignment on the correlation of
 their pre-activations over act_samples training inputs; groups are independent. A group no
 module outputs (stacked expert weights) is matched afterwards on its weights, the other groups'
-couplings applied, as weight matching would.
+couplings applied, as weight matching would, in rounds until none changes where several such groups
+read each other (a mixture's experts and their hidden units).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from fusionctl.errors import FusionctlError
 from fusionctl.fusion.engine import FusionResult, fuse_with_couplings, group_features
 from fusionctl.fusion.transport import identity_couplings
 from fusionctl.fusion.units import unobserved
+from fusionctl.ot.permutation import same
 from fusionctl.ot.solver import assignment, perm_coupling
 
 log = logging.getLogger(__name__)
+
+UNSEEN_ROUNDS = 20  # cap on the rounds of matching the unseen groups on their weights
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -40,10 +44,18 @@ def fuse_am(spec, states, weights, target_sizes, settings: AMSettings, ctx) -> F
     if unseen:
         log.info("am: %s show their units in no module's output; matched on their weights", ", ".join(unseen))
     for i in range(1, len(states)):
-        for group in [g for g in spec.groups if g not in unseen] + unseen:
-            if group in unseen:
-                sim = group_features(states[0], spec, group, couplings[0]) @ group_features(states[i], spec, group, couplings[i]).T
-            else:
-                sim = feats[0][group] @ feats[i][group].T
+        for group in [g for g in spec.groups if g not in unseen]:
+            sim = feats[0][group] @ feats[i][group].T
             couplings[i][group] = perm_coupling(assignment(-sim.cpu().numpy(), spec.blocks(group), spec.within(group)))
+        for _ in range(UNSEEN_ROUNDS):  # unseen groups read each other's couplings (experts and their hidden units): until none changes
+            changed = False
+            for group in unseen:
+                sim = group_features(states[0], spec, group, couplings[0]) @ group_features(states[i], spec, group, couplings[i]).T
+                new = perm_coupling(assignment(-sim.cpu().numpy(), spec.blocks(group), spec.within(group)))
+                changed |= not same(new, couplings[i][group])
+                couplings[i][group] = new
+            if not changed:
+                break
+        else:
+            log.info("am: the groups matched on weights still moved after %d rounds; kept the last", UNSEEN_ROUNDS)
     return fuse_with_couplings(spec, states, weights, couplings)
