@@ -1,13 +1,13 @@
 """Small Hugging Face language models trained from two (or more) seeds on the same text, fused through the Python API.
 
     .venv/bin/pip install transformers        # not a dependency of fusionctl
-    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2|mixtral] [--steps 1500] [--seeds 0 1 ...] [--mb 2] [--shared STEPS]
+    .venv/bin/python scripts/fuse_lms.py [--arch llama|gpt2|mixtral] [--width 64] [--steps 1500] [--seeds 0 1 ...] [--mb 2] [--shared STEPS]
                                          [--post repair] [--experts-in-place]
 
 The text is real and on every machine with Python: the source files of Python's standard library
 (sorted by path, the first --mb megabytes), read as bytes (a vocabulary of 256). The last tenth is
 held out. Each model (`transformers`' LlamaForCausalLM, GPT2LMHeadModel or MixtralForCausalLM: 2 layers,
-width 64, 4 heads, LLaMA and Mixtral with 2 key/value heads, Mixtral with 4 experts of which each token
+width 64 (--width), 4 heads, LLaMA and Mixtral with 2 key/value heads, Mixtral with 4 experts of which each token
 takes 2) is trained from its seed with AdamW on windows of 64 bytes,
 then the K models are fused by every method with fusionctl.fuse_models, aligned on 16 batches of
 training windows (labels per token: the next byte), and evaluated on held-out windows: next-byte
@@ -34,7 +34,7 @@ import fusionctl
 from fusionctl.fusion.post import repair_gaps
 
 METHODS = [("avg", {}), ("wb", {}), ("wb paper", {"sweeps": 0, "cost": "weight"}), ("wm", {}), ("am", {})]
-CONTEXT, WIDTH = 64, 64
+CONTEXT = 64
 
 
 def corpus(megabytes: float) -> torch.Tensor:
@@ -57,23 +57,23 @@ def windows(text: torch.Tensor, n: int, g: torch.Generator) -> tuple[torch.Tenso
     return w[:, :-1], w[:, 1:]
 
 
-def build(arch: str, seed: int):
+def build(arch: str, seed: int, width: int = 64):
     try:
         import transformers
     except ImportError:
         sys.exit("this script needs transformers: .venv/bin/pip install transformers")
     if arch == "mixtral":
-        cfg = transformers.MixtralConfig(vocab_size=256, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+        cfg = transformers.MixtralConfig(vocab_size=256, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
                                          max_position_embeddings=CONTEXT, tie_word_embeddings=False, use_cache=False)
         model_cls = transformers.MixtralForCausalLM
     elif arch == "llama":
-        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
                                        tie_word_embeddings=False, use_cache=False)
         model_cls = transformers.LlamaForCausalLM
     else:
-        cfg = transformers.GPT2Config(vocab_size=256, n_embd=WIDTH, n_layer=2, n_head=4, n_positions=CONTEXT, use_cache=False,
+        cfg = transformers.GPT2Config(vocab_size=256, n_embd=width, n_layer=2, n_head=4, n_positions=CONTEXT, use_cache=False,
                                       bos_token_id=None, eos_token_id=None)  # no special tokens among the 256 bytes
         model_cls = transformers.GPT2LMHeadModel
     cfg._attn_implementation = "eager"
@@ -120,6 +120,7 @@ def evaluate(model, data) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=["llama", "gpt2", "mixtral"], default="llama")
+    ap.add_argument("--width", type=int, default=64, help="hidden size (4 heads; the MLPs twice as wide)")
     ap.add_argument("--experts-in-place", action="store_true", help="mixtral: leave the experts where they are (the spec unchecked: "
                     "derive_spec moves them only where its self-check confirms it)")
     ap.add_argument("--steps", type=int, default=1500)
@@ -145,19 +146,19 @@ def main() -> None:
     if k < 2:
         sys.exit("--seeds: give two or more")
     if args.post:  # before training: LLaMA's layers have no bias for REPAIR's correction
-        untrained = build(args.arch, 0)
+        untrained = build(args.arch, 0, args.width)
         try:
             repair_gaps(fusionctl.derive_spec(untrained, test[0][0][:2]), untrained.state_dict(), "--post repair")
         except fusionctl.FusionctlError as exc:
             sys.exit(f"fuse_lms.py: {exc}")
         logging.getLogger("fusionctl.fusion.post").setLevel(logging.ERROR)  # said once: not again at every fusion
-    shared = train(build(args.arch, args.seeds[0]), text[:cut], args.shared, -1) if args.shared else None
+    shared = train(build(args.arch, args.seeds[0], args.width), text[:cut], args.shared, -1) if args.shared else None
     if shared is not None:
         loss, acc = evaluate(shared, test)
         print(f"  shared start ({args.shared} steps): loss {loss:.3f}, accuracy {acc:.1f} %")
     for i, seed in enumerate(args.seeds):
         start = time.perf_counter()
-        model, part = (build(args.arch, seed), text[:cut]) if shared is None else (copy.deepcopy(shared), text[i * cut // k:(i + 1) * cut // k])
+        model, part = (build(args.arch, seed, args.width), text[:cut]) if shared is None else (copy.deepcopy(shared), text[i * cut // k:(i + 1) * cut // k])
         models.append(train(model, part, args.steps, seed))
         loss, acc = evaluate(models[-1], test)
         print(f"  base seed {seed}: loss {loss:.3f}, accuracy {acc:.1f} % (trained in {time.perf_counter() - start:.0f} s)", flush=True)
