@@ -226,7 +226,6 @@ def test_sweeps_recover_every_planted_permutation_of_five_noisy_copies(cfg, shap
             assert same(rel, planted[i][group].T), (i, group)
 
 
-
 @pytest.mark.parametrize("cost", ["weight", "both"])
 def test_a_model_of_weight_zero_changes_nothing_and_is_aligned_to_the_barycenter_of_the_others(cost):
     """[a, b, c] with weights [1/2, 1/2, 0] fuse as [a, b] do (the same couplings of a and b, the same
@@ -241,6 +240,7 @@ def test_a_model_of_weight_zero_changes_nothing_and_is_aligned_to_the_barycenter
     assert all(torch.equal(two.state[k], three.state[k]) for k in two.state)
     for group in spec.groups:
         assert same(relative_coupling(three.couplings[0][group], three.couplings[2][group]), planted[group].T), group
+
 
 @pytest.mark.parametrize("cfg, shape", [(MLP, (1, 5, 5)), (CNN, (3, 8, 8))], ids=["mlp", "resnet20-bn"])
 def test_fusing_a_model_with_permuted_copies_of_itself_returns_its_function(cfg, shape):
