@@ -27,7 +27,7 @@ from fusionctl.errors import FusionctlError
 from fusionctl.eval.metrics import logits_of, token_hits
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references, repair_gaps, scoring_step
-from fusionctl.fusion.spec_check import verify_spec, with_experts
+from fusionctl.fusion.spec_check import verify_spec, verify_traced
 from fusionctl.fusion.units import repairable, stream_unit_features
 from fusionctl.jobs.bases import fusion_weights
 from fusionctl.models import check_spec_fits, load_state
@@ -49,8 +49,7 @@ def derive_spec(model: nn.Module, example_inputs, check: bool = True) -> Alignme
     except TraceError as exc:
         raise FusionctlError(str(exc)) from exc
     if check:  # the experts of a mixture move only where the check confirms it
-        spec = with_experts(spec, model, example_inputs, type(model).__name__)
-        verify_spec(spec, model, example_inputs, type(model).__name__)
+        spec = verify_traced(spec, model, example_inputs, type(model).__name__)
     return spec
 
 

@@ -178,10 +178,12 @@ def _flat(out) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
-def verify_spec(spec: AlignmentSpec, model: nn.Module, inputs, subject: str, written: str | None = None) -> PermutationCheck:
-    """check_permutation, logged and noted in a traced spec's coverage; one clear line (FusionctlError)
-    when the spec does not keep the function. written: how a hand-written spec was given."""
-    check = check_permutation(model, spec, inputs)
+def verify_spec(spec: AlignmentSpec, model: nn.Module, inputs, subject: str, written: str | None = None,
+                check: PermutationCheck | None = None) -> PermutationCheck:
+    """check_permutation (or `check`, already run on this spec), logged and noted in a traced spec's
+    coverage; one clear line (FusionctlError) when the spec does not keep the function. written: how
+    a hand-written spec was given."""
+    check = check or check_permutation(model, spec, inputs)
     if check.wrong:
         if written:
             raise FusionctlError(f"{written} does not keep {subject}'s function ({check}); an axis it names is missing or "
@@ -196,18 +198,27 @@ def verify_spec(spec: AlignmentSpec, model: nn.Module, inputs, subject: str, wri
     return check
 
 
-def with_experts(spec: AlignmentSpec, model: nn.Module, inputs, subject: str) -> AlignmentSpec:
+def with_experts(spec: AlignmentSpec, model: nn.Module, inputs, subject: str) -> tuple[AlignmentSpec, PermutationCheck | None]:
     """`spec` with the experts of its mixtures as groups (models/experts.py) where a random
-    permutation of every group, those included, keeps the outputs; else `spec` as it was."""
+    permutation of every group, those included, keeps the outputs, and that check; else `spec` as it
+    was, and None."""
     proposed = propose_experts(spec, model)
     if proposed is None:
-        return spec
+        return spec, None
     check = check_permutation(model, proposed, inputs)
     if check.skipped or check.wrong:
         log.info("%s: the experts stay in place; moving them %s", subject,
                  f"could not be checked ({check.skipped})" if check.skipped else f"changed the outputs ({check})")
-        return spec
+        return spec, None
     found = len(proposed.groups) - len(spec.groups)
     log.info("%s: the experts of %d mixture%s move as a group each (a random permutation of them keeps the outputs)", subject,
              found, "s" * (found != 1))
-    return proposed
+    return proposed, check
+
+
+def verify_traced(spec: AlignmentSpec, model: nn.Module, inputs, subject: str) -> AlignmentSpec:
+    """verify_spec for a traced spec, its mixtures' experts moved where the check confirms them
+    (with_experts); the spec it verified. The confirming check is not run a second time."""
+    spec, check = with_experts(spec, model, inputs, subject)
+    verify_spec(spec, model, inputs, subject, check=check)
+    return spec

@@ -14,7 +14,7 @@ import torch
 from fusionctl.config import FuseCommandConfig, ModelConfig, TargetConfig
 from fusionctl.data import Splits
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.spec_check import verify_spec, with_experts
+from fusionctl.fusion.spec_check import verify_spec, verify_traced
 from fusionctl.models import TRACED, adopt_spec, build_model, config_for, describe, example_input, group_sizes, model_spec
 from fusionctl.store import load_checkpoint, model_dir
 
@@ -181,9 +181,10 @@ def spec_for(cfg: ModelConfig, splits: Splits, check: bool = True):
         with torch.random.fork_rng(devices=[]):
             model = build_model(cfg, splits.input_shape, splits.num_classes, splits.vocab)
         example = example_input(splits.input_shape, splits.vocab)
-        if not cfg.spec:  # the experts of a mixture move where the check confirms it, for every later model_spec too
-            spec = adopt_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab, with_experts(spec, model, example, describe(cfg)))
-        verify_spec(spec, model, example, describe(cfg), written=cfg.spec and f"model.spec={cfg.spec}")
+        if cfg.spec:
+            verify_spec(spec, model, example, describe(cfg), written=f"model.spec={cfg.spec}")
+        else:  # the experts of a mixture move where the check confirms it, for every later model_spec too
+            spec = adopt_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab, verify_traced(spec, model, example, describe(cfg)))
         _CHECKED.add(id(spec))
     return spec
 
