@@ -110,11 +110,13 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     def module(state):  # a base, or a state of the target's widths (init=distill probes its start)
         return holding(shaped[tuple(spec.group_sizes(state).items())], state)
 
+    scored_after = scoring_step(states[0], repairable(spec, states[0]))
     ctx = FusionContext(
         random_target=lambda: {k: v.detach().clone() for k, v in target.state_dict().items()},  # init=random|distill start there
         activations=(lambda sts, n, writers=(): stream_unit_features([module(s) for s in sts], spec, _first(inputs, n), writers))
         if inputs else None,
-        score=_scorer(module, spec, states, lambdas, batches),
+        score=_scorer(module, spec, states, lambdas, batches, scored_after),
+        score_after=scored_after,
     )
     result = fuse(method, spec, states, lambdas, sizes, solver_settings(method, settings), ctx)
     fused = holding(target, result.state)
@@ -189,14 +191,14 @@ def _apply(step: str, model: nn.Module, spec, references, result, lambdas, input
     POST_STEPS[step](model, spec, refs, lambdas, Split(x, torch.zeros(len(x), dtype=torch.long)))
 
 
-def _scorer(module, spec, states, lambdas, batches):
-    """Accuracy on the labelled batches after BN reset / REPAIR, for solver.cost=auto; None without labels.
+def _scorer(module, spec, states, lambdas, batches, step):
+    """Accuracy on the labelled batches after `step` (BN reset / REPAIR / None: fusion.post.scoring_step; a
+    module cannot gain biases, so REPAIR needs a bias or norm), for solver.cost=auto; None without labels.
     module(state): the module holding a state (a base's or the target's widths)."""
     labelled = [b for b in batches if isinstance(b, (tuple, list)) and len(b) > 1]
     if not labelled:
         return None
     inputs = [b[0] for b in labelled]
-    step = scoring_step(states[0], repairable(spec, states[0]))  # a module cannot gain biases: REPAIR needs a bias or norm
     references = _references(module, spec, states, inputs) if step in READS_REFERENCES else None
 
     def score(result) -> float:

@@ -462,7 +462,7 @@ def test_barriers_of_a_user_model_and_its_permuted_copy():
         fusionctl.barriers([model, model], data, post="bn")
 
 
-def test_a_language_model_with_a_label_per_token_fuses_and_its_barriers_score_every_labelled_token():
+def test_a_language_model_with_a_label_per_token_fuses_and_its_barriers_score_every_labelled_token(caplog):
     """A model returning an output object with .logits (batch, tokens, vocab), data of (ids, next ids)
     with -100 where a token is not scored (Hugging Face's convention): cost=auto's held-out choice and
     fusionctl.barriers read the logits, score every labelled token and skip the rest."""
@@ -476,8 +476,10 @@ def test_a_language_model_with_a_label_per_token_fuses_and_its_barriers_score_ev
     y[:, :2] = -100
     data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)]
     other = permuted_copy(model, x[:2])
-    fused = fusionctl.fuse_models([model, other], data=data)  # cost=auto scores both candidates on `data`
+    with caplog.at_level("INFO"):
+        fused = fusionctl.fuse_models([model, other], data=data)  # cost=auto scores both candidates on `data`
     assert (fused(x).logits - model(x).logits).abs().max() < 1e-5
+    assert "align the same way (held-out accuracy after repair" in caplog.text  # its Linears have biases
     summary, curves = fusionctl.barriers([model, other], data, points=3)
     logits = model(x).logits.detach()
     start = curves[(curves.line == "aligned 1-2") & (curves.t == 0)].iloc[0]

@@ -19,8 +19,8 @@ from fusionctl.fusion import sweeps
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
 from fusionctl.fusion.transport import identity_couplings, random_couplings, relative_coupling, transport, weighted_average
 from fusionctl.jobs.activations import activation_probe
-from fusionctl.jobs.fuse import held_out_score
-from fusionctl.models import build_model, model_spec
+from fusionctl.jobs.fuse import held_out_score, score_step
+from fusionctl.models import build_model, model_spec, tiny_config
 from fusionctl.ot.permutation import same
 from tests.helpers import settings
 
@@ -370,6 +370,27 @@ def test_cost_auto_keeps_the_candidate_with_the_better_held_out_score():
         res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=probe, score=score))
         assert all(torch.equal(res.state[k], preferred.state[k]) for k in res.state)
         assert res.sweeps["selected_cost"] == ("both" if preferred is both else "activation")
+
+
+def test_cost_auto_logs_the_post_step_its_held_out_score_applies(caplog):
+    """The held-out accuracy in cost=auto's log is measured after the family's post-step, not one-shot:
+    the log says which (the fuse command's score_step: BN reset for BN nets, REPAIR where a layer has a
+    bias or norm to correct in, none for recurrent nets)."""
+    states = random_states(MLP, 2)
+    spec = model_spec(MLP)
+    probe = activation_probe(MLP, toy_splits((1, 5, 5)))
+    for after, logged in (("bn_reset", "held-out accuracy after bn_reset 0.5000 with cost=both"),
+                          (None, "held-out accuracy (no post-step) 0.5000 with cost=both")):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(),
+                 FusionContext(activations=probe, score=lambda result: 0.5, score_after=after))
+        assert logged in caplog.text
+    for cfg, shape, step in ((MLP, (1, 5, 5), "repair"), (tiny_config("resnet20"), (3, 8, 8), "bn_reset"),
+                             (tiny_config("lstm"), (5, 4), None),
+                             (ModelConfig("custom", target="tests.custom_nets.GroupedQueryNet"), (3, 8, 8), "repair")):
+        state = build_model(cfg, shape, 4).state_dict()
+        assert score_step(cfg, model_spec(cfg, shape, 4), state) == step, cfg.name
 
 
 def test_cost_auto_scores_once_when_both_candidates_align_the_same_way():

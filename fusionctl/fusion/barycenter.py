@@ -143,14 +143,15 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
         once = replace(ctx, activations=probe if ctx.activations is not None else None)
         candidates = [fuse_barycenter(spec, states, weights, target_sizes, replace(settings, cost=c), once, alpha, passes)
                       for c in ("both", "activation")]
+        scored = f"held-out accuracy after {ctx.score_after}" if ctx.score_after else "held-out accuracy (no post-step)"
         if same_couplings(*(r.couplings for r in candidates)):  # one fused model: nothing to choose between
             scores, pick = [ctx.score(candidates[0])] * 2, 0
-            log.info("cost=auto: cost=both and cost=activation align the same way (held-out accuracy %.4f)", scores[0])
+            log.info("cost=auto: cost=both and cost=activation align the same way (%s %.4f)", scored, scores[0])
         else:
             scores = [ctx.score(r) for r in candidates]
             pick = max(range(2), key=lambda j: (scores[j], -j))
-            log.info("cost=auto: held-out accuracy %.4f with cost=both, %.4f with cost=activation; keeping cost=%s",
-                     scores[0], scores[1], ("both", "activation")[pick])
+            log.info("cost=auto: %s %.4f with cost=both, %.4f with cost=activation; keeping cost=%s",
+                     scored, scores[0], scores[1], ("both", "activation")[pick])
         result = candidates[pick]
         result.sweeps["selected_cost"] = ("both", "activation")[pick]
         return result

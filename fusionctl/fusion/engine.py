@@ -38,6 +38,7 @@ class FusionContext:
     activations: Callable[..., list[dict[str, torch.Tensor]] | tuple] | None = None
     score: Callable[["FusionResult"], float] | None = None  # held-out accuracy of a fusion (solver.cost=auto)
     device: str = "cpu"  # where costs, Sinkhorn and barycenter updates run; exact assignments solve on the CPU
+    score_after: str | None = None  # the post-step `score` applies first (bn_reset, repair), named in cost=auto's log
 
 
 @dataclass

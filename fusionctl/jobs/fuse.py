@@ -84,9 +84,7 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
     `references`: a reference_source to share (the fuse command's, so the bases are measured once);
     `variants`: the bases' configs (a traced model's widths are its constructor's)."""
     held = splits.val.head(SCORE_SAMPLES) if len(splits.val) else splits.train.tail(SCORE_SAMPLES)
-    # a built-in model gains biases for REPAIR (jobs.post.repair_biases); a traced one needs a bias or norm (not LLaMA's Linears)
-    can_repair = post_defined("repair", model_cfg.name) and (model_cfg.name not in TRACED or repairable(spec, bases[0]))
-    step = scoring_step(bases[0], can_repair)
+    step = score_step(model_cfg, spec, bases[0])
 
     references = references or reference_source(model_cfg, splits, bases, spec, device, variants)
 
@@ -97,6 +95,13 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
         return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
 
     return score
+
+
+def score_step(model_cfg: ModelConfig, spec, state: dict) -> str | None:
+    """The post-step held_out_score applies before it evaluates (fusion.post.scoring_step)."""
+    # a built-in model gains biases for REPAIR (jobs.post.repair_biases); a traced one needs a bias or norm (not LLaMA's Linears)
+    can_repair = post_defined("repair", model_cfg.name) and (model_cfg.name not in TRACED or repairable(spec, state))
+    return scoring_step(state, can_repair)
 
 
 def settings_for(method: str, cfg: FuseCommandConfig) -> SolverSettings:
@@ -119,7 +124,8 @@ def run_method(method: str, cfg: FuseCommandConfig, splits: Splits, bases: list[
     configs = [b.model_cfg for b in bases]
     ctx = FusionContext(random_target_factory(target_cfg, splits, getattr(settings, "seed", 0)),
                         activation_probe(configs[0], splits, device, variants=[*configs, target_cfg]),
-                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device, references, configs), ot_device(device))
+                        held_out_score(target_cfg, splits, [b.state for b in bases], spec, lambdas, device, references, configs), ot_device(device),
+                        score_after=score_step(target_cfg, spec, bases[0].state))
     start = time.perf_counter()
     result = fuse(method, spec, [b.state for b in bases], lambdas, sizes, settings, ctx)
     seconds = time.perf_counter() - start
