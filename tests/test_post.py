@@ -91,6 +91,30 @@ def test_repair_corrects_a_transposed_weight_along_its_output_channels(net):
         assert torch.allclose(mu, mu_t, atol=1e-4) and torch.allclose(sd, sd_t, rtol=1e-3)
 
 
+def test_hooks_fire_inside_torchs_fused_transformer_layers_and_repair_reaches_them():
+    """In eval mode nn.TransformerEncoderLayer may run one fused kernel that calls none of its Linears
+    and norms (torch 2.4 takes it even with hooks attached): probes and REPAIR turn that path off
+    while they run, and turn it back on."""
+    from fusionctl.fusion.units import capture_outputs
+    from fusionctl.models.trace import derive_spec
+    from tests import custom_nets
+
+    torch.manual_seed(0)
+    x = splits().train.x[:64]
+    refs, merged = [custom_nets.TorchEncoderNet().eval() for _ in range(2)], custom_nets.TorchEncoderNet().eval()
+    seen = []
+    merged.encoder.layers[0].linear1.register_forward_hook(lambda *_: seen.append(torch.backends.mha.get_fastpath_enabled()))
+    capture_outputs(merged, [merged.encoder.layers[1].norm2], x)
+    assert seen == [False] and torch.backends.mha.get_fastpath_enabled()
+    spec = derive_spec(merged, x[:2])
+    targets = target_stats(refs, spec, [0.5, 0.5], x)
+    seen.clear()
+    repair(merged, spec, targets, x)
+    assert seen == [False] and torch.backends.mha.get_fastpath_enabled()
+    for (mu, sd), (mu_t, sd_t) in zip(channel_stats(merged, repair_points(merged, spec), x), targets):
+        assert torch.allclose(mu, mu_t, atol=1e-4) and torch.allclose(sd, sd_t, rtol=1e-3)
+
+
 def test_repair_of_a_model_with_itself_as_reference_keeps_its_function():
     data = splits()
     cfg = ModelConfig("mlp", [16, 8], False)

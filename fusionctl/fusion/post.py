@@ -23,6 +23,7 @@ from fusionctl.fusion.units import (
     bare_writers,
     capture_outputs,
     first_output,
+    hooks_fire,
     output_layer,
     point_axis,
     repair_points,
@@ -148,7 +149,8 @@ def repair(model: nn.Module, spec: AlignmentSpec, targets, x: torch.Tensor, eps:
     points = [(p, t) for p, t, u in zip(repair_points(model, spec), targets, units) if not bare(u, state)]
     hooks = [(bn or layer).register_forward_hook(hook_for(layer, bn, rows, mu_t, sd_t)) for (layer, bn, rows), (mu_t, sd_t) in points]
     try:
-        model.eval()(x)
+        with hooks_fire():
+            model.eval()(x)
     finally:
         for h in hooks:
             h.remove()

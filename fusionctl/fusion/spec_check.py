@@ -118,6 +118,10 @@ def _moving_couplings(spec: AlignmentSpec, state: dict, g: torch.Generator) -> d
     return couplings
 
 
+# torch's per-expert matmul; an older torch (2.4) has none, nor the models that call it
+_GROUPED_MM = getattr(getattr(torch.ops.aten, "_grouped_mm", None), "default", None)
+
+
 class _CheckMode(TorchDispatchMode):
     """The floating dtypes of every tensor the ops compute while active; a grouped matmul of float64
     tokens sorted by expert with stacked expert weights (no float64 kernel) computed by its definition."""
@@ -129,7 +133,7 @@ class _CheckMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         offs = args[2] if len(args) > 2 else kwargs.get("offs")
-        if func is torch.ops.aten._grouped_mm.default and args[0].dtype == torch.float64 and args[0].dim() == 2 \
+        if func is _GROUPED_MM and args[0].dtype == torch.float64 and args[0].dim() == 2 \
                 and args[1].dim() == 3 and offs is not None and len(args) <= 3 and set(kwargs) <= {"offs"}:
             out = args[0].new_zeros(args[0].shape[0], args[1].shape[-1])
             for expert, (start, end) in enumerate(zip([0, *offs.tolist()], offs.tolist())):

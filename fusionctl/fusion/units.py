@@ -9,6 +9,7 @@ outputs, and the q/k/v projections inside attention blocks for their groups of h
 from __future__ import annotations
 
 from collections.abc import Collection
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,19 @@ def units_first(out: torch.Tensor, axis: int) -> torch.Tensor:
     return moved.reshape(moved.shape[0], -1)
 
 
+@contextmanager
+def hooks_fire():
+    """Forward passes in which hooks on every submodule fire: in evaluation mode nn.TransformerEncoderLayer
+    and nn.MultiheadAttention may run one fused kernel that calls none of their submodules (newer torch
+    checks for hooks first; torch 2.4 does not, so the hooks on their Linears and norms stayed silent)."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def capture_outputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of `modules` during one evaluation-mode forward pass of `model` on x."""
     return capture(model, modules, [], x)[0]
@@ -68,7 +82,7 @@ def capture(model: nn.Module, modules: list[nn.Module], attention: list[nn.Modul
             hooks.append(m.register_forward_hook(lambda mod, inp, out, i=i: projected.__setitem__(
                 i, torch.cat(units_first(first_output(out).detach(), channel_axis(mod)).split(units[i]), 1))))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooks_fire():
             model.eval()(x)
     finally:
         for h in hooks:
