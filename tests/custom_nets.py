@@ -9,6 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# torch features newer than the declared minimum (torch 2.4): the nets that use them, and their tests, need them
+HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+
+
+def _sdpa_takes_enable_gqa() -> bool:
+    q = torch.zeros(1, 2, 1, 2)
+    try:
+        F.scaled_dot_product_attention(q, q[:, :1], q[:, :1], enable_gqa=True)
+    except TypeError:
+        return False
+    return True
+
+
+HAS_SDPA_GQA = _sdpa_takes_enable_gqa()
+
 
 class SmallNet(nn.Module):
     """conv-BN stem, one residual block, a C x H x W flatten into a Linear: the shapes a user writes."""
@@ -1180,7 +1195,7 @@ class StackedExpertsNet(nn.Module):
     weight[e]. Each expert is a GLU: its gate and up halves in one stacked weight."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, dim: int = 8, hidden: int = 8, experts: int = 3,
-                 grouped_mm: bool = True, patch: int = 2, routing_bias: bool = False):
+                 grouped_mm: bool = HAS_GROUPED_MM, patch: int = 2, routing_bias: bool = False):
         super().__init__()
         self.experts, self.grouped_mm = experts, grouped_mm
         if routing_bias:  # one entry per expert added to the router's logits, held by the block (as AFMoE's expert_bias)

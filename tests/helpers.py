@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fusionctl.config import ModelConfig, solver_settings
 from fusionctl.fusion.transport import transport
 from fusionctl.models import build_model, model_spec
+from tests.custom_nets import HAS_GROUPED_MM, HAS_SDPA_GQA
+
+needs_grouped_mm = pytest.mark.skipif(not HAS_GROUPED_MM, reason="this torch has no F.grouped_mm")
+needs_sdpa_gqa = pytest.mark.skipif(not HAS_SDPA_GQA, reason="this torch's scaled_dot_product_attention has no enable_gqa")
+
+
+def _fx_cats_a_proxied_slice() -> bool:
+    """Whether torch.fx traces torch.cat of a slice of chunks (torch 2.4 refuses the proxy as a tensor list)."""
+    try:
+        torch.fx.symbolic_trace(lambda x: torch.cat(x.chunk(2, 1)[:1], 1))
+    except TypeError:
+        return False
+    return True
+
+
+needs_fx_cat_of_slices = pytest.mark.skipif(not _fx_cats_a_proxied_slice(), reason="this torch.fx cannot cat a slice of proxied chunks")
+
+
+def needs_transformers_torch():
+    """Skip unless transformers is installed and runs on this torch (transformers 5 needs torch >= 2.6)."""
+    transformers = pytest.importorskip("transformers")  # a test extra, not a dependency
+    if not transformers.utils.is_torch_available():
+        pytest.skip(f"transformers {transformers.__version__} does not run on torch {torch.__version__}", allow_module_level=True)
 
 
 def mlp(widths, bias=True, seed=0, input_shape=(1, 6, 6), classes=5):

@@ -18,6 +18,7 @@ from fusionctl.fusion.spec_check import check_permutation
 from fusionctl.fusion.transport import random_couplings, transport
 from fusionctl.models.experts import propose_experts
 from tests import custom_nets
+from tests.helpers import needs_grouped_mm, needs_sdpa_gqa, needs_transformers_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["wb", "gwb", "ot", "wm", "am", "avg"]
@@ -126,7 +127,7 @@ def test_fusing_a_user_model_with_its_permuted_copy_returns_its_function(method)
                                           (custom_nets.RepeatNet, True), (custom_nets.RotaryAttentionNet, True),
                                           (custom_nets.UnevenQKVNet, True), (custom_nets.TalkingHeadsNet, True),
                                           (functools.partial(custom_nets.GroupedQueryNet, packed="sliced"), False),
-                                          (functools.partial(custom_nets.GroupedQueryNet, repeat="sdpa", rotary=True, bias=True), True),
+                                          pytest.param(functools.partial(custom_nets.GroupedQueryNet, repeat="sdpa", rotary=True, bias=True), True, marks=needs_sdpa_gqa),
                                           (functools.partial(custom_nets.GroupedQueryNet, head_bias=True), False),
                                           (custom_nets.InterleavedGLUNet, True), (custom_nets.HeadGateNet, True),
                                           (custom_nets.FirstChannelsShortcutNet, True), (custom_nets.PartialConvNet, True),
@@ -187,7 +188,7 @@ def test_a_transformer_fused_with_its_permuted_copy_returns_its_function(net):
         assert torch.allclose(repaired(x), vit(x), atol=1e-3)
 
 
-@pytest.mark.parametrize("grouped_mm", [True, False])
+@pytest.mark.parametrize("grouped_mm", [pytest.param(True, marks=needs_grouped_mm), False])
 def test_a_mixture_of_experts_with_stacked_weights_fused_with_its_permuted_copy_returns_its_function(grouped_mm, caplog):
     """The experts' hidden units show in no module's output: the layer-wise passes (the paper's, the
     sweeps' first) read their slices of the stacked weights (behind the experts axis), activation
@@ -217,7 +218,8 @@ def with_experts(spec, router: str, stacked: tuple[str, ...]):
                                units={**spec.units, "experts": (fusionctl.Unit(router),)})
 
 
-@pytest.mark.parametrize("grouped_mm, routing_bias", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("grouped_mm, routing_bias", [pytest.param(True, False, marks=needs_grouped_mm), (False, False),
+                                                     pytest.param(True, True, marks=needs_grouped_mm)])
 def test_the_experts_of_a_mixture_move_as_a_group_where_the_self_check_confirms_it(grouped_mm, routing_bias):
     """The tracer cannot follow which expert a token takes; derive_spec proposes the experts as a
     group (docs/tracing.md's hand-written one) and keeps it since a random permutation keeps the
@@ -516,7 +518,7 @@ def test_the_language_model_example_script_trains_and_fuses_two_llamas():
     import subprocess
     import sys
 
-    pytest.importorskip("transformers")  # a test extra, not a dependency; the script says to install it
+    needs_transformers_torch()  # a test extra, not a dependency; the script says to install it
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuse_lms.py"), "--steps", "5", "--mb", "0.2", "--points", "3"],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -12,9 +12,10 @@ import torch
 
 import fusionctl
 from fusionctl.fusion.spec_check import check_permutation
+from tests.helpers import needs_transformers_torch
 from tests.test_api import permuted_copy
 
-pytest.importorskip("transformers")
+needs_transformers_torch()
 _SURVEY = importlib.util.spec_from_file_location("survey_hf", Path(__file__).parents[1] / "scripts" / "survey_hf.py")
 survey_hf = importlib.util.module_from_spec(_SURVEY)
 _SURVEY.loader.exec_module(survey_hf)

@@ -14,6 +14,7 @@ from fusionctl.errors import FusionctlError
 from fusionctl.fusion.spec_check import check_permutation
 from fusionctl.models.trace import derive_spec
 from tests import custom_nets
+from tests.helpers import needs_grouped_mm
 
 
 def test_right_specs_keep_the_function_to_round_off():
@@ -142,6 +143,7 @@ def test_a_forward_random_in_eval_mode_is_not_checked_and_the_callers_random_sta
     assert check_permutation(NoDoubleNet(), derive_spec(model, x), torch.randn(2, 7)).skipped.startswith("the model did not run")
 
 
+@needs_grouped_mm
 def test_grouped_matmuls_of_stacked_experts_are_checked_in_float64():
     """torch's grouped matmul has no float64 kernel; the check computes it by its definition, so a
     mixture of experts is checked to float64 round-off, and an expert's units left in place are caught."""

@@ -22,6 +22,7 @@ from fusionctl.models.spec import Axis
 from fusionctl.models.spec_report import alignment_report
 from fusionctl.models.trace import TraceError, derive_spec
 from tests import custom_nets
+from tests.helpers import needs_fx_cat_of_slices, needs_grouped_mm, needs_sdpa_gqa
 
 TORCHVISION = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "densenet121",
                "shufflenet_v2_x0_5", "mnasnet0_5", "regnet_y_400mf", "squeezenet1_0", "googlenet"]
@@ -168,7 +169,7 @@ def test_gpt2_conv1d_layers_are_linears_stored_transposed():
     assert_permutation_keeps_function(model, spec, x)
 
 
-@pytest.mark.parametrize("grouped_mm", [True, False])
+@pytest.mark.parametrize("grouped_mm", [pytest.param(True, marks=needs_grouped_mm), False])
 def test_stacked_expert_weights_leave_the_stream_and_their_units_permutable(grouped_mm):
     """A mixture of experts with weights stacked per expert, (experts, out, in), as Hugging Face
     stores them (before, the weight computed in forward froze the whole residual stream): through
@@ -258,7 +259,7 @@ def test_a_tied_weight_carries_one_permutation_in_every_use():
     assert_permutation_keeps_function(model, spec, x)
 
 
-@pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), (custom_nets.RowsNet, 6 + 5), (custom_nets.GatedNet, 8 + 5),
+@pytest.mark.parametrize("cls, hidden", [(custom_nets.ResampleNet, 6 + 5 + 6), pytest.param(custom_nets.RowsNet, 6 + 5, marks=needs_fx_cat_of_slices), (custom_nets.GatedNet, 8 + 5),
                                          (custom_nets.SplitConcatNet, 8 + 4 + 6), (custom_nets.FunctionalNet, 6 + 5 + 8 + 7),
                                          (custom_nets.ShiftedWindowNet, 6 + 5), (custom_nets.DropPathNet, 6),
                                          (custom_nets.ShapeBranchNet, 6 + 5), (custom_nets.WrappedFunctionNet, 6 + 5),
@@ -430,7 +431,7 @@ def test_rotary_embeddings_let_heads_move_only_whole(kwargs, group):
     assert_permutation_keeps_function(model, spec, x)
 
 
-@pytest.mark.parametrize("repeat", ["interleave", "expand", "sdpa", "tile"])
+@pytest.mark.parametrize("repeat", ["interleave", "expand", pytest.param("sdpa", marks=needs_sdpa_gqa), "tile"])
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
 def test_grouped_query_heads_move_with_their_key_value_head(repeat, rotary):
     """Grouped-query attention: the query heads that read one key/value head are copies of its
