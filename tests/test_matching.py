@@ -21,7 +21,7 @@ def shape_of(cfg):
     return (5, 6) if entry(cfg.name).inputs == "sequence" else (3, 12, 12)
 
 
-def setup(cfg, seed=0):
+def model_and_splits(cfg, seed=0):  # not "setup": pytest 7 would call that name as a nose-style module hook
     torch.manual_seed(seed)
     shape = shape_of(cfg)
     m = build_model(cfg, shape, 4).eval()
@@ -46,7 +46,7 @@ def planted(spec, state, seed=3):
 @pytest.mark.parametrize("cfg", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("method", ["wm", "am"])
 def test_matching_recovers_a_planted_permutation_exactly(cfg, method):
-    state, splits = setup(cfg)
+    state, splits = model_and_splits(cfg)
     spec = model_spec(cfg)
     cps, permuted = planted(spec, state)
     ctx = FusionContext(activations=activation_probe(cfg, splits))
@@ -61,7 +61,7 @@ def test_matching_recovers_a_planted_permutation_exactly(cfg, method):
 
 @pytest.mark.parametrize("cfg", CASES[:2], ids=lambda c: c.name)
 def test_wb_with_activation_cost_recovers_a_permuted_copy(cfg):
-    state, splits = setup(cfg)
+    state, splits = model_and_splits(cfg)
     spec = model_spec(cfg)
     _, permuted = planted(spec, state)
     ctx = FusionContext(activations=activation_probe(cfg, splits))
@@ -72,7 +72,7 @@ def test_wb_with_activation_cost_recovers_a_permuted_copy(cfg):
 
 def test_weight_matching_of_many_models_merges_permuted_copies():
     cfg = CASES[0]
-    state, _ = setup(cfg)
+    state, _ = model_and_splits(cfg)
     spec = model_spec(cfg)
     copies = [state] + [planted(spec, state, seed=s)[1] for s in (4, 5, 6)]
     res = fuse("wm", spec, copies, [0.25] * 4, spec.group_sizes(state), settings(name="wm"))
@@ -106,7 +106,7 @@ def test_merge_many_ends_where_no_model_comes_closer_to_the_mean_of_the_others(c
 def test_correlation_and_width_errors():
     a = torch.randn(3, 50, dtype=torch.float64)
     assert torch.allclose(torch.diag(correlation(a, 2 * a + 1)), torch.ones(3, dtype=torch.float64))
-    state, _ = setup(CASES[0])
+    state, _ = model_and_splits(CASES[0])
     spec = model_spec(CASES[0])
     with pytest.raises(FusionctlError, match="same widths"):
         fuse("wm", spec, [state, state], [0.5, 0.5], {"h1": 5, "h2": 8, "h3": 7}, settings(name="wm"))

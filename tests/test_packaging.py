@@ -1,5 +1,6 @@
 """configs/ must be found from a wheel install, not only from this checkout."""
 
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -24,3 +25,21 @@ def test_wheel_ships_every_config_and_finds_them(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
                          check=True, capture_output=True, text=True).stdout.strip()
     assert Path(out) == target / "fusionctl" / "configs"
+
+
+def test_oldest_pins_hold_every_dependency_at_its_lower_bound():
+    """scripts/test_oldest.sh installs these: one pin per requirement of the dependencies and the test extra,
+    in the lower bound's series (torch>=2.4 -> torch==2.4.*), so the suite can run on the oldest releases allowed."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "oldest_pins.py"), "test"], check=True, capture_output=True, text=True).stdout
+    pins = dict(p.split("==") for p in out.split())
+    text = (ROOT / "pyproject.toml").read_text()
+    names = {"torch", "torchvision", "pot", "hydra-core", "numpy", "pandas", "mlxtend", "pytest", "timm", "transformers"}
+    assert names <= set(pins), set(pins)
+    for name, version in pins.items():
+        bound = version.removesuffix(".*")
+        assert f'"{name}>={bound.removesuffix(".0")}' in text or f'"{name}>={bound}' in text, (name, version)
+    spec = importlib.util.spec_from_file_location("oldest_pins", ROOT / "scripts" / "oldest_pins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.oldest('"torch>=2.4",  # x\n"pot>=0.9.7,<0.10",\n"pytest>=7",\n"timm[all]>=0.9"') == \
+        ["torch==2.4.*", "pot==0.9.7", "pytest==7.0.*", "timm==0.9.*"]
