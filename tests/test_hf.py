@@ -55,3 +55,17 @@ def test_a_hugging_face_lm_fused_with_its_permuted_copy_returns_its_function(arc
         for method in ("wb", "wm", "am"):
             fused = fusionctl.fuse_models([model, other], method=method, data=data)
             assert torch.allclose(fused(x).logits, model(x).logits, atol=1e-4), method
+
+
+def test_hugging_faces_eager_expert_loop_is_refused_with_the_setting_that_traces_the_same_mixture():
+    """Where torch has no grouped matmul, Hugging Face runs a mixture's experts as a loop over those a batch
+    uses, which fx cannot follow: the error names the setting whose form it traces (experts moved too)."""
+    model, x = survey_hf.tiny_model("mixtral"), ids()
+    model.config._experts_implementation = "eager"
+    with pytest.raises(fusionctl.FusionctlError, match='set model.config._experts_implementation = "batched_mm"'):
+        fusionctl.derive_spec(model, x)
+    model.config._experts_implementation = "batched_mm"
+    spec = fusionctl.derive_spec(model, x)
+    assert spec.coverage.permutable == spec.coverage.hidden > 0 and "experts of 2 mixtures" in str(spec.coverage), str(spec.coverage)
+    check = check_permutation(model, spec, x)
+    assert not check.skipped and not check.wrong, str(check)

@@ -91,6 +91,10 @@ def traced_graph(model: nn.Module, inputs) -> fx.GraphModule:
         if failed is not None:  # an assert on the example's shapes, say: no tracer could succeed
             raise wrong_inputs(model, failed) from exc
         error = exc
+    if getattr(getattr(model, "config", None), "_experts_implementation", None) == "eager":  # Hugging Face's loop over the experts hit
+        raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({first_line(error)}): its experts run as a loop over "
+                         "the experts a batch uses (Hugging Face's eager form, the default where torch has no grouped matmul, "
+                         'before 2.9); set model.config._experts_implementation = "batched_mm" (the same function) before fusing') from error
     raise TraceError(f"{type(model).__name__} cannot be traced by torch.fx ({first_line(error)}); "
                      "avoid Python control flow on tensor values in forward(), or write its spec by hand "
                      "(model.spec=mypkg.nets.my_spec, or fusionctl.fuse_models(spec=...))") from error
