@@ -345,6 +345,25 @@ def test_correlation_features_have_the_geometry_of_correlation(observations):
     assert torch.allclose(torch.cdist(fa, fb) ** 2, 2 - 2 * corr[:5, 5:], atol=1e-9)
 
 
+@pytest.mark.parametrize("observations", [6, 4000])
+def test_float32_activations_give_float64s_correlations_and_a_constant_unit_a_zero_row(observations):
+    # float32 products on shifted observations: a mean far above the spread must not cancel it away,
+    # and a unit that is constant up to float32 round-off must not become normalised noise
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, observations, generator=g, dtype=torch.float64)
+    b = 1000 + 2 * a[[3, 1, 4, 0, 2]] + 0.1 * torch.randn(5, observations, generator=g, dtype=torch.float64)
+    b[2] = 3.7 + 4e-7 * torch.randn(observations, generator=g, dtype=torch.float64)  # in float32: 3.7 and its neighbours
+    stream = CorrelationFeatures([5, 5])
+    for start in range(0, observations, 500):
+        stream.add([a[:, start:start + 500].float(), b[:, start:start + 500].float()])
+    fa, fb = stream.features()
+    assert float(fb[2].norm()) < 1e-9  # its correlations are zero; eigh leaves round-off of 1e-18
+    live = [0, 1, 3, 4]
+    corr = torch.corrcoef(torch.cat([a, b[live]]))
+    f = torch.cat([fa, fb[live]]).double()
+    assert torch.allclose(f @ f.T, corr, atol=2e-5)
+
+
 def test_activation_cost_is_correlation_matching():
     # with exact OT and K = 2, WB with the activation cost is activation matching (the same LAP)
     states = random_states(MLP, 2)
