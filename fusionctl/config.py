@@ -180,6 +180,19 @@ class AMSettings(SolverSettings):
 
 
 @dataclass
+class C2M3Settings(SolverSettings):
+    """Cycle-consistent merging through a universe (after Crisostomi et al., C2M3): Frank-Wolfe on weight matching's pairwise objective."""
+
+    name: str = "c2m3"
+    max_iter: int = 100  # Frank-Wolfe steps
+    tol: float = 1e-6  # stop when the Frank-Wolfe gap is below this share of the objective
+
+    def check(self) -> None:
+        _require(self.max_iter >= 1, f"solver.max_iter must be >= 1, got {self.max_iter}")
+        _require(self.tol > 0, f"solver.tol must be > 0, got {self.tol}")
+
+
+@dataclass
 class AvgSettings(SolverSettings):
     """Vanilla averaging (FedAvg): no alignment."""
 
@@ -187,7 +200,8 @@ class AvgSettings(SolverSettings):
 
 
 SOLVERS: dict[str, type[SolverSettings]] = {
-    "wb": WBSettings, "gwb": GWBSettings, "ot": OTFusionSettings, "wm": WMSettings, "am": AMSettings, "avg": AvgSettings,
+    "wb": WBSettings, "gwb": GWBSettings, "ot": OTFusionSettings, "wm": WMSettings, "c2m3": C2M3Settings, "am": AMSettings,
+    "avg": AvgSettings,
 }
 
 

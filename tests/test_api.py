@@ -21,7 +21,8 @@ from tests import custom_nets
 from tests.helpers import needs_grouped_mm, needs_sdpa_gqa, needs_transformers_torch
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["wb", "gwb", "ot", "wm", "am", "avg"]
+METHODS = ["wb", "gwb", "ot", "wm", "c2m3", "am", "avg"]
+QUICK = {"c2m3": {"max_iter": 3}}  # Frank-Wolfe steps on a MobileNet take about a second each here
 
 
 def batches(shape, n=128, size=32, classes=10, seed=0):
@@ -66,7 +67,7 @@ def test_fuse_models_fuses_two_mobilenets_with_every_method(method):
     torch.manual_seed(0)
     models = [torchvision.models.mobilenet_v3_small(num_classes=10).eval() for _ in range(2)]
     data = batches((3, 32, 32), n=64)
-    fused = fusionctl.fuse_models(models, method=method, data=data, post=("bn_reset",))
+    fused = fusionctl.fuse_models(models, method=method, data=data, post=("bn_reset",), **QUICK.get(method, {}))
     assert type(fused) is type(models[0])
     assert torch.isfinite(fused(data[0][0])).all()
 
@@ -243,7 +244,7 @@ def test_the_experts_of_a_mixture_move_as_a_group_where_the_self_check_confirms_
     other = copy.deepcopy(model)
     other.load_state_dict(transport(model.state_dict(), spec, couplings))
     with torch.no_grad():
-        for method in ("wb", "wm", "am", "ot"):
+        for method in ("wb", "wm", "c2m3", "am", "ot"):
             assert torch.allclose(fusionctl.fuse_models([model, other], method=method, data=data)(x), model(x), atol=1e-5), method
 
 
@@ -277,7 +278,7 @@ def test_experts_added_by_hand_to_a_traced_spec_move_with_their_router_rows():
     other = copy.deepcopy(model)
     other.load_state_dict(transport(model.state_dict(), spec, couplings))
     with torch.no_grad():
-        for method in ("wb", "wm", "am", "ot"):
+        for method in ("wb", "wm", "c2m3", "am", "ot"):
             fused = fusionctl.fuse_models([model, other], method=method, data=data, spec=spec)
             assert torch.allclose(fused(x), model(x), atol=1e-5), method
 

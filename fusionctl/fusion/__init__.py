@@ -9,6 +9,7 @@ from fusionctl.config import SOLVERS, SolverSettings, solver_settings
 from fusionctl.errors import FusionctlError
 from fusionctl.fusion.am import fuse_am
 from fusionctl.fusion.avg import fuse_avg
+from fusionctl.fusion.c2m3 import fuse_c2m3
 from fusionctl.fusion.concat import fuse_split
 from fusionctl.fusion.engine import FusionContext, FusionResult
 from fusionctl.fusion.gwb import fuse_gwb
@@ -25,8 +26,8 @@ class Method:
     equal_widths: bool  # permutes (or only averages): every base model and the target have one width per group
 
 
-METHODS = {name: Method(fn, SOLVERS[name], name in ("wm", "am", "avg")) for name, fn in
-           {"wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "wm": fuse_wm, "am": fuse_am, "avg": fuse_avg}.items()}
+METHODS = {name: Method(fn, SOLVERS[name], name in ("wm", "c2m3", "am", "avg")) for name, fn in
+           {"wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "wm": fuse_wm, "c2m3": fuse_c2m3, "am": fuse_am, "avg": fuse_avg}.items()}
 
 
 def check_widths(method: str, spec, states, target_sizes) -> None:

@@ -39,6 +39,30 @@ def agreement(spec: AlignmentSpec, target: dict, source: dict, couplings: dict, 
     return sum(float((target[k].double() * moved[k].double()).sum()) for k in keys)
 
 
+def group_similarity(spec: AlignmentSpec, target: dict, source: dict, couplings: dict, group: str, ready=None) -> torch.Tensor:
+    """(target node, source node) float32 similarity of `group`: sum_p <target slice, source slice>
+    over every entry axis in the group, the source's other axes mapped by `couplings` (this group's
+    own too, for recurrent weights) and this axis left in its order. ready: only the entries whose
+    rows are the group and whose other axes are all in `ready` (the first, input-to-output sweep)."""
+    sim = None
+    for key, axes in spec.axes.items():
+        if ready is not None and not (axes and axes[0] is not None and axes[0].group == group
+                                      and all(a is None or a.group in ready for a in axes[1:])):
+            continue
+        for dim, ax in enumerate(axes):
+            if ax is not None and ax.group == group:
+                # float32, as Git Re-Basin computes: twice float64's speed, the same assignments but for exact ties
+                b = transport_tensor(source[key].to(torch.float32), axes, couplings, skip=dim)
+                if key in spec.local and dim == 0:  # a grouped conv's local inputs, through this group's current blocks
+                    b = rows_with_aligned_inputs(b, spec, key, couplings)
+                term = node_slices(target[key].to(torch.float32), dim, ax) @ node_slices(b, dim, ax).T
+                sim = term if sim is None else sim.add_(term)
+    if sim is None:  # nothing ready yet (a first sweep): no preference
+        n = spec.group_sizes(source)[group]
+        return torch.zeros(n, n, dtype=torch.float32)
+    return sim
+
+
 def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, seed: int = 0, start: dict | None = None) -> dict:
     """Couplings (permutations) that bring `source` closest to `target` in weight space, searched
     from `start` (MergeMany's current couplings) or the identity."""
@@ -51,27 +75,13 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
 
     for sweep in range(sweeps):
         changed = False
-        # the first sweep goes input to output, so each group sees its inputs already aligned
-        # (using only incoming weights, whose inputs are then aligned); later sweeps use every
-        # axis of the group in a random order, as Git Re-Basin does
         order = list(spec.groups) if sweep == 0 else rng.permutation(list(spec.groups))
         done: set[str] = set()
         for group in order:
-            sim = torch.zeros(sizes[group], sizes[group], dtype=torch.float32)
-            for key, axes in spec.axes.items():
-                if sweep == 0 and not (axes and axes[0] is not None and axes[0].group == group
-                                       and all(a is None or a.group in done for a in axes[1:])):
-                    continue
-                for dim, ax in enumerate(axes):
-                    if ax is not None and ax.group == group:
-                        # every other axis aligned by the current permutations (this group's own
-                        # included, for recurrent weights), this axis left in the source's order
-                        # float32, as Git Re-Basin computes: twice float64's speed, the same assignments but for exact ties
-                        b = transport_tensor(source[key].to(torch.float32), axes, couplings, skip=dim)
-                        if key in spec.local and dim == 0:  # a grouped conv's local inputs, through this group's current blocks
-                            b = rows_with_aligned_inputs(b, spec, key, couplings)
-                        a = node_slices(target[key].to(torch.float32), dim, ax)
-                        sim += a @ node_slices(b, dim, ax).T
+            # the first sweep goes input to output, so each group sees its inputs already aligned
+            # (using only incoming weights, whose inputs are then aligned); later sweeps use every
+            # axis of the group in a random order, as Git Re-Basin does
+            sim = group_similarity(spec, target, source, couplings, group, done if sweep == 0 else None)
             new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group), spec.within(group)))
             done.add(group)
             if same(new, couplings[group]):
