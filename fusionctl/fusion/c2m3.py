@@ -96,7 +96,7 @@ def frank_wolfe(spec: AlignmentSpec, thetas: list[dict], weights: list[float], s
         if gap <= settings.tol * max(abs(value), 1e-300):
             done = True
             break
-        step, new, trial = line_search(lambda gamma: [{g: between(c[g], target[g], gamma) for g in spec.groups}
+        _, new, trial = line_search(lambda gamma: [{g: between(c[g], target[g], gamma) for g in spec.groups}
                                                       for c, target in zip(couplings, targets)],
                                        lambda cs: pairwise_objective(spec, thetas, weights, cs), value)
         if new <= value:  # no step along the Frank-Wolfe direction raises F: a stationary point as far as it can tell
