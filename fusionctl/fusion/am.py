@@ -19,7 +19,7 @@ from fusionctl.fusion.engine import FusionResult, fuse_with_couplings, group_fea
 from fusionctl.fusion.transport import identity_couplings
 from fusionctl.fusion.units import unobserved
 from fusionctl.ot.permutation import same
-from fusionctl.ot.solver import assignment, perm_coupling
+from fusionctl.ot.solver import assignment_coupling
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,12 @@ def fuse_am(spec, states, weights, target_sizes, settings: AMSettings, ctx) -> F
     for i in range(1, len(states)):
         for group in [g for g in spec.groups if g not in unseen]:
             sim = feats[0][group] @ feats[i][group].T
-            couplings[i][group] = perm_coupling(assignment(-sim.cpu().numpy(), spec.blocks(group), spec.within(group)))
+            couplings[i][group] = assignment_coupling(-sim, spec.blocks(group), spec.within(group))
         for _ in range(UNSEEN_ROUNDS):  # unseen groups read each other's couplings (experts and their hidden units): until none changes
             changed = False
             for group in unseen:
                 sim = group_features(states[0], spec, group, couplings[0]) @ group_features(states[i], spec, group, couplings[i]).T
-                new = perm_coupling(assignment(-sim.cpu().numpy(), spec.blocks(group), spec.within(group)))
+                new = assignment_coupling(-sim, spec.blocks(group), spec.within(group))
                 changed |= not same(new, couplings[i][group])
                 couplings[i][group] = new
             if not changed:

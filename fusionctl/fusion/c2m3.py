@@ -29,7 +29,7 @@ from fusionctl.fusion.transport import identity_couplings, transport, weighted_a
 from fusionctl.fusion.wm import group_similarity, match
 from fusionctl.models.spec import AlignmentSpec
 from fusionctl.ot.permutation import dense
-from fusionctl.ot.solver import assignment, perm_coupling
+from fusionctl.ot.solver import assignment_coupling
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def pairwise_objective(spec: AlignmentSpec, thetas: list[dict], weights: list[fl
 
 def vertex(sim: torch.Tensor, spec: AlignmentSpec, group: str):
     """The permutation (/ n) maximising <sim, P>: Frank-Wolfe's linear step, and the rounding of a coupling."""
-    return perm_coupling(assignment(-sim.double().numpy(), spec.blocks(group), spec.within(group)))
+    return assignment_coupling(-sim, spec.blocks(group), spec.within(group))
 
 
 def between(coupling, corner, gamma: float):

@@ -26,7 +26,7 @@ from fusionctl.fusion.transport import (
 )
 from fusionctl.models.spec import AlignmentSpec, node_slices
 from fusionctl.ot.permutation import same
-from fusionctl.ot.solver import assignment, perm_coupling
+from fusionctl.ot.solver import assignment_coupling
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def match(spec: AlignmentSpec, target: dict, source: dict, sweeps: int = 100, se
             # (using only incoming weights, whose inputs are then aligned); later sweeps use every
             # axis of the group in a random order, as Git Re-Basin does
             sim = group_similarity(spec, target, source, couplings, group, done if sweep == 0 else None)
-            new = perm_coupling(assignment(-sim.numpy(), spec.blocks(group), spec.within(group)))
+            new = assignment_coupling(-sim, spec.blocks(group), spec.within(group))
             done.add(group)
             if same(new, couplings[group]):
                 continue

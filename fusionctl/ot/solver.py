@@ -88,19 +88,21 @@ def solve_ot(
     if blocks > 1:
         if n != m or n % blocks:
             raise ValueError(f"a group of {blocks} blocks (attention heads) needs the same width in every model, got {n} and {m}")
-        return _assignment(cost, blocks, within)
+        return assignment_coupling(cost, blocks, within)
     if method == "exact":
         if n == m:
-            return _assignment(cost)
+            return assignment_coupling(cost)
         return _emd(cost, max(100_000, 50 * n * m))
     if not reg > 0:
         raise ValueError(f"sinkhorn needs reg > 0, got {reg}")
     return _sinkhorn(cost, reg, sinkhorn_iter, warm if warm is not None else Potentials())
 
 
-def _assignment(cost: torch.Tensor, blocks: int = 1, within: bool = True) -> Permutation:
-    # Between two uniform measures of equal size an optimal plan is a permutation / n
-    # (Birkhoff): the linear assignment problem is the same OT problem, solved much faster.
+def assignment_coupling(cost: torch.Tensor, blocks: int = 1, within: bool = True) -> Permutation:
+    """The minimum-cost permutation / n of a square cost (any device; solved on the CPU), as a coupling.
+
+    Between two uniform measures of equal size an optimal plan is a permutation / n (Birkhoff):
+    the linear assignment problem is the same OT problem, solved much faster."""
     return perm_coupling(assignment(cost.cpu().numpy(), blocks, within), cost.device)
 
 
