@@ -35,10 +35,14 @@ log = logging.getLogger(__name__)
 
 
 def pairwise_objective(spec: AlignmentSpec, thetas: list[dict], weights: list[float], couplings: list[dict]) -> float:
-    """F = sum_{i<j} lambda_i lambda_j <T_i(theta_i), T_j(theta_j)> = (|sum_i lambda_i x_i|^2 - sum_i lambda_i^2 |x_i|^2) / 2."""
-    moved = [transport(t, spec, c) for t, c in zip(thetas, couplings)]
+    """F = sum_{i<j} lambda_i lambda_j <T_i(theta_i), T_j(theta_j)>."""
+    return objective_of([transport(t, spec, c) for t, c in zip(thetas, couplings)], weights)
+
+
+def objective_of(moved: list[dict], weights: list[float]) -> float:
+    """F of the transported models x_i = T_i(theta_i): (|sum_i lambda_i x_i|^2 - sum_i lambda_i^2 |x_i|^2) / 2."""
     total = 0.0
-    for key in thetas[0]:
+    for key in moved[0]:
         xs = [m[key].double() for m in moved]
         bar = sum(w * x for w, x in zip(weights, xs))
         total += 0.5 * (float((bar * bar).sum()) - sum(w * w * float((x * x).sum()) for w, x in zip(weights, xs)))
@@ -55,33 +59,33 @@ def between(coupling, corner, gamma: float):
     return corner if gamma == 1.0 else (1 - gamma) * dense(coupling) + gamma * dense(corner)
 
 
-def line_search(couplings_at, objective, value: float):
-    """(gamma, F, couplings) of the best step on [0, 1]. F along the segment is a polynomial of degree
-    4 where an entry has at most two grouped axes (each transported model is quadratic in gamma, F sums
-    products of two): fitted through 5 points, its maximum on a fine grid is checked by one evaluation
-    and kept if it beats the points themselves."""
-    grid = np.linspace(0.0, 1.0, 5)
-    tried = {0.0: (value, None)}
-    for gamma in grid[1:]:
-        cs = couplings_at(float(gamma))
-        tried[float(gamma)] = (objective(cs), cs)
-    poly = np.polynomial.Polynomial.fit(list(tried), [v for v, _ in tried.values()], 4)
+def line_search(couplings_at, measure, value: float):
+    """(F, couplings, transported models) of the best step on [0, 1], where measure(couplings) gives
+    that triple for those couplings. F along the segment is a polynomial of degree 4 where an entry
+    has at most two grouped axes (each transported model is quadratic in gamma, F sums products of
+    two): fitted through 5 points, its maximum on a fine grid is checked by one evaluation and kept
+    if it beats the points themselves."""
+    tried = {0.0: (value, None, None)}
+    for gamma in np.linspace(0.0, 1.0, 5)[1:]:
+        tried[float(gamma)] = measure(couplings_at(float(gamma)))
+    poly = np.polynomial.Polynomial.fit(list(tried), [t[0] for t in tried.values()], 4)
     fine = np.linspace(0.0, 1.0, 1001)
     best = float(fine[np.argmax(poly(fine))])
     if best > 0 and best not in tried:
-        cs = couplings_at(best)
-        tried[best] = (objective(cs), cs)
-    gamma = max(tried, key=lambda g: tried[g][0])
-    return gamma, *tried[gamma]
+        tried[best] = measure(couplings_at(best))
+    return tried[max(tried, key=lambda g: tried[g][0])]
 
 
 def frank_wolfe(spec: AlignmentSpec, thetas: list[dict], weights: list[float], settings: C2M3Settings) -> tuple[list[dict], dict]:
     """Universe couplings of every model (rounded to permutations) and a summary of the search."""
-    couplings = [identity_couplings(spec, t) for t in thetas]  # C2M3's start: every model as it is
-    value = pairwise_objective(spec, thetas, weights, couplings)
-    trace, gap, steps, done = [value], float("inf"), 0, False
-    for steps in range(settings.max_iter):
+
+    def measure(couplings):  # F, and the transported models it read: the next step's gradient reads them too
         moved = [transport(t, spec, c) for t, c in zip(thetas, couplings)]
+        return objective_of(moved, weights), couplings, moved
+
+    value, couplings, moved = measure([identity_couplings(spec, t) for t in thetas])  # C2M3's start: every model as it is
+    trace, gap, done = [value], float("inf"), False
+    for steps in range(settings.max_iter):
         total = weighted_average(moved, weights)
         gap, targets = 0.0, []
         for i, (theta, w) in enumerate(zip(thetas, weights)):
@@ -96,13 +100,12 @@ def frank_wolfe(spec: AlignmentSpec, thetas: list[dict], weights: list[float], s
         if gap <= settings.tol * max(abs(value), 1e-300):
             done = True
             break
-        _, new, trial = line_search(lambda gamma: [{g: between(c[g], target[g], gamma) for g in spec.groups}
-                                                      for c, target in zip(couplings, targets)],
-                                       lambda cs: pairwise_objective(spec, thetas, weights, cs), value)
+        new, trial, trial_moved = line_search(lambda gamma: [{g: between(c[g], target[g], gamma) for g in spec.groups}
+                                                             for c, target in zip(couplings, targets)], measure, value)
         if new <= value:  # no step along the Frank-Wolfe direction raises F: a stationary point as far as it can tell
             done = True
             break
-        couplings, value = trial, new
+        couplings, value, moved = trial, new, trial_moved
         trace.append(value)
         if steps % 10 == 0:
             log.info("c2m3: Frank-Wolfe step %d, objective %.6g, gap %.3g", steps + 1, value, gap)
