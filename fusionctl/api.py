@@ -24,8 +24,9 @@ from torch import nn
 from fusionctl.config import solver_settings
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
-from fusionctl.eval.metrics import logits_of, token_hits
+from fusionctl.eval.metrics import label_scores, logits_of
 from fusionctl.fusion import FusionContext, fuse
+from fusionctl.fusion.engine import HeldOut
 from fusionctl.fusion.post import POST_STEPS, READS_REFERENCES, REPAIR_SAMPLES, aligned_references, repair_gaps, scoring_step
 from fusionctl.fusion.spec_check import verify_spec, verify_traced
 from fusionctl.fusion.units import repairable, stream_unit_features
@@ -192,7 +193,7 @@ def _apply(step: str, model: nn.Module, spec, references, result, lambdas, input
 
 
 def _scorer(module, spec, states, lambdas, batches, step):
-    """Accuracy on the labelled batches after `step` (BN reset / REPAIR / None: fusion.post.scoring_step; a
+    """Per-label loss and accuracy (HeldOut) on the labelled batches after `step` (BN reset / REPAIR / None: fusion.post.scoring_step; a
     module cannot gain biases, so REPAIR needs a bias or norm), for solver.cost=auto; None without labels.
     module(state): the module holding a state (a base's or the target's widths)."""
     labelled = [b for b in batches if isinstance(b, (tuple, list)) and len(b) > 1]
@@ -206,8 +207,8 @@ def _scorer(module, spec, states, lambdas, batches, step):
         if step:
             _apply(step, model, spec, references, result, lambdas, inputs)
         with torch.no_grad():
-            counts = [token_hits(logits_of(model(x)), y) for x, y, *_ in labelled]
-        return int(sum(hits for hits, _ in counts)) / max(int(sum(n for _, n in counts)), 1)
+            scores = [label_scores(logits_of(model(x)), y) for x, y, *_ in labelled]
+        return HeldOut(torch.cat([s[0] for s in scores]), torch.cat([s[1] for s in scores]))
 
     return score
 

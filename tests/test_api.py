@@ -286,8 +286,10 @@ def test_experts_added_by_hand_to_a_traced_spec_move_with_their_router_rows():
 def test_a_model_fx_cannot_trace_fuses_with_a_spec_written_by_hand():
     torch.manual_seed(0)
     model = custom_nets.BranchyMLP().eval()
-    data = batches((3, 2, 2))
+    data = batches((3, 2, 2), classes=4)
     x = data[0][0]
+    with pytest.raises(FusionctlError, match=r"the labels run from 0 to 9, but the model gives 4 logits per example; give labels in 0\.\.3"):
+        fusionctl.fuse_models([model, copy.deepcopy(model)], data=batches((3, 2, 2)), spec=custom_nets.branchy_spec())  # cost=auto scores them
     with pytest.raises(FusionctlError, match="cannot be traced by torch.fx"):
         fusionctl.fuse_models([model, copy.deepcopy(model)], data=data)
     spec = custom_nets.branchy_spec()

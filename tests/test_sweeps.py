@@ -14,6 +14,7 @@ from fusionctl.config import ModelConfig
 from fusionctl.data import Split, Splits
 from fusionctl.fusion import FusionContext, fuse
 from fusionctl.fusion.barycenter import run_sweeps
+from fusionctl.fusion.engine import HeldOut
 from fusionctl.fusion.features import CorrelationFeatures
 from fusionctl.fusion import sweeps
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
@@ -246,7 +247,7 @@ def test_a_model_of_weight_zero_changes_nothing_and_is_aligned_to_the_barycenter
 def test_fusing_a_model_with_permuted_copies_of_itself_returns_its_function(cfg, shape):
     state = random_states(cfg, 1, shape)[0]
     spec, copies, _ = noisy_permuted_copies(cfg, state, 4, 0.0, shape)
-    ctx = FusionContext(activations=activation_probe(cfg, toy_splits(shape)), score=lambda result: 0.0)
+    ctx = FusionContext(activations=activation_probe(cfg, toy_splits(shape)), score=lambda result: flat_score())
     x = torch.randn(32, *shape)
     for cost in ("weight", "both", "activation", "auto"):
         res = fuse("wb", spec, copies, [0.1, 0.2, 0.3, 0.4], spec.group_sizes(state), settings(cost=cost), ctx)
@@ -383,12 +384,36 @@ def test_cost_auto_keeps_the_candidate_with_the_better_held_out_score():
     act = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="activation"), FusionContext(activations=probe))
     assert any(not torch.equal(both.state[k], act.state[k]) for k in both.state), "the candidates must differ for this test"
     for preferred in (both, act):
-        def score(result, preferred=preferred):
-            return float(all(torch.equal(result.state[k], preferred.state[k]) for k in result.state))
+        def score(result, preferred=preferred):  # the preferred candidate is better on every example
+            return flat_score(0.0 if all(torch.equal(result.state[k], preferred.state[k]) for k in result.state) else 1.0)
 
         res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=probe, score=score))
         assert all(torch.equal(res.state[k], preferred.state[k]) for k in res.state)
         assert res.sweeps["selected_cost"] == ("both" if preferred is both else "activation")
+
+
+def flat_score(loss: float = 0.5, n: int = 400) -> HeldOut:
+    """A held-out score of `loss` on each of n examples, every other one right."""
+    return HeldOut(torch.full((n,), loss), torch.arange(n) % 2 == 0)
+
+
+def test_cost_auto_keeps_cost_both_unless_cost_activation_is_better_beyond_the_noise():
+    """A lower mean loss within two standard errors of the paired differences, or a lower accuracy,
+    is not enough: the validation split cannot tell those candidates apart."""
+    states = random_states(MLP, 2)
+    spec = model_spec(MLP)
+    probe = activation_probe(MLP, toy_splits((1, 5, 5)))
+    act = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="activation"), FusionContext(activations=probe))
+    noise = torch.randn(400, generator=torch.Generator().manual_seed(0))
+    right = torch.arange(400) % 2 == 0
+    for gap, hits, kept in ((0.01, right, "both"), (0.2, right, "activation"), (0.2, torch.arange(400) % 3 == 0, "both")):
+        def score(result, gap=gap, hits=hits):
+            if all(torch.equal(result.state[k], act.state[k]) for k in result.state):
+                return HeldOut(0.5 + noise - gap, hits)
+            return HeldOut(0.5 + torch.roll(noise, 1), right)
+
+        res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=probe, score=score))
+        assert res.sweeps["selected_cost"] == kept, (gap, kept)
 
 
 def test_cost_auto_logs_the_post_step_its_held_out_score_applies(caplog):
@@ -403,7 +428,7 @@ def test_cost_auto_logs_the_post_step_its_held_out_score_applies(caplog):
         caplog.clear()
         with caplog.at_level("INFO"):
             fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(),
-                 FusionContext(activations=probe, score=lambda result: 0.5, score_after=after))
+                 FusionContext(activations=probe, score=lambda result: flat_score(), score_after=after))
         assert logged in caplog.text
     for cfg, shape, step in ((MLP, (1, 5, 5), "repair"), (tiny_config("resnet20"), (3, 8, 8), "bn_reset"),
                              (tiny_config("lstm"), (5, 4), None),
@@ -419,7 +444,7 @@ def test_cost_auto_scores_once_when_both_candidates_align_the_same_way():
     both = fuse("wb", spec, copies, [0.5, 0.5], spec.group_sizes(state), settings(cost="both"), FusionContext(activations=probe))
     scored = []
     res = fuse("wb", spec, copies, [0.5, 0.5], spec.group_sizes(state), settings(),
-               FusionContext(activations=probe, score=lambda result: scored.append(result) or 0.5))
+               FusionContext(activations=probe, score=lambda result: scored.append(result) or flat_score()))
     assert len(scored) == 1 and res.sweeps["selected_cost"] == "both"
     assert all(torch.equal(res.state[k], both.state[k]) for k in res.state)
 
@@ -435,7 +460,7 @@ def test_cost_auto_scores_a_traced_net_without_biases_as_fused():
     states = [{k: v.detach() for k, v in build_model(cfg, splits.input_shape, splits.num_classes).state_dict().items()} for _ in range(2)]
     score = held_out_score(cfg, splits, states, spec, [0.5, 0.5], "cpu")
     res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=activation_probe(cfg, splits), score=score))
-    assert res.sweeps["selected_cost"] in ("both", "activation") and 0.0 <= score(res) <= 1.0
+    assert res.sweeps["selected_cost"] in ("both", "activation") and 0.0 <= score(res).accuracy <= 1.0
 
 
 def toy_splits(shape, n=96):

@@ -42,6 +42,27 @@ def token_hits(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tor
     return ((flat.argmax(-1) == labels) & scored).sum(-1), scored.sum(-1)
 
 
+def label_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per scored label (IGNORE left out): its cross-entropy and whether the prediction is right."""
+    flat, labels = per_label(logits, y)
+    keep = labels != IGNORE
+    flat, labels = flat[keep], labels[keep]
+    classes = flat.shape[-1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise FusionctlError(f"the labels run from {int(labels.min())} to {int(labels.max())}, but the model gives {classes} logits per "
+                             f"example; give labels in 0..{classes - 1} ({IGNORE} for one that is not scored)")
+    return F.cross_entropy(flat, labels, reduction="none"), flat.argmax(-1) == labels
+
+
+@torch.inference_mode()
+def held_out_scores(model: torch.nn.Module, split: Split, batch_size: int = 2048, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """label_scores over a split, on the CPU."""
+    model.eval()
+    parts = [label_scores(logits_of(model(split.x[i : i + batch_size].to(device))), split.y[i : i + batch_size].to(device))
+             for i in range(0, len(split), batch_size)]
+    return torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
+
+
 def token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy over the labels that are not IGNORE."""
     flat, labels = per_label(logits, y)

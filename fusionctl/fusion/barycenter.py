@@ -124,9 +124,10 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
                     alpha: float | None = None, passes: int | None = None) -> FusionResult:
     """passes=1: one anchored pass (OT fusion); otherwise settings.max_iter rounds and settings.sweeps sweeps.
 
-    cost=auto aligns twice, with cost=both and with cost=activation, and keeps the fusion that
-    scores better on held-out data (ctx.score: validation accuracy after the family's post-step):
-    weights align MLPs of K > 2 best, activations deep convolutional nets; neither wins everywhere.
+    cost=auto aligns twice, with cost=both and with cost=activation, and keeps cost=both unless
+    cost=activation scores better on held-out data beyond its noise (ctx.score: validation loss and
+    accuracy after the family's post-step, HeldOut.beats): weights and activations together align MLPs
+    best, activations alone deep convolutional nets; neither wins everywhere.
     """
     if settings.cost == "auto" and (ctx.score is None or ctx.activations is None):
         log.info("cost=auto needs data to probe activations and score candidates; none was given, so the cost is weights only")
@@ -145,13 +146,14 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
                       for c in ("both", "activation")]
         scored = f"held-out accuracy after {ctx.score_after}" if ctx.score_after else "held-out accuracy (no post-step)"
         if same_couplings(*(r.couplings for r in candidates)):  # one fused model: nothing to choose between
-            scores, pick = [ctx.score(candidates[0])] * 2, 0
-            log.info("cost=auto: cost=both and cost=activation align the same way (%s %.4f)", scored, scores[0])
+            pick = 0
+            log.info("cost=auto: cost=both and cost=activation align the same way (%s %.4f)", scored, ctx.score(candidates[0]).accuracy)
         else:
-            scores = [ctx.score(r) for r in candidates]
-            pick = max(range(2), key=lambda j: (scores[j], -j))
-            log.info("cost=auto: %s %.4f with cost=both, %.4f with cost=activation; keeping cost=%s",
-                     scored, scores[0], scores[1], ("both", "activation")[pick])
+            both, act = (ctx.score(r) for r in candidates)
+            pick = int(act.beats(both))
+            log.info("cost=auto: %s %.4f with cost=both, %.4f with cost=activation (mean loss %.4f and %.4f on %d examples); "
+                     "keeping cost=%s%s", scored, both.accuracy, act.accuracy, both.loss, act.loss, both.losses.numel(),
+                     ("both", "activation")[pick], "" if pick or both.beats(act) else ", as cost=activation is not better beyond the held-out noise")
         result = candidates[pick]
         result.sweeps["selected_cost"] = ("both", "activation")[pick]
         return result

@@ -36,9 +36,35 @@ class FusionContext:
     # (states, samples, writers=()) -> per state {group: (n, d)} z-scored activation features
     # (features.py); with writers named, (that, per state {writer: its own outputs' features})
     activations: Callable[..., list[dict[str, torch.Tensor]] | tuple] | None = None
-    score: Callable[["FusionResult"], float] | None = None  # held-out accuracy of a fusion (solver.cost=auto)
+    score: Callable[["FusionResult"], "HeldOut"] | None = None  # a fusion's held-out score (solver.cost=auto)
     device: str = "cpu"  # where costs, Sinkhorn and barycenter updates run; exact assignments solve on the CPU
     score_after: str | None = None  # the post-step `score` applies first (bn_reset, repair), named in cost=auto's log
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A fusion's score on held-out examples (solver.cost=auto): per example its cross-entropy and
+    whether the prediction is right."""
+
+    losses: torch.Tensor
+    hits: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.hits.double().mean()) if self.hits.numel() else 0.0
+
+    @property
+    def loss(self) -> float:
+        return float(self.losses.double().mean()) if self.losses.numel() else 0.0
+
+    def beats(self, other: HeldOut, z: float = 2.0) -> bool:
+        """Better than `other` (scored on the same examples) beyond the noise of one held-out split:
+        an accuracy as high, and a mean loss lower by more than z standard errors of the paired
+        per-example difference (400 validation digits tell 0.25 points of accuracy apart, which
+        one-shot MLP fusions differ by at random)."""
+        d = (self.losses - other.losses).double()
+        noise = z * float(d.std()) / d.numel() ** 0.5 if d.numel() > 1 else 0.0
+        return d.numel() > 0 and self.accuracy >= other.accuracy and float(d.mean()) < -noise
 
 
 @dataclass

@@ -19,8 +19,9 @@ from fusionctl.config import (
 from fusionctl.data import Splits, load_for
 from fusionctl.device import ot_device, resolve_device
 from fusionctl.errors import FusionctlError
-from fusionctl.eval.metrics import evaluate, evaluate_with_proba
+from fusionctl.eval.metrics import evaluate_with_proba, held_out_scores
 from fusionctl.fusion import METHODS, FusionContext, FusionResult, check_widths, fuse
+from fusionctl.fusion.engine import HeldOut
 from fusionctl.fusion.post import READS_REFERENCES, scoring_step
 from fusionctl.fusion.units import repairable
 from fusionctl.jobs.activations import activation_probe
@@ -76,8 +77,8 @@ SCORE_SAMPLES = 2000
 
 
 def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], spec, lambdas, device, references=None, variants=()):
-    """How solver.cost=auto chooses: a fused model's accuracy on (up to SCORE_SAMPLES of) the
-    validation split (without one, the last training inputs) after the post-step its family
+    """How solver.cost=auto chooses: a fused model's per-example loss and accuracy (engine.HeldOut) on
+    (up to SCORE_SAMPLES of) the validation split (without one, the last training inputs) after the post-step its family
     needs anyway — BatchNorm reset for BN nets (their stored statistics are averages that no longer
     fit the units), REPAIR for other feed-forward nets that have a bias or norm to correct in — so
     candidates are compared as they will be used.
@@ -92,7 +93,7 @@ def held_out_score(model_cfg: ModelConfig, splits: Splits, bases: list[dict], sp
         cfg, state = config_for(model_cfg, result.state), result.state
         if step:
             cfg, state = apply_post(step, cfg, state, splits, references(result.couplings, result.aligned) if step in READS_REFERENCES else [], lambdas, device)
-        return evaluate(build_from_state(cfg, splits, state, device), held, device=device)[1]
+        return HeldOut(*held_out_scores(build_from_state(cfg, splits, state, device), held, device=device))
 
     return score
 
