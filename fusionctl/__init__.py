@@ -5,7 +5,7 @@ fusionctl.derive_spec(model, example_inputs) and fusionctl.fuse_models(models, .
 fusionctl.barriers(models, data): loss and error barriers along naive and aligned lines (fusionctl/connectivity.py);
 fusionctl.alignment_report(spec, model): what a spec aligns, group by group (markdown);
 fusionctl.AlignmentSpec, Axis and Unit to write a spec by hand (fusionctl/models/spec.py);
-fusionctl.Permutation: how an exact coupling between equal widths is held (fusionctl/ot/permutation.py);
+fusionctl.Permutation: how an exact coupling between equal widths is held, fusionctl.Merge: solver=zipit's (fusionctl/ot/permutation.py);
 fusionctl.FusionctlError: what every call raises for input it refuses, with one line saying what to change.
 """
 
@@ -29,10 +29,10 @@ def __getattr__(name: str):
         from fusionctl.models import spec
 
         return getattr(spec, name)
-    if name == "Permutation":
-        from fusionctl.ot.permutation import Permutation
+    if name in ("Permutation", "Merge"):
+        from fusionctl.ot import permutation
 
-        return Permutation
+        return getattr(permutation, name)
     if name == "FusionctlError":
         from fusionctl.errors import FusionctlError
 

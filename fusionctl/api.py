@@ -60,7 +60,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     """Fuse K modules of one architecture into one; returns the fused module (and the couplings,
     per model {group: (target, source)}, with return_couplings=True: a fusionctl.Permutation
     for an exact coupling between equal widths, `.index` the source unit of each target unit and
-    `.dense()` its matrix; otherwise a tensor).
+    `.dense()` its matrix; zipit's a fusionctl.Merge, `.cluster` the fused unit of each unit; otherwise a tensor).
 
     example_inputs: a batch the models accept (default: the first batch of `data`), for tracing.
     weights: lambda per model (default uniform). post: "bn_reset" and/or "repair", in order.
@@ -69,7 +69,7 @@ def fuse_models(models: list[nn.Module], method: str = "wb", example_inputs=None
     target: an instance of the same class at the widths to fuse into (e.g. MyNet(width=2 * w)); the fused
     module is a copy of it, and its initial weights are where solver.init=random|distill start (auto's
     choice for other widths). Default: model 0's widths. The models may have other widths than each
-    other, too. wb, gwb and ot fuse any widths; wm, am and avg permute and need equal ones.
+    other, too. wb, gwb and ot fuse any widths, zipit any up to the models' sum; wm, c2m3, am and avg permute and need equal ones.
     settings: the method's settings (`fusionctl fuse solver=<method> solver.<key>=...`).
     """
     models = list(models)

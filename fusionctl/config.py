@@ -193,6 +193,21 @@ class C2M3Settings(SolverSettings):
 
 
 @dataclass
+class ZipItSettings(SolverSettings):
+    """ZipIt!: greedy merges of correlated units within and across models (fusion/zipit.py)."""
+
+    name: str = "zipit"
+    act_samples: int = 512
+    alpha: float = 0.3  # a cluster's similarities shrink by this factor each time it merges
+    beta: float = 0.125  # per model, same-model merges allowed, as a share of (units removed) / K
+
+    def check(self) -> None:
+        _require(self.act_samples >= 1, f"solver.act_samples must be >= 1, got {self.act_samples}")
+        _require(0 < self.alpha <= 1, f"solver.alpha must be in (0, 1], got {self.alpha}")
+        _require(0 <= self.beta <= 1, f"solver.beta must be in [0, 1], got {self.beta}")
+
+
+@dataclass
 class AvgSettings(SolverSettings):
     """Vanilla averaging (FedAvg): no alignment."""
 
@@ -201,7 +216,7 @@ class AvgSettings(SolverSettings):
 
 SOLVERS: dict[str, type[SolverSettings]] = {
     "wb": WBSettings, "gwb": GWBSettings, "ot": OTFusionSettings, "wm": WMSettings, "c2m3": C2M3Settings, "am": AMSettings,
-    "avg": AvgSettings,
+    "zipit": ZipItSettings, "avg": AvgSettings,
 }
 
 

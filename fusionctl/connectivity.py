@@ -18,6 +18,7 @@ from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
 from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys
+from fusionctl.fusion import check_aligns
 from fusionctl.fusion.post import POST_STEPS, repair_gaps
 from fusionctl.fusion.transport import relative_coupling, transport
 
@@ -41,6 +42,7 @@ def barriers(models: list[nn.Module], data, method: str = "wb", points: int = 25
         raise FusionctlError("barriers needs labelled data: batches of (inputs, labels), e.g. a DataLoader of a labelled dataset")
     if post is not None and post not in POST_STEPS:
         raise FusionctlError(f"unknown post-step '{post}'; choose from: {', '.join(POST_STEPS)}")
+    check_aligns(method, "barriers")
     models = list(models)
     x = torch.cat([b[0] for b in batches])
     if spec is None:

@@ -21,7 +21,7 @@ from tests import custom_nets
 from tests.helpers import needs_grouped_mm, needs_sdpa_gqa, needs_transformers_torch
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["wb", "gwb", "ot", "wm", "c2m3", "am", "avg"]
+METHODS = ["wb", "gwb", "ot", "wm", "c2m3", "am", "zipit", "avg"]
 QUICK = {"c2m3": {"max_iter": 3}}  # Frank-Wolfe steps on a MobileNet take about a second each here
 
 

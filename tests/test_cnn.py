@@ -83,7 +83,7 @@ def test_breaking_a_residual_group_breaks_the_function():
 
 
 @pytest.mark.parametrize("name, bias, bn", [(n, True, bn) for n in CASES for bn in (False, True)])
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("avg", "am")])  # am: tests/test_matching.py
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("avg", "am", "zipit")])  # am, zipit: test_matching.py, test_zipit.py
 def test_fusing_a_cnn_with_its_permuted_copy_returns_its_function(name, bias, bn, method):
     c = cfg(name, bias, bn)
     st = state(trained_like(c))

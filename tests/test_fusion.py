@@ -95,8 +95,8 @@ def test_transport_with_a_wrong_coupling_changes_outputs():
     assert not torch.allclose(outputs("mlp", WIDTHS, True, broken, X), outputs("mlp", WIDTHS, True, state, X), atol=1e-3)
 
 
-# every aligning method of the registry (am needs activations: tests/test_matching.py), with both OT solvers where it has one
-ALIGNERS = [(m, ot) for m in METHODS if m not in ("avg", "am") for ot in (("exact", "sinkhorn") if "ot" in vars(METHODS[m].settings()) else ("-",))]
+# every aligning method of the registry (am and zipit need activations: tests/test_matching.py, tests/test_zipit.py), with both OT solvers where it has one
+ALIGNERS = [(m, ot) for m in METHODS if m not in ("avg", "am", "zipit") for ot in (("exact", "sinkhorn") if "ot" in vars(METHODS[m].settings()) else ("-",))]
 
 
 @pytest.mark.parametrize("method, ot_method", ALIGNERS)

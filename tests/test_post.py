@@ -6,7 +6,7 @@ from fusionctl.data import Split, Splits, augment_batch
 from fusionctl.fusion.post import (
     aligned_references,
     channel_stats,
-    permuted_stats,
+    mapped_stats,
     repair,
     reset_bn_stats,
     scoring_step,
@@ -146,7 +146,7 @@ def test_a_permuted_model_measures_its_units_permuted(bn):
     moved.load_state_dict(transport(base.state_dict(), spec, couplings))
     index = {g: permutation_index(c) for g, c in couplings.items()}
     assert any(not torch.equal(i, torch.arange(len(i))) for i in index.values())
-    for (mu, sd), (mu_p, sd_p) in zip(unit_stats(moved, spec, x), permuted_stats(unit_stats(base, spec, x), spec, index)):
+    for (mu, sd), (mu_p, sd_p) in zip(unit_stats(moved, spec, x), mapped_stats(unit_stats(base, spec, x), spec, couplings)):
         assert torch.allclose(mu, mu_p, atol=1e-5) and torch.allclose(sd, sd_p, atol=1e-5)
 
 
@@ -162,7 +162,7 @@ def test_repair_from_measured_statistics_equals_repair_from_references():
     couplings = [random_permutations(spec, s, seed) for s, seed in zip(states[1:], (3, 4))]
     refs = [transport(s, spec, c) for s, c in zip(states[1:], couplings)]
     x = data.train.x[:512]
-    stats = [permuted_stats(unit_stats(_module(cfg, s), spec, x), spec, {g: permutation_index(p) for g, p in c.items()})
+    stats = [mapped_stats(unit_stats(_module(cfg, s), spec, x), spec, c)
              for s, c in zip(states[1:], couplings)]
     _, from_refs = apply_post("repair", cfg, states[0], data, refs, [0.4, 0.6], "cpu")
     _, from_stats = apply_post("repair", cfg, states[0], data, stats, [0.4, 0.6], "cpu")

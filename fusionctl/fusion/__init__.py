@@ -17,6 +17,7 @@ from fusionctl.fusion.otfusion import fuse_ot
 from fusionctl.fusion.transport import interpolate, transport, weighted_average
 from fusionctl.fusion.wb import fuse_wb
 from fusionctl.fusion.wm import fuse_wm
+from fusionctl.fusion.zipit import fuse_zipit
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,12 @@ class Method:
     fuse: Callable[..., FusionResult]
     settings: type[SolverSettings]  # the only settings the method reads
     equal_widths: bool  # permutes (or only averages): every base model and the target have one width per group
+    aligns: bool = True  # maps each model onto the fused units (a line from model 1 to model 2 aligned exists); zipit merges
 
 
-METHODS = {name: Method(fn, SOLVERS[name], name in ("wm", "c2m3", "am", "avg")) for name, fn in
-           {"wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "wm": fuse_wm, "c2m3": fuse_c2m3, "am": fuse_am, "avg": fuse_avg}.items()}
+METHODS = {name: Method(fn, SOLVERS[name], name in ("wm", "c2m3", "am", "avg"), name != "zipit") for name, fn in {
+    "wb": fuse_wb, "gwb": fuse_gwb, "ot": fuse_ot, "wm": fuse_wm, "c2m3": fuse_c2m3, "am": fuse_am, "zipit": fuse_zipit,
+    "avg": fuse_avg}.items()}
 
 
 def check_widths(method: str, spec, states, target_sizes) -> None:
@@ -35,7 +38,7 @@ def check_widths(method: str, spec, states, target_sizes) -> None:
     for i, s in enumerate(states if METHODS[method].equal_widths else ()):
         if spec.group_sizes(s) != target_sizes:
             raise FusionctlError(f"solver={method} needs every base model and the target to have the same widths "
-                                 f"(model {i}: {spec.group_sizes(s)}, target: {target_sizes}); use solver=wb, gwb or ot")
+                                 f"(model {i}: {spec.group_sizes(s)}, target: {target_sizes}); use solver=wb, gwb, ot or zipit")
 
 
 def fuse(method: str, spec, states, weights, target_sizes, settings: SolverSettings | None = None, ctx: FusionContext | None = None) -> FusionResult:
@@ -55,4 +58,11 @@ def fuse(method: str, spec, states, weights, target_sizes, settings: SolverSetti
     return fuse_fn(spec, states, weights, target_sizes, settings, ctx or FusionContext())
 
 
-__all__ = ["METHODS", "check_widths", "FusionContext", "FusionResult", "fuse", "interpolate", "transport", "weighted_average"]
+def check_aligns(method: str, what: str) -> None:
+    """One line where `what` needs model 2 aligned to model 1 and `method` merges units instead."""
+    if method in METHODS and not METHODS[method].aligns:
+        raise FusionctlError(f"{what} follows the line from model 1 to model 2 aligned to it; solver={method} merges units "
+                             "(several of one model into one) and aligns no model to another; choose solver=wb, wm, am, c2m3 or ot")
+
+
+__all__ = ["METHODS", "check_aligns", "check_widths", "FusionContext", "FusionResult", "fuse", "interpolate", "transport", "weighted_average"]

@@ -23,6 +23,7 @@ from fusionctl.fusion.transport import along, permutation_index, transport, weig
 from fusionctl.models.spec import AlignmentSpec, node_rows
 from fusionctl.ot import free_support_barycenter
 from fusionctl.ot.gromov import fused_gw_barycenter
+from fusionctl.ot.permutation import Merge
 
 State = dict[str, torch.Tensor]
 
@@ -190,6 +191,7 @@ def barycenter_couplings(
 def fuse_with_couplings(spec: AlignmentSpec, states: list[State], weights: list[float], couplings, info=None, done=None) -> FusionResult:
     """done: per model, entries already moved by its couplings (transport's `done`)."""
     moved = [transport(s, spec, c, d) for s, c, d in zip(states, couplings, done or [None] * len(states))]
-    soft = any(permutation_index(p) is None for c in couplings for p in c.values())
+    # a merge's T_i(theta_i) is no model (ot.permutation.Merge): REPAIR maps the bases' statistics instead
+    soft = any(permutation_index(p) is None and not isinstance(p, Merge) for c in couplings for p in c.values())
     return FusionResult(weighted_average(moved, weights), couplings, info or {}, aligned=moved if soft else None)
 

@@ -32,6 +32,7 @@ from fusionctl.fusion.units import (
 )
 from fusionctl.models.op_kinds import weight_out_axis
 from fusionctl.models.spec import AlignmentSpec
+from fusionctl.ot.permutation import Merge
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +76,39 @@ def unit_stats(model: nn.Module, spec: AlignmentSpec, x: torch.Tensor) -> list[t
     return channel_stats(model, repair_points(model, spec), x)
 
 
-def permuted_stats(stats, spec: AlignmentSpec, index: dict[str, torch.Tensor]):
-    """A model's unit_stats as its permuted copy would measure them: unit j of a group takes unit index[group][j]'s."""
+def mapped_stats(stats, spec: AlignmentSpec, couplings: dict):
+    """A model's unit_stats in the fused order: unit j of a group takes unit index[j]'s under a
+    permutation (what its permuted copy would measure), Q @ stats under a merge (ot.permutation.Merge:
+    a fused unit's lambda-weighted share of its members' means and stds)."""
     groups = [g for g in spec.groups for _ in spec.units.get(g, ())]
-    return [(mu[index[g].to(mu.device)], sd[index[g].to(sd.device)]) for (mu, sd), g in zip(stats, groups)]
+
+    def move(v: torch.Tensor, p) -> torch.Tensor:
+        return p.dense(v.dtype).to(v.device) @ v if isinstance(p, Merge) else v[permutation_index(p).to(v.device)]
+
+    return [(move(mu, couplings[g]), move(sd, couplings[g])) for (mu, sd), g in zip(stats, groups)]
 
 
 def aligned_references(build: Callable[[dict], nn.Module], bases: list[dict], spec: AlignmentSpec, x: torch.Tensor):
     """couplings -> the aligned bases as REPAIR reads them (references for `repair_step` on inputs x).
-    When every coupling is a permutation, each base's unit statistics are measured once on x in its
-    own order (`build` makes its module) and permuted, since a permuted base measures its units
-    permuted; otherwise the base states are transported by the couplings."""
+    When every coupling is a permutation or a merge, each base's unit statistics are measured once
+    on x in its own order (`build` makes its module) and mapped (mapped_stats), since a permuted base
+    measures its units permuted; otherwise the base states are transported by the couplings."""
     measured: list = []
 
     def references(couplings, aligned=None) -> list:
         """aligned: the bases already transported by these couplings (FusionResult.aligned), if known."""
-        index = [{g: permutation_index(p) for g, p in c.items()} for c in couplings]
-        if any(i is None for per_base in index for i in per_base.values()):
+        if any(not isinstance(p, Merge) and permutation_index(p) is None for per_base in couplings for p in per_base.values()):
             return aligned if aligned is not None else [transport(b, spec, c) for b, c in zip(bases, couplings)]
         if not measured:
             measured.extend(unit_stats(build(b), spec, x) for b in bases)
-        return [permuted_stats(s, spec, i) for s, i in zip(measured, index)]
+        return [mapped_stats(s, spec, c) for s, c in zip(measured, couplings)]
 
     return references
 
 
 def target_stats(models: list, spec: AlignmentSpec, weights: list[float], x: torch.Tensor):
     """lambda-weighted means and stds of the aligned base models at every repair point. A model
-    may come as its statistics already measured on x (a unit_stats list), e.g. permuted_stats of a base."""
+    may come as its statistics already measured on x (a unit_stats list), e.g. mapped_stats of a base."""
     per_model = [m if isinstance(m, list) else unit_stats(m, spec, x) for m in models]
     return [
         (sum(w * s[p][0] for s, w in zip(per_model, weights)), sum(w * s[p][1] for s, w in zip(per_model, weights)))

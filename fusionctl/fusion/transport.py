@@ -10,7 +10,7 @@ import torch
 from fusionctl.models.concat import join_state, split_spec, split_state
 from fusionctl.models.spec import AlignmentSpec, Axis, apply_along, blocks_gather
 from fusionctl.ot.barycenter import permutation_of
-from fusionctl.ot.permutation import Permutation, dense
+from fusionctl.ot.permutation import Merge, Permutation, dense
 
 # id(coupling) -> (the coupling, weakly; {what: value} derived from it once: its permutation index,
 # its row and column maps). Not attributes of the coupling: torch.save would write them with it.
@@ -46,6 +46,8 @@ def permutation_index(coupling) -> torch.Tensor | None:
     A dense one (given by hand, or a soft solver's that happens to be one) is checked once (`derived`)."""
     if isinstance(coupling, Permutation):
         return coupling.index
+    if isinstance(coupling, Merge):
+        return None
     return derived(coupling, "permutation", lambda: permutation_of(row_map(coupling)))
 
 
@@ -55,6 +57,8 @@ def along(t: torch.Tensor, dim: int, ax: Axis, coupling, rows: bool) -> torch.Te
     identity returns `t` itself (model 0 as the anchor): callers treat entries as read-only."""
     if isinstance(coupling, Permutation) and coupling.identity:
         return t
+    if isinstance(coupling, Merge):  # a merged unit writes its members' mean and is read wherever they were
+        return apply_along(t, dim, ax, coupling.dense(t.dtype) if rows else coupling.indicator(t.dtype), dense=True)
     index = permutation_index(coupling)
     if index is not None:
         return apply_along(t, dim, ax, None, index)

@@ -36,7 +36,7 @@ from fusionctl.jobs.bases import (
 from fusionctl.jobs.post import apply_post, check_post, check_repair, post_defined, reference_source, repair_leaves
 from fusionctl.models import TRACED, architecture, build_from_state, config_for, random_target_factory
 from fusionctl.models.spec_report import alignment_report
-from fusionctl.ot.permutation import Permutation
+from fusionctl.ot.permutation import Permutation, dense
 from fusionctl.plots import fusion_figure, save
 from fusionctl.store import make_checkpoint, save_atomic, write_csv_atomic, write_text_atomic
 from fusionctl.training import check_optim, finetune
@@ -150,9 +150,9 @@ def save_fused(fused: Fused, splits: Splits, bases: list[Base], lambdas, out_dir
                            method=fused.method, bases=[str(b.path) for b in bases], weights=list(lambdas))
     save_atomic(ckpt, out_dir / f"fused_{fused.method}.pt")
     save_atomic(
-        # a permutation as its index (source node per target node), a soft coupling as its matrix
+        # a permutation as its index (source node per target node), a soft coupling as its matrix, a merge as its rows' map
         {"format": "fusionctl.couplings/2", "method": fused.method, "bases": [str(b.path) for b in bases],
-         "couplings": [{g: (p.index if isinstance(p, Permutation) else p).cpu() for g, p in c.items()} for c in fused.result.couplings]},
+         "couplings": [{g: (p.index if isinstance(p, Permutation) else dense(p)).cpu() for g, p in c.items()} for c in fused.result.couplings]},
         out_dir / f"couplings_{fused.method}.pt",
     )
 

@@ -20,6 +20,7 @@ from fusionctl.eval.barrier import barrier, line_ts
 from fusionctl.eval.grid import evaluate_points, flatten, float_keys, has_batchnorm
 from fusionctl.eval.metrics import logits_of
 from fusionctl.eval.plane import grid_coords, plane_basis
+from fusionctl.fusion import check_aligns
 from fusionctl.fusion.transport import relative_coupling, transport
 from fusionctl.jobs.fuse import prepare, run_method, save_fused
 from fusionctl.fusion.post import POST_STEPS, reset_bn_stats
@@ -53,6 +54,7 @@ def validate(cfg: LandscapeCommandConfig) -> None:
         raise FusionctlError("landscape.margin must be >= 0 and landscape.chunk, landscape.batch_size >= 1")
     if lc.train_samples < 0 or lc.test_samples < 0:
         raise FusionctlError("landscape.train_samples and landscape.test_samples must be >= 0 (0 = the whole split)")
+    check_aligns(cfg.solver.name, "fusionctl landscape")
 
 
 def output_difference(model_cfg, splits: Splits, a, b, device) -> float:

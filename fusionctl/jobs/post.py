@@ -60,7 +60,7 @@ def with_biases(cfg: ModelConfig, state: dict, splits: Splits) -> tuple[ModelCon
 
 def apply_post(step: str, cfg: ModelConfig, state: dict, splits: Splits, references: list[dict], weights: list[float], device) -> tuple[ModelConfig, dict]:
     """Return (config, state) after `step`; references are the base states transported into `state`'s node order
-    (or, for REPAIR, their statistics already measured: fusion.post.permuted_stats)."""
+    (or, for REPAIR, their statistics already measured: fusion.post.mapped_stats)."""
     spec = model_spec(cfg, splits.input_shape, splits.num_classes, splits.vocab)
     if step == "repair":
         cfg, state, references = repair_biases(cfg, state, references, spec, splits)

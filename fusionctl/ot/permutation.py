@@ -59,9 +59,50 @@ class Permutation:
         return f"Permutation(n={self.index.numel()})"
 
 
+class Merge:
+    """ZipIt's merge of one model's units (fusion/zipit.py): source unit a joins target unit
+    cluster[a], which is the mean of its members over every model, weighted by the models' lambdas.
+    The fusion sum_i lambda_i T_i(theta_i) reads it as two maps: rows (what a target unit writes)
+    by Q[u, a] = scale[u] for a in u, scale[u] = 1 / (the lambda-weighted count of u's members);
+    an input axis by the indicator I[u, a] = 1 for a in u, since a later layer reads the fused unit
+    wherever it read any of its members. Not a plan: T_i(theta_i) alone is no model."""
+
+    __slots__ = ("cluster", "scale")
+
+    def __init__(self, cluster, scale):
+        self.cluster = torch.as_tensor(cluster, dtype=torch.long)
+        self.scale = torch.as_tensor(scale, dtype=torch.float64)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.scale.numel(), self.cluster.numel()))
+
+    @property
+    def device(self) -> torch.device:
+        return self.cluster.device
+
+    def to(self, device) -> Merge:
+        return Merge(self.cluster.to(device), self.scale.to(device))
+
+    def cpu(self) -> Merge:
+        return self.to("cpu")
+
+    def indicator(self, dtype=torch.float64) -> torch.Tensor:
+        plan = torch.zeros(self.shape, dtype=dtype, device=self.cluster.device)
+        plan[self.cluster, torch.arange(self.cluster.numel(), device=self.cluster.device)] = 1.0
+        return plan
+
+    def dense(self, dtype=torch.float64) -> torch.Tensor:
+        """Q: the rows' map."""
+        return self.indicator(dtype) * self.scale.to(dtype)[:, None]
+
+    def __repr__(self) -> str:
+        return f"Merge({self.cluster.numel()} units -> {self.scale.numel()})"
+
+
 def dense(coupling) -> torch.Tensor:
-    """A coupling as its (target, source) matrix."""
-    return coupling.dense() if isinstance(coupling, Permutation) else coupling
+    """A coupling as its (target, source) matrix (a Merge: its rows' map)."""
+    return coupling.dense() if isinstance(coupling, (Permutation, Merge)) else coupling
 
 
 def same(a, b) -> bool:
