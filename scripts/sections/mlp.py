@@ -14,7 +14,7 @@ def section(run, quick: bool) -> str:
     seeds = [0, 1, 2, 3] if quick else [0, 1, 2, 3, 4, 5]
     pairs = [seeds[i : i + 2] for i in range(0, len(seeds), 2)]
     run("train", *base, f"seeds={seeds}")
-    peers = "baselines=[avg,ot,wm,c2m3,am]"
+    peers = "baselines=[avg,ot,wm,c2m3,am,zipit]"
     frames = []
     for p in pairs:
         s = f"seeds=[{p[0]},{p[1]}]"
@@ -46,10 +46,11 @@ def section(run, quick: bool) -> str:
         f"## (a) One-shot fusion, MLP {widths} on mnist_small",
         f"Test accuracy (%), mean ± sd over {len(pairs)} seed pairs for K = 2 (seeds {pairs}); K = 4 and 6 use the first "
         f"K seeds; `narrower`/`wider` fuse seeds 0 and 1 into hidden widths {narrow} / {wide}. `wb` is fusionctl's default "
-        "(exact OT, layer-wise pass plus whole-network sweeps, cost chosen on the validation split); `wb (paper)` is the "
+        "(exact OT, layer-wise pass plus whole-network sweeps, cost=auto: weights and activations mixed unless activations alone score better on the validation split beyond its noise); `wb (paper)` is the "
         "paper's layer-wise algorithm (`solver.sweeps=0 solver.cost=weight`); `ot` is Singh & Jaggi; `wm`/`am` are Git "
         "Re-Basin's weight (MergeMany for K > 2) and activation matching; `c2m3` is C²M³'s Frank–Wolfe through a universe "
-        "(fusion/c2m3.py); `ensemble` averages the base models' predicted "
+        "(fusion/c2m3.py); `zipit` is ZipIt!'s greedy merges within and across models (fusion/zipit.py); `ensemble` averages "
+        "the base models' predicted "
         "probabilities (not a single network).",
         md_table(accuracy_table(fusion, settings)),
         "## (b) Linear mode connectivity, MLP",
