@@ -1,4 +1,4 @@
-"""Fuse time against width for wb (default, paper, Sinkhorn at several epsilons), ot, wm and am, in one process.
+"""Fuse time against width for wb (default, paper, Sinkhorn at several epsilons), ot, wm, am and zipit, in one process.
 
 "wb default" is what `fusionctl fuse solver=wb` runs with data: cost=auto, i.e. two alignments
 (cost=both and cost=activation) and a held-out score of each; "wb weight" is the default without
@@ -39,7 +39,8 @@ from fusionctl.models import build_model, model_spec
 
 EPSILONS = (0.001, 0.01, 0.05, 0.1)
 METHODS = [("wb default", "wb", {}), ("wb weight", "wb", {"cost": "weight"}), ("wb paper", "wb", {"sweeps": 0, "cost": "weight"})] + [
-    (f"wb sk {eps:g}", "wb", {"ot": "sinkhorn", "reg": eps}) for eps in EPSILONS] + [("ot", "ot", {}), ("wm", "wm", {}), ("am", "am", {})]
+    (f"wb sk {eps:g}", "wb", {"ot": "sinkhorn", "reg": eps}) for eps in EPSILONS] + [("ot", "ot", {}), ("wm", "wm", {}), ("am", "am", {}),
+                                                                                      ("zipit", "zipit", {})]
 
 
 def pair(width: int, seed: int = 0, cfg: ModelConfig | None = None, shape=(1, 28, 28)):
@@ -118,7 +119,7 @@ def main():
                 best = min(best, time.perf_counter() - start)
             times[name] = best
         times["data floor"] = data_floor(context, a, b, spec, args.repeats)
-        ratios = [f"{n}/wm={times[n] / times['wm']:.2f}" for n in ("wb default", "data floor", "wb weight", "wb paper", "ot", "am")]
+        ratios = [f"{n}/wm={times[n] / times['wm']:.2f}" for n in ("wb default", "data floor", "wb weight", "wb paper", "ot", "am", "zipit")]
         ratios += [f"sk{eps:g}/default={times[f'wb sk {eps:g}'] / times['wb default']:.1f}" for eps in EPSILONS]
         print(f"{width:>6} " + " ".join(f"{times[n]:>11.3f}s" for n in names) + "   " + " ".join(ratios), flush=True)
         if args.paired:
