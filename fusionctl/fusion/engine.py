@@ -19,11 +19,10 @@ from typing import Callable
 
 import torch
 
-from fusionctl.fusion.transport import along, permutation_index, transport, weighted_average
+from fusionctl.fusion.transport import along, maps_statistics, transport, weighted_average
 from fusionctl.models.spec import AlignmentSpec, node_rows
 from fusionctl.ot import free_support_barycenter
 from fusionctl.ot.gromov import fused_gw_barycenter
-from fusionctl.ot.permutation import Merge
 
 State = dict[str, torch.Tensor]
 
@@ -191,7 +190,7 @@ def barycenter_couplings(
 def fuse_with_couplings(spec: AlignmentSpec, states: list[State], weights: list[float], couplings, info=None, done=None) -> FusionResult:
     """done: per model, entries already moved by its couplings (transport's `done`)."""
     moved = [transport(s, spec, c, d) for s, c, d in zip(states, couplings, done or [None] * len(states))]
-    # a merge's T_i(theta_i) is no model (ot.permutation.Merge): REPAIR maps the bases' statistics instead
-    soft = any(permutation_index(p) is None and not isinstance(p, Merge) for c in couplings for p in c.values())
+    # the moved bases are kept for REPAIR only where their statistics cannot be mapped (a merge's T_i(theta_i) is no model)
+    soft = any(not maps_statistics(p) for c in couplings for p in c.values())
     return FusionResult(weighted_average(moved, weights), couplings, info or {}, aligned=moved if soft else None)
 

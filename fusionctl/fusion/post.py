@@ -17,7 +17,7 @@ from torch import nn
 
 from fusionctl.data import Split
 from fusionctl.errors import FusionctlError
-from fusionctl.fusion.transport import permutation_index, transport
+from fusionctl.fusion.transport import maps_statistics, permutation_index, transport
 from fusionctl.fusion.units import (
     bare,
     bare_writers,
@@ -97,7 +97,7 @@ def aligned_references(build: Callable[[dict], nn.Module], bases: list[dict], sp
 
     def references(couplings, aligned=None) -> list:
         """aligned: the bases already transported by these couplings (FusionResult.aligned), if known."""
-        if any(not isinstance(p, Merge) and permutation_index(p) is None for per_base in couplings for p in per_base.values()):
+        if any(not maps_statistics(p) for per_base in couplings for p in per_base.values()):
             return aligned if aligned is not None else [transport(b, spec, c) for b, c in zip(bases, couplings)]
         if not measured:
             measured.extend(unit_stats(build(b), spec, x) for b in bases)

@@ -51,6 +51,12 @@ def permutation_index(coupling) -> torch.Tensor | None:
     return derived(coupling, "permutation", lambda: permutation_of(row_map(coupling)))
 
 
+def maps_statistics(coupling) -> bool:
+    """Whether a base's measured unit statistics map through `coupling` (a permutation, or a merge:
+    ot.permutation.Merge), so REPAIR need not move the base and measure it again."""
+    return isinstance(coupling, Merge) or permutation_index(coupling) is not None
+
+
 def along(t: torch.Tensor, dim: int, ax: Axis, coupling, rows: bool) -> torch.Tensor:
     """Axis `dim` of `t` mapped into the barycenter's node order by `coupling`: its row map (rows)
     or column map; a permutation's index either way (both maps are the same permutation). An

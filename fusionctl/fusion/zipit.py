@@ -129,11 +129,13 @@ def fuse_zipit(spec: AlignmentSpec, states, weights, target_sizes, settings: Zip
         mass = torch.as_tensor(members @ np.asarray(weights, dtype=np.float64))
         for i, c in zip(active, clusters):
             couplings[i][group] = Merge(torch.as_tensor(c), 1.0 / mass)
-        for i in (i for i in range(len(states)) if i not in active):  # weight 0: each unit joins the cluster it is most like
-            centroids = torch.zeros(width, feats[i][group].shape[1], dtype=torch.float64)
+        idle = [i for i in range(len(states)) if i not in active]
+        if idle:  # weight 0: each unit joins the cluster whose members' features it correlates with most in sum
+            summed = torch.zeros(width, feats[active[0]][group].shape[1], dtype=torch.float64)
             for j, c in zip(active, clusters):
-                centroids.index_add_(0, torch.as_tensor(c), feats[j][group].double())
-            couplings[i][group] = Merge((feats[i][group].double() @ centroids.T).argmax(1), 1.0 / mass)
+                summed.index_add_(0, torch.as_tensor(c), feats[j][group].double())
+            for i in idle:
+                couplings[i][group] = Merge((feats[i][group].double() @ summed.T).argmax(1), 1.0 / mass)
         held = members[:, active] > 0
         mixed, same, total = mixed + int((held.sum(1) > 1).sum()), same + int((members[:, active] > 1).any(1).sum()), total + width
     log.info("zipit: %d of %d fused units merge several models' units, %d merge units of one model (solver.beta=%g)",
