@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from unittest.mock import patch
 
 import pandas as pd
 import pytest
@@ -20,7 +21,7 @@ from fusionctl.fusion import sweeps
 from fusionctl.fusion.sweeps import NetworkBarycenter, OTSetup
 from fusionctl.fusion.transport import identity_couplings, random_couplings, relative_coupling, transport, weighted_average
 from fusionctl.jobs.activations import activation_probe
-from fusionctl.jobs.fuse import held_out_score, score_step
+from fusionctl.jobs.fuse import held_out_score, score_step, scoring_split
 from fusionctl.models import build_model, model_spec, tiny_config
 from fusionctl.ot.permutation import same
 from tests.helpers import settings
@@ -384,8 +385,9 @@ def test_cost_auto_keeps_the_candidate_with_the_better_held_out_score():
     act = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="activation"), FusionContext(activations=probe))
     assert any(not torch.equal(both.state[k], act.state[k]) for k in both.state), "the candidates must differ for this test"
     for preferred in (both, act):
-        def score(result, preferred=preferred):  # the preferred candidate is better on every example
-            return flat_score(0.0 if all(torch.equal(result.state[k], preferred.state[k]) for k in result.state) else 1.0)
+        def score(result, preferred=preferred):  # the preferred candidate is right on every example, the other on half
+            right = all(torch.equal(result.state[k], preferred.state[k]) for k in result.state)
+            return HeldOut(torch.full((400,), 0.5), torch.ones(400, dtype=torch.bool)) if right else flat_score()
 
         res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=probe, score=score))
         assert all(torch.equal(res.state[k], preferred.state[k]) for k in res.state)
@@ -397,34 +399,46 @@ def flat_score(loss: float = 0.5, n: int = 400) -> HeldOut:
     return HeldOut(torch.full((n,), loss), torch.arange(n) % 2 == 0)
 
 
-def test_cost_auto_keeps_cost_both_unless_cost_activation_is_better_beyond_the_noise():
-    """A lower mean loss within two standard errors of the paired differences, or a lower accuracy,
-    is not enough: the validation split cannot tell those candidates apart."""
+def test_cost_auto_takes_cost_activation_only_when_it_is_more_accurate():
+    """Accuracy decides, however small the gap and whatever the losses; equal accuracies keep cost=both."""
     states = random_states(MLP, 2)
     spec = model_spec(MLP)
     probe = activation_probe(MLP, toy_splits((1, 5, 5)))
     act = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(cost="activation"), FusionContext(activations=probe))
-    noise = torch.randn(400, generator=torch.Generator().manual_seed(0))
-    right = torch.arange(400) % 2 == 0
-    for gap, hits, kept in ((0.01, right, "both"), (0.2, right, "activation"), (0.2, torch.arange(400) % 3 == 0, "both")):
-        def score(result, gap=gap, hits=hits):
+    half = torch.arange(400) % 2 == 0
+    cases = ((half | (torch.arange(400) == 1), 0.9, "activation"),  # one example more right, a far higher loss
+             (half, 0.1, "both"),  # as accurate, a far lower loss
+             (torch.arange(400) % 3 == 0, 0.1, "both"))  # fewer right
+    for hits, loss, kept in cases:
+        def score(result, hits=hits, loss=loss):
             if all(torch.equal(result.state[k], act.state[k]) for k in result.state):
-                return HeldOut(0.5 + noise - gap, hits)
-            return HeldOut(0.5 + torch.roll(noise, 1), right)
+                return HeldOut(torch.full((400,), loss), hits)
+            return flat_score(0.5)
 
         res = fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(), FusionContext(activations=probe, score=score))
-        assert res.sweeps["selected_cost"] == kept, (gap, kept)
+        assert res.sweeps["selected_cost"] == kept, (loss, kept)
+
+
+def test_cost_auto_scores_on_training_inputs_the_probe_and_repair_did_not_read():
+    """The fuse command's scoring inputs: the last SCORE_SAMPLES training inputs after the first `skip`;
+    the validation split only when the training split has nothing after them."""
+    x = torch.arange(20.0)[:, None]
+    splits = Splits("toy", Split(x, torch.arange(20)), Split(x[:3] + 100, torch.arange(3)), Split(x[:1], torch.arange(1)), (1,), 4)
+    assert torch.equal(scoring_split(splits, 5).y, torch.arange(5, 20))
+    with patch("fusionctl.jobs.fuse.SCORE_SAMPLES", 4):
+        assert torch.equal(scoring_split(splits, 5).y, torch.arange(16, 20))
+    assert torch.equal(scoring_split(splits, 20).y, torch.arange(3)) and scoring_split(splits, 20).x[0, 0] == 100
 
 
 def test_cost_auto_logs_the_post_step_its_held_out_score_applies(caplog):
-    """The held-out accuracy in cost=auto's log is measured after the family's post-step, not one-shot:
+    """The accuracy in cost=auto's log is measured after the family's post-step, not one-shot:
     the log says which (the fuse command's score_step: BN reset for BN nets, REPAIR where a layer has a
     bias or norm to correct in, none for recurrent nets)."""
     states = random_states(MLP, 2)
     spec = model_spec(MLP)
     probe = activation_probe(MLP, toy_splits((1, 5, 5)))
-    for after, logged in (("bn_reset", "held-out accuracy after bn_reset 0.5000 with cost=both"),
-                          (None, "held-out accuracy (no post-step) 0.5000 with cost=both")):
+    for after, logged in (("bn_reset", "accuracy after bn_reset 0.5000 with cost=both"),
+                          (None, "accuracy (no post-step) 0.5000 with cost=both")):
         caplog.clear()
         with caplog.at_level("INFO"):
             fuse("wb", spec, states, [0.5, 0.5], spec.group_sizes(states[0]), settings(),

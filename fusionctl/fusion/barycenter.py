@@ -124,14 +124,21 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
                     alpha: float | None = None, passes: int | None = None) -> FusionResult:
     """passes=1: one anchored pass (OT fusion); otherwise settings.max_iter rounds and settings.sweeps sweeps.
 
-    cost=auto aligns twice, with cost=both and with cost=activation, and keeps cost=both unless
-    cost=activation scores better on held-out data beyond its noise (ctx.score: validation loss and
-    accuracy after the family's post-step, HeldOut.beats): weights and activations together align MLPs
-    best, activations alone deep convolutional nets; neither wins everywhere.
+    cost=auto aligns twice, with cost=both and with cost=activation, and keeps cost=activation only
+    if it is more accurate on the scoring inputs (ctx.score, after the family's post-step; the fuse
+    command's are training inputs the alignment and REPAIR did not read): weights and activations
+    together align MLPs best, activations alone many deep convolutional and recurrent nets; neither
+    wins everywhere. A net with groups no module outputs keeps cost=both: activations cannot align those.
     """
     if settings.cost == "auto" and (ctx.score is None or ctx.activations is None):
         log.info("cost=auto needs data to probe activations and score candidates; none was given, so the cost is weights only")
         settings = replace(settings, cost="weight")
+    if settings.cost == "auto" and (unseen := unobserved(spec)):
+        log.info("cost=auto: %s show their units in no module's output, which cost=activation cannot align; keeping cost=both",
+                 ", ".join(unseen))
+        result = fuse_barycenter(spec, states, weights, target_sizes, replace(settings, cost="both"), ctx, alpha, passes)
+        result.sweeps["selected_cost"] = "both"
+        return result
     if settings.cost == "auto":
         memo: dict = {}
 
@@ -144,16 +151,15 @@ def fuse_barycenter(spec: AlignmentSpec, states, weights, target_sizes, settings
         once = replace(ctx, activations=probe if ctx.activations is not None else None)
         candidates = [fuse_barycenter(spec, states, weights, target_sizes, replace(settings, cost=c), once, alpha, passes)
                       for c in ("both", "activation")]
-        scored = f"held-out accuracy after {ctx.score_after}" if ctx.score_after else "held-out accuracy (no post-step)"
+        scored = f"accuracy after {ctx.score_after}" if ctx.score_after else "accuracy (no post-step)"
         if same_couplings(*(r.couplings for r in candidates)):  # one fused model: nothing to choose between
             pick = 0
             log.info("cost=auto: cost=both and cost=activation align the same way (%s %.4f)", scored, ctx.score(candidates[0]).accuracy)
         else:
             both, act = (ctx.score(r) for r in candidates)
             pick = int(act.beats(both))
-            log.info("cost=auto: %s %.4f with cost=both, %.4f with cost=activation (mean loss %.4f and %.4f on %d examples); "
-                     "keeping cost=%s%s", scored, both.accuracy, act.accuracy, both.loss, act.loss, both.losses.numel(),
-                     ("both", "activation")[pick], "" if pick or both.beats(act) else ", as cost=activation is not better beyond the held-out noise")
+            log.info("cost=auto: %s %.4f with cost=both, %.4f with cost=activation (mean loss %.4f and %.4f on %d scoring inputs); "
+                     "keeping cost=%s", scored, both.accuracy, act.accuracy, both.loss, act.loss, both.losses.numel(), ("both", "activation")[pick])
         result = candidates[pick]
         result.sweeps["selected_cost"] = ("both", "activation")[pick]
         return result
