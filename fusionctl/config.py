@@ -102,7 +102,7 @@ class BarycenterBlock(OTBlock):
     """Settings of the barycenter methods (wb, gwb and ot, its one-pass special case)."""
 
     init: str = "auto"  # initial support: auto | model0 | random | distill
-    cost: str = "weight"  # node cost: weight | activation (z-scored pre-activations) | both | auto (the better of both and activation on validation data)
+    cost: str = "weight"  # node cost: weight | activation (z-scored pre-activations) | both | auto (jobs/fuse.scoring_split)
     cost_mix: float = 0.2  # cost=both: share of the activation cost on a common scale (0 = weights only, 1 = activations only)
     act_samples: int = 512  # training inputs streamed for activation costs
     seed: int = 0  # this method's randomness: the random target of init=random|distill, the model order of sweeps
